@@ -1,0 +1,146 @@
+//! Command-line arguments (clap derive). The shapes here are a documented interface:
+//! scripts and tests depend on them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Zero-shot image classification with OpenAI's CLIP.
+#[derive(Debug, Parser)]
+#[command(name = "clipscope", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output on stderr (-v: info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// The command (see `clipscope help COMMAND`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify images zero-shot against a list of labels.
+    Classify(ClassifyArgs),
+    /// Print L2-normalised embeddings of images or texts.
+    Embed(EmbedArgs),
+    /// Write the exact picture the model sees (after resize and crop, before normalisation).
+    Preprocess(PreprocessArgs),
+    /// List or download the models clipscope knows by name.
+    Models {
+        /// What to do.
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+}
+
+/// `models list` and `models download`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// Show the known models and whether each is downloaded.
+    List,
+    /// Download a model into the cache (no-op if already there).
+    Download {
+        /// Model name, e.g. ViT-B/32.
+        name: String,
+    },
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A readable table.
+    Text,
+    /// JSON (the documented schema).
+    Json,
+    /// CSV with a header row.
+    Csv,
+}
+
+/// Where the model comes from.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A model by name from the registry (downloaded to the cache on first use).
+    /// Default: ViT-B/32.
+    #[arg(long, conflicts_with = "model_dir")]
+    pub model: Option<String>,
+    /// A Hugging Face style folder: config.json, model.safetensors, tokenizer.json.
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// How labels become prompts.
+#[derive(Debug, Args)]
+pub struct PromptArgs {
+    /// Prompt template; `{}` is replaced by the label. `{}` alone uses the label as typed.
+    #[arg(long, conflicts_with = "ensemble", default_value = "a photo of a {}.")]
+    pub template: String,
+    /// Average OpenAI's prompt ensemble in embedding space: imagenet80 or imagenet7.
+    #[arg(long, value_name = "NAME")]
+    pub ensemble: Option<String>,
+}
+
+/// `clipscope classify`.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Images, or folders to search for images.
+    #[arg(required = true, value_name = "IMAGE_OR_DIR")]
+    pub inputs: Vec<PathBuf>,
+    /// Labels separated by commas, e.g. "cat,dog,a red car".
+    #[arg(long, required_unless_present = "labels_file", conflicts_with = "labels_file")]
+    pub labels: Option<String>,
+    /// A file of labels, one a line (commas also separate).
+    #[arg(long, value_name = "FILE")]
+    pub labels_file: Option<PathBuf>,
+    /// How labels become prompts.
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Show only the N most probable labels per image.
+    #[arg(long, value_name = "N")]
+    pub top_k: Option<usize>,
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// `clipscope embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Images to embed.
+    #[arg(value_name = "IMAGE", required_unless_present = "text")]
+    pub images: Vec<PathBuf>,
+    /// Texts to embed instead, separated by commas.
+    #[arg(long, conflicts_with = "images")]
+    pub text: Option<String>,
+    /// Template applied to each text (`{}` alone: the text as given).
+    #[arg(long, default_value = "{}")]
+    pub template: String,
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output format (json or csv).
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+}
+
+/// `clipscope preprocess`.
+#[derive(Debug, Args)]
+pub struct PreprocessArgs {
+    /// The image.
+    pub image: PathBuf,
+    /// Where to write the PNG.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Side of the square crop in pixels (default: the model's, 224 for ViT-B/32).
+    #[arg(long, conflicts_with = "model")]
+    pub size: Option<usize>,
+    /// Use the input size of this registry model (nothing is downloaded).
+    #[arg(long)]
+    pub model: Option<String>,
+}

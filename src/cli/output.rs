@@ -1,0 +1,196 @@
+//! Output formats: the same result structs rendered as text, JSON or CSV.
+//! The JSON structs are the documented schema (see docs/cli.md).
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use clipscope::clip::Prediction;
+
+/// `classify` output.
+#[derive(Debug, Serialize)]
+pub struct ClassifyReport {
+    /// Model name.
+    pub model: String,
+    /// How labels became prompts (a template, or `ensemble:NAME`).
+    pub prompts: String,
+    /// One result per input image, in input order.
+    pub results: Vec<ImageResult>,
+}
+
+/// One image's predictions, or why it failed.
+#[derive(Debug, Serialize)]
+pub struct ImageResult {
+    /// The path as given (or as found in a folder).
+    pub image: String,
+    /// Predictions, most probable first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predictions: Option<Vec<Prediction>>,
+    /// The error, naming the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `embed` output.
+#[derive(Debug, Serialize)]
+pub struct EmbedReport {
+    /// Model name.
+    pub model: String,
+    /// One item per input.
+    pub items: Vec<EmbedItem>,
+}
+
+/// One embedded image or text.
+#[derive(Debug, Serialize)]
+pub struct EmbedItem {
+    /// The image path, for image items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The text as given, for text items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The prompt that was embedded (the text through the template).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The L2-normalised embedding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+    /// The error, naming the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Width of the probability bars in the text table.
+const BAR_WIDTH: usize = 24;
+
+/// A bar of `fraction` (0..=1) in eighth-block characters.
+pub fn bar(fraction: f64, width: usize) -> String {
+    const PARTS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+    let eighths = (fraction.clamp(0.0, 1.0) * (width * 8) as f64).round() as usize;
+    let mut s = "█".repeat(eighths / 8);
+    if eighths % 8 > 0 {
+        s.push(PARTS[eighths % 8]);
+    }
+    format!("{s:<width$}")
+}
+
+/// Write a classify report in the chosen format.
+pub fn write_classify(
+    report: &ClassifyReport,
+    format: super::args::Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use super::args::Format;
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, report)?;
+            writeln!(out)?;
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(["image", "rank", "label", "probability", "error"])?;
+            for r in &report.results {
+                match (&r.predictions, &r.error) {
+                    (Some(preds), _) => {
+                        for (i, p) in preds.iter().enumerate() {
+                            w.write_record([
+                                r.image.as_str(),
+                                &(i + 1).to_string(),
+                                &p.label,
+                                &format!("{:.6}", p.probability),
+                                "",
+                            ])?;
+                        }
+                    }
+                    (None, err) => w.write_record([
+                        r.image.as_str(),
+                        "",
+                        "",
+                        "",
+                        err.as_deref().unwrap_or(""),
+                    ])?,
+                }
+            }
+            w.flush()?;
+        }
+        Format::Text => {
+            writeln!(out, "model {}  prompts {}", report.model, report.prompts)?;
+            for r in &report.results {
+                writeln!(out)?;
+                match (&r.predictions, &r.error) {
+                    (Some(preds), _) => {
+                        writeln!(out, "{}", r.image)?;
+                        for p in preds {
+                            writeln!(
+                                out,
+                                "  {:>6.2}%  {}  {}",
+                                p.probability * 100.0,
+                                bar(p.probability, BAR_WIDTH),
+                                p.label
+                            )?;
+                        }
+                    }
+                    (None, err) => writeln!(out, "error: {}", err.as_deref().unwrap_or(""))?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write an embed report as JSON or CSV (text is taken as JSON).
+pub fn write_embed(
+    report: &EmbedReport,
+    format: super::args::Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use super::args::Format;
+    match format {
+        Format::Csv => {
+            let mut w = csv::WriterBuilder::new().flexible(true).from_writer(out);
+            let dim = report
+                .items
+                .iter()
+                .find_map(|i| i.embedding.as_ref().map(Vec::len))
+                .unwrap_or(0);
+            let mut header = vec!["kind".to_string(), "input".to_string(), "error".to_string()];
+            header.extend((0..dim).map(|i| format!("e{i}")));
+            w.write_record(&header)?;
+            for item in &report.items {
+                let (kind, input) = match (&item.image, &item.text) {
+                    (Some(p), _) => ("image", p.as_str()),
+                    (None, Some(t)) => ("text", t.as_str()),
+                    (None, None) => ("", ""),
+                };
+                let mut row = vec![
+                    kind.to_string(),
+                    input.to_string(),
+                    item.error.clone().unwrap_or_default(),
+                ];
+                if let Some(e) = &item.embedding {
+                    row.extend(e.iter().map(|v| v.to_string()));
+                }
+                w.write_record(&row)?;
+            }
+            w.flush()?;
+        }
+        Format::Json | Format::Text => {
+            serde_json::to_writer(&mut *out, report)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_have_fixed_width() {
+        assert_eq!(bar(0.0, 4).chars().count(), 4);
+        assert_eq!(bar(1.0, 4), "████");
+        assert_eq!(bar(0.5, 4), "██  ");
+        assert_eq!(bar(0.0625, 2), "▏ ");
+    }
+}

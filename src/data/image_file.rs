@@ -1,0 +1,118 @@
+//! Decoding image files: one place for every input error, each naming the file.
+
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageReader, Limits};
+
+/// File extensions that are taken for images when a folder is walked.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "pnm", "pbm", "pgm", "ppm", "ico",
+    "qoi",
+];
+
+/// Largest width or height accepted, so that a hostile header cannot exhaust memory.
+const MAX_SIDE: u32 = 32_768;
+/// Largest decoding allocation accepted.
+const MAX_ALLOC: u64 = 1 << 30;
+
+/// Why an image could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The file could not be opened or read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The bytes are not an image in a format clipscope decodes, or are corrupt.
+    #[error("{path}: not a readable image: {source}")]
+    Decode {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the decoder said.
+        source: image::ImageError,
+    },
+    /// A path given on the command line does not exist.
+    #[error("{path}: no such file or directory")]
+    Missing {
+        /// The path at fault.
+        path: PathBuf,
+    },
+    /// A folder could not be walked.
+    #[error("{path}: cannot list folder: {message}")]
+    Walk {
+        /// The folder at fault.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Decode an image file, whatever its extension says, within memory limits.
+///
+/// EXIF orientation is not applied, as in OpenAI's reference code (Pillow's
+/// `Image.open`), so that results match it.
+pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
+    let reader = ImageReader::open(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut reader = reader
+        .with_guessed_format()
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    reader.limits(limits);
+    reader.decode().map_err(|source| ImageError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Whether a path's extension marks it as an image (case-insensitive).
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+/// Expand the inputs: files are kept as given (whatever their extension), folders are
+/// walked recursively for image files in sorted order. A path that does not exist is
+/// returned as an error in its place so that the caller can report it and go on.
+pub fn collect_images(inputs: &[PathBuf]) -> Vec<Result<PathBuf, ImageError>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let walker = walkdir::WalkDir::new(input)
+                .follow_links(true)
+                .sort_by_file_name();
+            for entry in walker {
+                match entry {
+                    Ok(e) if e.file_type().is_file() && is_image_path(e.path()) => {
+                        out.push(Ok(e.into_path()))
+                    }
+                    Ok(_) => {}
+                    Err(err) => out.push(Err(ImageError::Walk {
+                        path: err.path().unwrap_or(input).to_path_buf(),
+                        message: err.to_string(),
+                    })),
+                }
+            }
+        } else if input.exists() {
+            out.push(Ok(input.clone()));
+        } else {
+            out.push(Err(ImageError::Missing {
+                path: input.clone(),
+            }));
+        }
+    }
+    out
+}

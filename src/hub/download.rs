@@ -1,0 +1,155 @@
+//! Downloading model files from a Hugging Face style server into the user's cache.
+//!
+//! Files come from `{endpoint}/{repo}/resolve/{revision}/{file}` (the endpoint is
+//! `HF_ENDPOINT`, or huggingface.co), with a progress bar on stderr, written to a
+//! temporary file and renamed into place, so an interrupted download never leaves a
+//! truncated file that would be taken for a complete one.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{HubError, ModelEntry};
+
+/// Where downloads come from and go to.
+#[derive(Clone, Debug)]
+pub struct DownloadOptions {
+    /// Base URL of the Hugging Face style server.
+    pub endpoint: String,
+    /// Root of the model cache.
+    pub cache_root: PathBuf,
+    /// Show progress bars (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl DownloadOptions {
+    /// From the environment: `HF_ENDPOINT`, `CLIPSCOPE_CACHE` or the platform cache dir.
+    pub fn from_env() -> Result<Self, HubError> {
+        Ok(Self {
+            endpoint: endpoint(),
+            cache_root: cache_root()?,
+            progress: true,
+        })
+    }
+}
+
+/// The download endpoint: `HF_ENDPOINT` if set, else `https://huggingface.co`.
+pub fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".to_string())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn cache_root() -> Result<PathBuf, HubError> {
+    if let Some(dir) = std::env::var_os("CLIPSCOPE_CACHE").filter(|s| !s.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    directories::ProjectDirs::from("", "", "clipscope")
+        .map(|d| d.cache_dir().to_path_buf())
+        .ok_or(HubError::NoCacheDir)
+}
+
+/// The folder a registry model lives in once downloaded.
+pub fn model_cache_dir(entry: &ModelEntry, opts: &DownloadOptions) -> PathBuf {
+    opts.cache_root.join("models").join(entry.cache_name())
+}
+
+/// The model's folder, downloading whatever files are not there yet.
+pub fn ensure_model(entry: &ModelEntry, opts: &DownloadOptions) -> Result<PathBuf, HubError> {
+    let dir = model_cache_dir(entry, opts);
+    std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    for file in &entry.files {
+        let dest = dir.join(file);
+        if dest.is_file() {
+            continue;
+        }
+        let url = format!(
+            "{}/{}/resolve/{}/{}",
+            opts.endpoint,
+            entry.repo,
+            encode_revision(&entry.revision),
+            file
+        );
+        download_file(&url, &dest, opts.progress)?;
+    }
+    Ok(dir)
+}
+
+/// Revisions such as `refs/pr/15` travel as one path segment.
+fn encode_revision(rev: &str) -> String {
+    rev.replace('/', "%2F")
+}
+
+/// Fetch `url` into `dest` through a temporary file in the same folder.
+pub fn download_file(url: &str, dest: &Path, progress: bool) -> Result<(), HubError> {
+    let fail = |message: String| HubError::Download {
+        url: url.to_string(),
+        message,
+    };
+    let mut req = ureq::get(url);
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        if !token.is_empty() {
+            req = req.header("Authorization", &format!("Bearer {token}"));
+        }
+    }
+    let mut resp = req.call().map_err(|e| fail(e.to_string()))?;
+    let total = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bar = if progress {
+        let bar = total.map_or_else(ProgressBar::new_spinner, ProgressBar::new);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(
+            dest.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let tmp = dest.with_extension("part");
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HubError::Io { path, source }
+    };
+    let mut out = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut reader = resp.body_mut().as_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut written = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| fail(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(io_err(&tmp))?;
+        written += n as u64;
+        bar.set_position(written);
+    }
+    out.sync_all().map_err(io_err(&tmp))?;
+    drop(out);
+    bar.finish_and_clear();
+    if let Some(total) = total {
+        if written != total {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(format!("received {written} of {total} bytes")));
+        }
+    }
+    std::fs::rename(&tmp, dest).map_err(io_err(dest))
+}

@@ -1,0 +1,44 @@
+//! Models by name: the registry in `models/registry.toml`, the cache folder, downloads.
+
+mod download;
+mod registry;
+
+use std::path::PathBuf;
+
+pub use download::{download_file, endpoint, ensure_model, model_cache_dir, DownloadOptions};
+pub use registry::{ModelEntry, Registry};
+
+/// What can go wrong finding or fetching a model.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The name is not in the registry.
+    #[error("unknown model {name:?} (known: {known})")]
+    UnknownModel {
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        known: String,
+    },
+    /// The registry file is malformed.
+    #[error("model registry: {0}")]
+    Registry(String),
+    /// No cache folder could be determined.
+    #[error("cannot determine a cache folder; set CLIPSCOPE_CACHE")]
+    NoCacheDir,
+    /// A download failed.
+    #[error("downloading {url}: {message}")]
+    Download {
+        /// What was being fetched.
+        url: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// A file in the cache could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}

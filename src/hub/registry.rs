@@ -1,0 +1,114 @@
+//! The registry of CLIP models known by name, compiled in from `models/registry.toml`.
+
+use serde::Deserialize;
+
+use super::HubError;
+
+const REGISTRY_TOML: &str = include_str!("../../models/registry.toml");
+
+/// One downloadable model.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ModelEntry {
+    /// The name users type, e.g. `ViT-B/32`.
+    pub name: String,
+    /// Other accepted spellings (case-insensitive).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Hugging Face repository.
+    pub repo: String,
+    /// Branch or ref that carries `model.safetensors`.
+    pub revision: String,
+    /// Files to fetch.
+    pub files: Vec<String>,
+    /// Input side in pixels.
+    pub image_size: usize,
+    /// Preprocessing mean.
+    pub mean: [f32; 3],
+    /// Preprocessing std.
+    pub std: [f32; 3],
+    /// Approximate download size, in MB.
+    pub size_mb: u32,
+    /// One line for `models list`.
+    pub description: String,
+}
+
+impl ModelEntry {
+    /// Folder name in the cache: the name with path separators made safe.
+    pub fn cache_name(&self) -> String {
+        self.name.replace(['/', '@', '\\'], "-")
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+            || self.cache_name().eq_ignore_ascii_case(name)
+            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+    }
+}
+
+/// All known models and the default.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Registry {
+    /// Name of the default model.
+    pub default: String,
+    /// The entries, in display order.
+    #[serde(rename = "model")]
+    pub models: Vec<ModelEntry>,
+}
+
+impl Registry {
+    /// The registry shipped with clipscope.
+    pub fn builtin() -> Result<Self, HubError> {
+        Self::parse(REGISTRY_TOML)
+    }
+
+    /// Parse a registry from TOML text.
+    pub fn parse(text: &str) -> Result<Self, HubError> {
+        let reg: Registry = toml::from_str(text).map_err(|e| HubError::Registry(e.to_string()))?;
+        if reg.find(&reg.default).is_err() {
+            return Err(HubError::Registry(format!(
+                "default model {:?} is not listed",
+                reg.default
+            )));
+        }
+        Ok(reg)
+    }
+
+    /// Look a model up by name or alias (case-insensitive).
+    pub fn find(&self, name: &str) -> Result<&ModelEntry, HubError> {
+        self.models
+            .iter()
+            .find(|m| m.matches(name))
+            .ok_or_else(|| HubError::UnknownModel {
+                name: name.to_string(),
+                known: self
+                    .models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The default model's entry.
+    pub fn default_model(&self) -> Result<&ModelEntry, HubError> {
+        self.find(&self.default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_registry_has_the_expected_models() {
+        let r = Registry::builtin().unwrap();
+        assert_eq!(r.default_model().unwrap().repo, "openai/clip-vit-base-patch32");
+        assert_eq!(r.default_model().unwrap().revision, "refs/pr/15");
+        for n in ["ViT-B/32", "vit-b-16", "ViT-L/14", "ViT-L/14@336", "l14-336"] {
+            assert!(r.find(n).is_ok(), "{n}");
+        }
+        assert_eq!(r.find("ViT-L/14@336").unwrap().image_size, 336);
+        let err = r.find("ViT-H/14").unwrap_err().to_string();
+        assert!(err.contains("ViT-H/14") && err.contains("ViT-B/32"), "{err}");
+    }
+}

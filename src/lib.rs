@@ -1,0 +1,8 @@
+//! clipscope: zero-shot image classification with OpenAI's CLIP, faithful to the
+//! reference implementation, from the command line and the terminal.
+//!
+//! The library holds all the logic; the `clipscope` binary is a thin layer over it.
+
+pub mod clip;
+pub mod data;
+pub mod hub;

@@ -1,0 +1,248 @@
+//! Parity with the reference implementation on identical inputs and weights.
+//!
+//! The fixtures come from `tests/fixtures/make_fixtures.py`: OpenAI's tokenizer for token
+//! ids, Pillow + torchvision (OpenAI's `clip._transform`) for the crops, and Hugging Face
+//! transformers' `CLIPModel` with seeded random weights for embeddings and probabilities.
+
+mod common;
+
+use std::path::PathBuf;
+
+use clipscope::clip::preprocess::center_crop_rgb;
+use clipscope::clip::tokenizer::ClipTokenizer;
+use clipscope::clip::{zeroshot, Clip, ClipError, LabelSet, PromptStyle};
+use clipscope::data::load_image;
+use common::{cosine, fixtures, load_tiny, Reference};
+
+#[derive(serde::Deserialize)]
+struct TokenCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[test]
+fn token_ids_match_openai_tokenizer() {
+    let tok = ClipTokenizer::from_file(&fixtures().join("tiny-clip/tokenizer.json"), 77).unwrap();
+    let cases: Vec<TokenCase> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokens.json")).unwrap())
+            .unwrap();
+    assert!(cases.len() >= 20);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let got = tok.encode(&case.text).unwrap();
+        if got.ids != case.ids {
+            failures.push(format!(
+                "{:?}\n   got {:?}\n  want {:?}",
+                case.text, got.ids, case.ids
+            ));
+        }
+        assert_eq!(got.truncated, case.ids.len() == 77 && got.ids.len() == 77);
+        assert!(got.ids.len() <= 77 && *got.ids.last().unwrap() == 49407);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn crop_pairs() -> Vec<(PathBuf, PathBuf)> {
+    let images = fixtures().join("images");
+    let mut pairs = Vec::new();
+    for entry in std::fs::read_dir(fixtures().join("crops")).unwrap() {
+        let crop = entry.unwrap().path();
+        let stem = crop.file_stem().unwrap().to_string_lossy().to_string();
+        let source = ["png", "jpg"]
+            .iter()
+            .map(|e| images.join(format!("{stem}.{e}")))
+            .find(|p| p.exists())
+            .unwrap();
+        pairs.push((source, crop));
+    }
+    pairs.sort();
+    assert!(pairs.len() >= 10, "expected the committed crops");
+    pairs
+}
+
+#[test]
+fn crops_match_pillow_and_torchvision() {
+    for (source, reference) in crop_pairs() {
+        let want = image::open(&reference).unwrap().to_rgb8();
+        let got = center_crop_rgb(&load_image(&source).unwrap(), 224);
+        assert_eq!(got.dimensions(), want.dimensions());
+        let diffs: Vec<i32> = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs())
+            .collect();
+        let max = *diffs.iter().max().unwrap();
+        let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+        let is_png = source.extension().unwrap() == "png";
+        // Lossless sources must match bit for bit: the resampler is a port of Pillow's.
+        // JPEGs are decoded by zune-jpeg here and libjpeg-turbo in Pillow, whose IDCT and
+        // chroma upsampling round differently: a few levels at most, 0.1 on average.
+        if is_png {
+            assert_eq!(max, 0, "{}: mean {mean}", source.display());
+        } else {
+            assert!(max <= 3 && mean < 0.1, "{}: max {max} mean {mean}", source.display());
+        }
+    }
+}
+
+#[test]
+fn cmyk_jpeg_decodes_and_preprocesses() {
+    let img = load_image(&fixtures().join("images/chelsea_cmyk.jpg")).unwrap();
+    let crop = center_crop_rgb(&img, 224);
+    assert_eq!(crop.dimensions(), (224, 224));
+    // The cat photo is not blank: channels vary.
+    let (min, max) = crop
+        .as_raw()
+        .iter()
+        .fold((255u8, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    assert!(max - min > 100);
+}
+
+#[test]
+fn embeddings_and_probabilities_match_transformers() {
+    let clip = load_tiny();
+    let reference = Reference::load(&fixtures().join("reference.json"));
+    assert!((clip.logit_scale() - reference.logit_scale).abs() < 1e-3);
+    let labels: Vec<String> = reference.labels.clone();
+    let set = LabelSet::build(&clip, &labels, &PromptStyle::template(&reference.template).unwrap())
+        .unwrap();
+    for (got, want) in set.embeddings.iter().zip(&reference.text_embeddings) {
+        assert!(cosine(got, want) > 0.99999, "text cos {}", cosine(got, want));
+    }
+    let ensemble = LabelSet::build(&clip, &labels, &PromptStyle::ensemble("imagenet7").unwrap())
+        .unwrap();
+    for (got, want) in ensemble.embeddings.iter().zip(&reference.ensemble_text_embeddings) {
+        assert!(cosine(got, want) > 0.99999);
+    }
+    let images: Vec<_> = reference
+        .images
+        .iter()
+        .map(|i| load_image(&fixtures().join("images").join(&i.file)).unwrap())
+        .collect();
+    let refs: Vec<_> = images.iter().collect();
+    let embeddings = clip.embed_images(&refs).unwrap();
+    let scale = clip.logit_scale();
+    for (emb, want) in embeddings.iter().zip(&reference.images) {
+        let cos = cosine(emb, &want.image_embedding);
+        let tol = if want.file.ends_with(".jpg") { 0.9999 } else { 0.99999 };
+        assert!(cos > tol, "{}: image cos {cos}", want.file);
+        let probs = zeroshot::probabilities(emb, &set, scale);
+        let ens = zeroshot::probabilities(emb, &ensemble, scale);
+        let ptol = if want.file.ends_with(".jpg") { 1e-3 } else { 1e-5 };
+        for (p, q) in probs.iter().zip(&want.probabilities) {
+            assert!((p - q).abs() < ptol, "{}: {p} vs {q}", want.file);
+        }
+        for (p, q) in ens.iter().zip(&want.ensemble_probabilities) {
+            assert!((p - q).abs() < ptol, "{} (ensemble): {p} vs {q}", want.file);
+        }
+    }
+}
+
+#[test]
+fn padding_to_77_changes_nothing() {
+    let clip = load_tiny();
+    let tokens: Vec<_> = ["a photo of a cat.", "x", "a much longer prompt about a dog in a park"]
+        .iter()
+        .map(|t| clip.tokenize(t).unwrap())
+        .collect();
+    let short = clip.encode_tokens(&tokens).unwrap();
+    let padded = clip.encode_tokens_padded(&tokens, 77).unwrap();
+    let alone: Vec<_> = tokens
+        .iter()
+        .map(|t| clip.encode_tokens(std::slice::from_ref(t)).unwrap().remove(0))
+        .collect();
+    for ((a, b), c) in short.iter().zip(&padded).zip(&alone) {
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-5, "padded to 77 differs by {d}");
+        let d = a.iter().zip(c).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-5, "batched vs alone differs by {d}");
+    }
+}
+
+#[test]
+fn overlong_prompt_is_truncated_not_an_error() {
+    let clip = load_tiny();
+    let long = "word ".repeat(300);
+    let t = clip.tokenize(&long).unwrap();
+    assert!(t.truncated);
+    assert_eq!(t.ids.len(), 77);
+    assert_eq!(*t.ids.last().unwrap(), 49407);
+    assert_eq!(clip.embed_texts(&[long]).unwrap()[0].len(), 16);
+}
+
+#[test]
+fn text_cache_costs_one_encoding_per_new_prompt() {
+    let clip = load_tiny();
+    let a = clip.embed_texts(&["cat".into(), "dog".into()]).unwrap();
+    assert_eq!(clip.cached_prompts(), 2);
+    let b = clip
+        .embed_texts(&["dog".into(), "cat".into(), "bird".into()])
+        .unwrap();
+    assert_eq!(clip.cached_prompts(), 3);
+    assert_eq!(a[0], b[1]);
+    assert_eq!(a[1], b[0]);
+}
+
+/// Copy the tiny model with one tensor removed or reshaped.
+fn tampered_model(edit: impl Fn(&str, Vec<usize>) -> Option<Vec<usize>>) -> tempfile::TempDir {
+    use safetensors::tensor::TensorView;
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("tiny-clip");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut kept: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some(shape) = edit(&name, view.shape().to_vec()) {
+            let n: usize = shape.iter().product::<usize>() * view.dtype().bitsize() / 8;
+            let mut data = view.data().to_vec();
+            data.resize(n, 0);
+            kept.push((name, data, shape, view.dtype()));
+        }
+    }
+    let views: Vec<(String, TensorView)> = kept
+        .iter()
+        .map(|(n, d, s, t)| (n.clone(), TensorView::new(*t, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+fn load_error(dir: &std::path::Path) -> String {
+    match Clip::load(dir, "tampered", candle_core::Device::Cpu) {
+        Ok(_) => panic!("a tampered model loaded"),
+        Err(e) => {
+            assert!(matches!(e, ClipError::Weights { .. }), "{e}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn missing_class_embedding_is_an_error_naming_it() {
+    let dir = tampered_model(|name, shape| (!name.ends_with("class_embedding")).then_some(shape));
+    let err = load_error(dir.path());
+    assert!(err.contains("class_embedding"), "{err}");
+}
+
+#[test]
+fn missing_logit_scale_is_an_error_naming_it() {
+    let dir = tampered_model(|name, shape| (name != "logit_scale").then_some(shape));
+    let err = load_error(dir.path());
+    assert!(err.contains("logit_scale"), "{err}");
+}
+
+#[test]
+fn misshapen_tensor_is_an_error_naming_it() {
+    let dir = tampered_model(|name, mut shape| {
+        if name == "text_model.encoder.layers.1.mlp.fc1.weight" {
+            shape[0] += 1;
+        }
+        Some(shape)
+    });
+    let err = load_error(dir.path());
+    assert!(err.contains("text_model.encoder.layers.1.mlp.fc1.weight"), "{err}");
+}
