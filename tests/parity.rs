@@ -246,3 +246,53 @@ fn misshapen_tensor_is_an_error_naming_it() {
     let err = load_error(dir.path());
     assert!(err.contains("text_model.encoder.layers.1.mlp.fc1.weight"), "{err}");
 }
+
+/// Opt-in: a full-size ViT-B/32 with seeded weights, made by
+/// `make_fixtures.py --full DIR` (about 600 MB, so not committed). Run with
+/// `CLIPSCOPE_FULL_MODEL_DIR=DIR cargo test --release --test parity full_size -- --nocapture`.
+#[test]
+fn full_size_vit_b32_matches_transformers() {
+    let Some(dir) = std::env::var_os("CLIPSCOPE_FULL_MODEL_DIR") else {
+        eprintln!("skipped: set CLIPSCOPE_FULL_MODEL_DIR to a folder made by make_fixtures.py --full");
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let clip = Clip::load(&dir, "vit-b32-seeded", candle_core::Device::Cpu).unwrap();
+    assert_eq!(clip.config().vision.encoder.hidden_size, 768);
+    let reference = Reference::load(&dir.join("reference.json"));
+    let style = PromptStyle::template(&reference.template).unwrap();
+    let set = LabelSet::build(&clip, &reference.labels, &style).unwrap();
+    let mut worst_text = 1f64;
+    for (got, want) in set.embeddings.iter().zip(&reference.text_embeddings) {
+        worst_text = worst_text.min(cosine(got, want));
+    }
+    let ensemble =
+        LabelSet::build(&clip, &reference.labels, &PromptStyle::ensemble("imagenet7").unwrap())
+            .unwrap();
+    let images: Vec<_> = reference
+        .images
+        .iter()
+        .map(|i| load_image(&fixtures().join("images").join(&i.file)).unwrap())
+        .collect();
+    let embeddings = clip.embed_images(&images.iter().collect::<Vec<_>>()).unwrap();
+    let (mut worst_image, mut worst_prob) = (1f64, 0f64);
+    for (emb, want) in embeddings.iter().zip(&reference.images) {
+        worst_image = worst_image.min(cosine(emb, &want.image_embedding));
+        let probs = zeroshot::probabilities(emb, &set, clip.logit_scale());
+        let ens = zeroshot::probabilities(emb, &ensemble, clip.logit_scale());
+        for (p, q) in probs
+            .iter()
+            .zip(&want.probabilities)
+            .chain(ens.iter().zip(&want.ensemble_probabilities))
+        {
+            worst_prob = worst_prob.max((p - q).abs());
+            if (p - q).abs() > 1e-4 {
+                eprintln!("{}: |dp| {:.2e}", want.file, (p - q).abs());
+            }
+        }
+    }
+    eprintln!(
+        "full-size ViT-B/32 (seeded): min text cos {worst_text:.7}, min image cos {worst_image:.7}, max |dp| {worst_prob:.2e}"
+    );
+    assert!(worst_text > 0.99999 && worst_image > 0.99999 && worst_prob < 1e-3);
+}

@@ -1,0 +1,372 @@
+//! The headless commands, run as a user runs them: the real binary, the tiny fixture model.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use assert_cmd::Command;
+use common::{cosine, fixtures, Reference};
+use serde_json::Value;
+
+fn clipscope() -> Command {
+    let mut cmd = Command::cargo_bin("clipscope").unwrap();
+    // Never touch the user's cache or the network from tests.
+    cmd.env("CLIPSCOPE_CACHE", std::env::temp_dir().join("clipscope-test-no-cache"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9");
+    cmd
+}
+
+fn tiny() -> String {
+    fixtures().join("tiny-clip").display().to_string()
+}
+
+fn image(name: &str) -> String {
+    fixtures().join("images").join(name).display().to_string()
+}
+
+fn json_of(out: &[u8]) -> Value {
+    serde_json::from_slice(out).unwrap_or_else(|e| {
+        panic!("not JSON ({e}): {}", String::from_utf8_lossy(out))
+    })
+}
+
+#[test]
+fn classify_json_matches_reference_probabilities() {
+    let reference = Reference::load(&fixtures().join("reference.json"));
+    let labels = reference.labels.join(",");
+    let out = clipscope()
+        .args(["classify", &image("chelsea.png"), &image("coffee.png")])
+        .args(["--labels", &labels, "--model-dir", &tiny(), "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json_of(&out.stdout);
+    assert_eq!(v["model"], Value::String(tiny()));
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        let file = Path::new(r["image"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let want = reference.images.iter().find(|i| i.file == file).unwrap();
+        let preds = r["predictions"].as_array().unwrap();
+        assert_eq!(preds.len(), 5);
+        let probs: Vec<f64> = preds.iter().map(|p| p["probability"].as_f64().unwrap()).collect();
+        assert!(probs.windows(2).all(|w| w[0] >= w[1]), "sorted: {probs:?}");
+        for p in preds {
+            let label = p["label"].as_str().unwrap();
+            let idx = reference.labels.iter().position(|l| l == label).unwrap();
+            let got = p["probability"].as_f64().unwrap();
+            assert!((got - want.probabilities[idx]).abs() < 1e-5, "{file} {label}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_input_is_reported_and_the_others_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.png");
+    std::fs::write(&bad, b"this is not a picture").unwrap();
+    let missing = dir.path().join("missing.jpg");
+    let out = clipscope()
+        .args(["classify", &image("chelsea.png")])
+        .arg(&bad)
+        .arg(&missing)
+        .args(["--labels", "cat,dog", "--model-dir", &tiny(), "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = json_of(&out.stdout);
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0]["predictions"].as_array().unwrap().len(), 2);
+    assert!(r[0].get("error").is_none());
+    let err = r[1]["error"].as_str().unwrap();
+    assert!(err.contains("notes.png"), "{err}");
+    assert!(r[1].get("predictions").is_none());
+    assert!(r[2]["error"].as_str().unwrap().contains("missing.jpg"));
+    assert_eq!(r[1]["image"].as_str().unwrap(), bad.display().to_string());
+}
+
+#[test]
+fn folders_are_walked_and_top_k_applies() {
+    let out = clipscope()
+        .args(["classify", &fixtures().join("images").display().to_string()])
+        .args(["--labels", "cat, dog ,bird", "--top-k", "2", "--model-dir", &tiny()])
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json_of(&out.stdout);
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 12, "every image in the folder, LICENSE.md skipped");
+    for item in r {
+        assert_eq!(item["predictions"].as_array().unwrap().len(), 2);
+    }
+    let names: Vec<&str> = r.iter().map(|i| i["image"].as_str().unwrap()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+}
+
+#[test]
+fn text_and_csv_formats() {
+    let text = clipscope()
+        .args(["classify", &image("chelsea.png"), "--labels", "cat,dog"])
+        .args(["--model-dir", &tiny()])
+        .output()
+        .unwrap();
+    assert!(text.status.success());
+    let s = String::from_utf8(text.stdout).unwrap();
+    assert!(s.contains("chelsea.png") && s.contains("% ") && s.contains("cat"), "{s}");
+
+    let csv = clipscope()
+        .args(["classify", &image("chelsea.png"), "--labels", "cat,\"dog, big\""])
+        .args(["--labels-file", "/dev/null"])
+        .args(["--model-dir", &tiny(), "--format", "csv"])
+        .output()
+        .unwrap();
+    assert_eq!(csv.status.code(), Some(2), "--labels and --labels-file conflict");
+
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, "cat\n\na dog, with a ball\n").unwrap();
+    let csv = clipscope()
+        .args(["classify", &image("chelsea.png")])
+        .arg("--labels-file")
+        .arg(&labels)
+        .args(["--model-dir", &tiny(), "--format", "csv"])
+        .output()
+        .unwrap();
+    assert!(csv.status.success());
+    let s = String::from_utf8(csv.stdout).unwrap();
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(lines[0], "image,rank,label,probability,error");
+    assert_eq!(lines.len(), 4, "{s}");
+}
+
+#[test]
+fn ensemble_and_template_options() {
+    let run = |extra: &[&str]| {
+        let out = clipscope()
+            .args(["classify", &image("tall.png"), "--labels", "cat,rocket"])
+            .args(["--model-dir", &tiny(), "--format", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        json_of(&out.stdout)
+    };
+    let default = run(&[]);
+    assert_eq!(default["prompts"], "a photo of a {}.");
+    let ens = run(&["--ensemble", "imagenet80"]);
+    assert_eq!(ens["prompts"], "ensemble:imagenet80");
+    assert_ne!(
+        default["results"][0]["predictions"][0]["probability"],
+        ens["results"][0]["predictions"][0]["probability"]
+    );
+    let bare = run(&["--template", "{}"]);
+    assert_eq!(bare["prompts"], "{}");
+
+    let bad = clipscope()
+        .args(["classify", &image("tall.png"), "--labels", "cat"])
+        .args(["--model-dir", &tiny(), "--template", "a photo"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8(bad.stderr).unwrap();
+    assert!(err.contains("a photo") && err.lines().count() == 1, "{err}");
+}
+
+#[test]
+fn model_errors_are_one_line_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = clipscope()
+        .args(["classify", &image("tall.png"), "--labels", "cat"])
+        .arg("--model-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains(&dir.path().display().to_string()) && err.contains("config.json"));
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let out = clipscope()
+        .args(["classify", &image("tall.png"), "--labels", "cat", "--model", "ViT-X/99"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("ViT-X/99"));
+}
+
+#[test]
+fn embed_images_and_texts() {
+    let reference = Reference::load(&fixtures().join("reference.json"));
+    let out = clipscope()
+        .args(["embed", &image("coffee.png"), "--model-dir", &tiny(), "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v = json_of(&out.stdout);
+    let e: Vec<f32> = serde_json::from_value(v["items"][0]["embedding"].clone()).unwrap();
+    let want = reference.images.iter().find(|i| i.file == "coffee.png").unwrap();
+    assert!(cosine(&e, &want.image_embedding) > 0.99999);
+    assert!((e.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+
+    let out = clipscope()
+        .args(["embed", "--text", "cat,astronaut", "--template", "a photo of a {}."])
+        .args(["--model-dir", &tiny(), "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v = json_of(&out.stdout);
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items[1]["text"], "astronaut");
+    assert_eq!(items[1]["prompt"], "a photo of a astronaut.");
+    let e: Vec<f32> = serde_json::from_value(items[0]["embedding"].clone()).unwrap();
+    assert!(cosine(&e, &reference.text_embeddings[0]) > 0.99999);
+
+    let out = clipscope()
+        .args(["embed", "--text", "cat", "--model-dir", &tiny(), "--format", "csv"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.starts_with("kind,input,error,e0,"), "{s}");
+    assert_eq!(s.lines().nth(1).unwrap().split(',').count(), 3 + 16);
+}
+
+#[test]
+fn preprocess_writes_what_the_model_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_png = dir.path().join("crop.png");
+    clipscope()
+        .args(["preprocess", &image("coffee_rgba.png"), "--output"])
+        .arg(&out_png)
+        .assert()
+        .success();
+    let got = image::open(&out_png).unwrap();
+    assert_eq!(got.color(), image::ColorType::Rgb8);
+    let want = image::open(fixtures().join("crops/coffee_rgba.png")).unwrap();
+    assert_eq!(got.to_rgb8().as_raw(), want.to_rgb8().as_raw());
+
+    let out = clipscope()
+        .args(["preprocess", &image("LICENSE.md"), "--output"])
+        .arg(&out_png)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("LICENSE.md"));
+}
+
+/// A minimal HTTP server for one folder, recording the paths asked for.
+fn serve(dir: &Path, routes: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (dir, log) = (dir.to_path_buf(), seen.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            log.lock().unwrap().push(path.clone());
+            let body = path
+                .strip_prefix(routes)
+                .and_then(|f| std::fs::File::open(dir.join(f)).ok())
+                .map(|mut f| {
+                    let mut b = Vec::new();
+                    f.read_to_end(&mut b).unwrap();
+                    b
+                });
+            let _ = match body {
+                Some(b) => write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    b.len()
+                )
+                .and_then(|_| stream.write_all(&b)),
+                None => write!(
+                    stream,
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                ),
+            };
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn models_download_on_first_use_then_come_from_the_cache() {
+    let (endpoint, seen) = serve(
+        &fixtures().join("tiny-clip"),
+        "/openai/clip-vit-base-patch32/resolve/refs%2Fpr%2F15/",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let run = || {
+        clipscope()
+            .env("HF_ENDPOINT", &endpoint)
+            .env("CLIPSCOPE_CACHE", cache.path())
+            .args(["classify", &image("chelsea.png"), "--labels", "cat,dog"])
+            .args(["--model", "ViT-B/32", "--format", "json"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(json_of(&first.stdout)["model"], "ViT-B/32");
+    let fetched = seen.lock().unwrap().clone();
+    assert_eq!(fetched.len(), 3, "{fetched:?}");
+    assert!(fetched.iter().any(|p| p.ends_with("/model.safetensors")));
+    let cached = cache.path().join("models/ViT-B-32/model.safetensors");
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        std::fs::read(fixtures().join("tiny-clip/model.safetensors")).unwrap()
+    );
+    assert!(!cached.with_extension("part").exists());
+
+    let second = run();
+    assert!(second.status.success());
+    assert_eq!(seen.lock().unwrap().len(), 3, "the second run downloads nothing");
+
+    let list = clipscope()
+        .env("CLIPSCOPE_CACHE", cache.path())
+        .args(["models", "list"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8(list.stdout).unwrap();
+    let b32 = s.lines().find(|l| l.starts_with("ViT-B/32")).unwrap();
+    assert!(b32.contains("cached"), "{s}");
+    assert!(s.lines().any(|l| l.starts_with("ViT-L/14@336")));
+}
+
+#[test]
+fn a_failed_download_names_the_url_and_leaves_no_file() {
+    let empty = tempfile::tempdir().unwrap();
+    let (endpoint, _) = serve(empty.path(), "/nothing-here/");
+    let cache = tempfile::tempdir().unwrap();
+    let out = clipscope()
+        .env("HF_ENDPOINT", &endpoint)
+        .env("CLIPSCOPE_CACHE", cache.path())
+        .args(["models", "download", "ViT-B/16"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("openai/clip-vit-base-patch16") && err.contains("404"), "{err}");
+    let dir = cache.path().join("models/ViT-B-16");
+    assert!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) == 0);
+}
