@@ -14,8 +14,11 @@ use serde_json::Value;
 fn clipscope() -> Command {
     let mut cmd = Command::cargo_bin("clipscope").unwrap();
     // Never touch the user's cache or the network from tests.
-    cmd.env("CLIPSCOPE_CACHE", std::env::temp_dir().join("clipscope-test-no-cache"))
-        .env("HF_ENDPOINT", "http://127.0.0.1:9");
+    cmd.env(
+        "CLIPSCOPE_CACHE",
+        std::env::temp_dir().join("clipscope-test-no-cache"),
+    )
+    .env("HF_ENDPOINT", "http://127.0.0.1:9");
     cmd
 }
 
@@ -28,9 +31,8 @@ fn image(name: &str) -> String {
 }
 
 fn json_of(out: &[u8]) -> Value {
-    serde_json::from_slice(out).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}", String::from_utf8_lossy(out))
-    })
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
 #[test]
@@ -39,10 +41,21 @@ fn classify_json_matches_reference_probabilities() {
     let labels = reference.labels.join(",");
     let out = clipscope()
         .args(["classify", &image("chelsea.png"), &image("coffee.png")])
-        .args(["--labels", &labels, "--model-dir", &tiny(), "--format", "json"])
+        .args([
+            "--labels",
+            &labels,
+            "--model-dir",
+            &tiny(),
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json_of(&out.stdout);
     assert_eq!(v["model"], Value::String(tiny()));
     let results = v["results"].as_array().unwrap();
@@ -56,13 +69,19 @@ fn classify_json_matches_reference_probabilities() {
         let want = reference.images.iter().find(|i| i.file == file).unwrap();
         let preds = r["predictions"].as_array().unwrap();
         assert_eq!(preds.len(), 5);
-        let probs: Vec<f64> = preds.iter().map(|p| p["probability"].as_f64().unwrap()).collect();
+        let probs: Vec<f64> = preds
+            .iter()
+            .map(|p| p["probability"].as_f64().unwrap())
+            .collect();
         assert!(probs.windows(2).all(|w| w[0] >= w[1]), "sorted: {probs:?}");
         for p in preds {
             let label = p["label"].as_str().unwrap();
             let idx = reference.labels.iter().position(|l| l == label).unwrap();
             let got = p["probability"].as_f64().unwrap();
-            assert!((got - want.probabilities[idx]).abs() < 1e-5, "{file} {label}");
+            assert!(
+                (got - want.probabilities[idx]).abs() < 1e-5,
+                "{file} {label}"
+            );
         }
     }
 }
@@ -77,7 +96,14 @@ fn a_bad_input_is_reported_and_the_others_classified() {
         .args(["classify", &image("chelsea.png")])
         .arg(&bad)
         .arg(&missing)
-        .args(["--labels", "cat,dog", "--model-dir", &tiny(), "--format", "json"])
+        .args([
+            "--labels",
+            "cat,dog",
+            "--model-dir",
+            &tiny(),
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -97,11 +123,22 @@ fn a_bad_input_is_reported_and_the_others_classified() {
 fn folders_are_walked_and_top_k_applies() {
     let out = clipscope()
         .args(["classify", &fixtures().join("images").display().to_string()])
-        .args(["--labels", "cat, dog ,bird", "--top-k", "2", "--model-dir", &tiny()])
+        .args([
+            "--labels",
+            "cat, dog ,bird",
+            "--top-k",
+            "2",
+            "--model-dir",
+            &tiny(),
+        ])
         .args(["--format", "json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json_of(&out.stdout);
     let r = v["results"].as_array().unwrap();
     assert_eq!(r.len(), 12, "every image in the folder, LICENSE.md skipped");
@@ -123,15 +160,27 @@ fn text_and_csv_formats() {
         .unwrap();
     assert!(text.status.success());
     let s = String::from_utf8(text.stdout).unwrap();
-    assert!(s.contains("chelsea.png") && s.contains("% ") && s.contains("cat"), "{s}");
+    assert!(
+        s.contains("chelsea.png") && s.contains("% ") && s.contains("cat"),
+        "{s}"
+    );
 
     let csv = clipscope()
-        .args(["classify", &image("chelsea.png"), "--labels", "cat,\"dog, big\""])
+        .args([
+            "classify",
+            &image("chelsea.png"),
+            "--labels",
+            "cat,\"dog, big\"",
+        ])
         .args(["--labels-file", "/dev/null"])
         .args(["--model-dir", &tiny(), "--format", "csv"])
         .output()
         .unwrap();
-    assert_eq!(csv.status.code(), Some(2), "--labels and --labels-file conflict");
+    assert_eq!(
+        csv.status.code(),
+        Some(2),
+        "--labels and --labels-file conflict"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let labels = dir.path().join("labels.txt");
@@ -159,7 +208,11 @@ fn ensemble_and_template_options() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         json_of(&out.stdout)
     };
     let default = run(&[]);
@@ -198,7 +251,14 @@ fn model_errors_are_one_line_naming_the_path() {
     assert_eq!(err.lines().count(), 1, "{err}");
 
     let out = clipscope()
-        .args(["classify", &image("tall.png"), "--labels", "cat", "--model", "ViT-X/99"])
+        .args([
+            "classify",
+            &image("tall.png"),
+            "--labels",
+            "cat",
+            "--model",
+            "ViT-X/99",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -209,18 +269,35 @@ fn model_errors_are_one_line_naming_the_path() {
 fn embed_images_and_texts() {
     let reference = Reference::load(&fixtures().join("reference.json"));
     let out = clipscope()
-        .args(["embed", &image("coffee.png"), "--model-dir", &tiny(), "--format", "json"])
+        .args([
+            "embed",
+            &image("coffee.png"),
+            "--model-dir",
+            &tiny(),
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     let v = json_of(&out.stdout);
     let e: Vec<f32> = serde_json::from_value(v["items"][0]["embedding"].clone()).unwrap();
-    let want = reference.images.iter().find(|i| i.file == "coffee.png").unwrap();
+    let want = reference
+        .images
+        .iter()
+        .find(|i| i.file == "coffee.png")
+        .unwrap();
     assert!(cosine(&e, &want.image_embedding) > 0.99999);
     assert!((e.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
 
     let out = clipscope()
-        .args(["embed", "--text", "cat,astronaut", "--template", "a photo of a {}."])
+        .args([
+            "embed",
+            "--text",
+            "cat,astronaut",
+            "--template",
+            "a photo of a {}.",
+        ])
         .args(["--model-dir", &tiny(), "--format", "json"])
         .output()
         .unwrap();
@@ -233,7 +310,15 @@ fn embed_images_and_texts() {
     assert!(cosine(&e, &reference.text_embeddings[0]) > 0.99999);
 
     let out = clipscope()
-        .args(["embed", "--text", "cat", "--model-dir", &tiny(), "--format", "csv"])
+        .args([
+            "embed",
+            "--text",
+            "cat",
+            "--model-dir",
+            &tiny(),
+            "--format",
+            "csv",
+        ])
         .output()
         .unwrap();
     let s = String::from_utf8(out.stdout).unwrap();
@@ -261,7 +346,9 @@ fn preprocess_writes_what_the_model_sees() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("LICENSE.md"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("LICENSE.md"));
 }
 
 /// A minimal HTTP server for one folder, recording the paths asked for.
@@ -326,7 +413,11 @@ fn models_download_on_first_use_then_come_from_the_cache() {
             .unwrap()
     };
     let first = run();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert_eq!(json_of(&first.stdout)["model"], "ViT-B/32");
     let fetched = seen.lock().unwrap().clone();
     assert_eq!(fetched.len(), 3, "{fetched:?}");
@@ -340,7 +431,11 @@ fn models_download_on_first_use_then_come_from_the_cache() {
 
     let second = run();
     assert!(second.status.success());
-    assert_eq!(seen.lock().unwrap().len(), 3, "the second run downloads nothing");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        3,
+        "the second run downloads nothing"
+    );
 
     let list = clipscope()
         .env("CLIPSCOPE_CACHE", cache.path())
@@ -366,7 +461,10 @@ fn a_failed_download_names_the_url_and_leaves_no_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("openai/clip-vit-base-patch16") && err.contains("404"), "{err}");
+    assert!(
+        err.contains("openai/clip-vit-base-patch16") && err.contains("404"),
+        "{err}"
+    );
     let dir = cache.path().join("models/ViT-B-16");
     assert!(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) == 0);
 }

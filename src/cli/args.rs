@@ -90,7 +90,11 @@ pub struct ClassifyArgs {
     #[arg(required = true, value_name = "IMAGE_OR_DIR")]
     pub inputs: Vec<PathBuf>,
     /// Labels separated by commas, e.g. "cat,dog,a red car".
-    #[arg(long, required_unless_present = "labels_file", conflicts_with = "labels_file")]
+    #[arg(
+        long,
+        required_unless_present = "labels_file",
+        conflicts_with = "labels_file"
+    )]
     pub labels: Option<String>,
     /// A file of labels, one a line (commas also separate).
     #[arg(long, value_name = "FILE")]

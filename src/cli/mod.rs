@@ -105,6 +105,9 @@ fn display(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// One input's embedding, or the message of why it failed.
+type Embedded = Result<Vec<f32>, String>;
+
 /// Decode a chunk of paths; failures are returned in place.
 fn decode_all(paths: &[PathBuf]) -> Vec<Result<DynamicImage, ImageError>> {
     paths.iter().map(|p| load_image(p)).collect()
@@ -114,20 +117,22 @@ fn decode_all(paths: &[PathBuf]) -> Vec<Result<DynamicImage, ImageError>> {
 fn embed_decoded(
     clip: &Clip,
     decoded: Vec<Result<DynamicImage, ImageError>>,
-) -> Result<Vec<Result<Vec<f32>, String>>> {
+) -> Result<Vec<Embedded>> {
     let ok: Vec<&DynamicImage> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
     let mut embeddings = clip.embed_images(&ok)?.into_iter();
     Ok(decoded
         .into_iter()
         .map(|d| match d {
-            Ok(_) => embeddings.next().ok_or_else(|| "missing embedding".to_string()),
+            Ok(_) => embeddings
+                .next()
+                .ok_or_else(|| "missing embedding".to_string()),
             Err(e) => Err(e.to_string()),
         })
         .collect())
 }
 
 /// Expand inputs, embed every image in chunks, and keep failures in place.
-fn embed_inputs(clip: &Clip, inputs: &[PathBuf]) -> Result<Vec<(String, Result<Vec<f32>, String>)>> {
+fn embed_inputs(clip: &Clip, inputs: &[PathBuf]) -> Result<Vec<(String, Embedded)>> {
     let mut out = Vec::new();
     let mut pending: Vec<PathBuf> = Vec::new();
     let flush = |pending: &mut Vec<PathBuf>, out: &mut Vec<_>| -> Result<()> {
@@ -275,11 +280,19 @@ fn models(action: &ModelsAction) -> Result<u8> {
     match action {
         ModelsAction::List => {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{:<14} {:<9} {:>8}  {}", "NAME", "STATUS", "SIZE", "DESCRIPTION")?;
+            writeln!(
+                out,
+                "{:<14} {:<9} {:>8}  DESCRIPTION",
+                "NAME", "STATUS", "SIZE"
+            )?;
             for m in &registry.models {
                 let dir = hub::model_cache_dir(m, &opts);
                 let have = m.files.iter().all(|f| dir.join(f).is_file());
-                let default = if m.name == registry.default { " (default)" } else { "" };
+                let default = if m.name == registry.default {
+                    " (default)"
+                } else {
+                    ""
+                };
                 writeln!(
                     out,
                     "{:<14} {:<9} {:>5} MB  {}{}",

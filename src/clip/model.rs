@@ -209,7 +209,9 @@ impl TextTower {
             .forward(ids)?
             .broadcast_add(&self.position_embedding.narrow(0, 0, l)?)?;
         let mask = causal_mask(l, ids.device())?;
-        let x = self.final_ln.forward(&self.encoder.forward(&x, Some(&mask))?)?;
+        let x = self
+            .final_ln
+            .forward(&self.encoder.forward(&x, Some(&mask))?)?;
         let d = x.dim(2)?;
         let rows: Vec<u32> = eot
             .iter()
@@ -250,10 +252,16 @@ impl ClipModel {
             vision: VisionTower::load(vb.pp("vision_model"), &config.vision)?,
             text: TextTower::load(vb.pp("text_model"), &config.text)?,
             visual_projection: vb
-                .get((p, config.vision.encoder.hidden_size), "visual_projection.weight")?
+                .get(
+                    (p, config.vision.encoder.hidden_size),
+                    "visual_projection.weight",
+                )?
                 .t()?,
             text_projection: vb
-                .get((p, config.text.encoder.hidden_size), "text_projection.weight")?
+                .get(
+                    (p, config.text.encoder.hidden_size),
+                    "text_projection.weight",
+                )?
                 .t()?,
             logit_scale,
             config: config.clone(),

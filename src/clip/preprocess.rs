@@ -20,6 +20,8 @@ use super::resample::{premultiply, unpremultiply, Planar8};
 /// CLIP's per-channel mean (RGB), from OpenAI's `clip.py`.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's per-channel standard deviation (RGB), from OpenAI's `clip.py`.
+// The digits are OpenAI's as published; they round to f32 exactly as in PyTorch.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// What a model expects of its input picture.
@@ -95,7 +97,9 @@ pub fn resized_dims(width: usize, height: usize, size: usize) -> (usize, usize) 
 /// torchvision's `CenterCrop` offset: `int(round((len - size) / 2))`, with Python's
 /// round-half-to-even.
 pub fn crop_offset(len: usize, size: usize) -> usize {
-    ((len as f64 - size as f64) / 2.0).round_ties_even().max(0.0) as usize
+    ((len as f64 - size as f64) / 2.0)
+        .round_ties_even()
+        .max(0.0) as usize
 }
 
 /// The square RGB picture the model sees, before normalisation.

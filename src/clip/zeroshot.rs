@@ -206,8 +206,20 @@ mod tests {
 
     #[test]
     fn ensembles_have_their_sizes() {
-        assert_eq!(PromptStyle::ensemble("imagenet80").unwrap().prompts("x").len(), 80);
-        assert_eq!(PromptStyle::ensemble("imagenet7").unwrap().prompts("x").len(), 7);
+        assert_eq!(
+            PromptStyle::ensemble("imagenet80")
+                .unwrap()
+                .prompts("x")
+                .len(),
+            80
+        );
+        assert_eq!(
+            PromptStyle::ensemble("imagenet7")
+                .unwrap()
+                .prompts("x")
+                .len(),
+            7
+        );
         assert!(PromptStyle::ensemble("nope").is_err());
     }
 

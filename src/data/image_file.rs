@@ -70,10 +70,49 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        if let Some(img) = decode_jpeg_like_pillow(path) {
+            return Ok(img);
+        }
+    }
     reader.decode().map_err(|source| ImageError::Decode {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Decode a grey or colour JPEG with libjpeg-turbo's decoder (as vendored by mozjpeg),
+/// with the settings Pillow uses (integer IDCT, fancy upsampling), so that pixels are
+/// the reference's. zune-jpeg, the `image` crate's decoder, differs by up to 3 levels.
+/// Returns `None` for what it does not handle (CMYK, oversized, corrupt), which the
+/// `image` crate then decodes or reports.
+fn decode_jpeg_like_pillow(path: &Path) -> Option<DynamicImage> {
+    let bytes = std::fs::read(path).ok()?;
+    // libjpeg reports fatal errors by unwinding (without the panic hook): catch them.
+    std::panic::catch_unwind(|| {
+        let d = mozjpeg::Decompress::new_mem(&bytes).ok()?;
+        let (w, h) = (d.width() as u32, d.height() as u32);
+        if w > MAX_SIDE || h > MAX_SIDE {
+            return None;
+        }
+        match d.color_space() {
+            mozjpeg::ColorSpace::JCS_GRAYSCALE => {
+                let mut s = d.grayscale().ok()?;
+                let data: Vec<u8> = s.read_scanlines().ok()?;
+                s.finish().ok()?;
+                image::GrayImage::from_raw(w, h, data).map(DynamicImage::ImageLuma8)
+            }
+            mozjpeg::ColorSpace::JCS_YCbCr | mozjpeg::ColorSpace::JCS_RGB => {
+                let mut s = d.rgb().ok()?;
+                let data: Vec<u8> = s.read_scanlines().ok()?;
+                s.finish().ok()?;
+                image::RgbImage::from_raw(w, h, data).map(DynamicImage::ImageRgb8)
+            }
+            _ => None,
+        }
+    })
+    .ok()
+    .flatten()
 }
 
 /// Whether a path's extension marks it as an image (case-insensitive).

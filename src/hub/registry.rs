@@ -102,13 +102,25 @@ mod tests {
     #[test]
     fn builtin_registry_has_the_expected_models() {
         let r = Registry::builtin().unwrap();
-        assert_eq!(r.default_model().unwrap().repo, "openai/clip-vit-base-patch32");
+        assert_eq!(
+            r.default_model().unwrap().repo,
+            "openai/clip-vit-base-patch32"
+        );
         assert_eq!(r.default_model().unwrap().revision, "refs/pr/15");
-        for n in ["ViT-B/32", "vit-b-16", "ViT-L/14", "ViT-L/14@336", "l14-336"] {
+        for n in [
+            "ViT-B/32",
+            "vit-b-16",
+            "ViT-L/14",
+            "ViT-L/14@336",
+            "l14-336",
+        ] {
             assert!(r.find(n).is_ok(), "{n}");
         }
         assert_eq!(r.find("ViT-L/14@336").unwrap().image_size, 336);
         let err = r.find("ViT-H/14").unwrap_err().to_string();
-        assert!(err.contains("ViT-H/14") && err.contains("ViT-B/32"), "{err}");
+        assert!(
+            err.contains("ViT-H/14") && err.contains("ViT-B/32"),
+            "{err}"
+        );
     }
 }
