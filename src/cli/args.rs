@@ -26,6 +26,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Write the exact picture the model sees (after resize and crop, before normalisation).
     Preprocess(PreprocessArgs),
+    /// Time the model's encoders (median over repeated runs) for comparison with PyTorch.
+    Bench(BenchArgs),
     /// List or download the models clipscope knows by name.
     Models {
         /// What to do.
@@ -147,4 +149,24 @@ pub struct PreprocessArgs {
     /// Use the input size of this registry model (nothing is downloaded).
     #[arg(long)]
     pub model: Option<String>,
+}
+
+/// `clipscope bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image-encoder batch sizes to time, separated by commas.
+    #[arg(long, default_value = "1,16", value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// An image to time decoding and preprocessing on.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Output format (text or json).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }

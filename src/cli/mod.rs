@@ -2,6 +2,7 @@
 //! context to errors and renders results.
 
 pub mod args;
+mod bench;
 pub mod output;
 
 use std::io::Write;
@@ -36,6 +37,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Classify(a) => classify(&a)?,
         Command::Embed(a) => embed(&a)?,
         Command::Preprocess(a) => preprocess_cmd(&a)?,
+        Command::Bench(a) => bench::run(&a)?,
         Command::Models { action } => models(&action)?,
     };
     Ok(ExitCode::from(code))

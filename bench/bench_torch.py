@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""PyTorch + transformers fp32 side of `clipscope bench`, on the same model folder.
+
+    python3 bench/bench_torch.py --model-dir DIR [--threads 2] [--iters 10]
+    python3 bench/bench_torch.py --model-dir DIR --classify IMAGE --labels a,b,c,d,e
+
+The first form times the image encoder at batch 1 and 16 and the text encoder on five
+prompts (median of --iters runs after one warm-up), as `clipscope bench` does. The
+second is a whole one-shot classification (load, preprocess as OpenAI does, embed,
+softmax, print), for timing as a whole process with hyperfine.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--batch", default="1,16")
+    ap.add_argument("--classify")
+    ap.add_argument("--labels")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import CLIPModel, CLIPTokenizerFast
+
+    t = time.perf_counter()
+    model = CLIPModel.from_pretrained(args.model_dir, torch_dtype=torch.float32).eval()
+    tok = CLIPTokenizerFast.from_pretrained(args.model_dir)
+    load_ms = (time.perf_counter() - t) * 1e3
+
+    if args.classify:
+        from PIL import Image
+        from torchvision import transforms as T
+
+        size = model.config.vision_config.image_size
+        tf = T.Compose(
+            [
+                T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(size),
+                lambda im: im.convert("RGB"),
+                T.ToTensor(),
+                T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+            ]
+        )
+        labels = args.labels.split(",")
+        with torch.no_grad():
+            px = tf(Image.open(args.classify)).unsqueeze(0)
+            ids = tok([f"a photo of a {l}." for l in labels], padding=True, return_tensors="pt")
+            out = model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], pixel_values=px)
+            probs = out.logits_per_image.softmax(dim=-1)[0]
+        for l, p in sorted(zip(labels, probs.tolist()), key=lambda x: -x[1]):
+            print(f"{p * 100:6.2f}%  {l}")
+        return
+
+    def median_ms(f):
+        f()
+        ts = []
+        for _ in range(args.iters):
+            t = time.perf_counter()
+            f()
+            ts.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(ts)
+
+    size = model.config.vision_config.image_size
+    print(f"model {args.model_dir}  torch {torch.__version__}  threads {torch.get_num_threads()}")
+    print(f"{'load model':<36} {load_ms:>10.1f} ms")
+    with torch.no_grad():
+        for b in [int(x) for x in args.batch.split(",")]:
+            px = torch.randn(b, 3, size, size)
+            ms = median_ms(lambda: model.get_image_features(pixel_values=px))
+            print(f"{'image encoder, batch %d' % b:<36} {ms:>10.1f} ms {ms / b:>10.1f} ms/item")
+        ids = tok([f"a photo of a {l}." for l in ["cat", "dog", "car", "tree", "house"]], padding=True, return_tensors="pt")
+        ms = median_ms(lambda: model.get_text_features(**ids))
+        print(f"{'text encoder, 5 prompts':<36} {ms:>10.1f} ms {ms / 5:>10.1f} ms/item")
+
+
+if __name__ == "__main__":
+    main()
