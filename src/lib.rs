@@ -6,3 +6,4 @@
 pub mod clip;
 pub mod data;
 pub mod hub;
+pub mod tui;

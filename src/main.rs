@@ -22,11 +22,9 @@ fn main() -> ExitCode {
         .without_time()
         .with_target(false)
         .init();
-    let Some(command) = args.command else {
-        use clap::CommandFactory;
-        let _ = cli::args::Cli::command().print_help();
-        return ExitCode::from(cli::EXIT_ERROR);
-    };
+    let command = args
+        .command
+        .unwrap_or_else(|| cli::args::Command::Tui(Default::default()));
     match cli::run(command) {
         Ok(code) => code,
         Err(e) => {

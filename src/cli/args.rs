@@ -20,6 +20,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the terminal app (the default when no command is given).
+    Tui(TuiArgs),
     /// Classify images zero-shot against a list of labels.
     Classify(ClassifyArgs),
     /// Print L2-normalised embeddings of images or texts.
@@ -169,4 +171,51 @@ pub struct BenchArgs {
     /// Output format (text or json).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+/// Graphics protocols for the terminal app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImageProtocolArg {
+    /// Ask the terminal, falling back to half-blocks.
+    Auto,
+    /// Kitty graphics protocol.
+    Kitty,
+    /// Sixel.
+    Sixel,
+    /// iTerm2 inline images.
+    Iterm2,
+    /// Unicode half-blocks (works everywhere, also over SSH and in tmux).
+    Halfblocks,
+}
+
+/// `clipscope tui`.
+#[derive(Debug, Args, Default)]
+pub struct TuiArgs {
+    /// An image, or a folder whose first image is opened.
+    #[arg(value_name = "IMAGE_OR_DIR")]
+    pub input: Option<PathBuf>,
+    /// Labels to start with, separated by commas.
+    #[arg(long, default_value = "")]
+    pub labels: String,
+    /// A model by name from the registry. Default: ViT-B/32.
+    #[arg(long, conflicts_with = "model_dir")]
+    pub model: Option<String>,
+    /// A Hugging Face style model folder.
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Prompt template; `{}` is replaced by the label.
+    #[arg(long, conflicts_with = "ensemble")]
+    pub template: Option<String>,
+    /// Average OpenAI's prompt ensemble: imagenet80 or imagenet7.
+    #[arg(long, value_name = "NAME")]
+    pub ensemble: Option<String>,
+    /// How to draw images. `auto` asks the terminal (skipped when not on a terminal).
+    #[arg(long, value_enum)]
+    pub image_protocol: Option<ImageProtocolArg>,
+    /// Key bindings: default or vim (a keymap.toml in the config folder overrides keys).
+    #[arg(long)]
+    pub keymap: Option<String>,
 }

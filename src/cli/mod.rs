@@ -10,13 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use image::DynamicImage;
 
 use clipscope::clip::zeroshot::{self, parse_labels};
 use clipscope::clip::{preprocess, Clip, LabelSet, PromptStyle};
 use clipscope::data::{collect_images, load_image, ImageError};
-use clipscope::hub::{self, DownloadOptions, Registry};
+use clipscope::hub::{self, DownloadOptions, ModelSource, Registry};
 
 use args::{ClassifyArgs, Command, EmbedArgs, ModelArgs, ModelsAction, PreprocessArgs};
 use output::{ClassifyReport, EmbedItem, EmbedReport, ImageResult};
@@ -34,6 +33,7 @@ const CHUNK: usize = 32;
 /// Run one command; `Ok` carries the exit status.
 pub fn run(command: Command) -> Result<ExitCode> {
     let code = match command {
+        Command::Tui(a) => tui(a)?,
         Command::Classify(a) => classify(&a)?,
         Command::Embed(a) => embed(&a)?,
         Command::Preprocess(a) => preprocess_cmd(&a)?,
@@ -43,43 +43,23 @@ pub fn run(command: Command) -> Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-fn parse_device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s
-                .strip_prefix("cuda:")
-                .map(str::parse::<usize>)
-                .transpose()
-                .with_context(|| format!("--device {s}: bad GPU number"))?
-                .unwrap_or(0);
-            Device::new_cuda(ordinal).with_context(|| {
-                format!("--device {s}: CUDA unavailable (build with --features cuda)")
-            })
-        }
-        other => bail!("--device {other}: expected cpu or cuda[:N]"),
+/// The model source named by `--model` / `--model-dir`.
+pub fn model_source(args: &ModelArgs) -> ModelSource {
+    match &args.model_dir {
+        Some(dir) => ModelSource::Dir(dir.clone()),
+        None => ModelSource::Named(args.model.clone()),
     }
 }
 
 /// Load the model named by `--model` / `--model-dir` (default: the registry default),
-/// downloading it on first use.
+/// downloading it on first use with a progress bar on stderr.
 pub fn load_model(args: &ModelArgs) -> Result<Clip> {
-    let device = parse_device(&args.device)?;
-    if let Some(dir) = &args.model_dir {
-        let name = dir.display().to_string();
-        return Clip::load(dir, &name, device)
-            .with_context(|| format!("cannot load model from {}", dir.display()));
-    }
-    let registry = Registry::builtin()?;
-    let entry = match &args.model {
-        Some(name) => registry.find(name)?,
-        None => registry.default_model()?,
-    };
-    let opts = DownloadOptions::from_env()?;
-    let dir = hub::ensure_model(entry, &opts)
-        .with_context(|| format!("cannot download model {}", entry.name))?;
-    Clip::load(&dir, &entry.name, device)
-        .with_context(|| format!("cannot load model {} from {}", entry.name, dir.display()))
+    let device = clipscope::clip::parse_device(&args.device)?;
+    let source = model_source(args);
+    let (dir, name) = hub::resolve_model(&source, &mut hub::stderr_progress())
+        .context("cannot get the model")?;
+    Clip::load(&dir, &name, device)
+        .with_context(|| format!("cannot load model {name} from {}", dir.display()))
 }
 
 fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
@@ -288,8 +268,7 @@ fn models(action: &ModelsAction) -> Result<u8> {
                 "NAME", "STATUS", "SIZE"
             )?;
             for m in &registry.models {
-                let dir = hub::model_cache_dir(m, &opts);
-                let have = m.files.iter().all(|f| dir.join(f).is_file());
+                let have = hub::is_cached(m, &opts);
                 let default = if m.name == registry.default {
                     " (default)"
                 } else {
@@ -309,10 +288,40 @@ fn models(action: &ModelsAction) -> Result<u8> {
         }
         ModelsAction::Download { name } => {
             let entry = registry.find(name)?;
-            let dir = hub::ensure_model(entry, &opts)
+            let dir = hub::ensure_model(entry, &opts, &mut hub::stderr_progress())
                 .with_context(|| format!("cannot download model {}", entry.name))?;
             println!("{} is in {}", entry.name, dir.display());
         }
     }
+    Ok(EXIT_OK)
+}
+
+fn tui(args: args::TuiArgs) -> Result<u8> {
+    use args::ImageProtocolArg as P;
+    use clipscope::tui::{ImageProtocol, TuiOptions};
+    let style = prompt_style(
+        args.template.as_deref().unwrap_or(zeroshot::DEFAULT_TEMPLATE),
+        args.ensemble.as_deref(),
+    )?;
+    let protocol = match args.image_protocol.unwrap_or(P::Auto) {
+        P::Auto => ImageProtocol::Auto,
+        P::Kitty => ImageProtocol::Kitty,
+        P::Sixel => ImageProtocol::Sixel,
+        P::Iterm2 => ImageProtocol::Iterm2,
+        P::Halfblocks => ImageProtocol::Halfblocks,
+    };
+    let source = match args.model_dir {
+        Some(dir) => ModelSource::Dir(dir),
+        None => ModelSource::Named(args.model),
+    };
+    clipscope::tui::run(TuiOptions {
+        input: args.input,
+        labels: args.labels,
+        source,
+        device: args.device.unwrap_or_else(|| "cpu".into()),
+        style,
+        protocol,
+        keymap: args.keymap.unwrap_or_else(|| "default".into()),
+    })?;
     Ok(EXIT_OK)
 }

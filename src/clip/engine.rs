@@ -216,3 +216,21 @@ impl Clip {
         Ok(f.to_vec2::<f32>()?)
     }
 }
+
+/// A compute device from its name: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with
+/// the `cuda` feature).
+pub fn parse_device(spec: &str) -> Result<Device, ClipError> {
+    let bad = |why: &str| ClipError::Device(format!("{spec}: {why}"));
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse::<usize>().map_err(|_| bad("bad GPU number"))?,
+                None => 0,
+            };
+            Device::new_cuda(ordinal)
+                .map_err(|e| bad(&format!("CUDA unavailable ({e}); build with --features cuda")))
+        }
+        _ => Err(bad("expected cpu or cuda[:N]")),
+    }
+}

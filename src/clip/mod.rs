@@ -11,7 +11,7 @@ pub mod zeroshot;
 
 use std::path::PathBuf;
 
-pub use engine::{Clip, Embedding};
+pub use engine::{parse_device, Clip, Embedding};
 pub use preprocess::PreprocessConfig;
 pub use zeroshot::{LabelSet, Prediction, PromptStyle};
 
@@ -67,6 +67,9 @@ pub enum ClipError {
     /// An ensemble name is unknown.
     #[error("unknown ensemble {0:?} (known: imagenet80, imagenet7)")]
     Ensemble(String),
+    /// A device name is unknown or the device is unavailable.
+    #[error("device {0}")]
+    Device(String),
     /// No labels were given.
     #[error("no labels given")]
     NoLabels,

@@ -20,8 +20,6 @@ pub struct DownloadOptions {
     pub endpoint: String,
     /// Root of the model cache.
     pub cache_root: PathBuf,
-    /// Show progress bars (only drawn when stderr is a terminal).
-    pub progress: bool,
 }
 
 impl DownloadOptions {
@@ -30,7 +28,6 @@ impl DownloadOptions {
         Ok(Self {
             endpoint: endpoint(),
             cache_root: cache_root()?,
-            progress: true,
         })
     }
 }
@@ -59,8 +56,15 @@ pub fn model_cache_dir(entry: &ModelEntry, opts: &DownloadOptions) -> PathBuf {
     opts.cache_root.join("models").join(entry.cache_name())
 }
 
+/// Reports download progress: the file being fetched, bytes so far, total if known.
+pub type ProgressFn<'a> = dyn FnMut(&str, u64, Option<u64>) + 'a;
+
 /// The model's folder, downloading whatever files are not there yet.
-pub fn ensure_model(entry: &ModelEntry, opts: &DownloadOptions) -> Result<PathBuf, HubError> {
+pub fn ensure_model(
+    entry: &ModelEntry,
+    opts: &DownloadOptions,
+    progress: &mut ProgressFn<'_>,
+) -> Result<PathBuf, HubError> {
     let dir = model_cache_dir(entry, opts);
     std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
         path: dir.clone(),
@@ -78,9 +82,15 @@ pub fn ensure_model(entry: &ModelEntry, opts: &DownloadOptions) -> Result<PathBu
             encode_revision(&entry.revision),
             file
         );
-        download_file(&url, &dest, opts.progress)?;
+        download_file(&url, &dest, &mut |done, total| progress(file, done, total))?;
     }
     Ok(dir)
+}
+
+/// Whether every file of a registry model is in the cache.
+pub fn is_cached(entry: &ModelEntry, opts: &DownloadOptions) -> bool {
+    let dir = model_cache_dir(entry, opts);
+    entry.files.iter().all(|f| dir.join(f).is_file())
 }
 
 /// Revisions such as `refs/pr/15` travel as one path segment.
@@ -88,8 +98,42 @@ fn encode_revision(rev: &str) -> String {
     rev.replace('/', "%2F")
 }
 
+/// A progress callback that draws an indicatif bar on stderr (hidden when stderr is not
+/// a terminal), one bar per file.
+pub fn stderr_progress() -> impl FnMut(&str, u64, Option<u64>) {
+    let mut current: Option<(String, ProgressBar)> = None;
+    move |file, done, total| {
+        let same = current.as_ref().is_some_and(|(f, _)| f == file);
+        if !same {
+            if let Some((_, bar)) = current.take() {
+                bar.finish_and_clear();
+            }
+            let bar = total.map_or_else(ProgressBar::new_spinner, ProgressBar::new);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_message(file.to_string());
+            current = Some((file.to_string(), bar));
+        }
+        if let Some((_, bar)) = &current {
+            bar.set_position(done);
+            if total == Some(done) {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
 /// Fetch `url` into `dest` through a temporary file in the same folder.
-pub fn download_file(url: &str, dest: &Path, progress: bool) -> Result<(), HubError> {
+pub fn download_file(
+    url: &str,
+    dest: &Path,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<(), HubError> {
     let fail = |message: String| HubError::Download {
         url: url.to_string(),
         message,
@@ -106,24 +150,6 @@ pub fn download_file(url: &str, dest: &Path, progress: bool) -> Result<(), HubEr
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let bar = if progress {
-        let bar = total.map_or_else(ProgressBar::new_spinner, ProgressBar::new);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_message(
-            dest.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
     let tmp = dest.with_extension("part");
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -133,18 +159,24 @@ pub fn download_file(url: &str, dest: &Path, progress: bool) -> Result<(), HubEr
     let mut reader = resp.body_mut().as_reader();
     let mut buf = vec![0u8; 1 << 16];
     let mut written = 0u64;
+    progress(0, total);
     loop {
-        let n = reader.read(&mut buf).map_err(|e| fail(e.to_string()))?;
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(fail(e.to_string()));
+            }
+        };
         if n == 0 {
             break;
         }
         out.write_all(&buf[..n]).map_err(io_err(&tmp))?;
         written += n as u64;
-        bar.set_position(written);
+        progress(written, total);
     }
     out.sync_all().map_err(io_err(&tmp))?;
     drop(out);
-    bar.finish_and_clear();
     if let Some(total) = total {
         if written != total {
             let _ = std::fs::remove_file(&tmp);
@@ -152,4 +184,33 @@ pub fn download_file(url: &str, dest: &Path, progress: bool) -> Result<(), HubEr
         }
     }
     std::fs::rename(&tmp, dest).map_err(io_err(dest))
+}
+
+/// Where a model comes from: a folder, or a registry name (`None`: the default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A Hugging Face style folder.
+    Dir(PathBuf),
+    /// A registry name, or the default model.
+    Named(Option<String>),
+}
+
+/// The folder and display name of a model, downloading a registry model on first use.
+pub fn resolve_model(
+    source: &ModelSource,
+    progress: &mut ProgressFn<'_>,
+) -> Result<(PathBuf, String), HubError> {
+    match source {
+        ModelSource::Dir(dir) => Ok((dir.clone(), dir.display().to_string())),
+        ModelSource::Named(name) => {
+            let registry = super::Registry::builtin()?;
+            let entry = match name {
+                Some(n) => registry.find(n)?,
+                None => registry.default_model()?,
+            };
+            let opts = DownloadOptions::from_env()?;
+            let dir = ensure_model(entry, &opts, progress)?;
+            Ok((dir, entry.name.clone()))
+        }
+    }
 }

@@ -5,7 +5,10 @@ mod registry;
 
 use std::path::PathBuf;
 
-pub use download::{download_file, endpoint, ensure_model, model_cache_dir, DownloadOptions};
+pub use download::{
+    download_file, endpoint, ensure_model, is_cached, model_cache_dir, resolve_model,
+    stderr_progress, DownloadOptions, ModelSource, ProgressFn,
+};
 pub use registry::{ModelEntry, Registry};
 
 /// What can go wrong finding or fetching a model.

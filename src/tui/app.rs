@@ -1,0 +1,688 @@
+//! The app's state and its update logic, free of terminal I/O so that it can be tested.
+//!
+//! Events come in (`App::on_key`, `on_paste`, `on_response`, `on_image_decoded`), the
+//! state changes, and requests for the worker go out; drawing reads the state.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use image::DynamicImage;
+use ratatui_image::picker::Picker;
+use ratatui_image::protocol::StatefulProtocol;
+use tui_textarea::TextArea;
+
+use super::action::Action;
+use super::keymap::Keymap;
+use super::worker::{Request, Response};
+use crate::clip::zeroshot::{parse_labels, Prediction};
+use crate::data::is_image_path;
+
+/// How long typing must pause before the labels are scored again.
+pub const DEBOUNCE: Duration = Duration::from_millis(120);
+
+/// The panes, in tab order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pane {
+    /// Image, labels and live probabilities.
+    Classify,
+    /// Training runs (the CNN baseline).
+    Train,
+    /// This session's classifications.
+    Results,
+}
+
+impl Pane {
+    /// All panes in tab order.
+    pub const ALL: [Pane; 3] = [Pane::Classify, Pane::Train, Pane::Results];
+
+    /// The tab title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Pane::Classify => "Classify",
+            Pane::Train => "Train",
+            Pane::Results => "Results",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|p| *p == self).unwrap_or(0)
+    }
+}
+
+/// The model's state, as the status bar shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelState {
+    /// Loading or downloading, with the latest progress line.
+    Loading(String),
+    /// Ready.
+    Ready {
+        /// Name.
+        name: String,
+        /// Device.
+        device: String,
+    },
+    /// Failed to load.
+    Failed(String),
+}
+
+/// A message for the status bar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    /// The text.
+    pub text: String,
+    /// Whether it reports an error.
+    pub error: bool,
+}
+
+/// The image-path prompt (Ctrl-O).
+pub struct PathPrompt {
+    /// The single-line editor.
+    pub input: TextArea<'static>,
+    /// Candidates shown after an ambiguous Tab.
+    pub candidates: Vec<String>,
+}
+
+/// One finished classification, for the Results pane.
+#[derive(Clone, Debug)]
+pub struct ResultEntry {
+    /// The image.
+    pub path: PathBuf,
+    /// Its predictions.
+    pub predictions: Vec<Prediction>,
+    /// Round-trip time of the update.
+    pub latency_ms: f64,
+}
+
+/// The Classify pane's state.
+pub struct ClassifyState {
+    /// The label editor.
+    pub editor: TextArea<'static>,
+    /// The image on screen.
+    pub image_path: Option<PathBuf>,
+    /// Its picture, sized to the pane when drawn.
+    pub picture: Option<StatefulProtocol>,
+    /// The latest predictions and the labels they are for.
+    pub predictions: Vec<Prediction>,
+    /// The labels the predictions are for.
+    pub scored_labels: Vec<String>,
+}
+
+/// The whole app.
+pub struct App {
+    /// The visible pane.
+    pub pane: Pane,
+    /// The Classify pane.
+    pub classify: ClassifyState,
+    /// Session history for the Results pane, newest last.
+    pub history: Vec<ResultEntry>,
+    /// Key bindings.
+    pub keymap: Keymap,
+    /// Whether the help overlay is open.
+    pub show_help: bool,
+    /// The open-image prompt, when open.
+    pub prompt: Option<PathPrompt>,
+    /// The model's state.
+    pub model: ModelState,
+    /// The graphics protocol in use, for the status bar.
+    pub protocol: String,
+    /// Round-trip time of the last update.
+    pub last_latency_ms: Option<f64>,
+    /// The latest notice.
+    pub notice: Option<Notice>,
+    /// Set when the app should exit.
+    pub should_quit: bool,
+    picker: Picker,
+    generation: u64,
+    /// When the latest score request went out, while it is unanswered.
+    in_flight: Option<Instant>,
+    /// When to score again after typing.
+    debounce_until: Option<Instant>,
+    /// An image being decoded, so that a late decode of an older one is ignored.
+    decoding: Option<PathBuf>,
+}
+
+/// Text area with the app's look.
+fn editor(text: &str) -> TextArea<'static> {
+    let lines: Vec<String> = if text.is_empty() {
+        vec![String::new()]
+    } else {
+        text.split('\n').map(str::to_string).collect()
+    };
+    let mut ta = TextArea::new(lines);
+    ta.set_cursor_line_style(ratatui::style::Style::default());
+    ta.move_cursor(tui_textarea::CursorMove::Bottom);
+    ta.move_cursor(tui_textarea::CursorMove::End);
+    ta
+}
+
+impl App {
+    /// A new app with the labels given on the command line.
+    pub fn new(keymap: Keymap, picker: Picker, labels: &str) -> Self {
+        // Commas and new lines both separate labels; show one a line.
+        let text = parse_labels(labels).join("\n");
+        Self {
+            pane: Pane::Classify,
+            classify: ClassifyState {
+                editor: editor(&text),
+                image_path: None,
+                picture: None,
+                predictions: Vec::new(),
+                scored_labels: Vec::new(),
+            },
+            history: Vec::new(),
+            keymap,
+            show_help: false,
+            prompt: None,
+            model: ModelState::Loading("starting…".into()),
+            protocol: format!("{:?}", picker.protocol_type()).to_lowercase(),
+            last_latency_ms: None,
+            notice: None,
+            should_quit: false,
+            picker,
+            generation: 0,
+            in_flight: None,
+            debounce_until: None,
+            decoding: None,
+        }
+    }
+
+    /// The labels in the editor.
+    pub fn labels(&self) -> Vec<String> {
+        parse_labels(&self.classify.editor.lines().join("\n"))
+    }
+
+    /// Whether the shown predictions are for older labels than those in the editor
+    /// (an update is pending or running): they are drawn dimmed.
+    pub fn updating(&self) -> bool {
+        self.debounce_until.is_some() || self.in_flight.is_some()
+    }
+
+    /// When the pending debounce fires, if one is pending.
+    pub fn debounce_deadline(&self) -> Option<Instant> {
+        self.debounce_until
+    }
+
+    fn notify(&mut self, text: impl Into<String>, error: bool) {
+        self.notice = Some(Notice {
+            text: text.into(),
+            error,
+        });
+    }
+
+    /// Ask for `path` to be opened.
+    pub fn open(&mut self, path: PathBuf) -> Option<PathBuf> {
+        if !path.is_file() {
+            self.notify(format!("{}: no such file", path.display()), true);
+            return None;
+        }
+        self.decoding = Some(path.clone());
+        self.notify(format!("opening {}…", path.display()), false);
+        Some(path)
+    }
+
+    /// A decoded image (or the error) arrived; returns requests for the worker.
+    pub fn on_image_decoded(
+        &mut self,
+        path: PathBuf,
+        result: Result<Arc<DynamicImage>, String>,
+        now: Instant,
+    ) -> Vec<Request> {
+        if self.decoding.as_ref() != Some(&path) {
+            return Vec::new(); // superseded by a newer open
+        }
+        self.decoding = None;
+        match result {
+            Err(message) => {
+                self.notify(message, true);
+                Vec::new()
+            }
+            Ok(image) => {
+                self.classify.picture = Some(self.picker.new_resize_protocol(display_copy(&image)));
+                self.classify.image_path = Some(path.clone());
+                self.classify.predictions.clear();
+                self.classify.scored_labels.clear();
+                self.notice = None;
+                let mut reqs = vec![Request::SetImage { path, image }];
+                reqs.extend(self.score_now(now));
+                reqs
+            }
+        }
+    }
+
+    /// Score the current labels now (no debounce).
+    fn score_now(&mut self, now: Instant) -> Option<Request> {
+        self.debounce_until = None;
+        let labels = self.labels();
+        if labels.is_empty() || self.classify.image_path.is_none() {
+            self.classify.predictions.clear();
+            self.classify.scored_labels.clear();
+            self.in_flight = None;
+            return None;
+        }
+        if matches!(self.model, ModelState::Failed(_)) {
+            return None;
+        }
+        self.generation += 1;
+        self.in_flight = Some(now);
+        Some(Request::Score {
+            generation: self.generation,
+            labels,
+        })
+    }
+
+    /// The debounce timer fired.
+    pub fn on_debounce(&mut self, now: Instant) -> Option<Request> {
+        match self.debounce_until {
+            Some(t) if t <= now => self.score_now(now),
+            _ => None,
+        }
+    }
+
+    /// A message from the worker.
+    pub fn on_response(&mut self, resp: Response, now: Instant) {
+        match resp {
+            Response::Progress(line) => self.model = ModelState::Loading(line),
+            Response::ModelReady {
+                name,
+                device,
+                load_ms,
+            } => {
+                self.model = ModelState::Ready { name, device };
+                tracing::info!("model ready in {load_ms:.0} ms");
+            }
+            Response::ModelFailed(message) => {
+                self.in_flight = None;
+                self.notify(format!("model: {message}"), true);
+                self.model = ModelState::Failed(message);
+            }
+            Response::Scores {
+                generation,
+                path,
+                predictions,
+                compute_ms: _,
+            } => {
+                // Only the answer to the latest request is shown: never a stale result.
+                if generation != self.generation {
+                    return;
+                }
+                let latency = self
+                    .in_flight
+                    .take()
+                    .map(|t| now.duration_since(t).as_secs_f64() * 1e3);
+                self.last_latency_ms = latency;
+                self.classify.scored_labels = predictions.iter().map(|p| p.label.clone()).collect();
+                self.classify.predictions = predictions.clone();
+                self.history.push(ResultEntry {
+                    path,
+                    predictions,
+                    latency_ms: latency.unwrap_or(0.0),
+                });
+            }
+            Response::Failed {
+                generation,
+                message,
+            } => {
+                if generation == 0 || generation == self.generation {
+                    self.in_flight = None;
+                    self.notify(message, true);
+                }
+            }
+        }
+    }
+
+    /// A key press; returns a path to open, if the key asked for one, and worker requests.
+    pub fn on_key(&mut self, key: KeyEvent, now: Instant) -> (Option<PathBuf>, Vec<Request>) {
+        if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
+            self.should_quit = true;
+            return (None, Vec::new());
+        }
+        let typing = self.prompt.is_some() || (self.pane == Pane::Classify && !self.show_help);
+        if let Some(action) = self.keymap.action_for(&key, typing) {
+            return self.on_action(action, now);
+        }
+        if self.show_help {
+            return (None, Vec::new());
+        }
+        if self.prompt.is_some() {
+            return (self.prompt_key(key), Vec::new());
+        }
+        if self.pane == Pane::Classify && self.classify.editor.input(key) {
+            self.debounce_until = Some(now + DEBOUNCE);
+        }
+        (None, Vec::new())
+    }
+
+    /// Run an action.
+    pub fn on_action(&mut self, action: Action, now: Instant) -> (Option<PathBuf>, Vec<Request>) {
+        let mut open = None;
+        let mut reqs = Vec::new();
+        match action {
+            Action::Quit => self.should_quit = true,
+            Action::Help => self.show_help = !self.show_help,
+            Action::Cancel => {
+                self.show_help = false;
+                self.prompt = None;
+            }
+            Action::NextPane => self.pane = Pane::ALL[(self.pane.index() + 1) % 3],
+            Action::PrevPane => self.pane = Pane::ALL[(self.pane.index() + 2) % 3],
+            Action::ShowClassify => self.pane = Pane::Classify,
+            Action::ShowTrain => self.pane = Pane::Train,
+            Action::ShowResults => self.pane = Pane::Results,
+            Action::OpenImage => {
+                let start = self
+                    .classify
+                    .image_path
+                    .as_ref()
+                    .and_then(|p| p.parent())
+                    .map(|d| format!("{}/", d.display()))
+                    .unwrap_or_default();
+                let mut input = TextArea::new(vec![start]);
+                input.move_cursor(tui_textarea::CursorMove::End);
+                input.set_cursor_line_style(ratatui::style::Style::default());
+                self.prompt = Some(PathPrompt {
+                    input,
+                    candidates: Vec::new(),
+                });
+            }
+            Action::NextImage | Action::PrevImage => {
+                match self
+                    .classify
+                    .image_path
+                    .as_deref()
+                    .and_then(|p| neighbour(p, action == Action::NextImage))
+                {
+                    Some(p) => open = self.open(p),
+                    None => self.notify("no other image in this folder", false),
+                }
+            }
+            Action::ClearLabels => {
+                self.classify.editor = editor("");
+                reqs.extend(self.score_now(now));
+            }
+        }
+        (open, reqs)
+    }
+
+    fn prompt_key(&mut self, key: KeyEvent) -> Option<PathBuf> {
+        let prompt = self.prompt.as_mut()?;
+        match key.code {
+            KeyCode::Enter => {
+                let text = prompt.input.lines().join("");
+                self.prompt = None;
+                self.open(expand_path(&text))
+            }
+            KeyCode::Tab => {
+                let text = prompt.input.lines().join("");
+                let (completed, candidates) = complete_path(&text);
+                prompt.input = TextArea::new(vec![completed]);
+                prompt.input.move_cursor(tui_textarea::CursorMove::End);
+                prompt.input.set_cursor_line_style(ratatui::style::Style::default());
+                prompt.candidates = candidates;
+                None
+            }
+            _ => {
+                prompt.input.input(key);
+                None
+            }
+        }
+    }
+
+    /// Text pasted into the terminal: a path to an existing file opens it; anything
+    /// else is typed into the focused editor.
+    pub fn on_paste(&mut self, text: &str, now: Instant) -> Option<PathBuf> {
+        let candidate = expand_path(text.trim().trim_matches(['\'', '"']).trim_start_matches("file://"));
+        if candidate.is_file() {
+            self.prompt = None;
+            return self.open(candidate);
+        }
+        if let Some(p) = self.prompt.as_mut() {
+            p.input.insert_str(text.replace('\n', ""));
+        } else if self.pane == Pane::Classify {
+            self.classify.editor.insert_str(text);
+            self.debounce_until = Some(now + DEBOUNCE);
+        }
+        None
+    }
+}
+
+/// A copy of the image small enough to re-encode quickly when the pane is resized.
+fn display_copy(image: &DynamicImage) -> DynamicImage {
+    const MAX_SIDE: u32 = 1024;
+    if image.width().max(image.height()) > MAX_SIDE {
+        image.thumbnail(MAX_SIDE, MAX_SIDE)
+    } else {
+        image.clone()
+    }
+}
+
+/// `~/x` to the home folder.
+fn expand_path(text: &str) -> PathBuf {
+    match text.strip_prefix("~/") {
+        Some(rest) => directories::BaseDirs::new()
+            .map(|d| d.home_dir().join(rest))
+            .unwrap_or_else(|| PathBuf::from(text)),
+        None => PathBuf::from(text),
+    }
+}
+
+/// Complete a path as far as it is unambiguous; list the candidates when it is not.
+pub fn complete_path(text: &str) -> (String, Vec<String>) {
+    let (dir_part, prefix) = match text.rfind('/') {
+        Some(i) => (&text[..=i], &text[i + 1..]),
+        None => ("", text),
+    };
+    let dir = if dir_part.is_empty() {
+        PathBuf::from(".")
+    } else {
+        expand_path(dir_part)
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return (text.to_string(), Vec::new());
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.starts_with(prefix) || (name.starts_with('.') && !prefix.starts_with('.')) {
+                return None;
+            }
+            let is_dir = e.path().is_dir();
+            (is_dir || is_image_path(&e.path())).then(|| if is_dir { format!("{name}/") } else { name })
+        })
+        .collect();
+    names.sort();
+    let common = names.iter().skip(1).fold(names.first().cloned().unwrap_or_default(), |acc, n| {
+        acc.chars()
+            .zip(n.chars())
+            .take_while(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .collect()
+    });
+    let completed = if common.len() > prefix.len() {
+        format!("{dir_part}{common}")
+    } else {
+        text.to_string()
+    };
+    let candidates = if names.len() > 1 { names } else { Vec::new() };
+    (completed, candidates)
+}
+
+/// The next or previous image file in `path`'s folder, in name order, wrapping around.
+pub fn neighbour(path: &Path, forward: bool) -> Option<PathBuf> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image_path(p))
+        .collect();
+    files.sort();
+    let name = path.file_name()?;
+    let i = files.iter().position(|p| p.file_name() == Some(name))?;
+    if files.len() < 2 {
+        return None;
+    }
+    let j = if forward {
+        (i + 1) % files.len()
+    } else {
+        (i + files.len() - 1) % files.len()
+    };
+    Some(files[j].clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossterm::event::KeyEvent;
+
+    fn app(labels: &str) -> App {
+        App::new(
+            Keymap::builtin("default").unwrap(),
+            Picker::from_fontsize((10, 20)),
+            labels,
+        )
+    }
+
+    fn key(c: char) -> KeyEvent {
+        KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+    }
+
+    fn pred(label: &str, p: f64) -> Prediction {
+        Prediction {
+            label: label.into(),
+            probability: p,
+        }
+    }
+
+    fn with_image(a: &mut App, now: Instant) -> Vec<Request> {
+        let path = PathBuf::from("img.png");
+        a.decoding = Some(path.clone());
+        let img = Arc::new(DynamicImage::new_rgb8(8, 8));
+        a.on_image_decoded(path, Ok(img), now)
+    }
+
+    #[test]
+    fn labels_from_the_command_line_are_one_a_line() {
+        let a = app("cat, dog,,red car");
+        assert_eq!(a.classify.editor.lines(), ["cat", "dog", "red car"]);
+        assert_eq!(a.labels(), ["cat", "dog", "red car"]);
+    }
+
+    #[test]
+    fn opening_an_image_embeds_it_and_scores_at_once() {
+        let mut a = app("cat,dog");
+        let reqs = with_image(&mut a, Instant::now());
+        assert!(matches!(reqs[0], Request::SetImage { .. }));
+        assert!(matches!(&reqs[1], Request::Score { generation: 1, labels } if labels.len() == 2));
+        assert!(a.updating());
+    }
+
+    #[test]
+    fn typing_is_debounced_and_only_the_latest_result_is_shown() {
+        let t0 = Instant::now();
+        let mut a = app("cat");
+        with_image(&mut a, t0);
+        a.on_key(key('\n'), t0);
+        a.on_key(key('x'), t0);
+        assert!(a.on_debounce(t0).is_none(), "not before the pause");
+        let req = a.on_debounce(t0 + DEBOUNCE).unwrap();
+        let Request::Score { generation, labels } = req else { panic!() };
+        assert_eq!((generation, labels), (2, vec!["cat".to_string(), "x".to_string()]));
+        // The answer to the older request arrives late: dropped, never shown.
+        a.on_response(
+            Response::Scores {
+                generation: 1,
+                path: "img.png".into(),
+                predictions: vec![pred("cat", 1.0)],
+                compute_ms: 1.0,
+            },
+            t0,
+        );
+        assert!(a.classify.predictions.is_empty());
+        a.on_response(
+            Response::Scores {
+                generation: 2,
+                path: "img.png".into(),
+                predictions: vec![pred("x", 0.6), pred("cat", 0.4)],
+                compute_ms: 1.0,
+            },
+            t0 + Duration::from_millis(200),
+        );
+        assert_eq!(a.classify.predictions.len(), 2);
+        assert!(!a.updating());
+        assert_eq!(a.history.len(), 1);
+        // Latency runs from the request (after the pause) to the answer.
+        assert!((a.last_latency_ms.unwrap() - 80.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn ctrl_c_quits_whatever_the_keymap() {
+        let mut a = app("");
+        let mut map = Keymap::builtin("default").unwrap();
+        map.apply("u", "[bindings]\n\"ctrl-c\" = \"help\"").unwrap();
+        a.keymap = map;
+        a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), Instant::now());
+        assert!(a.should_quit);
+    }
+
+    #[test]
+    fn panes_cycle_and_help_toggles() {
+        let mut a = app("");
+        let now = Instant::now();
+        a.on_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE), now);
+        assert_eq!(a.pane, Pane::Train);
+        a.on_key(KeyEvent::new(KeyCode::BackTab, KeyModifiers::SHIFT), now);
+        a.on_key(KeyEvent::new(KeyCode::BackTab, KeyModifiers::SHIFT), now);
+        assert_eq!(a.pane, Pane::Results);
+        a.on_key(KeyEvent::new(KeyCode::F(1), KeyModifiers::NONE), now);
+        assert!(a.show_help);
+        a.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE), now);
+        assert!(!a.show_help);
+    }
+
+    #[test]
+    fn pasting_a_path_opens_it_and_text_is_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("x.png");
+        image::RgbImage::new(4, 4).save(&img).unwrap();
+        let mut a = app("");
+        let now = Instant::now();
+        assert_eq!(a.on_paste(&format!("'{}'\n", img.display()), now), Some(img));
+        assert_eq!(a.on_paste("cat, dog", now), None);
+        assert_eq!(a.labels(), ["cat", "dog"]);
+        assert!(a.debounce_deadline().is_some());
+    }
+
+    #[test]
+    fn a_failed_decode_is_a_notice_not_a_crash() {
+        let mut a = app("cat");
+        let path = PathBuf::from("bad.png");
+        a.decoding = Some(path.clone());
+        let reqs = a.on_image_decoded(path, Err("bad.png: not a readable image".into()), Instant::now());
+        assert!(reqs.is_empty());
+        assert!(a.notice.as_ref().unwrap().error);
+        assert!(a.open(PathBuf::from("/no/such/file.png")).is_none());
+    }
+
+    #[test]
+    fn paths_complete_and_neighbours_wrap() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["apple.png", "apricot.jpg", "banana.png", "notes.txt"] {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("album")).unwrap();
+        let base = format!("{}/", dir.path().display());
+        let (done, cands) = complete_path(&format!("{base}b"));
+        assert_eq!(done, format!("{base}banana.png"));
+        assert!(cands.is_empty());
+        let (done, cands) = complete_path(&format!("{base}a"));
+        assert_eq!(done, format!("{base}a"));
+        assert_eq!(cands, ["album/", "apple.png", "apricot.jpg"]);
+        let (done, _) = complete_path(&format!("{base}apr"));
+        assert_eq!(done, format!("{base}apricot.jpg"));
+        let banana = dir.path().join("banana.png");
+        assert_eq!(neighbour(&banana, true).unwrap(), dir.path().join("apple.png"));
+        assert_eq!(neighbour(&banana, false).unwrap(), dir.path().join("apricot.jpg"));
+    }
+}
