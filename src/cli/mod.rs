@@ -56,8 +56,8 @@ pub fn model_source(args: &ModelArgs) -> ModelSource {
 pub fn load_model(args: &ModelArgs) -> Result<Clip> {
     let device = clipscope::clip::parse_device(&args.device)?;
     let source = model_source(args);
-    let (dir, name) = hub::resolve_model(&source, &mut hub::stderr_progress())
-        .context("cannot get the model")?;
+    let (dir, name) =
+        hub::resolve_model(&source, &mut hub::stderr_progress()).context("cannot get the model")?;
     Clip::load(&dir, &name, device)
         .with_context(|| format!("cannot load model {name} from {}", dir.display()))
 }
@@ -300,7 +300,9 @@ fn tui(args: args::TuiArgs) -> Result<u8> {
     use args::ImageProtocolArg as P;
     use clipscope::tui::{ImageProtocol, TuiOptions};
     let style = prompt_style(
-        args.template.as_deref().unwrap_or(zeroshot::DEFAULT_TEMPLATE),
+        args.template
+            .as_deref()
+            .unwrap_or(zeroshot::DEFAULT_TEMPLATE),
         args.ensemble.as_deref(),
     )?;
     let protocol = match args.image_protocol.unwrap_or(P::Auto) {

@@ -228,8 +228,11 @@ pub fn parse_device(spec: &str) -> Result<Device, ClipError> {
                 Some(n) => n.parse::<usize>().map_err(|_| bad("bad GPU number"))?,
                 None => 0,
             };
-            Device::new_cuda(ordinal)
-                .map_err(|e| bad(&format!("CUDA unavailable ({e}); build with --features cuda")))
+            Device::new_cuda(ordinal).map_err(|e| {
+                bad(&format!(
+                    "CUDA unavailable ({e}); build with --features cuda"
+                ))
+            })
         }
         _ => Err(bad("expected cpu or cuda[:N]")),
     }

@@ -418,7 +418,9 @@ impl App {
                 let (completed, candidates) = complete_path(&text);
                 prompt.input = TextArea::new(vec![completed]);
                 prompt.input.move_cursor(tui_textarea::CursorMove::End);
-                prompt.input.set_cursor_line_style(ratatui::style::Style::default());
+                prompt
+                    .input
+                    .set_cursor_line_style(ratatui::style::Style::default());
                 prompt.candidates = candidates;
                 None
             }
@@ -432,7 +434,11 @@ impl App {
     /// Text pasted into the terminal: a path to an existing file opens it; anything
     /// else is typed into the focused editor.
     pub fn on_paste(&mut self, text: &str, now: Instant) -> Option<PathBuf> {
-        let candidate = expand_path(text.trim().trim_matches(['\'', '"']).trim_start_matches("file://"));
+        let candidate = expand_path(
+            text.trim()
+                .trim_matches(['\'', '"'])
+                .trim_start_matches("file://"),
+        );
         if candidate.is_file() {
             self.prompt = None;
             return self.open(candidate);
@@ -489,17 +495,26 @@ pub fn complete_path(text: &str) -> (String, Vec<String>) {
                 return None;
             }
             let is_dir = e.path().is_dir();
-            (is_dir || is_image_path(&e.path())).then(|| if is_dir { format!("{name}/") } else { name })
+            (is_dir || is_image_path(&e.path())).then(|| {
+                if is_dir {
+                    format!("{name}/")
+                } else {
+                    name
+                }
+            })
         })
         .collect();
     names.sort();
-    let common = names.iter().skip(1).fold(names.first().cloned().unwrap_or_default(), |acc, n| {
-        acc.chars()
-            .zip(n.chars())
-            .take_while(|(a, b)| a == b)
-            .map(|(a, _)| a)
-            .collect()
-    });
+    let common = names
+        .iter()
+        .skip(1)
+        .fold(names.first().cloned().unwrap_or_default(), |acc, n| {
+            acc.chars()
+                .zip(n.chars())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a)
+                .collect()
+        });
     let completed = if common.len() > prefix.len() {
         format!("{dir_part}{common}")
     } else {
@@ -511,7 +526,10 @@ pub fn complete_path(text: &str) -> (String, Vec<String>) {
 
 /// The next or previous image file in `path`'s folder, in name order, wrapping around.
 pub fn neighbour(path: &Path, forward: bool) -> Option<PathBuf> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -587,8 +605,13 @@ mod tests {
         a.on_key(key('x'), t0);
         assert!(a.on_debounce(t0).is_none(), "not before the pause");
         let req = a.on_debounce(t0 + DEBOUNCE).unwrap();
-        let Request::Score { generation, labels } = req else { panic!() };
-        assert_eq!((generation, labels), (2, vec!["cat".to_string(), "x".to_string()]));
+        let Request::Score { generation, labels } = req else {
+            panic!()
+        };
+        assert_eq!(
+            (generation, labels),
+            (2, vec!["cat".to_string(), "x".to_string()])
+        );
         // The answer to the older request arrives late: dropped, never shown.
         a.on_response(
             Response::Scores {
@@ -622,7 +645,10 @@ mod tests {
         let mut map = Keymap::builtin("default").unwrap();
         map.apply("u", "[bindings]\n\"ctrl-c\" = \"help\"").unwrap();
         a.keymap = map;
-        a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), Instant::now());
+        a.on_key(
+            KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+            Instant::now(),
+        );
         assert!(a.should_quit);
     }
 
@@ -648,7 +674,10 @@ mod tests {
         image::RgbImage::new(4, 4).save(&img).unwrap();
         let mut a = app("");
         let now = Instant::now();
-        assert_eq!(a.on_paste(&format!("'{}'\n", img.display()), now), Some(img));
+        assert_eq!(
+            a.on_paste(&format!("'{}'\n", img.display()), now),
+            Some(img)
+        );
         assert_eq!(a.on_paste("cat, dog", now), None);
         assert_eq!(a.labels(), ["cat", "dog"]);
         assert!(a.debounce_deadline().is_some());
@@ -659,7 +688,11 @@ mod tests {
         let mut a = app("cat");
         let path = PathBuf::from("bad.png");
         a.decoding = Some(path.clone());
-        let reqs = a.on_image_decoded(path, Err("bad.png: not a readable image".into()), Instant::now());
+        let reqs = a.on_image_decoded(
+            path,
+            Err("bad.png: not a readable image".into()),
+            Instant::now(),
+        );
         assert!(reqs.is_empty());
         assert!(a.notice.as_ref().unwrap().error);
         assert!(a.open(PathBuf::from("/no/such/file.png")).is_none());
@@ -682,7 +715,13 @@ mod tests {
         let (done, _) = complete_path(&format!("{base}apr"));
         assert_eq!(done, format!("{base}apricot.jpg"));
         let banana = dir.path().join("banana.png");
-        assert_eq!(neighbour(&banana, true).unwrap(), dir.path().join("apple.png"));
-        assert_eq!(neighbour(&banana, false).unwrap(), dir.path().join("apricot.jpg"));
+        assert_eq!(
+            neighbour(&banana, true).unwrap(),
+            dir.path().join("apple.png")
+        );
+        assert_eq!(
+            neighbour(&banana, false).unwrap(),
+            dir.path().join("apricot.jpg")
+        );
     }
 }

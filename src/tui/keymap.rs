@@ -73,7 +73,11 @@ impl Key {
             // Shift is already in the character; terminals disagree on reporting it.
             KeyCode::Char(c) => {
                 mods.remove(KeyModifiers::SHIFT);
-                KeyCode::Char(if mods.is_empty() { c } else { c.to_ascii_lowercase() })
+                KeyCode::Char(if mods.is_empty() {
+                    c
+                } else {
+                    c.to_ascii_lowercase()
+                })
             }
             KeyCode::BackTab => {
                 mods.remove(KeyModifiers::SHIFT);
@@ -148,7 +152,9 @@ impl Key {
     /// while the user is typing in an editor.
     pub fn is_typing(&self) -> bool {
         matches!(self.code, KeyCode::Char(_))
-            && !self.mods.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
+            && !self
+                .mods
+                .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
     }
 }
 
@@ -196,13 +202,15 @@ impl Keymap {
         };
         let file: KeymapFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         for (key_text, action_name) in file.bindings {
-            let key = Key::parse(&key_text).ok_or_else(|| invalid(format!("unknown key {key_text:?}")))?;
+            let key = Key::parse(&key_text)
+                .ok_or_else(|| invalid(format!("unknown key {key_text:?}")))?;
             self.bindings.retain(|(k, _)| *k != key);
             if action_name == "none" {
                 continue;
             }
-            let action = Action::from_name(&action_name)
-                .ok_or_else(|| invalid(format!("unknown action {action_name:?} for {key_text:?}")))?;
+            let action = Action::from_name(&action_name).ok_or_else(|| {
+                invalid(format!("unknown action {action_name:?} for {key_text:?}"))
+            })?;
             self.bindings.push((key, action));
         }
         Ok(())
@@ -226,7 +234,10 @@ impl Keymap {
     /// A built-in set, with `keymap.toml` from `config_dir` applied on top if present.
     pub fn load(name: &str, config_dir: Option<&Path>) -> Result<Self, KeymapError> {
         let mut map = Self::builtin(name)?;
-        if let Some(path) = config_dir.map(|d| d.join("keymap.toml")).filter(|p| p.is_file()) {
+        if let Some(path) = config_dir
+            .map(|d| d.join("keymap.toml"))
+            .filter(|p| p.is_file())
+        {
             let text = std::fs::read_to_string(&path).map_err(|source| KeymapError::Io {
                 path: path.clone(),
                 source,
@@ -286,14 +297,21 @@ mod tests {
         assert_eq!(Key::parse("F1").unwrap().code, KeyCode::F(1));
         assert_eq!(Key::parse("alt-right").unwrap().mods, KeyModifiers::ALT);
         assert_eq!(Key::parse("-").unwrap().code, KeyCode::Char('-'));
-        assert!(Key::parse("ctrl-").is_none() || Key::parse("ctrl-").unwrap().code == KeyCode::Char('-'));
+        assert!(
+            Key::parse("ctrl-").is_none()
+                || Key::parse("ctrl-").unwrap().code == KeyCode::Char('-')
+        );
         assert!(Key::parse("hyper-x").is_none());
         assert!(Key::parse("f13").is_none());
     }
 
     #[test]
     fn typing_keys_go_to_the_editor() {
-        let map = Keymap::parse("t", "[bindings]\n\"?\" = \"help\"\n\"ctrl-o\" = \"open_image\"").unwrap();
+        let map = Keymap::parse(
+            "t",
+            "[bindings]\n\"?\" = \"help\"\n\"ctrl-o\" = \"open_image\"",
+        )
+        .unwrap();
         let q = ev(KeyCode::Char('?'), KeyModifiers::SHIFT);
         assert_eq!(map.action_for(&q, false), Some(Action::Help));
         assert_eq!(map.action_for(&q, true), None);
@@ -304,10 +322,18 @@ mod tests {
     #[test]
     fn overrides_replace_and_unbind() {
         let mut map = Keymap::builtin("default").unwrap();
-        map.apply("user", "[bindings]\n\"ctrl-o\" = \"none\"\n\"ctrl-y\" = \"open_image\"")
-            .unwrap();
-        assert_eq!(map.keys_for(Action::OpenImage), vec![Key::parse("ctrl-y").unwrap()]);
-        let err = map.apply("user", "[bindings]\n\"ctrl-y\" = \"fly\"").unwrap_err();
+        map.apply(
+            "user",
+            "[bindings]\n\"ctrl-o\" = \"none\"\n\"ctrl-y\" = \"open_image\"",
+        )
+        .unwrap();
+        assert_eq!(
+            map.keys_for(Action::OpenImage),
+            vec![Key::parse("ctrl-y").unwrap()]
+        );
+        let err = map
+            .apply("user", "[bindings]\n\"ctrl-y\" = \"fly\"")
+            .unwrap_err();
         assert!(err.to_string().contains("fly"));
     }
 }

@@ -109,7 +109,11 @@ impl TerminalGuard {
         }));
         enable_raw_mode()?;
         let guard = TerminalGuard;
-        execute!(std::io::stdout(), EnterAlternateScreen, EnableBracketedPaste)?;
+        execute!(
+            std::io::stdout(),
+            EnterAlternateScreen,
+            EnableBracketedPaste
+        )?;
         let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
         Ok((guard, terminal))
     }
@@ -159,8 +163,8 @@ pub fn run(opts: TuiOptions) -> Result<(), TuiError> {
     if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
         return Err(TuiError::NotATerminal);
     }
-    let config_dir = directories::ProjectDirs::from("", "", "clipscope")
-        .map(|d| d.config_dir().to_path_buf());
+    let config_dir =
+        directories::ProjectDirs::from("", "", "clipscope").map(|d| d.config_dir().to_path_buf());
     let keymap = Keymap::load(&opts.keymap, config_dir.as_deref())?;
     let picker = make_picker(opts.protocol);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,14 +198,21 @@ async fn event_loop(
     };
     let mut app = App::new(keymap, picker, &opts.labels);
     if let Some(input) = &opts.input {
-        let first = collect_images(std::slice::from_ref(input)).into_iter().next();
+        let first = collect_images(std::slice::from_ref(input))
+            .into_iter()
+            .next();
         match first {
             Some(Ok(path)) => {
                 if let Some(p) = app.open(path) {
                     decode_in_background(p, decoded_tx.clone());
                 }
             }
-            Some(Err(e)) => app.notice = Some(app::Notice { text: e.to_string(), error: true }),
+            Some(Err(e)) => {
+                app.notice = Some(app::Notice {
+                    text: e.to_string(),
+                    error: true,
+                })
+            }
             None => {
                 app.notice = Some(app::Notice {
                     text: format!("{}: no images", input.display()),
@@ -212,8 +223,7 @@ async fn event_loop(
     }
     let mut events = EventStream::new();
     #[cfg(unix)]
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     #[cfg(unix)]
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {

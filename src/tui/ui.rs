@@ -48,7 +48,10 @@ fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
         .unwrap_or_default();
     let cols = Layout::default()
         .direction(Direction::Horizontal)
-        .constraints([Constraint::Min(10), Constraint::Length(help.len() as u16 + 12)])
+        .constraints([
+            Constraint::Min(10),
+            Constraint::Length(help.len() as u16 + 12),
+        ])
         .split(area);
     f.render_widget(
         Tabs::new(titles)
@@ -63,7 +66,9 @@ fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
 }
 
 fn draw_prompt(f: &mut Frame, app: &mut App, area: Rect) {
-    let Some(prompt) = app.prompt.as_mut() else { return };
+    let Some(prompt) = app.prompt.as_mut() else {
+        return;
+    };
     let title = if prompt.candidates.is_empty() {
         " Open image (Tab completes, Enter opens, Esc cancels) ".to_string()
     } else {
@@ -121,14 +126,25 @@ fn draw_help(f: &mut Frame, app: &App) {
         Line::from("  Ctrl-C          quit (always)"),
     ];
     for action in Action::ALL {
-        let keys: Vec<String> = app.keymap.keys_for(action).iter().map(|k| k.to_string()).collect();
+        let keys: Vec<String> = app
+            .keymap
+            .keys_for(action)
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
         if keys.is_empty() {
             continue;
         }
-        lines.push(Line::from(format!("  {:<15} {}", keys.join(", "), action.describe())));
+        lines.push(Line::from(format!(
+            "  {:<15} {}",
+            keys.join(", "),
+            action.describe()
+        )));
     }
     lines.push(Line::from(""));
-    lines.push(Line::from("  Paste or drop an image path to open it; type labels to score them."));
+    lines.push(Line::from(
+        "  Paste or drop an image path to open it; type labels to score them.",
+    ));
     let h = (lines.len() as u16 + 2).min(f.area().height);
     let w = 76.min(f.area().width);
     let area = Rect {

@@ -73,7 +73,11 @@ pub fn bar(fraction: f64, width: usize) -> String {
 
 fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
     let updating = app.updating();
-    let title = if updating { " Probabilities (updating…) " } else { " Probabilities " };
+    let title = if updating {
+        " Probabilities (updating…) "
+    } else {
+        " Probabilities "
+    };
     let block = Block::default().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
     f.render_widget(block, area);
@@ -84,7 +88,10 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
             (_, true) => "Type some labels.",
             _ => "Scoring…",
         };
-        vec![Line::from(Span::styled(hint, Style::default().fg(Color::DarkGray)))]
+        vec![Line::from(Span::styled(
+            hint,
+            Style::default().fg(Color::DarkGray),
+        ))]
     } else {
         let label_w = (inner.width as usize).saturating_sub(BAR + 10).max(8);
         preds
@@ -93,7 +100,9 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
             .enumerate()
             .map(|(i, p)| {
                 let mut style = if i == 0 {
-                    Style::default().fg(Color::Green).add_modifier(Modifier::BOLD)
+                    Style::default()
+                        .fg(Color::Green)
+                        .add_modifier(Modifier::BOLD)
                 } else {
                     Style::default()
                 };
@@ -104,7 +113,10 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
                 Line::from(vec![
                     Span::styled(format!("{label:<label_w$}"), style),
                     Span::styled(format!(" {:>6.2}% ", p.probability * 100.0), style),
-                    Span::styled(bar(p.probability, BAR), style.fg(if i == 0 { Color::Green } else { Color::Blue })),
+                    Span::styled(
+                        bar(p.probability, BAR),
+                        style.fg(if i == 0 { Color::Green } else { Color::Blue }),
+                    ),
                 ])
             })
             .collect()

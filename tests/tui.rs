@@ -1,0 +1,249 @@
+//! The terminal app: rendering with ratatui's TestBackend, and the real binary driven in
+//! a pseudo-terminal as a person would (type a label, see it scored, Ctrl-C).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clipscope::clip::Prediction;
+use clipscope::tui::app::App;
+use clipscope::tui::keymap::Keymap;
+use clipscope::tui::ui;
+use clipscope::tui::worker::{Request, Response};
+use common::fixtures;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use ratatui_image::picker::Picker;
+
+fn screen_text(terminal: &Terminal<TestBackend>) -> String {
+    let buf = terminal.backend().buffer();
+    (0..buf.area.height)
+        .map(|y| {
+            (0..buf.area.width)
+                .map(|x| buf[(x, y)].symbol().to_string())
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn classify_pane_renders_image_labels_and_probabilities() {
+    let mut app = App::new(
+        Keymap::builtin("default").unwrap(),
+        Picker::from_fontsize((10, 20)),
+        "cat,astronaut",
+    );
+    let now = Instant::now();
+    let path = fixtures().join("images/chelsea.png");
+    let img = clipscope::data::load_image(&path).unwrap();
+    app.open(path.clone()).unwrap();
+    let reqs = app.on_image_decoded(path.clone(), Ok(Arc::new(img)), now);
+    let generation = reqs
+        .iter()
+        .find_map(|r| match r {
+            Request::Score { generation, .. } => Some(*generation),
+            _ => None,
+        })
+        .unwrap();
+    app.on_response(
+        Response::ModelReady {
+            name: "tiny".into(),
+            device: "cpu".into(),
+            load_ms: 1.0,
+        },
+        now,
+    );
+    app.on_response(
+        Response::Scores {
+            generation,
+            path,
+            predictions: vec![
+                Prediction {
+                    label: "cat".into(),
+                    probability: 0.8734,
+                },
+                Prediction {
+                    label: "astronaut".into(),
+                    probability: 0.1266,
+                },
+            ],
+            compute_ms: 3.0,
+        },
+        now + Duration::from_millis(42),
+    );
+    let mut terminal = Terminal::new(TestBackend::new(140, 45)).unwrap();
+    terminal.draw(|f| ui::draw(f, &mut app)).unwrap();
+    let text = screen_text(&terminal);
+    assert!(text.contains("Classify") && text.contains("Train") && text.contains("Results"));
+    assert!(text.contains("chelsea.png"), "image title");
+    let cat_row = text.lines().find(|l| l.contains("87.34%")).unwrap();
+    assert!(cat_row.contains("cat") && cat_row.contains('█'));
+    assert!(text
+        .lines()
+        .any(|l| l.contains("astronaut") && l.contains("12.66%")));
+    let status = text.lines().last().unwrap();
+    assert!(status.contains("tiny on cpu") && status.contains("update 42 ms"));
+    assert!(status.contains("halfblocks"));
+    // The image is drawn with half-blocks somewhere on the left.
+    assert!(text
+        .lines()
+        .any(|l| l.chars().take(70).any(|c| c == '▀' || c == '▄')));
+
+    // The help overlay lists bindings from the active keymap.
+    app.show_help = true;
+    terminal.draw(|f| ui::draw(f, &mut app)).unwrap();
+    let text = screen_text(&terminal);
+    assert!(text.contains("Ctrl-O") && text.contains("open an image"));
+
+    // The Results pane lists the session's classification.
+    app.show_help = false;
+    app.pane = clipscope::tui::app::Pane::Results;
+    terminal.draw(|f| ui::draw(f, &mut app)).unwrap();
+    let text = screen_text(&terminal);
+    assert!(text
+        .lines()
+        .any(|l| l.contains("chelsea.png") && l.contains("cat")));
+}
+
+/// The real binary in a 140x45 pseudo-terminal.
+struct Pty {
+    parser: Arc<Mutex<vt100::Parser>>,
+    writer: Box<dyn Write + Send>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+}
+
+impl Pty {
+    fn spawn(args: &[&str]) -> Self {
+        use portable_pty::{native_pty_system, CommandBuilder, PtySize};
+        let pair = native_pty_system()
+            .openpty(PtySize {
+                rows: 45,
+                cols: 140,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .unwrap();
+        let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_clipscope"));
+        cmd.args(args);
+        cmd.env("TERM", "xterm-256color");
+        cmd.env(
+            "CLIPSCOPE_CACHE",
+            std::env::temp_dir().join("clipscope-tui-test"),
+        );
+        let child = pair.slave.spawn_command(cmd).unwrap();
+        drop(pair.slave);
+        let mut reader = pair.master.try_clone_reader().unwrap();
+        let writer = pair.master.take_writer().unwrap();
+        let parser = Arc::new(Mutex::new(vt100::Parser::new(45, 140, 0)));
+        let p = parser.clone();
+        std::thread::spawn(move || {
+            let _master = pair.master; // keep the pty open while the child runs
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                p.lock().unwrap().process(&buf[..n]);
+            }
+        });
+        Self {
+            parser,
+            writer,
+            child,
+        }
+    }
+
+    fn screen(&self) -> String {
+        self.parser.lock().unwrap().screen().contents()
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+        self.writer.flush().unwrap();
+    }
+}
+
+fn row_with<'a>(screen: &'a str, label: &str) -> Option<&'a str> {
+    screen
+        .lines()
+        .find(|l| l.contains(label) && l.contains('%') && l.contains("│"))
+}
+
+#[test]
+fn the_app_scores_typed_labels_live_and_quits_cleanly() {
+    let image = fixtures().join("images/chelsea.png").display().to_string();
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let mut pty = Pty::spawn(&[
+        "tui",
+        &image,
+        "--labels",
+        "cat,astronaut",
+        "--model-dir",
+        &model,
+        "--image-protocol",
+        "halfblocks",
+    ]);
+    let s = pty.wait_for("first probabilities", |s| {
+        row_with(s, "cat").is_some() && row_with(s, "astronaut").is_some()
+    });
+    assert!(s.contains("chelsea.png"));
+    assert!(pty.parser.lock().unwrap().screen().alternate_screen());
+
+    // Focus starts in the label editor with the cursor after the last label.
+    pty.send(b"\rrocket");
+    let s = pty.wait_for("the typed label scored", |s| {
+        row_with(s, "rocket").is_some()
+    });
+    let probs: Vec<f64> = ["cat", "astronaut", "rocket"]
+        .iter()
+        .map(|l| {
+            let row = row_with(&s, l).unwrap();
+            let pct = row.split_whitespace().find(|w| w.ends_with('%')).unwrap();
+            pct.trim_end_matches('%').parse::<f64>().unwrap()
+        })
+        .collect();
+    let total: f64 = probs.iter().sum();
+    assert!(
+        (total - 100.0).abs() < 0.1,
+        "probabilities sum to 100%: {probs:?}"
+    );
+
+    pty.send(b"\x03");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = pty.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the app did not quit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    let parser = pty.parser.lock().unwrap();
+    assert!(
+        !parser.screen().alternate_screen(),
+        "left the alternate screen"
+    );
+    assert!(!parser.screen().hide_cursor(), "cursor shown again");
+}
