@@ -129,6 +129,7 @@ impl Pty {
         let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_clipscope"));
         cmd.args(args);
         cmd.env("TERM", "xterm-256color");
+        cmd.env_remove("TMUX"); // inside tmux the app would not query the terminal
         cmd.env(
             "CLIPSCOPE_CACHE",
             std::env::temp_dir().join("clipscope-tui-test"),
@@ -226,6 +227,22 @@ fn the_app_scores_typed_labels_live_and_quits_cleanly() {
         "probabilities sum to 100%: {probs:?}"
     );
 
+    // Next image in the folder (PageDown): the title changes and it is scored.
+    pty.send(b"\x1b[6~");
+    pty.wait_for("the next image", |s| {
+        s.contains("chelsea_cmyk.jpg") && row_with(s, "rocket").is_some()
+    });
+
+    // A path pasted into the terminal opens; a file that is no image is an error line.
+    let license = fixtures().join("images/LICENSE.md").display().to_string();
+    pty.send(format!("\x1b[200~{license}\x1b[201~").as_bytes());
+    pty.wait_for("the decode error", |s| s.contains("not a readable image"));
+    let coffee = fixtures().join("images/coffee.png").display().to_string();
+    pty.send(format!("\x1b[200~{coffee}\x1b[201~").as_bytes());
+    pty.wait_for("the pasted image", |s| {
+        s.contains("coffee.png") && row_with(s, "rocket").is_some()
+    });
+
     pty.send(b"\x03");
     let start = Instant::now();
     let status = loop {
@@ -246,4 +263,76 @@ fn the_app_scores_typed_labels_live_and_quits_cleanly() {
         "left the alternate screen"
     );
     assert!(!parser.screen().hide_cursor(), "cursor shown again");
+}
+
+#[test]
+fn sigterm_restores_the_terminal() {
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let mut pty = Pty::spawn(&[
+        "tui",
+        "--model-dir",
+        &model,
+        "--image-protocol",
+        "halfblocks",
+    ]);
+    pty.wait_for("the app", |s| s.contains("Open an image"));
+    let pid = pty.child.process_id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    while pty.child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGTERM did not end the app"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!pty.parser.lock().unwrap().screen().alternate_screen());
+}
+
+fn quit(pty: &mut Pty) {
+    pty.send(b"\x03");
+    let start = Instant::now();
+    while pty.child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the app did not quit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn keys_typed_while_a_silent_terminal_is_queried_are_not_lost() {
+    let image = fixtures().join("images/chelsea.png").display().to_string();
+    let model = fixtures().join("tiny-clip").display().to_string();
+    // vt100 answers no queries: the query times out, half-blocks are used, and the
+    // keys typed meanwhile reach the label editor.
+    let mut pty = Pty::spawn(&["tui", &image, "--labels", "cat", "--model-dir", &model]);
+    pty.send(b"\rdog");
+    let s = pty.wait_for("the early label scored", |s| row_with(s, "dog").is_some());
+    assert!(s.lines().last().unwrap().contains("halfblocks"), "{s}");
+    // and keys typed after start-up still work
+    pty.send(b"\rbird");
+    pty.wait_for("a later label", |s| row_with(s, "bird").is_some());
+    quit(&mut pty);
+}
+
+#[test]
+fn a_terminal_that_answers_sixel_gets_sixel() {
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let mut pty = Pty::spawn(&["tui", "--labels", "cat", "--model-dir", &model]);
+    std::thread::sleep(Duration::from_millis(200));
+    // A key, then the answers of a sixel terminal with 10x20-pixel cells.
+    pty.send(b"x\x1b[?62;4;22c\x1b[6;20;10t\x1b[0n");
+    let s = pty.wait_for("the status bar", |s| {
+        s.lines().any(|l| l.contains("│ sixel │"))
+    });
+    // The cursor starts after the given labels; the key typed during the query lands there.
+    assert!(s.contains("│catx "), "{s}");
+    quit(&mut pty);
 }

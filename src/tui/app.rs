@@ -338,15 +338,20 @@ impl App {
             self.should_quit = true;
             return (None, Vec::new());
         }
-        let typing = self.prompt.is_some() || (self.pane == Pane::Classify && !self.show_help);
+        if self.prompt.is_some() {
+            // The prompt owns the keyboard (Tab completes, Enter opens) but for Cancel.
+            if self.keymap.action_for(&key, true) == Some(Action::Cancel) {
+                self.prompt = None;
+                return (None, Vec::new());
+            }
+            return (self.prompt_key(key), Vec::new());
+        }
+        let typing = self.pane == Pane::Classify && !self.show_help;
         if let Some(action) = self.keymap.action_for(&key, typing) {
             return self.on_action(action, now);
         }
         if self.show_help {
             return (None, Vec::new());
-        }
-        if self.prompt.is_some() {
-            return (self.prompt_key(key), Vec::new());
         }
         if self.pane == Pane::Classify && self.classify.editor.input(key) {
             self.debounce_until = Some(now + DEBOUNCE);
@@ -427,6 +432,30 @@ impl App {
             _ => {
                 prompt.input.input(key);
                 None
+            }
+        }
+    }
+
+    /// Keys typed while the terminal was being queried, as raw bytes: printable text,
+    /// Enter and Backspace go to the label editor, Ctrl-C quits. Nothing typed is lost.
+    pub fn type_startup_keys(&mut self, bytes: &[u8], now: Instant) {
+        for c in String::from_utf8_lossy(bytes).chars() {
+            let code = match c {
+                '\x03' => {
+                    self.should_quit = true;
+                    return;
+                }
+                '\r' | '\n' => KeyCode::Enter,
+                '\x7f' | '\x08' => KeyCode::Backspace,
+                c if !c.is_control() => KeyCode::Char(c),
+                _ => continue,
+            };
+            if self
+                .classify
+                .editor
+                .input(KeyEvent::new(code, KeyModifiers::NONE))
+            {
+                self.debounce_until = Some(now + DEBOUNCE);
             }
         }
     }
@@ -640,6 +669,16 @@ mod tests {
     }
 
     #[test]
+    fn keys_typed_during_the_terminal_query_are_kept() {
+        let mut a = app("cat");
+        a.type_startup_keys(b"\rdog\x7fg", Instant::now());
+        assert_eq!(a.labels(), ["cat", "dog"]);
+        assert!(a.debounce_deadline().is_some());
+        a.type_startup_keys(b"\x03", Instant::now());
+        assert!(a.should_quit);
+    }
+
+    #[test]
     fn ctrl_c_quits_whatever_the_keymap() {
         let mut a = app("");
         let mut map = Keymap::builtin("default").unwrap();
@@ -696,6 +735,33 @@ mod tests {
         assert!(reqs.is_empty());
         assert!(a.notice.as_ref().unwrap().error);
         assert!(a.open(PathBuf::from("/no/such/file.png")).is_none());
+    }
+
+    #[test]
+    fn the_open_prompt_completes_with_tab_and_opens_with_enter() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("coffee.png");
+        image::RgbImage::new(4, 4).save(&img).unwrap();
+        let mut a = app("");
+        let now = Instant::now();
+        a.on_action(Action::OpenImage, now);
+        let prompt = a.prompt.as_mut().unwrap();
+        prompt
+            .input
+            .insert_str(format!("{}/co", dir.path().display()));
+        a.on_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE), now);
+        assert_eq!(
+            a.pane,
+            Pane::Classify,
+            "Tab completes instead of switching panes"
+        );
+        assert_eq!(
+            a.prompt.as_ref().unwrap().input.lines()[0],
+            img.display().to_string()
+        );
+        let (open, _) = a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), now);
+        assert_eq!(open, Some(img));
+        assert!(a.prompt.is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod app;
+pub mod detect;
 pub mod keymap;
 pub mod panes;
 pub mod ui;
@@ -125,16 +126,18 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Choose the graphics protocol. The terminal is queried only for `auto` and only when
-/// stdin and stdout are terminals, before raw mode and before the event reader starts,
-/// so that the query cannot swallow typed keys.
-fn make_picker(protocol: ImageProtocol) -> Picker {
-    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    let mut picker = if protocol == ImageProtocol::Auto && tty {
-        Picker::from_query_stdio().unwrap_or_else(|_| Picker::from_fontsize((10, 20)))
-    } else {
-        Picker::from_fontsize((10, 20))
-    };
+/// The terminal's cell size in pixels, from the kernel's window size when it knows it.
+fn cell_size_from_window() -> Option<(u16, u16)> {
+    let ws = crossterm::terminal::window_size().ok()?;
+    (ws.width > 0 && ws.height > 0 && ws.columns > 0 && ws.rows > 0)
+        .then(|| (ws.width / ws.columns, ws.height / ws.rows))
+        .filter(|(w, h)| *w > 0 && *h > 0)
+}
+
+/// Choose the graphics protocol, and return the keys typed while the terminal was
+/// asked. The terminal is queried only for `auto`, in raw mode, before the event
+/// reader starts, and never inside tmux (which needs passthrough for graphics).
+fn make_picker(protocol: ImageProtocol) -> (Picker, Vec<u8>) {
     let forced = match protocol {
         ImageProtocol::Auto => None,
         ImageProtocol::Kitty => Some(ProtocolType::Kitty),
@@ -142,10 +145,27 @@ fn make_picker(protocol: ImageProtocol) -> Picker {
         ImageProtocol::Iterm2 => Some(ProtocolType::Iterm2),
         ImageProtocol::Halfblocks => Some(ProtocolType::Halfblocks),
     };
-    if let Some(p) = forced {
-        picker.set_protocol_type(p);
-    }
-    picker
+    let in_tmux = std::env::var_os("TMUX").is_some();
+    let dumb = std::env::var("TERM").map_or(true, |t| t == "dumb");
+    let detected = if forced.is_none() && !in_tmux && !dumb {
+        detect::query(std::time::Duration::from_millis(1000)).unwrap_or_default()
+    } else {
+        detect::Detected::default()
+    };
+    let iterm = matches!(
+        std::env::var("TERM_PROGRAM").as_deref(),
+        Ok("iTerm.app") | Ok("WezTerm")
+    );
+    let chosen = forced
+        .or(detected.protocol)
+        .or(iterm.then_some(ProtocolType::Iterm2))
+        .unwrap_or(ProtocolType::Halfblocks);
+    let cell = cell_size_from_window()
+        .or(detected.cell_size)
+        .unwrap_or((10, 20));
+    let mut picker = Picker::from_fontsize(cell);
+    picker.set_protocol_type(chosen);
+    (picker, detected.typed)
 }
 
 type Decoded = (PathBuf, Result<Arc<DynamicImage>, String>);
@@ -166,13 +186,13 @@ pub fn run(opts: TuiOptions) -> Result<(), TuiError> {
     let config_dir =
         directories::ProjectDirs::from("", "", "clipscope").map(|d| d.config_dir().to_path_buf());
     let keymap = Keymap::load(&opts.keymap, config_dir.as_deref())?;
-    let picker = make_picker(opts.protocol);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let (_guard, mut terminal) = TerminalGuard::enter()?;
-    runtime.block_on(event_loop(&mut terminal, opts, keymap, picker))
+    let (picker, typed) = make_picker(opts.protocol);
+    runtime.block_on(event_loop(&mut terminal, opts, keymap, picker, typed))
 }
 
 async fn event_loop(
@@ -180,6 +200,7 @@ async fn event_loop(
     opts: TuiOptions,
     keymap: Keymap,
     picker: Picker,
+    typed: Vec<u8>,
 ) -> Result<(), TuiError> {
     let (resp_tx, mut resp_rx) = unbounded_channel();
     let (decoded_tx, mut decoded_rx) = unbounded_channel::<Decoded>();
@@ -197,6 +218,7 @@ async fn event_loop(
         }
     };
     let mut app = App::new(keymap, picker, &opts.labels);
+    app.type_startup_keys(&typed, Instant::now());
     if let Some(input) = &opts.input {
         let first = collect_images(std::slice::from_ref(input))
             .into_iter()
