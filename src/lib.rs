@@ -4,6 +4,8 @@
 //! The library holds all the logic; the `clipscope` binary is a thin layer over it.
 
 pub mod clip;
+pub mod cnn;
 pub mod data;
 pub mod hub;
 pub mod tui;
+pub mod util;

@@ -28,6 +28,16 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Write the exact picture the model sees (after resize and crop, before normalisation).
     Preprocess(PreprocessArgs),
+    /// Fine-tune (or train from scratch) the CNN baseline on an image folder.
+    Train(TrainArgs),
+    /// Evaluate a trained CNN checkpoint on held-out images.
+    Eval(EvalArgs),
+    /// Data sets: fetch Imagenette.
+    Data {
+        /// What to do.
+        #[command(subcommand)]
+        action: DataAction,
+    },
     /// Time the model's encoders (median over repeated runs) for comparison with PyTorch.
     Bench(BenchArgs),
     /// List or download the models clipscope knows by name.
@@ -218,4 +228,125 @@ pub struct TuiArgs {
     /// Key bindings: default or vim (a keymap.toml in the config folder overrides keys).
     #[arg(long)]
     pub keymap: Option<String>,
+}
+
+/// Optimisers for `train`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// SGD with momentum 0.9.
+    Sgd,
+    /// AdamW.
+    Adamw,
+}
+
+/// `clipscope train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Image folder: ROOT/<class>/*.jpg, or with train/ and val/ inside.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// A separate validation folder (same class folders).
+    #[arg(long, value_name = "DIR")]
+    pub val: Option<PathBuf>,
+    /// Architecture (resnet18).
+    #[arg(long, default_value = "resnet18")]
+    pub model: String,
+    /// Starting weights: imagenet (downloaded once), none (from scratch), or a
+    /// safetensors file in torchvision naming.
+    #[arg(long, default_value = "imagenet")]
+    pub pretrained: String,
+    /// Train only the classifier, on backbone features computed once.
+    #[arg(long)]
+    pub freeze_backbone: bool,
+    /// Epochs.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Optimiser.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    pub optimizer: OptimizerArg,
+    /// Peak learning rate (default: 0.01 for SGD, 0.001 for AdamW).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay (default: 1e-4 for SGD, 0.01 for AdamW).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Seed for initialisation, split, order and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fraction held out when the data has no validation split.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Run folder for checkpoints and metrics.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub output: PathBuf,
+    /// Continue the run in --output from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// `clipscope eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A run folder written by `clipscope train`.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// Data folder: its val/, its split manifest's held-out images, or all its images.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Output format (text or json).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// Imagenette sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImagenetteSizeArg {
+    /// Short side 160 px (about 99 MB).
+    #[value(name = "160")]
+    S160,
+    /// Short side 320 px (about 342 MB).
+    #[value(name = "320")]
+    S320,
+    /// Full size (about 1.56 GB).
+    Full,
+}
+
+/// `clipscope data`.
+#[derive(Debug, Subcommand)]
+pub enum DataAction {
+    /// Download and unpack a data set, checking its checksum.
+    Fetch {
+        /// The data set (imagenette).
+        dataset: String,
+        /// Imagenette's image size.
+        #[arg(long, value_enum, default_value_t = ImagenetteSizeArg::S160)]
+        size: ImagenetteSizeArg,
+        /// Folder to unpack into.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Make a synthetic four-class shapes set (circle, cross, square, triangle).
+    Shapes {
+        /// Folder to write ROOT/<shape>/*.png into.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Images per class.
+        #[arg(long, default_value_t = 75)]
+        per_class: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 96)]
+        size: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }

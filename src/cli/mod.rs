@@ -3,6 +3,7 @@
 
 pub mod args;
 mod bench;
+mod cnn;
 pub mod output;
 
 use std::io::Write;
@@ -38,6 +39,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Embed(a) => embed(&a)?,
         Command::Preprocess(a) => preprocess_cmd(&a)?,
         Command::Bench(a) => bench::run(&a)?,
+        Command::Train(a) => cnn::train(&a)?,
+        Command::Eval(a) => cnn::eval(&a)?,
+        Command::Data { action } => cnn::data(&action)?,
         Command::Models { action } => models(&action)?,
     };
     Ok(ExitCode::from(code))

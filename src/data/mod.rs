@@ -1,5 +1,12 @@
-//! Data on disk: decoding images with limits, and finding images in folders.
+//! Data on disk: decoding images with limits, finding images in folders, labelled image
+//! folders and their splits, and dataset downloads.
 
+pub mod fetch;
+pub mod folder;
 mod image_file;
+pub mod synthetic;
 
+pub use folder::{
+    display_name, held_out, load_split, scan_folder, DataError, Dataset, Sample, Split,
+};
 pub use image_file::{collect_images, is_image_path, load_image, ImageError, IMAGE_EXTENSIONS};

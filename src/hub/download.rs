@@ -66,11 +66,55 @@ pub fn ensure_model(
     progress: &mut ProgressFn<'_>,
 ) -> Result<PathBuf, HubError> {
     let dir = model_cache_dir(entry, opts);
-    std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
-        path: dir.clone(),
+    ensure_files(
+        &entry.repo,
+        &entry.revision,
+        &entry.files,
+        &dir,
+        opts,
+        progress,
+    )?;
+    Ok(dir)
+}
+
+/// The pretrained weights file of a CNN, downloaded into the cache on first use.
+pub fn ensure_cnn_weights(
+    entry: &super::CnnEntry,
+    opts: &DownloadOptions,
+    progress: &mut ProgressFn<'_>,
+) -> Result<PathBuf, HubError> {
+    let dir = opts.cache_root.join("models").join(&entry.name);
+    ensure_files(
+        &entry.repo,
+        &entry.revision,
+        &entry.files,
+        &dir,
+        opts,
+        progress,
+    )?;
+    Ok(dir.join(
+        entry
+            .files
+            .first()
+            .map(String::as_str)
+            .unwrap_or("model.safetensors"),
+    ))
+}
+
+/// Download the files of `repo` at `revision` that `dir` does not have yet.
+fn ensure_files(
+    repo: &str,
+    revision: &str,
+    files: &[String],
+    dir: &Path,
+    opts: &DownloadOptions,
+    progress: &mut ProgressFn<'_>,
+) -> Result<(), HubError> {
+    std::fs::create_dir_all(dir).map_err(|source| HubError::Io {
+        path: dir.to_path_buf(),
         source,
     })?;
-    for file in &entry.files {
+    for file in files {
         let dest = dir.join(file);
         if dest.is_file() {
             continue;
@@ -78,13 +122,13 @@ pub fn ensure_model(
         let url = format!(
             "{}/{}/resolve/{}/{}",
             opts.endpoint,
-            entry.repo,
-            encode_revision(&entry.revision),
+            repo,
+            encode_revision(revision),
             file
         );
         download_file(&url, &dest, &mut |done, total| progress(file, done, total))?;
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// Whether every file of a registry model is in the cache.

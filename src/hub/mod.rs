@@ -6,10 +6,10 @@ mod registry;
 use std::path::PathBuf;
 
 pub use download::{
-    download_file, endpoint, ensure_model, is_cached, model_cache_dir, resolve_model,
-    stderr_progress, DownloadOptions, ModelSource, ProgressFn,
+    download_file, endpoint, ensure_cnn_weights, ensure_model, is_cached, model_cache_dir,
+    resolve_model, stderr_progress, DownloadOptions, ModelSource, ProgressFn,
 };
-pub use registry::{ModelEntry, Registry};
+pub use registry::{CnnEntry, ModelEntry, Registry};
 
 /// What can go wrong finding or fetching a model.
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,23 @@ impl ModelEntry {
     }
 }
 
+/// A CNN's pretrained weights.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct CnnEntry {
+    /// Architecture name, e.g. `resnet18`.
+    pub name: String,
+    /// Hugging Face repository.
+    pub repo: String,
+    /// Branch or ref.
+    pub revision: String,
+    /// Files to fetch (the first is the weights).
+    pub files: Vec<String>,
+    /// Approximate download size, in MB.
+    pub size_mb: u32,
+    /// One line for listings.
+    pub description: String,
+}
+
 /// All known models and the default.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Registry {
@@ -53,6 +70,9 @@ pub struct Registry {
     /// The entries, in display order.
     #[serde(rename = "model")]
     pub models: Vec<ModelEntry>,
+    /// CNN weights by architecture.
+    #[serde(default)]
+    pub cnn: Vec<CnnEntry>,
 }
 
 impl Registry {
@@ -89,6 +109,22 @@ impl Registry {
             })
     }
 
+    /// Pretrained weights for a CNN architecture.
+    pub fn find_cnn(&self, name: &str) -> Result<&CnnEntry, HubError> {
+        self.cnn
+            .iter()
+            .find(|m| m.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| HubError::UnknownModel {
+                name: name.to_string(),
+                known: self
+                    .cnn
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
     /// The default model's entry.
     pub fn default_model(&self) -> Result<&ModelEntry, HubError> {
         self.find(&self.default)
@@ -117,6 +153,10 @@ mod tests {
             assert!(r.find(n).is_ok(), "{n}");
         }
         assert_eq!(r.find("ViT-L/14@336").unwrap().image_size, 336);
+        assert_eq!(
+            r.find_cnn("resnet18").unwrap().repo,
+            "timm/resnet18.tv_in1k"
+        );
         let err = r.find("ViT-H/14").unwrap_err().to_string();
         assert!(
             err.contains("ViT-H/14") && err.contains("ViT-B/32"),

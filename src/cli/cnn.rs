@@ -1,0 +1,238 @@
+//! `train`, `eval` and `data fetch`: the CNN baseline from the command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use clipscope::cnn::eval::{evaluate, EvalReport};
+use clipscope::cnn::optim::OptimizerKind;
+use clipscope::cnn::train::{train as run_training, Pretrained, TrainConfig, TrainEvent};
+use clipscope::data::fetch::{fetch_imagenette, ImagenetteSize};
+use clipscope::hub::{self, DownloadOptions, Registry};
+
+use super::args::{DataAction, EvalArgs, Format, ImagenetteSizeArg, OptimizerArg, TrainArgs};
+use super::EXIT_OK;
+
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+fn resolve_pretrained(spec: &str, model: &str) -> Result<Pretrained> {
+    Ok(match spec {
+        "none" => Pretrained::None,
+        "imagenet" => {
+            let registry = Registry::builtin()?;
+            let entry = registry.find_cnn(model)?;
+            let path = hub::ensure_cnn_weights(
+                entry,
+                &DownloadOptions::from_env()?,
+                &mut hub::stderr_progress(),
+            )
+            .with_context(|| format!("cannot download ImageNet weights for {model}"))?;
+            Pretrained::File {
+                path,
+                label: "imagenet".into(),
+            }
+        }
+        file => {
+            let path = PathBuf::from(file);
+            if !path.is_file() {
+                bail!("--pretrained {file}: expected imagenet, none, or a safetensors file");
+            }
+            Pretrained::File {
+                path,
+                label: file.to_string(),
+            }
+        }
+    })
+}
+
+/// `clipscope train`.
+pub fn train(a: &TrainArgs) -> Result<u8> {
+    if a.model != "resnet18" {
+        bail!("--model {}: only resnet18 is available", a.model);
+    }
+    let (optimizer, lr, wd) = match a.optimizer {
+        OptimizerArg::Sgd => (
+            OptimizerKind::Sgd,
+            a.lr.unwrap_or(0.01),
+            a.weight_decay.unwrap_or(1e-4),
+        ),
+        OptimizerArg::Adamw => (
+            OptimizerKind::Adamw,
+            a.lr.unwrap_or(1e-3),
+            a.weight_decay.unwrap_or(0.01),
+        ),
+    };
+    let pretrained = if a.resume {
+        Pretrained::None
+    } else {
+        resolve_pretrained(&a.pretrained, &a.model)?
+    };
+    let cfg = TrainConfig {
+        data: a.data.clone(),
+        val: a.val.clone(),
+        pretrained,
+        freeze_backbone: a.freeze_backbone,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        image_size: a.image_size,
+        optimizer,
+        lr,
+        weight_decay: wd,
+        seed: a.seed,
+        output: a.output.clone(),
+        resume: a.resume,
+        val_fraction: a.val_fraction,
+        crop_scale: (0.25, 1.0),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // First Ctrl-C: finish the step, save, exit. (A second one kills as usual.)
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    let bar = ProgressBar::new(0);
+    bar.set_style(bar_style("epoch {prefix} [{bar:30}] {pos}/{len} {msg}"));
+    let mut out = std::io::stdout();
+    let outcome = run_training(&cfg, &stop, &mut |ev| match ev {
+        TrainEvent::Ready { classes, train, val, skipped, first_epoch, steps_per_epoch } => {
+            bar.println(format!(
+                "{} classes ({}), {train} training and {val} held-out images{}; epochs {first_epoch}..{}",
+                classes.len(),
+                classes.join(", "),
+                if skipped > 0 { format!(", {skipped} unreadable files skipped") } else { String::new() },
+                cfg.epochs
+            ));
+            bar.set_length(steps_per_epoch as u64);
+        }
+        TrainEvent::Log(line) => bar.println(line),
+        TrainEvent::Step { epoch, step, loss, lr, images_per_sec, .. } => {
+            bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.3} lr {lr:.2e} {images_per_sec:.1} img/s"));
+        }
+        TrainEvent::Epoch(m) => {
+            bar.suspend(|| {
+                let _ = writeln!(
+                    out,
+                    "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  {:.1} s  {:.1} img/s",
+                    m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.seconds, m.images_per_sec
+                );
+            });
+            bar.reset();
+        }
+        TrainEvent::Saved(_) => {}
+    })
+    .with_context(|| format!("training on {} failed", cfg.data.display()))?;
+    bar.finish_and_clear();
+    println!("checkpoint: {}", outcome.checkpoint.display());
+    if outcome.stopped {
+        println!("stopped; continue with --resume");
+        return Ok(130);
+    }
+    Ok(EXIT_OK)
+}
+
+fn write_eval_text(r: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "checkpoint {}  data {}", r.checkpoint, r.data)?;
+    writeln!(
+        out,
+        "n {}  top-1 {:.4}  top-5 {:.4}{}",
+        r.n,
+        r.top1,
+        r.top5,
+        if r.skipped > 0 {
+            format!("  ({} unreadable skipped)", r.skipped)
+        } else {
+            String::new()
+        }
+    )?;
+    writeln!(out, "\nper class:")?;
+    for (c, acc) in &r.per_class {
+        writeln!(out, "  {acc:>7.4}  {c}")?;
+    }
+    writeln!(out, "\nconfusion (rows: true, columns: predicted):")?;
+    let w = r
+        .confusion
+        .classes
+        .iter()
+        .map(|c| c.len())
+        .max()
+        .unwrap_or(4)
+        .min(20);
+    for (c, row) in r.confusion.classes.iter().zip(&r.confusion.matrix) {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:>5}")).collect();
+        writeln!(
+            out,
+            "  {:<w$} {}",
+            c.chars().take(w).collect::<String>(),
+            cells.join("")
+        )?;
+    }
+    Ok(())
+}
+
+/// `clipscope eval`.
+pub fn eval(a: &EvalArgs) -> Result<u8> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(bar_style("eval [{bar:30}] {pos}/{len}"));
+    let report = evaluate(&a.checkpoint, &a.data, a.batch_size, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("cannot evaluate {}", a.checkpoint.display()))?;
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    match a.format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        }
+        _ => write_eval_text(&report, &mut out)?,
+    }
+    Ok(EXIT_OK)
+}
+
+/// `clipscope data fetch`.
+pub fn data(action: &DataAction) -> Result<u8> {
+    match action {
+        DataAction::Fetch { dataset, size, to } => {
+            if dataset != "imagenette" {
+                bail!("unknown data set {dataset:?} (known: imagenette)");
+            }
+            let size = match size {
+                ImagenetteSizeArg::S160 => ImagenetteSize::S160,
+                ImagenetteSizeArg::S320 => ImagenetteSize::S320,
+                ImagenetteSizeArg::Full => ImagenetteSize::Full,
+            };
+            let mut progress = hub::stderr_progress();
+            let name = size.archive().0;
+            let dir = fetch_imagenette(size, to, &mut |done, total| progress(name, done, total))
+                .context("cannot fetch Imagenette")?;
+            println!("Imagenette is in {}", dir.display());
+        }
+        DataAction::Shapes {
+            to,
+            per_class,
+            size,
+            seed,
+        } => {
+            if *per_class == 0 || !(8..=1024).contains(size) {
+                bail!("--per-class must be at least 1 and --size between 8 and 1024");
+            }
+            clipscope::data::synthetic::make_shapes(to, *per_class, *size, *seed)
+                .with_context(|| format!("cannot write {}", to.display()))?;
+            println!("{} images of 4 shapes in {}", per_class * 4, to.display());
+        }
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,237 @@
+//! Training checkpoints: weights and optimiser state as safetensors, and a JSON record
+//! of everything needed to evaluate or resume (classes, image size, normalisation,
+//! epochs, metrics, configuration, data manifest).
+//!
+//! Saving is atomic: weights and optimiser state go to new files named by the save,
+//! then `checkpoint.json`, which names them, is replaced by a rename; the files of the
+//! previous save are removed after. A crash leaves the previous checkpoint intact.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use super::optim::OptimizerKind;
+use super::resnet::{load_weights, ResNet18};
+
+/// The checkpoint record's file name inside a run folder.
+pub const CHECKPOINT_JSON: &str = "checkpoint.json";
+
+/// One epoch's metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (on augmented crops).
+    pub train_acc: f64,
+    /// Validation loss.
+    pub val_loss: f64,
+    /// Validation top-1 accuracy.
+    pub val_acc: f64,
+    /// Wall time of the epoch's training steps, seconds.
+    pub seconds: f64,
+    /// Training throughput.
+    pub images_per_sec: f64,
+}
+
+/// How the run was configured (recorded for reproducibility).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Architecture (`resnet18`).
+    pub model: String,
+    /// `imagenet`, `none` or a weights file.
+    pub pretrained: String,
+    /// Whether only the classifier was trained.
+    pub freeze_backbone: bool,
+    /// Epochs asked for.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Optimiser.
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Which data the run used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// The data folder.
+    pub root: PathBuf,
+    /// A separate validation folder, if given.
+    pub val: Option<PathBuf>,
+    /// `folders`, or the split manifest's path.
+    pub split: String,
+    /// Training images used.
+    pub train_images: usize,
+    /// Held-out images used.
+    pub val_images: usize,
+    /// Files skipped because they could not be read.
+    pub skipped: usize,
+}
+
+/// `checkpoint.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Format version.
+    pub format: u32,
+    /// Class folder names, in label order.
+    pub classes: Vec<String>,
+    /// Human names of the classes.
+    pub class_names: Vec<String>,
+    /// Input side in pixels.
+    pub image_size: usize,
+    /// Normalisation mean.
+    pub mean: [f32; 3],
+    /// Normalisation std.
+    pub std: [f32; 3],
+    /// Completed epochs.
+    pub epochs_done: usize,
+    /// Whether training was interrupted during epoch `epochs_done + 1` (the weights are
+    /// then from within that epoch).
+    pub interrupted: bool,
+    /// Optimiser steps taken.
+    pub optimizer_steps: u64,
+    /// Metrics of the completed epochs.
+    pub metrics: Vec<EpochMetrics>,
+    /// The run's configuration.
+    pub config: RunConfig,
+    /// The data.
+    pub data: DataRecord,
+    /// Weights file, relative to the run folder.
+    pub weights: String,
+    /// Optimiser state file, relative to the run folder.
+    pub optimizer_state: String,
+}
+
+/// What can go wrong with a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A file is malformed or does not fit.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(path: &Path, message: impl ToString) -> CheckpointError {
+    CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), CheckpointError> {
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| invalid(&tmp, e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| CheckpointError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+    std::fs::rename(&tmp, path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Save weights, optimiser state and `meta` into `run_dir` atomically; returns the
+/// path of `checkpoint.json`. `meta.weights` and `meta.optimizer_state` are set here.
+pub fn save(
+    run_dir: &Path,
+    meta: &mut CheckpointMeta,
+    vars: &VarMap,
+    optimizer_state: &HashMap<String, Tensor>,
+) -> Result<PathBuf, CheckpointError> {
+    std::fs::create_dir_all(run_dir).map_err(|source| CheckpointError::Io {
+        path: run_dir.to_path_buf(),
+        source,
+    })?;
+    let previous = load_meta(run_dir).ok();
+    let tag = format!(
+        "e{}{}-s{}",
+        meta.epochs_done,
+        if meta.interrupted { "i" } else { "" },
+        meta.optimizer_steps
+    );
+    meta.weights = format!("model-{tag}.safetensors");
+    meta.optimizer_state = format!("optimizer-{tag}.safetensors");
+    let weights: HashMap<String, Tensor> = vars
+        .data()
+        .lock()
+        .map_err(|_| invalid(run_dir, "parameter store poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    save_tensors(&run_dir.join(&meta.weights), &weights)?;
+    save_tensors(&run_dir.join(&meta.optimizer_state), optimizer_state)?;
+    let json_path = run_dir.join(CHECKPOINT_JSON);
+    let text = serde_json::to_string_pretty(meta).map_err(|e| invalid(&json_path, e))?;
+    crate::util::write_atomic(&json_path, text.as_bytes()).map_err(|source| {
+        CheckpointError::Io {
+            path: json_path.clone(),
+            source,
+        }
+    })?;
+    if let Some(prev) = previous {
+        for f in [prev.weights, prev.optimizer_state] {
+            if f != meta.weights && f != meta.optimizer_state {
+                let _ = std::fs::remove_file(run_dir.join(f));
+            }
+        }
+    }
+    Ok(json_path)
+}
+
+/// Read `run_dir/checkpoint.json`.
+pub fn load_meta(run_dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
+    let path = run_dir.join(CHECKPOINT_JSON);
+    let text = std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| invalid(&path, e))
+}
+
+/// Load the trained model of a run folder.
+pub fn load_model(
+    run_dir: &Path,
+    device: &Device,
+) -> Result<(ResNet18, VarMap, CheckpointMeta), CheckpointError> {
+    let meta = load_meta(run_dir)?;
+    let map = VarMap::new();
+    let model =
+        ResNet18::new(&map, device, meta.classes.len(), 0).map_err(|e| invalid(run_dir, e))?;
+    let weights = run_dir.join(&meta.weights);
+    load_weights(&map, &weights, false).map_err(|e| invalid(&weights, e))?;
+    Ok((model, map, meta))
+}
+
+/// Load the optimiser state named by `meta`.
+pub fn load_optimizer_state(
+    run_dir: &Path,
+    meta: &CheckpointMeta,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let path = run_dir.join(&meta.optimizer_state);
+    candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| invalid(&path, e))
+}

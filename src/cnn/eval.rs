@@ -1,0 +1,164 @@
+//! Evaluating a trained checkpoint on held-out images: top-1, top-5, per-class accuracy
+//! and the confusion matrix.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Device;
+use image::RgbImage;
+use serde::Serialize;
+
+use super::augment;
+use super::checkpoint::{self, CheckpointError};
+use crate::data::{held_out, load_image, DataError};
+
+/// The confusion matrix: `matrix[true][predicted]`, classes in label order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Confusion {
+    /// Class names, in the order of rows and columns.
+    pub classes: Vec<String>,
+    /// Counts: row = true class, column = predicted class.
+    pub matrix: Vec<Vec<usize>>,
+}
+
+/// The result of an evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// The checkpoint's run folder.
+    pub checkpoint: String,
+    /// The data folder.
+    pub data: String,
+    /// Images evaluated.
+    pub n: usize,
+    /// Files skipped because they could not be read.
+    pub skipped: usize,
+    /// Top-1 accuracy.
+    pub top1: f64,
+    /// Top-5 accuracy (top-k with k = min(5, classes)).
+    pub top5: f64,
+    /// Accuracy per class name.
+    pub per_class: BTreeMap<String, f64>,
+    /// The confusion matrix.
+    pub confusion: Confusion,
+}
+
+/// What can go wrong evaluating.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The checkpoint is unusable.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The data is unusable.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The data has classes the model does not know.
+    #[error("{data}: class folder {class:?} is not one of the model's classes ({known})")]
+    UnknownClass {
+        /// The data folder.
+        data: String,
+        /// The unknown class.
+        class: String,
+        /// The model's classes.
+        known: String,
+    },
+    /// No image could be read.
+    #[error("{0}: no readable images")]
+    NoImages(String),
+    /// A tensor computation failed.
+    #[error("evaluation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+}
+
+/// Evaluate the run in `run_dir` on the held-out images of `data` (its `val/`, its split
+/// manifest's held-out list, or all its images). `progress(done, total)` is called per
+/// batch.
+pub fn evaluate(
+    run_dir: &Path,
+    data: &Path,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport, EvalError> {
+    let device = Device::Cpu;
+    let (model, _vars, meta) = checkpoint::load_model(run_dir, &device)?;
+    let set = held_out(data)?;
+    let data_name = data.display().to_string();
+    // Map the folder's labels onto the model's by class name.
+    let mut remap = Vec::with_capacity(set.classes.len());
+    for c in &set.classes {
+        match meta.classes.iter().position(|m| m == c) {
+            Some(i) => remap.push(i),
+            None => {
+                return Err(EvalError::UnknownClass {
+                    data: data_name,
+                    class: c.clone(),
+                    known: meta.classes.join(", "),
+                })
+            }
+        }
+    }
+    let k = meta.classes.len();
+    let size = meta.image_size as u32;
+    let side = augment::cache_side(meta.image_size);
+    let mut matrix = vec![vec![0usize; k]; k];
+    let (mut n, mut top5_hits, mut skipped) = (0usize, 0usize, 0usize);
+    let total = set.samples.len();
+    let batch = batch.max(1);
+    for (bi, chunk) in set.samples.chunks(batch).enumerate() {
+        let mut crops: Vec<RgbImage> = Vec::with_capacity(chunk.len());
+        let mut labels = Vec::with_capacity(chunk.len());
+        for s in chunk {
+            match load_image(&s.path) {
+                Ok(img) => {
+                    let r = augment::resize_short_side(&img.to_rgb8(), side);
+                    crops.push(augment::center_crop(&r, size));
+                    labels.push(remap[s.label]);
+                }
+                Err(e) => {
+                    tracing::warn!("skipped: {e}");
+                    skipped += 1;
+                }
+            }
+        }
+        if !crops.is_empty() {
+            let logits = model.forward_t(&augment::to_tensor(&crops, &device)?, false)?;
+            let rows = logits.to_vec2::<f32>()?;
+            for (row, &truth) in rows.iter().zip(&labels) {
+                let mut order: Vec<usize> = (0..k).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                matrix[truth][order[0]] += 1;
+                if order.iter().take(5).any(|&c| c == truth) {
+                    top5_hits += 1;
+                }
+                n += 1;
+            }
+        }
+        progress(((bi + 1) * batch).min(total), total);
+    }
+    if n == 0 {
+        return Err(EvalError::NoImages(data_name));
+    }
+    let correct: usize = (0..k).map(|i| matrix[i][i]).sum();
+    let per_class = (0..k)
+        .filter(|&i| matrix[i].iter().sum::<usize>() > 0)
+        .map(|i| {
+            let row: usize = matrix[i].iter().sum();
+            (
+                meta.class_names[i].clone(),
+                matrix[i][i] as f64 / row as f64,
+            )
+        })
+        .collect();
+    Ok(EvalReport {
+        checkpoint: run_dir.display().to_string(),
+        data: data_name,
+        n,
+        skipped,
+        top1: correct as f64 / n as f64,
+        top5: top5_hits as f64 / n as f64,
+        per_class,
+        confusion: Confusion {
+            classes: meta.class_names.clone(),
+            matrix,
+        },
+    })
+}

@@ -1,0 +1,386 @@
+//! Labelled image folders (`root/<class>/<image>`), train/validation splits, and the
+//! split manifest that makes every later evaluation, CLIP's included, use the same
+//! held-out images.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::image_file::is_image_path;
+use crate::cnn::rng::Rng;
+
+/// Name of the split manifest written into a data folder that has no `train/`/`val/`.
+pub const MANIFEST: &str = "clipscope-split.json";
+
+/// Imagenette's ten ImageNet classes: WordNet id and name (as torchvision names them).
+pub const IMAGENETTE_CLASSES: [(&str, &str); 10] = [
+    ("n01440764", "tench"),
+    ("n02102040", "English springer"),
+    ("n02979186", "cassette player"),
+    ("n03000684", "chain saw"),
+    ("n03028079", "church"),
+    ("n03394916", "French horn"),
+    ("n03417042", "garbage truck"),
+    ("n03425413", "gas pump"),
+    ("n03445777", "golf ball"),
+    ("n03888257", "parachute"),
+];
+
+/// A class's display name: the human name for an Imagenette WordNet id, else the folder
+/// name with `_` as a space.
+pub fn display_name(folder: &str) -> String {
+    IMAGENETTE_CLASSES
+        .iter()
+        .find(|(id, _)| *id == folder)
+        .map(|(_, name)| name.to_string())
+        .unwrap_or_else(|| folder.replace('_', " "))
+}
+
+/// What can go wrong reading a data folder.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The folder could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The folder or file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The folder has no class subfolders with images.
+    #[error("{0}: no class folders with images (expected ROOT/<class>/<image>)")]
+    Empty(PathBuf),
+    /// A manifest is unreadable or does not fit the folder.
+    #[error("{path}: {message}")]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Train and validation folders have different classes.
+    #[error("{train} and {val} have different class folders")]
+    ClassMismatch {
+        /// The training folder.
+        train: PathBuf,
+        /// The validation folder.
+        val: PathBuf,
+    },
+}
+
+/// One labelled image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Its file.
+    pub path: PathBuf,
+    /// Index into the classes.
+    pub label: usize,
+}
+
+/// Labelled images and their classes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// Class folder names, sorted (the label order).
+    pub classes: Vec<String>,
+    /// The images.
+    pub samples: Vec<Sample>,
+}
+
+impl Dataset {
+    /// Display names of the classes.
+    pub fn display_names(&self) -> Vec<String> {
+        self.classes.iter().map(|c| display_name(c)).collect()
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Read `root/<class>/...` (images found recursively under each class folder).
+pub fn scan_folder(root: &Path) -> Result<Dataset, DataError> {
+    let mut classes: Vec<String> = std::fs::read_dir(root)
+        .map_err(io(root))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    classes.sort();
+    let mut samples = Vec::new();
+    let mut kept = Vec::new();
+    for class in &classes {
+        let label = kept.len();
+        let mut files: Vec<PathBuf> = walkdir::WalkDir::new(root.join(class))
+            .follow_links(true)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file() && is_image_path(e.path()))
+            .map(|e| e.into_path())
+            .collect();
+        if files.is_empty() {
+            continue;
+        }
+        files.sort();
+        samples.extend(files.into_iter().map(|path| Sample { path, label }));
+        kept.push(class.clone());
+    }
+    if samples.is_empty() {
+        return Err(DataError::Empty(root.to_path_buf()));
+    }
+    Ok(Dataset {
+        classes: kept,
+        samples,
+    })
+}
+
+/// A training set and a held-out set with the same classes.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// For training.
+    pub train: Dataset,
+    /// Held out: validation during training, the test set of the comparison.
+    pub val: Dataset,
+    /// How the split was made: `folders` or the manifest's path.
+    pub source: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestFile {
+    version: u32,
+    seed: u64,
+    val_fraction: f64,
+    classes: Vec<String>,
+    train: Vec<(String, usize)>,
+    val: Vec<(String, usize)>,
+}
+
+/// The train/held-out split of `root`:
+/// - `val` given: `root` trains, `val` is held out;
+/// - `root/train` and `root/val` exist (Imagenette's layout): those;
+/// - otherwise a seeded split per class (`val_fraction` held out), written to
+///   `root/clipscope-split.json` the first time and read from it after, so that every
+///   evaluation uses exactly the same held-out images.
+pub fn load_split(
+    root: &Path,
+    val: Option<&Path>,
+    seed: u64,
+    val_fraction: f64,
+) -> Result<Split, DataError> {
+    if let Some(val) = val {
+        return paired(root, val);
+    }
+    if root.join("train").is_dir() && root.join("val").is_dir() {
+        return paired(&root.join("train"), &root.join("val"));
+    }
+    let manifest = root.join(MANIFEST);
+    if manifest.is_file() {
+        return read_manifest(root, &manifest);
+    }
+    let all = scan_folder(root)?;
+    let split = seeded_split(&all, seed, val_fraction);
+    write_manifest(root, &manifest, &split, seed, val_fraction)?;
+    Ok(Split {
+        source: manifest.display().to_string(),
+        ..split
+    })
+}
+
+fn paired(train: &Path, val: &Path) -> Result<Split, DataError> {
+    let t = scan_folder(train)?;
+    let v = scan_folder(val)?;
+    if t.classes != v.classes {
+        return Err(DataError::ClassMismatch {
+            train: train.to_path_buf(),
+            val: val.to_path_buf(),
+        });
+    }
+    Ok(Split {
+        train: t,
+        val: v,
+        source: "folders".into(),
+    })
+}
+
+/// Hold out `val_fraction` of each class (at least one image where a class has two).
+pub fn seeded_split(all: &Dataset, seed: u64, val_fraction: f64) -> Split {
+    let mut by_class: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
+    for s in &all.samples {
+        by_class.entry(s.label).or_default().push(s.clone());
+    }
+    let mut rng = Rng::new(seed);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (_, mut items) in by_class {
+        rng.shuffle(&mut items);
+        let mut n_val = (items.len() as f64 * val_fraction).round() as usize;
+        if items.len() >= 2 {
+            n_val = n_val.clamp(1, items.len() - 1);
+        }
+        val.extend(items.drain(..n_val));
+        train.extend(items);
+    }
+    train.sort_by(|a, b| a.path.cmp(&b.path));
+    val.sort_by(|a, b| a.path.cmp(&b.path));
+    Split {
+        train: Dataset {
+            classes: all.classes.clone(),
+            samples: train,
+        },
+        val: Dataset {
+            classes: all.classes.clone(),
+            samples: val,
+        },
+        source: "seeded".into(),
+    }
+}
+
+fn relative(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .to_string()
+}
+
+fn write_manifest(
+    root: &Path,
+    path: &Path,
+    split: &Split,
+    seed: u64,
+    val_fraction: f64,
+) -> Result<(), DataError> {
+    let file = ManifestFile {
+        version: 1,
+        seed,
+        val_fraction,
+        classes: split.train.classes.clone(),
+        train: split
+            .train
+            .samples
+            .iter()
+            .map(|s| (relative(root, &s.path), s.label))
+            .collect(),
+        val: split
+            .val
+            .samples
+            .iter()
+            .map(|s| (relative(root, &s.path), s.label))
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&file).map_err(|e| DataError::Manifest {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    crate::util::write_atomic(path, text.as_bytes()).map_err(io(path))
+}
+
+fn read_manifest(root: &Path, path: &Path) -> Result<Split, DataError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let m: ManifestFile = serde_json::from_str(&text).map_err(|e| DataError::Manifest {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let to_set = |items: &[(String, usize)]| -> Result<Dataset, DataError> {
+        let mut samples = Vec::with_capacity(items.len());
+        for (rel, label) in items {
+            if *label >= m.classes.len() {
+                return Err(DataError::Manifest {
+                    path: path.to_path_buf(),
+                    message: format!("{rel}: label {label} out of range"),
+                });
+            }
+            samples.push(Sample {
+                path: root.join(rel),
+                label: *label,
+            });
+        }
+        Ok(Dataset {
+            classes: m.classes.clone(),
+            samples,
+        })
+    };
+    Ok(Split {
+        train: to_set(&m.train)?,
+        val: to_set(&m.val)?,
+        source: path.display().to_string(),
+    })
+}
+
+/// The held-out images of a data folder as the comparison should see them: `val/` when
+/// the folder has `train/` and `val/`, the manifest's held-out list when it has one,
+/// else every image in it.
+pub fn held_out(root: &Path) -> Result<Dataset, DataError> {
+    if root.join("val").is_dir() {
+        return scan_folder(&root.join("val"));
+    }
+    let manifest = root.join(MANIFEST);
+    if manifest.is_file() {
+        return Ok(read_manifest(root, &manifest)?.val);
+    }
+    scan_folder(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make_tree(root: &Path, classes: &[(&str, usize)]) {
+        for (c, n) in classes {
+            std::fs::create_dir_all(root.join(c)).unwrap();
+            for i in 0..*n {
+                std::fs::write(root.join(c).join(format!("{i:03}.png")), b"x").unwrap();
+            }
+        }
+        std::fs::write(root.join("README.txt"), b"not a class").unwrap();
+    }
+
+    #[test]
+    fn imagenette_ids_get_names() {
+        assert_eq!(display_name("n01440764"), "tench");
+        assert_eq!(display_name("n03888257"), "parachute");
+        assert_eq!(display_name("red_circle"), "red circle");
+    }
+
+    #[test]
+    fn a_seeded_split_is_written_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        make_tree(dir.path(), &[("a", 10), ("b", 7), ("empty", 0)]);
+        let s1 = load_split(dir.path(), None, 1, 0.3).unwrap();
+        assert_eq!(s1.train.classes, ["a", "b"]);
+        assert_eq!(s1.val.samples.len(), 3 + 2);
+        assert_eq!(s1.train.samples.len() + s1.val.samples.len(), 17);
+        assert!(dir.path().join(MANIFEST).is_file());
+        // Another seed does not reshuffle: the manifest wins.
+        let s2 = load_split(dir.path(), None, 99, 0.5).unwrap();
+        assert_eq!(s1.val.samples, s2.val.samples);
+        assert_eq!(held_out(dir.path()).unwrap().samples, s1.val.samples);
+    }
+
+    #[test]
+    fn train_and_val_folders_are_used_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        make_tree(
+            &dir.path().join("train"),
+            &[("n01440764", 3), ("n02102040", 2)],
+        );
+        make_tree(
+            &dir.path().join("val"),
+            &[("n01440764", 1), ("n02102040", 1)],
+        );
+        let s = load_split(dir.path(), None, 0, 0.2).unwrap();
+        assert_eq!(s.source, "folders");
+        assert_eq!(s.train.display_names(), ["tench", "English springer"]);
+        assert_eq!(s.val.samples.len(), 2);
+        assert!(!dir.path().join(MANIFEST).exists());
+    }
+
+    #[test]
+    fn an_empty_folder_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = scan_folder(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&dir.path().display().to_string()));
+    }
+}
