@@ -4,8 +4,9 @@
 //! built from strided slices, which has a gradient (candle's `max_pool2d` has none when
 //! kernel != stride).
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarMap};
+use rayon::prelude::*;
 
 use super::rng::Rng;
 
@@ -111,7 +112,7 @@ impl Conv {
 
     /// Apply to `(N, C, H, W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        super::conv::conv2d(x, &self.weight, self.stride, self.padding)
     }
 }
 
@@ -144,37 +145,174 @@ impl BatchNorm2d {
     /// ones (the variance unbiased, as PyTorch does); otherwise use the running ones.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let c = x.dim(1)?;
-        let (mean, var) = if train {
-            let n = (x.elem_count() / c) as f64;
-            let mean = x
-                .mean_keepdim(D::Minus1)?
-                .mean_keepdim(2)?
-                .mean_keepdim(0)?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = centred
-                .sqr()?
-                .mean_keepdim(D::Minus1)?
-                .mean_keepdim(2)?
-                .mean_keepdim(0)?;
-            let m = self.momentum;
-            let new_mean = ((self.running_mean.as_tensor().detach() * (1.0 - m))?
-                + (mean.detach().flatten_all()? * m)?)?;
-            let unbiased = (var.detach().flatten_all()? * (n / (n - 1.0).max(1.0)))?;
-            let new_var = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
-            self.running_mean.set(&new_mean)?;
-            self.running_var.set(&new_var)?;
-            (mean, var)
-        } else {
-            (
-                self.running_mean.as_tensor().reshape((1, c, 1, 1))?,
-                self.running_var.as_tensor().reshape((1, c, 1, 1))?,
-            )
-        };
-        let scale = (var + self.eps)?.sqrt()?;
-        x.broadcast_sub(&mean)?
-            .broadcast_div(&scale)?
-            .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+        let weight = self.weight.reshape((1, c, 1, 1))?;
+        let bias = self.bias.reshape((1, c, 1, 1))?;
+        if !train {
+            // Fold the running statistics into one scale and shift per channel.
+            let mean = self.running_mean.as_tensor().reshape((1, c, 1, 1))?;
+            let var = self.running_var.as_tensor().reshape((1, c, 1, 1))?;
+            let scale = (var + self.eps)?.sqrt()?.recip()?.mul(&weight)?;
+            let shift = (bias - mean.mul(&scale)?)?;
+            return x.broadcast_mul(&scale)?.broadcast_add(&shift);
+        }
+        let stats = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let y = x.contiguous()?.apply_op3(
+            &self.weight,
+            &self.bias,
+            BatchNormTrain {
+                eps: self.eps,
+                stats: stats.clone(),
+            },
+        )?;
+        let (mean, var): (Vec<f32>, Vec<f32>) = stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch-norm stats poisoned".into()))?
+            .iter()
+            .copied()
+            .unzip();
+        let n = (x.elem_count() / c) as f64;
+        let dev = x.device();
+        let m = self.momentum;
+        let mean = Tensor::from_vec(mean, c, dev)?;
+        let unbiased = (Tensor::from_vec(var, c, dev)? * (n / (n - 1.0).max(1.0)))?;
+        let new_mean = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (mean * m)?)?;
+        let new_var = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        Ok(y)
+    }
+}
+
+/// Training-mode batch norm of contiguous `(N, C, H, W)` with weight and bias `(C)`, in
+/// one fused pass per direction (candle's elementwise ops took four fifths of a ResNet
+/// training step). The batch mean and biased variance per channel are left in `stats`.
+struct BatchNormTrain {
+    eps: f64,
+    stats: std::sync::Arc<std::sync::Mutex<Vec<(f32, f32)>>>,
+}
+
+/// Per-channel mean and biased variance of NCHW data, in f64.
+fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s, mut s2) = (0f64, 0f64);
+            for i in 0..n {
+                for &v in &x[(i * c + ch) * hw..(i * c + ch + 1) * hw] {
+                    s += f64::from(v);
+                    s2 += f64::from(v) * f64::from(v);
+                }
+            }
+            let count = (n * hw) as f64;
+            let mean = s / count;
+            (mean, (s2 / count - mean * mean).max(0.0))
+        })
+        .collect()
+}
+
+fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("batch norm: input must be contiguous"),
+    }
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let hw = h * w;
+        let (x, weight, bias) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?, slice_f32(s3, l3)?);
+        let stats = channel_stats(x, n, c, hw);
+        let coef: Vec<(f32, f32)> = stats
+            .iter()
+            .enumerate()
+            .map(|(ch, &(mean, var))| {
+                let scale = f64::from(weight[ch]) / (var + self.eps).sqrt();
+                (scale as f32, (f64::from(bias[ch]) - mean * scale) as f32)
+            })
+            .collect();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(c * hw).enumerate().for_each(|(i, out)| {
+            for ch in 0..c {
+                let (a, b) = coef[ch];
+                let src = &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+                for (o, &v) in out[ch * hw..(ch + 1) * hw].iter_mut().zip(src) {
+                    *o = v * a + b;
+                }
+            }
+        });
+        if let Ok(mut s) = self.stats.lock() {
+            *s = stats.iter().map(|&(m, v)| (m as f32, v as f32)).collect();
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let gs = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let ws = weight.to_vec1::<f32>()?;
+        let stats = channel_stats(&xs, n, c, hw);
+        let count = (n * hw) as f64;
+        // Per channel: sum(g), sum(g * x_hat).
+        let sums: Vec<(f64, f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mean, var) = stats[ch];
+                let inv = 1.0 / (var + self.eps).sqrt();
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for i in 0..n {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    for (&g, &v) in gs[r.clone()].iter().zip(&xs[r]) {
+                        sg += f64::from(g);
+                        sgx += f64::from(g) * (f64::from(v) - mean) * inv;
+                    }
+                }
+                (sg, sgx, inv)
+            })
+            .collect();
+        let mut gx = vec![0f32; xs.len()];
+        gx.par_chunks_mut(c * hw).enumerate().for_each(|(i, out)| {
+            for ch in 0..c {
+                let (sg, sgx, inv) = sums[ch];
+                let mean = stats[ch].0;
+                let k = f64::from(ws[ch]) * inv / count;
+                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                for ((o, &g), &v) in out[ch * hw..(ch + 1) * hw]
+                    .iter_mut()
+                    .zip(&gs[r.clone()])
+                    .zip(&xs[r])
+                {
+                    let x_hat = (f64::from(v) - mean) * inv;
+                    *o = (k * (count * f64::from(g) - sg - x_hat * sgx)) as f32;
+                }
+            }
+        });
+        let dev = x.device();
+        let grad_x = Tensor::from_vec(gx, (n, c, h, w), dev)?;
+        let grad_w = Tensor::from_vec(sums.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, dev)?;
+        let grad_b = Tensor::from_vec(sums.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, dev)?;
+        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod checkpoint;
+pub mod conv;
 pub mod eval;
 pub mod layers;
 pub mod optim;
