@@ -2,13 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use assert_cmd::Command;
-use common::{cosine, fixtures, Reference};
+use common::{cosine, fixtures, serve, Reference};
 use serde_json::Value;
 
 fn clipscope() -> Command {
@@ -349,51 +346,6 @@ fn preprocess_writes_what_the_model_sees() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("LICENSE.md"));
-}
-
-/// A minimal HTTP server for one folder, recording the paths asked for.
-fn serve(dir: &Path, routes: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (dir, log) = (dir.to_path_buf(), seen.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request = String::new();
-            reader.read_line(&mut request).unwrap();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
-                    break;
-                }
-            }
-            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-            log.lock().unwrap().push(path.clone());
-            let body = path
-                .strip_prefix(routes)
-                .and_then(|f| std::fs::File::open(dir.join(f)).ok())
-                .map(|mut f| {
-                    let mut b = Vec::new();
-                    f.read_to_end(&mut b).unwrap();
-                    b
-                });
-            let _ = match body {
-                Some(b) => write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    b.len()
-                )
-                .and_then(|_| stream.write_all(&b)),
-                None => write!(
-                    stream,
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                ),
-            };
-        }
-    });
-    (addr, seen)
 }
 
 #[test]
