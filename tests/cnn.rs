@@ -28,9 +28,9 @@ fn parity_value(name: &str, shape: &[usize]) -> Vec<f32> {
             let u = uniform_at(seed, i);
             let v = if name.ends_with("running_var") {
                 0.75 + 0.25 * u
-            } else if name.ends_with("running_mean") {
-                0.1 * u
-            } else if shape.len() == 1 && name.starts_with("fc.") {
+            } else if name.ends_with("running_mean")
+                || (shape.len() == 1 && name.starts_with("fc."))
+            {
                 0.1 * u
             } else if shape.len() == 1 && name.ends_with("weight") {
                 1.0 + 0.2 * u
