@@ -336,3 +336,49 @@ fn a_terminal_that_answers_sixel_gets_sixel() {
     assert!(s.contains("│catx "), "{s}");
     quit(&mut pty);
 }
+
+#[test]
+fn the_train_pane_runs_a_training_and_shows_its_progress() {
+    let data = tempfile::tempdir().unwrap();
+    clipscope::data::synthetic::make_shapes(data.path(), 6, 32, 1).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let mut pty = Pty::spawn(&[
+        "tui",
+        "--model-dir",
+        &model,
+        "--image-protocol",
+        "halfblocks",
+    ]);
+    pty.wait_for("the app", |s| s.contains("Open an image"));
+    pty.send(b"\x1b2"); // Alt-2: the Train pane
+    pty.wait_for("the form", |s| {
+        s.contains("data folder") && s.contains("no run yet")
+    });
+    // Edit a field: Enter, clear the line (Home, Ctrl-K), type, Enter.
+    let edit = |pty: &mut Pty, value: &str| {
+        pty.send(b"\r\x1b[H\x0b");
+        pty.send(value.as_bytes());
+        pty.send(b"\r");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    edit(&mut pty, &data.path().display().to_string());
+    pty.send(b"\x1b[B"); // Down: pretrained
+    edit(&mut pty, "none");
+    pty.send(b"\x1b[B\x1b[B"); // epochs
+    edit(&mut pty, "2");
+    pty.send(b"\x1b[B"); // batch size
+    edit(&mut pty, "8");
+    pty.send(b"\x1b[B"); // image size
+    edit(&mut pty, "32");
+    pty.send(b"\x1b[B\x1b[B\x1b[B"); // run folder
+    edit(&mut pty, &run.path().display().to_string());
+    pty.send(b"\x1b[15~"); // F5: start
+    let s = pty.wait_for("the run to finish", |s| s.contains("training finished"));
+    assert!(s.contains("epoch 2: train loss"), "{s}");
+    assert!(s.contains("Loss") && s.contains("Accuracy"));
+    assert!(s.contains("epoch 2/2"), "the gauge: {s}");
+    let meta = clipscope::cnn::checkpoint::load_meta(run.path()).unwrap();
+    assert_eq!(meta.epochs_done, 2);
+    quit(&mut pty);
+}

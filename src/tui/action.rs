@@ -28,11 +28,15 @@ pub enum Action {
     PrevImage,
     /// Clear the label editor.
     ClearLabels,
+    /// Start a training run with the Train pane's options.
+    StartTraining,
+    /// Stop the training run (it saves a checkpoint first).
+    StopTraining,
 }
 
 impl Action {
     /// Every action, in the order the help overlay lists them.
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 14] = [
         Action::Quit,
         Action::Help,
         Action::Cancel,
@@ -45,6 +49,8 @@ impl Action {
         Action::NextImage,
         Action::PrevImage,
         Action::ClearLabels,
+        Action::StartTraining,
+        Action::StopTraining,
     ];
 
     /// The name used in keymap files.
@@ -62,6 +68,8 @@ impl Action {
             Action::NextImage => "next_image",
             Action::PrevImage => "prev_image",
             Action::ClearLabels => "clear_labels",
+            Action::StartTraining => "start_training",
+            Action::StopTraining => "stop_training",
         }
     }
 
@@ -80,6 +88,8 @@ impl Action {
             Action::NextImage => "next image in the folder",
             Action::PrevImage => "previous image in the folder",
             Action::ClearLabels => "clear the labels",
+            Action::StartTraining => "start training (Train pane options)",
+            Action::StopTraining => "stop training (saves a checkpoint)",
         }
     }
 

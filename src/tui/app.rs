@@ -15,6 +15,7 @@ use tui_textarea::TextArea;
 
 use super::action::Action;
 use super::keymap::Keymap;
+use super::train_state::TrainState;
 use super::worker::{Request, Response};
 use crate::clip::zeroshot::{parse_labels, Prediction};
 use crate::data::is_image_path;
@@ -117,6 +118,12 @@ pub struct App {
     pub classify: ClassifyState,
     /// Session history for the Results pane, newest last.
     pub history: Vec<ResultEntry>,
+    /// The Train pane.
+    pub train: TrainState,
+    /// A run the user asked for, for the event loop to start (config, fetch ImageNet weights).
+    pub pending_training: Option<(crate::cnn::train::TrainConfig, bool)>,
+    /// The stop flag of the run in progress.
+    pub train_stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Key bindings.
     pub keymap: Keymap,
     /// Whether the help overlay is open.
@@ -172,6 +179,9 @@ impl App {
                 scored_labels: Vec::new(),
             },
             history: Vec::new(),
+            train: TrainState::default(),
+            pending_training: None,
+            train_stop: None,
             keymap,
             show_help: false,
             prompt: None,
@@ -346,11 +356,17 @@ impl App {
             }
             return (self.prompt_key(key), Vec::new());
         }
-        let typing = self.pane == Pane::Classify && !self.show_help;
+        let typing = !self.show_help
+            && (self.pane == Pane::Classify
+                || (self.pane == Pane::Train && self.train.is_editing()));
         if let Some(action) = self.keymap.action_for(&key, typing) {
             return self.on_action(action, now);
         }
         if self.show_help {
+            return (None, Vec::new());
+        }
+        if self.pane == Pane::Train {
+            self.train.on_key(key);
             return (None, Vec::new());
         }
         if self.pane == Pane::Classify && self.classify.editor.input(key) {
@@ -369,7 +385,17 @@ impl App {
             Action::Cancel => {
                 self.show_help = false;
                 self.prompt = None;
+                self.train.editing = None;
             }
+            Action::StartTraining => self.start_training(),
+            Action::StopTraining => match &self.train_stop {
+                Some(flag) => {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.train
+                        .log_line("stopping after this step; a checkpoint will be saved…");
+                }
+                None => self.notify("no training run to stop", false),
+            },
             Action::NextPane => self.pane = Pane::ALL[(self.pane.index() + 1) % 3],
             Action::PrevPane => self.pane = Pane::ALL[(self.pane.index() + 2) % 3],
             Action::ShowClassify => self.pane = Pane::Classify,
@@ -432,6 +458,51 @@ impl App {
             _ => {
                 prompt.input.input(key);
                 None
+            }
+        }
+    }
+
+    fn start_training(&mut self) {
+        if self.train.progress.running {
+            self.notify("a training run is already going (F6 stops it)", false);
+            return;
+        }
+        match self.train.config() {
+            Ok((cfg, imagenet)) => {
+                self.train.start(cfg.epochs);
+                self.train.log_line(format!(
+                    "starting: {} epochs on {} into {}",
+                    cfg.epochs,
+                    cfg.data.display(),
+                    cfg.output.display()
+                ));
+                self.pending_training = Some((cfg, imagenet));
+                self.pane = Pane::Train;
+            }
+            Err(message) => {
+                self.train.log_line(message.clone());
+                self.notify(message, true);
+            }
+        }
+    }
+
+    /// A message from the training thread.
+    pub fn on_train_message(&mut self, msg: super::TrainMessage) {
+        match msg {
+            super::TrainMessage::Event(ev) => self.train.on_event(ev),
+            super::TrainMessage::Done(result) => {
+                self.train.progress.running = false;
+                self.train_stop = None;
+                match result {
+                    Ok(true) => self
+                        .train
+                        .log_line("stopped; continue with clipscope train --resume"),
+                    Ok(false) => self.train.log_line("training finished"),
+                    Err(e) => {
+                        self.train.log_line(format!("failed: {e}"));
+                        self.notify(format!("training: {e}"), true);
+                    }
+                }
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod app;
 pub mod detect;
 pub mod keymap;
 pub mod panes;
+pub mod train_state;
 pub mod ui;
 pub mod worker;
 
@@ -168,6 +169,69 @@ fn make_picker(protocol: ImageProtocol) -> (Picker, Vec<u8>) {
     (picker, detected.typed)
 }
 
+/// What the training thread tells the app.
+#[derive(Debug)]
+pub enum TrainMessage {
+    /// Progress.
+    Event(crate::cnn::train::TrainEvent),
+    /// The run ended: `Ok(stopped)` or the error.
+    Done(Result<bool, String>),
+}
+
+/// Run training on its own thread, reporting to the UI; ImageNet weights are fetched
+/// there first when asked for.
+fn spawn_training(
+    mut cfg: crate::cnn::train::TrainConfig,
+    imagenet: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tx: UnboundedSender<TrainMessage>,
+) -> Option<std::thread::JoinHandle<()>> {
+    use crate::cnn::train::{Pretrained, TrainEvent};
+    std::thread::Builder::new()
+        .name("clipscope-train".into())
+        .spawn(move || {
+            let log = |line: String| {
+                let _ = tx.send(TrainMessage::Event(TrainEvent::Log(line)));
+            };
+            if imagenet {
+                let fetched = crate::hub::Registry::builtin()
+                    .and_then(|r| r.find_cnn("resnet18").cloned())
+                    .and_then(|entry| {
+                        let opts = crate::hub::DownloadOptions::from_env()?;
+                        let mut last = u64::MAX;
+                        crate::hub::ensure_cnn_weights(&entry, &opts, &mut |file, done, total| {
+                            if let Some(t) = total.filter(|t| *t > 0) {
+                                let pct = done * 100 / t;
+                                if pct / 10 != last {
+                                    last = pct / 10;
+                                    log(format!("downloading {file}: {pct}%"));
+                                }
+                            }
+                        })
+                    });
+                match fetched {
+                    Ok(path) => {
+                        cfg.pretrained = Pretrained::File {
+                            path,
+                            label: "imagenet".into(),
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(TrainMessage::Done(Err(format!("ImageNet weights: {e}"))));
+                        return;
+                    }
+                }
+            }
+            let result = crate::cnn::train::train(&cfg, &stop, &mut |ev| {
+                let _ = tx.send(TrainMessage::Event(ev));
+            });
+            let _ = tx.send(TrainMessage::Done(
+                result.map(|o| o.stopped).map_err(|e| e.to_string()),
+            ));
+        })
+        .ok()
+}
+
 type Decoded = (PathBuf, Result<Arc<DynamicImage>, String>);
 
 /// Decode an image on a blocking thread and send it back to the UI task.
@@ -204,6 +268,8 @@ async fn event_loop(
 ) -> Result<(), TuiError> {
     let (resp_tx, mut resp_rx) = unbounded_channel();
     let (decoded_tx, mut decoded_rx) = unbounded_channel::<Decoded>();
+    let (train_tx, mut train_rx) = unbounded_channel::<TrainMessage>();
+    let mut training: Option<std::thread::JoinHandle<()>> = None;
     let worker = worker::spawn(
         WorkerConfig {
             source: opts.source.clone(),
@@ -282,15 +348,26 @@ async fn event_loop(
             Some((path, result)) = decoded_rx.recv() => {
                 send(app.on_image_decoded(path, result, Instant::now()));
             }
+            Some(msg) = train_rx.recv() => app.on_train_message(msg),
             _ = tokio::time::sleep_until(deadline) => {
                 send(app.on_debounce(Instant::now()).into_iter().collect());
             }
             _ = terminate => app.should_quit = true,
+        }
+        if let Some((cfg, imagenet)) = app.pending_training.take() {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            app.train_stop = Some(stop.clone());
+            training = spawn_training(cfg, imagenet, stop, train_tx.clone());
         }
         if app.should_quit {
             break;
         }
     }
     let _ = worker.send(Request::Shutdown);
+    // A run in progress stops after its current step and saves its checkpoint.
+    if let (Some(flag), Some(handle)) = (app.train_stop.take(), training.take()) {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = handle.join();
+    }
     Ok(())
 }
