@@ -236,7 +236,9 @@ fn the_app_scores_typed_labels_live_and_quits_cleanly() {
     // A path pasted into the terminal opens; a file that is no image is an error line.
     let license = fixtures().join("images/LICENSE.md").display().to_string();
     pty.send(format!("\x1b[200~{license}\x1b[201~").as_bytes());
-    pty.wait_for("the decode error", |s| s.contains("not a readable image"));
+    pty.wait_for("the decode error", |s| {
+        s.contains("LICENSE.md: not a readable")
+    });
     let coffee = fixtures().join("images/coffee.png").display().to_string();
     pty.send(format!("\x1b[200~{coffee}\x1b[201~").as_bytes());
     pty.wait_for("the pasted image", |s| {

@@ -87,7 +87,15 @@ fn draw_prompt(f: &mut Frame, app: &mut App, area: Rect) {
 pub fn status_text(app: &App) -> Vec<Span<'static>> {
     let model = match &app.model {
         ModelState::Loading(line) => Span::styled(line.clone(), Style::default().fg(Color::Yellow)),
-        ModelState::Ready { name, device } => Span::raw(format!("{name} on {device}")),
+        ModelState::Ready { name, device } => {
+            // A model folder is shown by its last component: the status bar is one line.
+            let short = std::path::Path::new(name)
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .filter(|_| name.contains('/'))
+                .unwrap_or_else(|| name.clone());
+            Span::raw(format!("{short} on {device}"))
+        }
         ModelState::Failed(_) => Span::styled("model failed", Style::default().fg(Color::Red)),
     };
     let latency = app
