@@ -6,6 +6,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use clipscope::clip::Prediction;
+use clipscope::util::bar;
 
 /// `classify` output.
 #[derive(Debug, Serialize)]
@@ -62,17 +63,6 @@ pub struct EmbedItem {
 
 /// Width of the probability bars in the text table.
 const BAR_WIDTH: usize = 24;
-
-/// A bar of `fraction` (0..=1) in eighth-block characters.
-pub fn bar(fraction: f64, width: usize) -> String {
-    const PARTS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
-    let eighths = (fraction.clamp(0.0, 1.0) * (width * 8) as f64).round() as usize;
-    let mut s = "█".repeat(eighths / 8);
-    if eighths % 8 > 0 {
-        s.push(PARTS[eighths % 8]);
-    }
-    format!("{s:<width$}")
-}
 
 /// Write a classify report in the chosen format.
 pub fn write_classify(
@@ -180,17 +170,4 @@ pub fn write_embed(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bars_have_fixed_width() {
-        assert_eq!(bar(0.0, 4).chars().count(), 4);
-        assert_eq!(bar(1.0, 4), "████");
-        assert_eq!(bar(0.5, 4), "██  ");
-        assert_eq!(bar(0.0625, 2), "▏ ");
-    }
 }

@@ -53,11 +53,24 @@ impl Geometry {
         self.c * self.k * self.k
     }
 
-    /// For output position (oy, ox) and kernel offset (ky, kx): the input (y, x), if inside.
-    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-        let y = (oy * self.stride + ky).checked_sub(self.pad)?;
-        let x = (ox * self.stride + kx).checked_sub(self.pad)?;
-        (y < self.h && x < self.w).then_some((y, x))
+    /// For output position (oy, ox): call `f(j, i)` for each kernel tap `j` (in
+    /// (c, ky, kx) order) that falls inside the image, `i` its index in one CHW image.
+    fn for_each_tap(&self, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+        let mut j = 0;
+        for c in 0..self.c {
+            for ky in 0..self.k {
+                for kx in 0..self.k {
+                    let y = (oy * self.stride + ky).checked_sub(self.pad);
+                    let x = (ox * self.stride + kx).checked_sub(self.pad);
+                    if let (Some(y), Some(x)) = (y, x) {
+                        if y < self.h && x < self.w {
+                            f(j, (c * self.h + y) * self.w + x);
+                        }
+                    }
+                    j += 1;
+                }
+            }
+        }
     }
 }
 
@@ -98,18 +111,7 @@ impl CustomOp1 for Im2Col {
                 for oy in 0..g.ho {
                     for ox in 0..g.wo {
                         let r = &mut image_rows[(oy * g.wo + ox) * row..(oy * g.wo + ox + 1) * row];
-                        let mut j = 0;
-                        for c in 0..g.c {
-                            let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
-                            for ky in 0..g.k {
-                                for kx in 0..g.k {
-                                    if let Some((y, x)) = g.source(oy, ox, ky, kx) {
-                                        r[j] = plane[y * g.w + x];
-                                    }
-                                    j += 1;
-                                }
-                            }
-                        }
+                        g.for_each_tap(oy, ox, |j, i| r[j] = img[i]);
                     }
                 }
             });
@@ -141,17 +143,7 @@ impl CustomOp1 for Col2Im {
                 for oy in 0..g.ho {
                     for ox in 0..g.wo {
                         let r = &rows[(oy * g.wo + ox) * row..(oy * g.wo + ox + 1) * row];
-                        let mut j = 0;
-                        for c in 0..g.c {
-                            for ky in 0..g.k {
-                                for kx in 0..g.k {
-                                    if let Some((y, x)) = g.source(oy, ox, ky, kx) {
-                                        img[c * g.h * g.w + y * g.w + x] += r[j];
-                                    }
-                                    j += 1;
-                                }
-                            }
-                        }
+                        g.for_each_tap(oy, ox, |j, i| img[i] += r[j]);
                     }
                 }
             });

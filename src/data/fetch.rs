@@ -35,12 +35,10 @@ impl ImagenetteSize {
 
 /// Where Imagenette is downloaded from: `CLIPSCOPE_DATA_URL` or fast.ai's bucket.
 pub fn imagenette_base_url() -> String {
-    std::env::var("CLIPSCOPE_DATA_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "https://s3.amazonaws.com/fast-ai-imageclas".into())
-        .trim_end_matches('/')
-        .to_string()
+    crate::util::env_url(
+        "CLIPSCOPE_DATA_URL",
+        "https://s3.amazonaws.com/fast-ai-imageclas",
+    )
 }
 
 /// What can go wrong fetching data.

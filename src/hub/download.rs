@@ -34,12 +34,7 @@ impl DownloadOptions {
 
 /// The download endpoint: `HF_ENDPOINT` if set, else `https://huggingface.co`.
 pub fn endpoint() -> String {
-    std::env::var("HF_ENDPOINT")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "https://huggingface.co".to_string())
-        .trim_end_matches('/')
-        .to_string()
+    crate::util::env_url("HF_ENDPOINT", "https://huggingface.co")
 }
 
 fn cache_root() -> Result<PathBuf, HubError> {

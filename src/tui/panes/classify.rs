@@ -8,6 +8,7 @@ use ratatui::Frame;
 use ratatui_image::{FilterType, Resize, StatefulImage};
 
 use crate::tui::app::App;
+use crate::util::bar;
 
 /// Width of the probability bars, in cells.
 const BAR: usize = 20;
@@ -58,17 +59,6 @@ fn draw_image(f: &mut Frame, app: &mut App, area: Rect) {
             inner,
         ),
     }
-}
-
-/// A bar of `fraction` in eighth blocks, `width` cells.
-pub fn bar(fraction: f64, width: usize) -> String {
-    const PARTS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
-    let eighths = (fraction.clamp(0.0, 1.0) * (width * 8) as f64).round() as usize;
-    let mut s = "█".repeat(eighths / 8);
-    if eighths % 8 > 0 {
-        s.push(PARTS[eighths % 8]);
-    }
-    format!("{s:<width$}")
 }
 
 fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
