@@ -1,8 +1,8 @@
 //! Trainable layers for the CNN, on candle, where candle's own do not train correctly:
 //! a batch norm whose running statistics live in the parameter store (candle-nn's copies
-//! them into a private `Var`, so they are never saved), and a 3x3 stride-2 max-pool
-//! built from strided slices, which has a gradient (candle's `max_pool2d` has none when
-//! kernel != stride).
+//! them into a private `Var`, so they are never saved) and which runs as one fused op each
+//! way, and a 3x3 stride-2 max-pool with a backward pass (candle's `max_pool2d` has none
+//! when kernel != stride).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarMap};
@@ -316,44 +316,85 @@ impl CustomOp3 for BatchNormTrain {
     }
 }
 
-/// Every `stride`-th element of dimension `dim`, starting at `start`, `count` of them.
-fn strided(x: &Tensor, dim: usize, start: usize, count: usize, stride: usize) -> Result<Tensor> {
-    let span = x.narrow(dim, start, (count - 1) * stride + 1)?;
-    let padded_len = count * stride;
-    let span = if stride > 1 {
-        // Pad to a multiple of the stride, fold it into a new axis, keep index 0.
-        let extra = padded_len - ((count - 1) * stride + 1);
-        let span = span.pad_with_zeros(dim, 0, extra)?;
-        let mut dims = span.dims().to_vec();
-        dims[dim] = count;
-        dims.insert(dim + 1, stride);
-        span.reshape(dims)?
-            .narrow(dim + 1, 0, 1)?
-            .squeeze(dim + 1)?
-    } else {
-        span
+/// 3x3 max-pool, stride 2, padding 1 (padding never wins, as in PyTorch's -inf padding),
+/// as one custom op each way: the backward pass sends each output's gradient to the first
+/// input in its window that equals the maximum (PyTorch's choice among ties too).
+struct MaxPool3x3S2;
+
+/// Geometry: (n * c planes, h, w, ho, wo).
+fn pool_dims(dims: &[usize]) -> Result<(usize, usize, usize, usize, usize)> {
+    let [n, c, h, w] = dims else {
+        candle_core::bail!("max-pool: expected (N, C, H, W), got {dims:?}")
     };
-    Ok(span)
+    Ok((n * c, *h, *w, (h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1))
 }
 
-/// 3x3 max-pool with stride 2 and padding 1 on non-negative input (it follows a ReLU in
-/// ResNet, so zero padding equals PyTorch's -inf padding), with a gradient.
-pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let (ho, wo) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
-    let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-    let mut out: Option<Tensor> = None;
-    for dy in 0..3 {
-        let rows = strided(&padded, 2, dy, ho, 2)?;
-        for dx in 0..3 {
-            let win = strided(&rows, 3, dx, wo, 2)?;
-            out = Some(match out {
-                None => win,
-                Some(o) => o.maximum(&win)?,
-            });
+/// The flat index (within a plane) of the first maximum of output (oy, ox)'s window.
+fn argmax_in_window(plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> usize {
+    let (mut best, mut at) = (f32::NEG_INFINITY, usize::MAX);
+    for ky in 0..3 {
+        let Some(y) = (oy * 2 + ky).checked_sub(1).filter(|y| *y < h) else {
+            continue;
+        };
+        for kx in 0..3 {
+            let Some(x) = (ox * 2 + kx).checked_sub(1).filter(|x| *x < w) else {
+                continue;
+            };
+            let v = plane[y * w + x];
+            if v > best || at == usize::MAX {
+                best = v;
+                at = y * w + x;
+            }
         }
     }
-    out.ok_or_else(|| candle_core::Error::Msg("empty pool".into()))
+    at
+}
+
+impl candle_core::CustomOp1 for MaxPool3x3S2 {
+    fn name(&self) -> &'static str {
+        "max-pool-3x3-s2"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (planes, h, w, ho, wo) = pool_dims(layout.shape().dims())?;
+        let x = slice_f32(storage, layout)?;
+        let mut out = vec![0f32; planes * ho * wo];
+        out.par_chunks_mut(ho * wo).enumerate().for_each(|(p, o)| {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    o[oy * wo + ox] = plane[argmax_in_window(plane, h, w, oy, ox)];
+                }
+            }
+        });
+        let dims = layout.shape().dims();
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((dims[0], dims[1], ho, wo)),
+        ))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (planes, h, w, ho, wo) = pool_dims(arg.dims())?;
+        let x = arg.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut gx = vec![0f32; planes * h * w];
+        gx.par_chunks_mut(h * w).enumerate().for_each(|(p, out)| {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    out[argmax_in_window(plane, h, w, oy, ox)] += g[(p * ho + oy) * wo + ox];
+                }
+            }
+        });
+        Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
+    }
+}
+
+/// 3x3 max-pool with stride 2 and padding 1 (ResNet's stem), with a gradient (candle's
+/// `max_pool2d` has none when kernel != stride).
+pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(MaxPool3x3S2)
 }
 
 #[cfg(test)]
