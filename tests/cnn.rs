@@ -170,7 +170,7 @@ fn training_from_scratch_learns_shapes_and_evaluates() {
     let data = tempfile::tempdir().unwrap();
     make_shapes(data.path(), 50, 48, 3).unwrap();
     let run = tempfile::tempdir().unwrap();
-    let cfg = shapes_config(data.path(), run.path(), 10, 32);
+    let cfg = shapes_config(data.path(), run.path(), 10, 40);
     let mut steps = 0;
     let outcome = train(&cfg, &AtomicBool::new(false), &mut |e| {
         if matches!(e, TrainEvent::Step { .. }) {

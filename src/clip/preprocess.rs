@@ -112,11 +112,12 @@ pub fn center_crop_rgb(img: &DynamicImage, size: usize) -> RgbImage {
         premultiply(&mut planar);
     }
     let (w, h) = resized_dims(planar.width, planar.height, size);
-    let mut resized = planar.resize_bicubic(w, h);
+    let (x0, y0) = (crop_offset(w, size), crop_offset(h, size));
+    // Only the crop is resized: the same pixels, without the parts that are cut away.
+    let mut crop = planar.resize_bicubic_window(w, h, x0..x0 + size, y0..y0 + size);
     if has_alpha {
-        unpremultiply(&mut resized);
+        unpremultiply(&mut crop);
     }
-    let crop = resized.crop(crop_offset(w, size), crop_offset(h, size), size, size);
     let rgb: Vec<u8> = match crop.channels {
         1 | 2 => crop
             .data
@@ -190,6 +191,16 @@ mod tests {
         let crop = center_crop_rgb(&img, 224);
         assert_eq!(crop.dimensions(), (224, 224));
         assert!(crop.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
+    }
+
+    #[test]
+    fn an_extremely_long_image_is_cropped_without_resizing_all_of_it() {
+        // Resized whole, this would be 224 x 4,480,000 pixels (3 GB).
+        let img = DynamicImage::ImageLuma8(image::GrayImage::from_fn(1, 20_000, |_, y| {
+            image::Luma([(y % 256) as u8])
+        }));
+        let crop = center_crop_rgb(&img, 224);
+        assert_eq!(crop.dimensions(), (224, 224));
     }
 
     #[test]

@@ -28,14 +28,15 @@ struct Taps {
     weights: Vec<i32>,
 }
 
-/// Pillow's `precompute_coeffs` followed by `normalize_coeffs_8bpc`, for one axis.
-fn precompute(in_size: usize, out_size: usize) -> Vec<Taps> {
+/// Pillow's `precompute_coeffs` followed by `normalize_coeffs_8bpc`, for one axis, for
+/// the output indices in `outputs` only (each output depends on its own taps alone).
+fn precompute(in_size: usize, out_size: usize, outputs: std::ops::Range<usize>) -> Vec<Taps> {
     // Pillow computes the box width in single precision, then widens it.
     let scale = f64::from(in_size as f32) / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 2.0 * filterscale;
     let ss = 1.0 / filterscale;
-    (0..out_size)
+    outputs
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             // `(int)` in C truncates toward zero, as `as` does.
@@ -94,20 +95,54 @@ impl Planar8 {
     /// Resize with Pillow's `BICUBIC` filter (antialiased when reducing).
     /// An axis whose size does not change is not resampled, as in Pillow.
     pub fn resize_bicubic(&self, width: usize, height: usize) -> Planar8 {
-        let horizontal = if width != self.width {
-            self.resample_horizontal(width)
-        } else {
-            self.clone()
+        self.resize_bicubic_window(width, height, 0..width, 0..height)
+    }
+
+    /// The `cols` x `rows` window of the image resized to `width` x `height`, computing
+    /// only what the window needs (the same values as resizing everything and cropping:
+    /// each output sample depends on its own taps alone). Like Pillow, the horizontal pass
+    /// runs only over the source rows that the vertical pass reads. This keeps a centre
+    /// crop of an extremely long image from allocating the whole resized image.
+    pub fn resize_bicubic_window(
+        &self,
+        width: usize,
+        height: usize,
+        cols: std::ops::Range<usize>,
+        rows: std::ops::Range<usize>,
+    ) -> Planar8 {
+        let vertical =
+            (height != self.height).then(|| precompute(self.height, height, rows.clone()));
+        let source_rows = match &vertical {
+            Some(taps) => {
+                let lo = taps.iter().map(|t| t.start).min().unwrap_or(0);
+                let hi = taps
+                    .iter()
+                    .map(|t| t.start + t.weights.len())
+                    .max()
+                    .unwrap_or(lo);
+                lo..hi
+            }
+            None => rows.clone(),
         };
-        if height != self.height {
-            horizontal.resample_vertical(height)
+        let band = self.crop(0, source_rows.start, self.width, source_rows.len());
+        let horizontal = if width != self.width {
+            band.resample_horizontal(&precompute(self.width, width, cols))
         } else {
-            horizontal
+            band.crop(cols.start, 0, cols.len(), band.height)
+        };
+        match vertical {
+            Some(mut taps) => {
+                for t in &mut taps {
+                    t.start -= source_rows.start;
+                }
+                horizontal.resample_vertical(&taps)
+            }
+            None => horizontal,
         }
     }
 
-    fn resample_horizontal(&self, out_width: usize) -> Planar8 {
-        let taps = precompute(self.width, out_width);
+    fn resample_horizontal(&self, taps: &[Taps]) -> Planar8 {
+        let out_width = taps.len();
         let c = self.channels;
         let mut data = vec![0u8; out_width * self.height * c];
         for (src_row, dst_row) in self
@@ -133,8 +168,8 @@ impl Planar8 {
         }
     }
 
-    fn resample_vertical(&self, out_height: usize) -> Planar8 {
-        let taps = precompute(self.height, out_height);
+    fn resample_vertical(&self, taps: &[Taps]) -> Planar8 {
+        let out_height = taps.len();
         let stride = self.width * self.channels;
         let mut data = vec![0u8; stride * out_height];
         let mut acc = vec![0i32; stride];
@@ -213,7 +248,7 @@ mod tests {
     #[test]
     fn weights_sum_to_one_in_fixed_point() {
         for (i, o) in [(512, 224), (100, 224), (451, 334), (7, 3)] {
-            for t in precompute(i, o) {
+            for t in precompute(i, o, 0..o) {
                 let s: i32 = t.weights.iter().sum();
                 assert!((s - (1 << PRECISION_BITS)).abs() <= t.weights.len() as i32);
             }
@@ -231,6 +266,26 @@ mod tests {
         let out = img.resize_bicubic(11, 50);
         assert_eq!((out.width, out.height), (11, 50));
         assert!(out.data.iter().all(|&v| v == 200));
+    }
+
+    #[test]
+    fn a_window_equals_the_same_crop_of_the_whole_resize() {
+        let img = Planar8 {
+            width: 53,
+            height: 41,
+            channels: 2,
+            data: (0..53 * 41 * 2).map(|i| ((i * 37) % 251) as u8).collect(),
+        };
+        for (w, h) in [(20, 30), (53, 17), (90, 41), (33, 70)] {
+            let whole = img.resize_bicubic(w, h);
+            let (cols, rows) = (w / 4..w - w / 5, h / 3..h - 1);
+            let window = img.resize_bicubic_window(w, h, cols.clone(), rows.clone());
+            assert_eq!(
+                window,
+                whole.crop(cols.start, rows.start, cols.len(), rows.len()),
+                "{w}x{h}"
+            );
+        }
     }
 
     #[test]
