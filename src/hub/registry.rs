@@ -95,40 +95,43 @@ impl Registry {
 
     /// Look a model up by name or alias (case-insensitive).
     pub fn find(&self, name: &str) -> Result<&ModelEntry, HubError> {
-        self.models
-            .iter()
-            .find(|m| m.matches(name))
-            .ok_or_else(|| HubError::UnknownModel {
-                name: name.to_string(),
-                known: self
-                    .models
-                    .iter()
-                    .map(|m| m.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        find_named(&self.models, name, |m| m.matches(name), |m| &m.name)
     }
 
     /// Pretrained weights for a CNN architecture.
     pub fn find_cnn(&self, name: &str) -> Result<&CnnEntry, HubError> {
-        self.cnn
-            .iter()
-            .find(|m| m.name.eq_ignore_ascii_case(name))
-            .ok_or_else(|| HubError::UnknownModel {
-                name: name.to_string(),
-                known: self
-                    .cnn
-                    .iter()
-                    .map(|m| m.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        find_named(
+            &self.cnn,
+            name,
+            |m| m.name.eq_ignore_ascii_case(name),
+            |m| &m.name,
+        )
     }
 
     /// The default model's entry.
     pub fn default_model(&self) -> Result<&ModelEntry, HubError> {
         self.find(&self.default)
     }
+}
+
+/// The first entry that `matches`, or an error listing every entry's name.
+fn find_named<'a, T>(
+    entries: &'a [T],
+    name: &str,
+    matches: impl Fn(&T) -> bool,
+    entry_name: impl Fn(&T) -> &String,
+) -> Result<&'a T, HubError> {
+    entries
+        .iter()
+        .find(|e| matches(e))
+        .ok_or_else(|| HubError::UnknownModel {
+            name: name.to_string(),
+            known: entries
+                .iter()
+                .map(|e| entry_name(e).as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 #[cfg(test)]

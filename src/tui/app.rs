@@ -104,10 +104,8 @@ pub struct ClassifyState {
     pub image_path: Option<PathBuf>,
     /// Its picture, sized to the pane when drawn.
     pub picture: Option<StatefulProtocol>,
-    /// The latest predictions and the labels they are for.
+    /// The latest predictions (each names its label).
     pub predictions: Vec<Prediction>,
-    /// The labels the predictions are for.
-    pub scored_labels: Vec<String>,
 }
 
 /// The whole app.
@@ -176,7 +174,6 @@ impl App {
                 image_path: None,
                 picture: None,
                 predictions: Vec::new(),
-                scored_labels: Vec::new(),
             },
             history: Vec::new(),
             train: TrainState::default(),
@@ -252,7 +249,6 @@ impl App {
                 self.classify.picture = Some(self.picker.new_resize_protocol(display_copy(&image)));
                 self.classify.image_path = Some(path.clone());
                 self.classify.predictions.clear();
-                self.classify.scored_labels.clear();
                 self.notice = None;
                 let mut reqs = vec![Request::SetImage { path, image }];
                 reqs.extend(self.score_now(now));
@@ -267,7 +263,6 @@ impl App {
         let labels = self.labels();
         if labels.is_empty() || self.classify.image_path.is_none() {
             self.classify.predictions.clear();
-            self.classify.scored_labels.clear();
             self.in_flight = None;
             return None;
         }
@@ -322,7 +317,6 @@ impl App {
                     .take()
                     .map(|t| now.duration_since(t).as_secs_f64() * 1e3);
                 self.last_latency_ms = latency;
-                self.classify.scored_labels = predictions.iter().map(|p| p.label.clone()).collect();
                 self.classify.predictions = predictions.clone();
                 self.history.push(ResultEntry {
                     path,
