@@ -384,3 +384,84 @@ fn the_train_pane_runs_a_training_and_shows_its_progress() {
     assert_eq!(meta.epochs_done, 2);
     quit(&mut pty);
 }
+
+#[test]
+fn the_worker_skips_requests_superseded_while_it_was_busy() {
+    use clipscope::clip::PromptStyle;
+    use clipscope::hub::ModelSource;
+    use clipscope::tui::worker::{spawn, WorkerConfig};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker = spawn(
+        WorkerConfig {
+            source: ModelSource::Dir(fixtures().join("tiny-clip")),
+            device: "cpu".into(),
+            style: PromptStyle::default(),
+        },
+        tx,
+    );
+    // Queued while the model loads: only the newest score request is answered.
+    let path = fixtures().join("images/chelsea.png");
+    let img = clipscope::data::load_image(&path).unwrap();
+    worker
+        .send(Request::SetImage {
+            path,
+            image: Arc::new(img),
+        })
+        .unwrap();
+    for (generation, labels) in [(1, "cat"), (2, "cat,dog"), (3, "cat,dog,bird")] {
+        let labels = labels.split(',').map(String::from).collect();
+        worker.send(Request::Score { generation, labels }).unwrap();
+    }
+    let mut scores = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        match rx.try_recv() {
+            Ok(Response::Scores {
+                generation,
+                predictions,
+                ..
+            }) => {
+                scores.push((generation, predictions.len()));
+                // Give a stale answer time to show up, if there were one.
+                std::thread::sleep(Duration::from_millis(300));
+                while let Ok(r) = rx.try_recv() {
+                    if let Response::Scores {
+                        generation,
+                        predictions,
+                        ..
+                    } = r
+                    {
+                        scores.push((generation, predictions.len()));
+                    }
+                }
+                break;
+            }
+            Ok(Response::ModelFailed(e)) => panic!("{e}"),
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert_eq!(scores, vec![(3, 3)]);
+    worker.send(Request::Shutdown).unwrap();
+}
+
+#[test]
+fn the_classify_pane_redraws_at_any_size() {
+    let mut app = App::new(
+        Keymap::builtin("vim").unwrap(),
+        Picker::from_fontsize((10, 20)),
+        "cat",
+    );
+    let path = fixtures().join("images/tall.png");
+    let img = clipscope::data::load_image(&path).unwrap();
+    app.open(path.clone()).unwrap();
+    app.on_image_decoded(path, Ok(Arc::new(img)), Instant::now());
+    for (w, h) in [(140, 45), (80, 24), (200, 60), (30, 10), (12, 5)] {
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        terminal.draw(|f| ui::draw(f, &mut app)).unwrap();
+        let text = screen_text(&terminal);
+        if w >= 80 {
+            assert!(text.contains("tall.png"), "{w}x{h}:\n{text}");
+        }
+    }
+}
