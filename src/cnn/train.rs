@@ -382,10 +382,7 @@ pub fn train(
     let num_classes = split.train.classes.len();
     let model = ResNet18::new(&map, &device, num_classes, cfg.seed)?;
     match (&prior, &cfg.pretrained) {
-        (Some(_), _) => {
-            let meta = prior
-                .as_ref()
-                .ok_or_else(|| TrainError::Config("no checkpoint".into()))?;
+        (Some(meta), _) => {
             let w = cfg.output.join(&meta.weights);
             load_weights(&map, &w, false).map_err(TrainError::Weights)?;
         }

@@ -14,6 +14,8 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
 const MAX_SIDE: u32 = 32_768;
 /// Largest decoding allocation accepted.
 const MAX_ALLOC: u64 = 1 << 30;
+/// Largest file read (the file is read whole before decoding).
+const MAX_FILE: u64 = 512 << 20;
 
 /// Why an image could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,16 @@ pub enum ImageError {
         path: PathBuf,
         /// What the decoder said.
         source: image::ImageError,
+    },
+    /// The file is larger than any image clipscope accepts.
+    #[error("{path}: {size} bytes is too large for an image (at most {max})")]
+    TooLarge {
+        /// The file at fault.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
     },
     /// A path given on the command line does not exist.
     #[error("{path}: no such file or directory")]
@@ -55,11 +67,25 @@ pub enum ImageError {
 /// EXIF orientation is not applied, as in OpenAI's reference code (Pillow's
 /// `Image.open`), so that results match it.
 pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
-    let reader = ImageReader::open(path).map_err(|source| ImageError::Io {
+    let size = std::fs::metadata(path)
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if size > MAX_FILE {
+        return Err(ImageError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            max: MAX_FILE,
+        });
+    }
+    // Read once: the bytes serve the JPEG decoder and, for other formats, the image crate.
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = reader
+    let mut reader = ImageReader::new(std::io::Cursor::new(&bytes[..]))
         .with_guessed_format()
         .map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
@@ -71,7 +97,7 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
     if reader.format() == Some(image::ImageFormat::Jpeg) {
-        if let Some(img) = decode_jpeg_like_pillow(path) {
+        if let Some(img) = decode_jpeg_like_pillow(&bytes) {
             return Ok(img);
         }
     }
@@ -86,11 +112,10 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
 /// the reference's. zune-jpeg, the `image` crate's decoder, differs by up to 3 levels.
 /// Returns `None` for what it does not handle (CMYK, oversized, corrupt), which the
 /// `image` crate then decodes or reports.
-fn decode_jpeg_like_pillow(path: &Path) -> Option<DynamicImage> {
-    let bytes = std::fs::read(path).ok()?;
+fn decode_jpeg_like_pillow(bytes: &[u8]) -> Option<DynamicImage> {
     // libjpeg reports fatal errors by unwinding (without the panic hook): catch them.
     std::panic::catch_unwind(|| {
-        let d = mozjpeg::Decompress::new_mem(&bytes).ok()?;
+        let d = mozjpeg::Decompress::new_mem(bytes).ok()?;
         let (w, h) = (d.width() as u32, d.height() as u32);
         if w > MAX_SIDE || h > MAX_SIDE {
             return None;
