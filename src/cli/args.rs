@@ -32,7 +32,7 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a trained CNN checkpoint on held-out images.
     Eval(EvalArgs),
-    /// Data sets: fetch Imagenette.
+    /// Data sets: fetch Imagenette, or make a synthetic shapes set.
     Data {
         /// What to do.
         #[command(subcommand)]

@@ -288,6 +288,22 @@ fn models(action: &ModelsAction) -> Result<u8> {
                     default
                 )?;
             }
+            for c in &registry.cnn {
+                let have = opts
+                    .cache_root
+                    .join("models")
+                    .join(&c.name)
+                    .join(&c.files[0])
+                    .is_file();
+                writeln!(
+                    out,
+                    "{:<14} {:<9} {:>5} MB  {} (CNN weights, train --pretrained imagenet)",
+                    c.name,
+                    if have { "cached" } else { "-" },
+                    c.size_mb,
+                    c.description
+                )?;
+            }
             writeln!(out, "\ncache: {}", opts.cache_root.join("models").display())?;
         }
         ModelsAction::Download { name } => {

@@ -72,6 +72,16 @@ pub fn ensure_model(
     Ok(dir)
 }
 
+/// Where a CNN's pretrained weights file lives in the cache (whether or not it is there).
+pub fn cnn_weights_path(entry: &super::CnnEntry, opts: &DownloadOptions) -> PathBuf {
+    let file = entry
+        .files
+        .first()
+        .map(String::as_str)
+        .unwrap_or("model.safetensors");
+    opts.cache_root.join("models").join(&entry.name).join(file)
+}
+
 /// The pretrained weights file of a CNN, downloaded into the cache on first use.
 pub fn ensure_cnn_weights(
     entry: &super::CnnEntry,
@@ -87,13 +97,7 @@ pub fn ensure_cnn_weights(
         opts,
         progress,
     )?;
-    Ok(dir.join(
-        entry
-            .files
-            .first()
-            .map(String::as_str)
-            .unwrap_or("model.safetensors"),
-    ))
+    Ok(cnn_weights_path(entry, opts))
 }
 
 /// Download the files of `repo` at `revision` that `dir` does not have yet.
