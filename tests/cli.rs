@@ -4,20 +4,8 @@ mod common;
 
 use std::path::Path;
 
-use assert_cmd::Command;
-use common::{cosine, fixtures, serve, Reference};
+use common::{clipscope, cosine, fixtures, serve, Reference};
 use serde_json::Value;
-
-fn clipscope() -> Command {
-    let mut cmd = Command::cargo_bin("clipscope").unwrap();
-    // Never touch the user's cache or the network from tests.
-    cmd.env(
-        "CLIPSCOPE_CACHE",
-        std::env::temp_dir().join("clipscope-test-no-cache"),
-    )
-    .env("HF_ENDPOINT", "http://127.0.0.1:9");
-    cmd
-}
 
 fn tiny() -> String {
     fixtures().join("tiny-clip").display().to_string()

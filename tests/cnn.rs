@@ -17,7 +17,7 @@ use clipscope::cnn::rng::{name_seed, uniform_at};
 use clipscope::cnn::train::{train, Pretrained, TrainConfig, TrainEvent};
 use clipscope::cnn::ResNet18;
 use clipscope::data::synthetic::make_shapes;
-use common::fixtures;
+use common::{clipscope, fixtures};
 
 /// The parity weights: the same formula as `make_resnet_fixture.py`'s `value`.
 fn parity_value(name: &str, shape: &[usize]) -> Vec<f32> {
@@ -299,13 +299,6 @@ fn unreadable_images_are_skipped_and_counted() {
     .unwrap();
     assert_eq!(skipped, Some(1));
     assert_eq!(checkpoint::load_meta(run.path()).unwrap().data.skipped, 1);
-}
-
-fn clipscope() -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("clipscope").unwrap();
-    cmd.env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env("CLIPSCOPE_DATA_URL", "http://127.0.0.1:9");
-    cmd
 }
 
 #[test]

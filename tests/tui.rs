@@ -176,6 +176,18 @@ impl Pty {
         }
     }
 
+    /// Wait up to 10 s for the child to exit; `why` is the failure message.
+    fn wait_exit(&mut self, why: &str) -> portable_pty::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "{why}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn send(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).unwrap();
         self.writer.flush().unwrap();
@@ -245,18 +257,7 @@ fn the_app_scores_typed_labels_live_and_quits_cleanly() {
         s.contains("coffee.png") && row_with(s, "rocket").is_some()
     });
 
-    pty.send(b"\x03");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = pty.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the app did not quit"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = quit(&mut pty);
     assert!(status.success(), "exit status {status:?}");
     std::thread::sleep(Duration::from_millis(100));
     let parser = pty.parser.lock().unwrap();
@@ -284,28 +285,15 @@ fn sigterm_restores_the_terminal() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let start = Instant::now();
-    while pty.child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "SIGTERM did not end the app"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pty.wait_exit("SIGTERM did not end the app");
     std::thread::sleep(Duration::from_millis(100));
     assert!(!pty.parser.lock().unwrap().screen().alternate_screen());
 }
 
-fn quit(pty: &mut Pty) {
+/// Ctrl-C, then wait for the app to exit.
+fn quit(pty: &mut Pty) -> portable_pty::ExitStatus {
     pty.send(b"\x03");
-    let start = Instant::now();
-    while pty.child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the app did not quit"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pty.wait_exit("the app did not quit")
 }
 
 #[test]

@@ -106,3 +106,16 @@ pub fn serve(dir: &Path, routes: &'static str) -> (String, Arc<Mutex<Vec<String>
     });
     (addr, seen)
 }
+
+/// The clipscope binary, kept off the user's cache and off the network: downloads go to
+/// an address where nothing listens unless a test points them at its own server.
+pub fn clipscope() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("clipscope").unwrap();
+    cmd.env(
+        "CLIPSCOPE_CACHE",
+        std::env::temp_dir().join("clipscope-test-no-cache"),
+    )
+    .env("HF_ENDPOINT", "http://127.0.0.1:9")
+    .env("CLIPSCOPE_DATA_URL", "http://127.0.0.1:9");
+    cmd
+}
