@@ -110,13 +110,14 @@ impl Conv {
         })
     }
 
-    /// Apply to `(N, C, H, W)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        super::conv::conv2d(x, &self.weight, self.stride, self.padding)
+    /// Apply to channel-major `(C, N, H, W)`; `train` prepares for a backward pass.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        super::conv::conv2d_cnhw(x, &self.weight, self.stride, self.padding, train)
     }
 }
 
-/// Batch normalisation over `(N, C, H, W)` with running statistics in the store.
+/// Batch normalisation over channel-major `(C, N, H, W)` activations, with running
+/// statistics in the store and an optional ReLU fused into the same pass.
 #[derive(Clone, Debug)]
 pub struct BatchNorm2d {
     weight: Tensor,
@@ -141,19 +142,20 @@ impl BatchNorm2d {
         })
     }
 
-    /// In training mode, normalise with the batch's statistics and update the running
-    /// ones (the variance unbiased, as PyTorch does); otherwise use the running ones.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let c = x.dim(1)?;
-        let weight = self.weight.reshape((1, c, 1, 1))?;
-        let bias = self.bias.reshape((1, c, 1, 1))?;
+    /// Normalise `x (C, N, H, W)`, then apply a ReLU if `relu`. In training mode, use the
+    /// batch's statistics and update the running ones (the variance unbiased, as PyTorch
+    /// does); otherwise use the running ones.
+    pub fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let c = x.dim(0)?;
         if !train {
             // Fold the running statistics into one scale and shift per channel.
-            let mean = self.running_mean.as_tensor().reshape((1, c, 1, 1))?;
-            let var = self.running_var.as_tensor().reshape((1, c, 1, 1))?;
+            let mean = self.running_mean.as_tensor().reshape((c, 1, 1, 1))?;
+            let var = self.running_var.as_tensor().reshape((c, 1, 1, 1))?;
+            let weight = self.weight.reshape((c, 1, 1, 1))?;
             let scale = (var + self.eps)?.sqrt()?.recip()?.mul(&weight)?;
-            let shift = (bias - mean.mul(&scale)?)?;
-            return x.broadcast_mul(&scale)?.broadcast_add(&shift);
+            let shift = (self.bias.reshape((c, 1, 1, 1))? - mean.mul(&scale)?)?;
+            let y = x.broadcast_mul(&scale)?.broadcast_add(&shift)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         let stats = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let y = x.contiguous()?.apply_op3(
@@ -161,15 +163,11 @@ impl BatchNorm2d {
             &self.bias,
             BatchNormTrain {
                 eps: self.eps,
+                relu,
                 stats: stats.clone(),
             },
         )?;
-        let (mean, var): (Vec<f32>, Vec<f32>) = stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch-norm stats poisoned".into()))?
-            .iter()
-            .copied()
-            .unzip();
+        let (mean, var): (Vec<f32>, Vec<f32>) = lock(&stats)?.iter().copied().unzip();
         let n = (x.elem_count() / c) as f64;
         let dev = x.device();
         let m = self.momentum;
@@ -183,31 +181,92 @@ impl BatchNorm2d {
     }
 }
 
-/// Training-mode batch norm of contiguous `(N, C, H, W)` with weight and bias `(C)`, in
-/// one fused pass per direction (candle's elementwise ops took four fifths of a ResNet
-/// training step). The batch mean and biased variance per channel are left in `stats`.
+fn lock<T>(m: &std::sync::Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg("batch-norm state poisoned".into()))
+}
+
+/// Training-mode batch norm (and ReLU) of contiguous channel-major data with weight and
+/// bias `(C)`, in one fused pass per direction (candle's elementwise ops took four
+/// fifths of a ResNet training step). The batch mean and biased variance per channel are
+/// left in `stats`.
 struct BatchNormTrain {
     eps: f64,
+    relu: bool,
     stats: std::sync::Arc<std::sync::Mutex<Vec<(f32, f32)>>>,
 }
 
-/// Per-channel mean and biased variance of NCHW data, in f64.
-fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mut s, mut s2) = (0f64, 0f64);
-            for i in 0..n {
-                for &v in &x[(i * c + ch) * hw..(i * c + ch + 1) * hw] {
-                    s += f64::from(v);
-                    s2 += f64::from(v) * f64::from(v);
-                }
+/// The backward pass of `BatchNormTrain` from `(x, dY, Y)`: the input gradient, with the
+/// per-channel sums that give the weight and bias gradients left in `sums`.
+struct BatchNormBackward {
+    eps: f64,
+    relu: bool,
+    weight: Vec<f32>,
+    /// The forward pass's batch mean and biased variance per channel.
+    stats: Vec<(f32, f32)>,
+    sums: std::sync::Arc<std::sync::Mutex<Vec<(f32, f32)>>>,
+}
+
+/// `Σ f(x)` in f64, summed in f32 lanes within short blocks so that the loop vectorises
+/// without losing the precision of a long f32 sum.
+fn sum_by(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut total = 0f64;
+    for block in xs.chunks(512) {
+        let mut lanes = [0f32; 16];
+        let mut it = block.chunks_exact(16);
+        for c in &mut it {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += f(v);
             }
-            let count = (n * hw) as f64;
-            let mean = s / count;
-            (mean, (s2 / count - mean * mean).max(0.0))
-        })
-        .collect()
+        }
+        let tail: f32 = it.remainder().iter().map(|&v| f(v)).sum();
+        total += f64::from(lanes.iter().sum::<f32>() + tail);
+    }
+    total
+}
+
+/// Mean and biased variance of one channel (two passes, for precision).
+fn moments(x: &[f32]) -> (f64, f64) {
+    let count = x.len().max(1) as f64;
+    let mean = sum_by(x, |v| v) / count;
+    let m = mean as f32;
+    (mean, sum_by(x, |v| (v - m) * (v - m)) / count)
+}
+
+/// Per channel of the batch-norm backward pass: `Σ g'` and `Σ g'·(x - mean)`, where `g'`
+/// is the gradient with the fused ReLU's mask applied (`y > 0`, or all when no ReLU).
+fn grad_sums(g: &[f32], x: &[f32], y: &[f32], mean: f32, relu: bool) -> (f64, f64) {
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    let term = |gv: f32, xv: f32, yv: f32| {
+        let live = if yv > floor { gv } else { 0.0 };
+        (live, live * (xv - mean))
+    };
+    let (mut sg, mut sgx) = (0f64, 0f64);
+    for ((gb, xb), yb) in g.chunks(512).zip(x.chunks(512)).zip(y.chunks(512)) {
+        let (mut a, mut b) = ([0f32; 16], [0f32; 16]);
+        let (gi, xi, yi) = (
+            gb.chunks_exact(16),
+            xb.chunks_exact(16),
+            yb.chunks_exact(16),
+        );
+        let (gt, xt, yt) = (gi.remainder(), xi.remainder(), yi.remainder());
+        for ((gc, xc), yc) in gi.zip(xi).zip(yi) {
+            for i in 0..16 {
+                let (p, q) = term(gc[i], xc[i], yc[i]);
+                a[i] += p;
+                b[i] += q;
+            }
+        }
+        let (mut ta, mut tb) = (a.iter().sum::<f32>(), b.iter().sum::<f32>());
+        for ((&gv, &xv), &yv) in gt.iter().zip(xt).zip(yt) {
+            let (p, q) = term(gv, xv, yv);
+            ta += p;
+            tb += q;
+        }
+        sg += f64::from(ta);
+        sgx += f64::from(tb);
+    }
+    (sg, sgx)
 }
 
 fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -215,6 +274,12 @@ fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
         Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
         None => candle_core::bail!("batch norm: input must be contiguous"),
     }
+}
+
+/// Length of one channel's run in contiguous `(C, N, H, W)` data.
+fn channel_len(l: &Layout) -> Result<usize> {
+    let (_, n, h, w) = l.shape().dims4()?;
+    Ok((n * h * w).max(1))
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -231,31 +296,25 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let hw = h * w;
+        let len = channel_len(l1)?;
         let (x, weight, bias) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?, slice_f32(s3, l3)?);
-        let stats = channel_stats(x, n, c, hw);
-        let coef: Vec<(f32, f32)> = stats
-            .iter()
+        let mut y = vec![0f32; x.len()];
+        let stats: Vec<(f32, f32)> = y
+            .par_chunks_mut(len)
+            .zip(x.par_chunks(len))
             .enumerate()
-            .map(|(ch, &(mean, var))| {
+            .map(|(ch, (out, src))| {
+                let (mean, var) = moments(src);
                 let scale = f64::from(weight[ch]) / (var + self.eps).sqrt();
-                (scale as f32, (f64::from(bias[ch]) - mean * scale) as f32)
+                let (a, b) = (scale as f32, (f64::from(bias[ch]) - mean * scale) as f32);
+                let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+                for (o, &v) in out.iter_mut().zip(src) {
+                    *o = (v * a + b).max(floor);
+                }
+                (mean as f32, var as f32)
             })
             .collect();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(c * hw).enumerate().for_each(|(i, out)| {
-            for ch in 0..c {
-                let (a, b) = coef[ch];
-                let src = &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-                for (o, &v) in out[ch * hw..(ch + 1) * hw].iter_mut().zip(src) {
-                    *o = v * a + b;
-                }
-            }
-        });
-        if let Ok(mut s) = self.stats.lock() {
-            *s = stats.iter().map(|&(m, v)| (m as f32, v as f32)).collect();
-        }
+        *lock(&self.stats)? = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -264,56 +323,162 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         weight: &Tensor,
         _bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, h, w) = x.dims4()?;
-        let hw = h * w;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let gs = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let ws = weight.to_vec1::<f32>()?;
-        let stats = channel_stats(&xs, n, c, hw);
-        let count = (n * hw) as f64;
-        // Per channel: sum(g), sum(g * x_hat).
-        let sums: Vec<(f64, f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mean, var) = stats[ch];
-                let inv = 1.0 / (var + self.eps).sqrt();
-                let (mut sg, mut sgx) = (0f64, 0f64);
-                for i in 0..n {
-                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    for (&g, &v) in gs[r.clone()].iter().zip(&xs[r]) {
-                        sg += f64::from(g);
-                        sgx += f64::from(g) * (f64::from(v) - mean) * inv;
-                    }
+        let sums = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let op = BatchNormBackward {
+            eps: self.eps,
+            relu: self.relu,
+            weight: weight.to_vec1::<f32>()?,
+            stats: lock(&self.stats)?.clone(),
+            sums: sums.clone(),
+        };
+        let grad_x = x.apply_op3_no_bwd(&grad.contiguous()?, res, &op)?;
+        let (grad_b, grad_w): (Vec<f32>, Vec<f32>) = lock(&sums)?.iter().copied().unzip();
+        let dev = x.device();
+        let c = grad_w.len();
+        Ok((
+            Some(grad_x),
+            Some(Tensor::from_vec(grad_w, c, dev)?),
+            Some(Tensor::from_vec(grad_b, c, dev)?),
+        ))
+    }
+}
+
+impl CustomOp3 for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "batch-norm-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let len = channel_len(l1)?;
+        let (x, g, y) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?, slice_f32(s3, l3)?);
+        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        let mut gx = vec![0f32; x.len()];
+        let sums: Vec<(f32, f32)> = gx
+            .par_chunks_mut(len)
+            .zip(
+                x.par_chunks(len)
+                    .zip(g.par_chunks(len))
+                    .zip(y.par_chunks(len)),
+            )
+            .enumerate()
+            .map(|(ch, (out, ((xs, gs), ys)))| {
+                let (mean, var) = self.stats.get(ch).copied().unwrap_or_else(|| {
+                    let (m, v) = moments(xs);
+                    (m as f32, v as f32)
+                });
+                let inv = 1.0 / (f64::from(var) + self.eps).sqrt();
+                let (sg, sgxm) = grad_sums(gs, xs, ys, mean, self.relu);
+                let sgx = sgxm * inv;
+                // dx = w·inv/n · (n·g' - Σg' - x̂·Σg'x̂), as a·g' + b·(x - mean) + c.
+                let count = len as f64;
+                let k = f64::from(self.weight[ch]) * inv / count;
+                let (a, b, c) = (
+                    (k * count) as f32,
+                    (-k * sgx * inv) as f32,
+                    (-k * sg) as f32,
+                );
+                for (((o, &gv), &xv), &yv) in out.iter_mut().zip(gs).zip(xs).zip(ys) {
+                    let live = if yv > floor { gv } else { 0.0 };
+                    *o = a * live + b * (xv - mean) + c;
                 }
-                (sg, sgx, inv)
+                (sg as f32, sgx as f32)
             })
             .collect();
-        let mut gx = vec![0f32; xs.len()];
-        gx.par_chunks_mut(c * hw).enumerate().for_each(|(i, out)| {
-            for ch in 0..c {
-                let (sg, sgx, inv) = sums[ch];
-                let mean = stats[ch].0;
-                let k = f64::from(ws[ch]) * inv / count;
-                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                for ((o, &g), &v) in out[ch * hw..(ch + 1) * hw]
-                    .iter_mut()
-                    .zip(&gs[r.clone()])
-                    .zip(&xs[r])
-                {
-                    let x_hat = (f64::from(v) - mean) * inv;
-                    *o = (k * (count * f64::from(g) - sg - x_hat * sgx)) as f32;
-                }
-            }
-        });
-        let dev = x.device();
-        let grad_x = Tensor::from_vec(gx, (n, c, h, w), dev)?;
-        let grad_w = Tensor::from_vec(sums.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, dev)?;
-        let grad_b = Tensor::from_vec(sums.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, dev)?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+        *lock(&self.sums)? = sums;
+        Ok((CpuStorage::F32(gx), l1.shape().clone()))
     }
+}
+
+/// `relu(a + b)` of two same-shaped tensors (a residual block's exit) in one pass.
+struct AddRelu;
+
+/// `dY * (Y > 0)` from `(dY, Y)`: the gradient through a ReLU given its output.
+struct ReluMask;
+
+fn same_layout(l1: &Layout, l2: &Layout) -> Result<()> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!("shapes differ: {:?} and {:?}", l1.dims(), l2.dims());
+    }
+    Ok(())
+}
+
+impl candle_core::CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_layout(l1, l2)?;
+        let (a, b) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?);
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(1 << 14)
+            .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+            .for_each(|(o, (a, b))| {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = (a + b).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?.apply_op2_no_bwd(res, &ReluMask)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+impl candle_core::CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_layout(l1, l2)?;
+        let (g, y) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?);
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+            .for_each(|(o, (g, y))| {
+                for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                    *o = if y > 0.0 { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `relu(a + b)`, with its gradient, for same-shaped tensors.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
 
 /// 3x3 max-pool, stride 2, padding 1 (padding never wins, as in PyTorch's -inf padding),
@@ -491,16 +656,42 @@ mod tests {
     }
 
     #[test]
+    fn add_relu_matches_candle_and_its_gradient_finite_differences() {
+        let mut r = Rng::new(6);
+        let b: Vec<f32> = (0..40).map(|_| r.range(-1.0, 1.0) as f32).collect();
+        // Sums at least 0.1 from zero, where the ReLU has no derivative.
+        let a: Vec<f32> = b
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| r.range(0.1, 1.0) as f32 * if i % 2 == 0 { 1.0 } else { -1.0 } - b)
+            .collect();
+        let dev = Device::Cpu;
+        let bt = Tensor::from_vec(b, (2, 20), &dev).unwrap();
+        let at = Tensor::from_vec(a.clone(), (2, 20), &dev).unwrap();
+        let ours = add_relu(&at, &bt).unwrap().to_vec2::<f32>().unwrap();
+        let theirs = (&at + &bt)
+            .unwrap()
+            .relu()
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(ours, theirs);
+        finite_difference_check(|t| add_relu(t, &bt), a, &[2, 20]);
+    }
+
+    #[test]
     fn batch_norm_gradient_matches_finite_differences_and_updates_stats() {
         let map = VarMap::new();
         let dev = Device::Cpu;
         let p = Params::new(&map, &dev, 3);
         let bn = BatchNorm2d::new(&p, "bn", 3).unwrap();
         let mut r = Rng::new(4);
-        let x: Vec<f32> = (0..4 * 3 * 2 * 2)
+        let x: Vec<f32> = (0..3 * 4 * 2 * 2)
             .map(|_| r.normal() as f32 * 2.0 + 1.0)
             .collect();
-        finite_difference_check(|t| bn.forward_t(t, true), x, &[4, 3, 2, 2]);
+        // Channel-major (C, N, H, W), with and without the fused ReLU.
+        finite_difference_check(|t| bn.forward_t(t, true, false), x.clone(), &[3, 4, 2, 2]);
+        finite_difference_check(|t| bn.forward_t(t, true, true), x, &[3, 4, 2, 2]);
         // The store sees the updated running mean (it moved from 0 towards ~1).
         let saved = map.data().lock().unwrap()["bn.running_mean"]
             .as_tensor()

@@ -10,7 +10,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::VarMap;
 
-use super::layers::{max_pool_3x3_s2, BatchNorm2d, Conv, Params};
+use super::conv::swap_batch_and_channels;
+use super::layers::{add_relu, max_pool_3x3_s2, BatchNorm2d, Conv, Params};
 
 /// Channels of the four stages.
 const WIDTHS: [usize; 4] = [64, 128, 256, 512];
@@ -46,14 +47,19 @@ impl BasicBlock {
         })
     }
 
+    /// Channel-major `(C, N, H, W)` in and out.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
-        let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
+        let y = self
+            .bn1
+            .forward_t(&self.conv1.forward(x, train)?, train, true)?;
+        let y = self
+            .bn2
+            .forward_t(&self.conv2.forward(&y, train)?, train, false)?;
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
+            Some((conv, bn)) => bn.forward_t(&conv.forward(x, train)?, train, false)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        add_relu(&y, &shortcut)
     }
 }
 
@@ -108,14 +114,19 @@ impl ResNet18 {
 
     /// Pooled features `(N, 512)` of normalised images `(N, 3, S, S)`.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        // Inside, activations are channel-major (C, N, H, W): see `conv`.
+        let x = swap_batch_and_channels(x)?;
+        let mut x = self
+            .bn1
+            .forward_t(&self.conv1.forward(&x, train)?, train, true)?;
         x = max_pool_3x3_s2(&x)?;
         for stage in &self.stages {
             for block in stage {
                 x = block.forward_t(&x, train)?;
             }
         }
-        x.mean(D::Minus1)?.mean(D::Minus1)
+        let (c, n, h, w) = x.dims4()?;
+        x.reshape((c, n, h * w))?.mean(D::Minus1)?.t()?.contiguous()
     }
 
     /// The classifier applied to pooled features.

@@ -1,0 +1,110 @@
+//! Time ResNet18 training steps and single convolutions on the CPU (no data loading),
+//! to compare with `bench/train_step_torch.py`. Usage:
+//! `cargo run --release --example train_step [BATCH] [SIZE] [STEPS]`
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use clipscope::cnn::optim::{Optimizer, OptimizerKind, Param};
+use clipscope::cnn::resnet::ResNet18;
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let (batch, size, steps) = (
+        *args.first().unwrap_or(&32),
+        *args.get(1).unwrap_or(&64),
+        *args.get(2).unwrap_or(&10),
+    );
+    let dev = Device::Cpu;
+    let map = VarMap::new();
+    let model = ResNet18::new(&map, &dev, 4, 0)?;
+    let mut params: Vec<Param> = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, v)| Param {
+            name: n.clone(),
+            var: v.clone(),
+        })
+        .collect();
+    params.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut opt = Optimizer::new(OptimizerKind::Adamw, params, 1e-3, 0.0);
+    let x = Tensor::randn(0f32, 1., (batch, 3, size, size), &dev)?;
+    let y = Tensor::from_vec(
+        (0..batch as u32).map(|i| i % 4).collect::<Vec<_>>(),
+        batch,
+        &dev,
+    )?;
+    let mut times = Vec::new();
+    let mut phases = [0f64; 3];
+    for i in 0..steps + 2 {
+        let t = Instant::now();
+        let logits = model.forward_t(&x, true)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let t1 = t.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        let t2 = t.elapsed().as_secs_f64();
+        opt.step(&grads)?;
+        let t3 = t.elapsed().as_secs_f64();
+        if i >= 2 {
+            phases[0] += t1;
+            phases[1] += t2 - t1;
+            phases[2] += t3 - t2;
+        }
+        times.push(t3);
+    }
+    let per = |p: f64| p / steps as f64 * 1e3;
+    println!(
+        "mean forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
+        per(phases[0]),
+        per(phases[1]),
+        per(phases[2])
+    );
+    let mut t = times[2..].to_vec();
+    t.sort_by(f64::total_cmp);
+    let med = t[t.len() / 2];
+    println!(
+        "train step b{batch} {size}px: median {:.1} ms, {:.1} img/s",
+        med * 1e3,
+        batch as f64 / med
+    );
+
+    // Single convolutions of ResNet18 at this size (cin, cout, k, stride, input side).
+    let s = size / 4;
+    if std::env::var_os("CONVS").is_none() {
+        return Ok(());
+    }
+    for (cin, cout, k, st, h) in [
+        (3, 64, 7, 2, size),
+        (64, 64, 3, 1, s),
+        (64, 128, 3, 2, s),
+        (128, 128, 3, 1, s / 2),
+        (256, 256, 3, 1, s / 4),
+        (512, 512, 3, 1, s / 8),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (batch, cin, h, h), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?)?;
+        let (mut f, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..7 {
+            let t = Instant::now();
+            let y = clipscope::cnn::conv::conv2d(x.as_tensor(), w.as_tensor(), st, k / 2)?;
+            let y = y.to_dtype(DType::F32)?;
+            f.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let _g = y.sum_all()?.backward()?;
+            b.push(t.elapsed().as_secs_f64());
+        }
+        f.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        println!(
+            "conv {cin:>3}->{cout:<3} k{k} s{st} {h:>3}x{h:<3}: fwd {:6.2} ms, bwd {:6.2} ms",
+            f[3] * 1e3,
+            b[3] * 1e3
+        );
+    }
+    Ok(())
+}
