@@ -7,16 +7,46 @@
 //! product at load time.
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{Activation, ClipConfig, EncoderConfig, TextConfig, VisionConfig};
 
 type Result<T> = candle_core::Result<T>;
 
+/// A dense layer whose weight is kept transposed, `(in, out)` and contiguous: gemm is
+/// up to four times faster on a row-major right-hand side than on the transposed view
+/// that `candle_nn::Linear` multiplies by (with few rows, as for one image or prompt).
+struct Linear {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// From a PyTorch-layout weight `(out, in)` and bias `(out)`.
+    fn new(weight: &Tensor, bias: Tensor) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (inp, out) = self.weight_t.dims2()?;
+        let mut dims = x.dims().to_vec();
+        let rows = x.elem_count() / inp.max(1);
+        let y = x
+            .reshape((rows, inp))?
+            .matmul(&self.weight_t)?
+            .broadcast_add(&self.bias)?;
+        if let Some(last) = dims.last_mut() {
+            *last = out;
+        }
+        y.reshape(dims)
+    }
+}
+
 fn linear(vb: &VarBuilder, inp: usize, out: usize) -> Result<Linear> {
-    let w = vb.get((out, inp), "weight")?;
-    let b = vb.get(out, "bias")?;
-    Ok(Linear::new(w, Some(b)))
+    Linear::new(&vb.get((out, inp), "weight")?, vb.get(out, "bias")?)
 }
 
 fn layer_norm(vb: &VarBuilder, size: usize, eps: f64) -> Result<LayerNorm> {
@@ -35,21 +65,14 @@ struct Attention {
 impl Attention {
     fn load(vb: VarBuilder, c: &EncoderConfig) -> Result<Self> {
         let d = c.hidden_size;
-        let parts = ["q_proj", "k_proj", "v_proj"]
-            .iter()
-            .map(|n| linear(&vb.pp(*n), d, d))
-            .collect::<Result<Vec<_>>>()?;
-        let w = Tensor::cat(&parts.iter().map(|l| l.weight()).collect::<Vec<_>>(), 0)?;
-        let b = Tensor::cat(
-            &parts
-                .iter()
-                .filter_map(|l| l.bias())
-                .cloned()
-                .collect::<Vec<_>>(),
-            0,
-        )?;
+        let (mut weights, mut biases) = (Vec::new(), Vec::new());
+        for name in ["q_proj", "k_proj", "v_proj"] {
+            let vb = vb.pp(name);
+            weights.push(vb.get((d, d), "weight")?);
+            biases.push(vb.get(d, "bias")?);
+        }
         Ok(Self {
-            qkv: Linear::new(w, Some(b)),
+            qkv: Linear::new(&Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)?,
             out: linear(&vb.pp("out_proj"), d, d)?,
             heads: c.num_heads,
             scale: ((d / c.num_heads) as f64).powf(-0.5),
@@ -256,13 +279,15 @@ impl ClipModel {
                     (p, config.vision.encoder.hidden_size),
                     "visual_projection.weight",
                 )?
-                .t()?,
+                .t()?
+                .contiguous()?,
             text_projection: vb
                 .get(
                     (p, config.text.encoder.hidden_size),
                     "text_projection.weight",
                 )?
-                .t()?,
+                .t()?
+                .contiguous()?,
             logit_scale,
             config: config.clone(),
         })
