@@ -18,6 +18,7 @@ fn main() -> candle_core::Result<()> {
         *args.get(1).unwrap_or(&64),
         *args.get(2).unwrap_or(&10),
     );
+    clipscope::util::retain_freed_memory();
     let dev = Device::Cpu;
     let map = VarMap::new();
     let model = ResNet18::new(&map, &dev, 4, 0)?;

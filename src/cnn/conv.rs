@@ -62,6 +62,12 @@ impl Geometry {
         self.n * self.ho * self.wo
     }
 
+    /// Stride 1 with the output the size of the input (3x3 with padding 1): each tap is
+    /// the whole image shifted.
+    fn is_same_stride_1(&self) -> bool {
+        self.stride == 1 && self.ho == self.h && self.wo == self.w
+    }
+
     /// A 1x1 convolution with stride 1 reads its input as the unfolded matrix itself.
     fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
@@ -111,21 +117,47 @@ fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
     let mut cols = vec![0f32; g.rows() * m];
     cols.par_chunks_mut(m).enumerate().for_each(|(j, row)| {
         let (c, ky, kx) = (j / (g.k * g.k), (j / g.k) % g.k, j % g.k);
+        if g.is_same_stride_1() {
+            for n in 0..g.n {
+                let plane = &x[(c * g.n + n) * g.h * g.w..][..g.h * g.w];
+                shift_plane(g, ky, kx, plane, &mut row[n * g.h * g.w..][..g.h * g.w]);
+            }
+            return;
+        }
         g.for_each_row(ky, kx, |n, oy, y, ox| {
             let src = &x[((c * g.n + n) * g.h + y) * g.w..][..g.w];
             let dst = &mut row[(n * g.ho + oy) * g.wo..][..g.wo];
-            if ox.is_empty() {
-            } else if g.stride == 1 {
-                let a = g.x_of(ox.start, kx);
-                dst[ox.clone()].copy_from_slice(&src[a..a + ox.len()]);
-            } else {
-                for o in ox {
-                    dst[o] = src[g.x_of(o, kx)];
-                }
+            for o in ox {
+                dst[o] = src[g.x_of(o, kx)];
             }
         });
     });
     cols
+}
+
+/// One image plane shifted by tap `(ky, kx)` of a stride-1 "same" convolution, into a
+/// zeroed `dst` of the same size: one long copy (the rows are contiguous in both), then
+/// the few entries that wrapped round a row edge set back to zero.
+fn shift_plane(g: &Geometry, ky: usize, kx: usize, src: &[f32], dst: &mut [f32]) {
+    let (h, w) = (g.h, g.w);
+    let (dy, dx) = (ky as isize - g.pad as isize, kx as isize - g.pad as isize);
+    let (oy0, oy1) = (
+        (-dy).max(0) as usize,
+        (h as isize - dy).min(h as isize) as usize,
+    );
+    let (lo, hi) = (
+        (-dx).max(0) as usize,
+        (w as isize - dx).min(w as isize) as usize,
+    );
+    if oy0 >= oy1 || lo >= hi {
+        return;
+    }
+    let (start, end) = (oy0 * w + lo, (oy1 - 1) * w + hi);
+    let from = (start as isize + dy * w as isize + dx) as usize;
+    dst[start..end].copy_from_slice(&src[from..from + (end - start)]);
+    for r in oy0..oy1 - 1 {
+        dst[r * w + hi..(r + 1) * w + lo].fill(0.0);
+    }
 }
 
 /// Fold a `(C·k·k) × (N·Ho·Wo)` matrix back onto channel-major `(C, N, H, W)`,
@@ -140,8 +172,16 @@ fn col2im(g: &Geometry, cols: &[f32]) -> Vec<f32> {
                 g.for_each_row(ky, kx, |n, oy, y, ox| {
                     let src = &row[(n * g.ho + oy) * g.wo..][..g.wo];
                     let dst = &mut img[(n * g.h + y) * g.w..][..g.w];
-                    for o in ox {
-                        dst[g.x_of(o, kx)] += src[o];
+                    if ox.is_empty() {
+                    } else if g.stride == 1 {
+                        let at = g.x_of(ox.start, kx);
+                        for (d, s) in dst[at..at + ox.len()].iter_mut().zip(&src[ox]) {
+                            *d += s;
+                        }
+                    } else {
+                        for o in ox {
+                            dst[g.x_of(o, kx)] += src[o];
+                        }
                     }
                 });
             }

@@ -347,6 +347,7 @@ pub fn train(
     on: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainOutcome, TrainError> {
     validate_config(cfg)?;
+    crate::util::retain_freed_memory();
     let device = Device::Cpu;
     let split = load_split(&cfg.data, cfg.val.as_deref(), cfg.seed, cfg.val_fraction)?;
     let prior = if cfg.resume {
