@@ -10,6 +10,8 @@
 //! latter folded back with col2im) with no transposed copies. Batch norm over
 //! channel-major data reads each channel as one contiguous run.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -113,32 +115,119 @@ impl Geometry {
 
 /// Unfold channel-major `x` into the `(C·k·k) × (N·Ho·Wo)` patch matrix.
 fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
-    let m = g.cols();
-    let mut cols = vec![0f32; g.rows() * m];
-    cols.par_chunks_mut(m).enumerate().for_each(|(j, row)| {
-        let (c, ky, kx) = (j / (g.k * g.k), (j / g.k) % g.k, j % g.k);
-        if g.is_same_stride_1() {
+    let (m, plane, out_plane) = (g.cols(), g.h * g.w, g.ho * g.wo);
+    uninit_filled(g.rows() * m, |cols| {
+        cols.par_chunks_mut(m).enumerate().for_each(|(j, row)| {
+            let (c, ky, kx) = (j / (g.k * g.k), (j / g.k) % g.k, j % g.k);
             for n in 0..g.n {
-                let plane = &x[(c * g.n + n) * g.h * g.w..][..g.h * g.w];
-                shift_plane(g, ky, kx, plane, &mut row[n * g.h * g.w..][..g.h * g.w]);
-            }
-            return;
-        }
-        g.for_each_row(ky, kx, |n, oy, y, ox| {
-            let src = &x[((c * g.n + n) * g.h + y) * g.w..][..g.w];
-            let dst = &mut row[(n * g.ho + oy) * g.wo..][..g.wo];
-            for o in ox {
-                dst[o] = src[g.x_of(o, kx)];
+                let src = &x[(c * g.n + n) * plane..][..plane];
+                let dst = &mut row[n * out_plane..][..out_plane];
+                if g.is_same_stride_1() {
+                    shift_plane(g, ky, kx, src, dst);
+                } else {
+                    gather_plane(g, ky, kx, src, dst);
+                }
             }
         });
-    });
-    cols
+    })
 }
 
-/// One image plane shifted by tap `(ky, kx)` of a stride-1 "same" convolution, into a
-/// zeroed `dst` of the same size: one long copy (the rows are contiguous in both), then
-/// the few entries that wrapped round a row edge set back to zero.
-fn shift_plane(g: &Geometry, ky: usize, kx: usize, src: &[f32], dst: &mut [f32]) {
+/// A vector of `len` floats, every one of which `fill` must write: large unfolded
+/// matrices skip zeroing memory that is overwritten at once (a pass over hundreds of MB
+/// per training step at 128 px).
+fn uninit_filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = scratch::take(len);
+    fill(&mut v);
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: `fill` wrote every element (the callers' contract, checked by the tests
+    // against candle's convolution); MaybeUninit<f32> has f32's layout.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
+/// Large scratch buffers (patch matrices and their gradients) reused from one training
+/// step to the next: glibc maps every block over 32 MiB afresh and faulting in a few
+/// hundred MB per step cost more than filling them (a tenth of a step at 128 px).
+mod scratch {
+    use std::mem::MaybeUninit;
+    use std::sync::Mutex;
+
+    /// Smaller buffers come from the heap quickly enough.
+    const MIN_LEN: usize = 4 << 20;
+    /// At most this many buffers wait in the pool.
+    const MAX_POOLED: usize = 6;
+
+    static POOL: Mutex<Vec<Vec<MaybeUninit<f32>>>> = Mutex::new(Vec::new());
+
+    /// A vector of `len` uninitialised floats, from the pool when one fits.
+    pub fn take(len: usize) -> Vec<MaybeUninit<f32>> {
+        let pooled = (len >= MIN_LEN)
+            .then(|| POOL.lock().ok())
+            .flatten()
+            .and_then(|mut pool| {
+                let at = pool
+                    .iter()
+                    .position(|b| b.capacity() >= len && b.capacity() <= 2 * len)?;
+                Some(pool.swap_remove(at))
+            });
+        let mut v = pooled.unwrap_or_else(|| Vec::with_capacity(len));
+        // SAFETY: MaybeUninit<f32> needs no initialisation, and the capacity is >= len.
+        unsafe { v.set_len(len) };
+        v
+    }
+
+    /// Hand a buffer back for reuse (or free it).
+    pub fn give(v: Vec<f32>) {
+        if v.capacity() < MIN_LEN {
+            return;
+        }
+        let mut v = std::mem::ManuallyDrop::new(v);
+        // SAFETY: same allocation, f32 and MaybeUninit<f32> share a layout.
+        let v = unsafe {
+            Vec::from_raw_parts(v.as_mut_ptr().cast::<MaybeUninit<f32>>(), 0, v.capacity())
+        };
+        if let Ok(mut pool) = POOL.lock() {
+            if pool.len() < MAX_POOLED {
+                pool.push(v);
+            }
+        }
+    }
+
+    /// Free every pooled buffer.
+    pub fn release() {
+        if let Ok(mut pool) = POOL.lock() {
+            pool.clear();
+        }
+    }
+}
+
+/// Free the convolution's pooled scratch memory (after training).
+pub fn release_scratch() {
+    scratch::release();
+}
+
+/// Return a patch matrix to the scratch pool if this op owns it.
+fn recycle(cols: std::borrow::Cow<'_, [f32]>) {
+    if let std::borrow::Cow::Owned(v) = cols {
+        scratch::give(v);
+    }
+}
+
+fn write_all(dst: &mut [MaybeUninit<f32>], value: f32) {
+    for d in dst {
+        d.write(value);
+    }
+}
+
+fn copy_into(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.write(*s);
+    }
+}
+
+/// One image plane shifted by tap `(ky, kx)` of a stride-1 "same" convolution: one
+/// long copy (the rows are contiguous in both), zeros where the tap falls outside the
+/// image, including the entries that the long copy wrapped round a row edge.
+fn shift_plane(g: &Geometry, ky: usize, kx: usize, src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     let (h, w) = (g.h, g.w);
     let (dy, dx) = (ky as isize - g.pad as isize, kx as isize - g.pad as isize);
     let (oy0, oy1) = (
@@ -150,13 +239,36 @@ fn shift_plane(g: &Geometry, ky: usize, kx: usize, src: &[f32], dst: &mut [f32])
         (w as isize - dx).min(w as isize) as usize,
     );
     if oy0 >= oy1 || lo >= hi {
+        write_all(dst, 0.0);
         return;
     }
     let (start, end) = (oy0 * w + lo, (oy1 - 1) * w + hi);
     let from = (start as isize + dy * w as isize + dx) as usize;
-    dst[start..end].copy_from_slice(&src[from..from + (end - start)]);
+    write_all(&mut dst[..start], 0.0);
+    copy_into(&mut dst[start..end], &src[from..from + (end - start)]);
+    write_all(&mut dst[end..], 0.0);
     for r in oy0..oy1 - 1 {
-        dst[r * w + hi..(r + 1) * w + lo].fill(0.0);
+        write_all(&mut dst[r * w + hi..(r + 1) * w + lo], 0.0);
+    }
+}
+
+/// One image plane's values under tap `(ky, kx)` at every output position, zero outside
+/// the image (any stride).
+fn gather_plane(g: &Geometry, ky: usize, kx: usize, src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    let ox = g.valid_ox(kx);
+    for (oy, out) in dst.chunks_exact_mut(g.wo).enumerate() {
+        let y = (oy * g.stride + ky).checked_sub(g.pad).filter(|y| *y < g.h);
+        match y {
+            Some(y) if !ox.is_empty() => {
+                let row = &src[y * g.w + g.x_of(ox.start, kx)..(y + 1) * g.w];
+                write_all(&mut out[..ox.start], 0.0);
+                for (d, s) in out[ox.clone()].iter_mut().zip(row.iter().step_by(g.stride)) {
+                    d.write(*s);
+                }
+                write_all(&mut out[ox.end..], 0.0);
+            }
+            _ => write_all(out, 0.0),
+        }
     }
 }
 
@@ -234,38 +346,39 @@ fn matmul(a: Mat, b: Mat) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     assert!(a.data.len() >= a.rows * a.cols && b.data.len() >= b.rows * b.cols);
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    let mut dst = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
-        return dst;
+        return vec![0f32; m * n];
     }
     let ((a_rs, a_cs), (b_rs, b_cs)) = (a.strides(), b.strides());
-    // SAFETY: the asserts above keep every index gemm forms from the strides in bounds
-    // (row-major or transposed views of slices at least rows·cols long), and `dst` is
-    // exactly m·n.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
-    dst
+    uninit_filled(m * n, |dst| {
+        // SAFETY: the asserts above keep every index gemm forms from the strides in
+        // bounds (row-major or transposed views of slices at least rows·cols long);
+        // `dst` is exactly m·n, and gemm writes all of it without reading it
+        // (`read_dst` false).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr().cast::<f32>(),
+                1,
+                n as isize,
+                false,
+                a.data.as_ptr(),
+                a_cs,
+                a_rs,
+                b.data.as_ptr(),
+                b_cs,
+                b_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    })
 }
 
 /// The transpose of a row-major `rows × cols` matrix, in cache-sized tiles.
@@ -338,8 +451,8 @@ struct Conv {
 struct ConvGradWeight {
     g: Geometry,
     cout: usize,
-    /// The forward pass's patch matrix, when it was kept.
-    kept: Option<Vec<f32>>,
+    /// The forward pass's patch matrix, when it was kept (taken when used).
+    kept: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 /// `dX = col2im(Wᵀ · dY)` from `(dY, W)`.
@@ -367,13 +480,14 @@ impl CustomOp2 for Conv {
             Mat::new(w, cout, g.rows()),
             Mat::new(&cols, g.rows(), g.cols()),
         );
-        if let (Some(keep), std::borrow::Cow::Owned(cols)) = (&self.keep, cols) {
-            if cols.len() <= KEEP_PATCHES_MAX {
+        match (&self.keep, cols) {
+            (Some(keep), std::borrow::Cow::Owned(cols)) if cols.len() <= KEEP_PATCHES_MAX => {
                 *keep
                     .lock()
                     .map_err(|_| candle_core::Error::Msg("conv cache poisoned".into()))? =
                     Some(cols);
             }
+            (_, cols) => recycle(cols),
         }
         Ok((CpuStorage::F32(y), Shape::from((cout, g.n, g.ho, g.wo))))
     }
@@ -391,6 +505,7 @@ impl CustomOp2 for Conv {
             Some(keep) => keep.lock().map(|mut k| k.take()).unwrap_or(None),
             None => None,
         };
+        let kept = std::sync::Mutex::new(kept);
         let grad_w = grad.apply_op2_no_bwd(x, &ConvGradWeight { g, cout, kept })?;
         // The network's input needs no gradient: skip the largest col2im of all.
         let grad_x = if x.track_op() {
@@ -416,8 +531,9 @@ impl CustomOp2 for ConvGradWeight {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, cout) = (self.g, self.cout);
         let (dy, x) = (contiguous_f32(gs, gl)?, contiguous_f32(xs, xl)?);
-        let cols = match &self.kept {
-            Some(cols) => std::borrow::Cow::Borrowed(cols.as_slice()),
+        let kept = self.kept.lock().ok().and_then(|mut k| k.take());
+        let cols = match kept {
+            Some(cols) => std::borrow::Cow::Owned(cols),
             None => patches(&g, x),
         };
         // dWᵀ = cols · dYᵀ: gemm then packs the large patch matrix along its rows, which
@@ -426,6 +542,7 @@ impl CustomOp2 for ConvGradWeight {
             Mat::new(&cols, g.rows(), g.cols()),
             Mat::new(dy, cout, g.cols()).t(),
         );
+        recycle(cols);
         let dw = transpose(&dwt, g.rows(), cout);
         Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))))
     }
@@ -452,7 +569,9 @@ impl CustomOp2 for ConvGradInput {
         let dx = if g.is_pointwise() {
             dcols
         } else {
-            col2im(&g, &dcols)
+            let dx = col2im(&g, &dcols);
+            scratch::give(dcols);
+            dx
         };
         Ok((CpuStorage::F32(dx), Shape::from((g.c, g.n, g.h, g.w))))
     }
@@ -500,12 +619,27 @@ mod tests {
     #[test]
     fn forward_and_gradients_match_candles_conv2d() {
         let dev = Device::Cpu;
-        for (k, stride, pad, h) in [(3, 1, 1, 7), (3, 2, 1, 8), (1, 2, 0, 6), (7, 2, 3, 11)] {
+        // Shifted-plane (stride-1 "same") and gather paths, pointwise, tiny images, and
+        // with the patch matrix kept for the backward pass or recomputed.
+        let cases = [
+            (3, 1, 1, 7),
+            (3, 2, 1, 8),
+            (1, 2, 0, 6),
+            (7, 2, 3, 11),
+            (1, 1, 0, 5),
+            (3, 1, 1, 2),
+            (5, 1, 2, 6),
+            (3, 1, 0, 6),
+        ];
+        for ((k, stride, pad, h), train) in cases.into_iter().flat_map(|c| [(c, true), (c, false)])
+        {
             let xs = [2, 3, h, h];
             let ws = [4, 3, k, k];
             let x = Var::from_vec(random(&xs, 1), &xs[..], &dev).unwrap();
             let w = Var::from_vec(random(&ws, 2), &ws[..], &dev).unwrap();
-            let ours = conv2d(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
+            let cnhw = swap_batch_and_channels(x.as_tensor()).unwrap();
+            let y = conv2d_cnhw(&cnhw, w.as_tensor(), stride, pad, train).unwrap();
+            let ours = swap_batch_and_channels(&y).unwrap();
             let theirs = x
                 .as_tensor()
                 .conv2d(w.as_tensor(), pad, stride, 1, 1)

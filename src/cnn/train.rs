@@ -346,8 +346,18 @@ pub fn train(
     stop: &AtomicBool,
     on: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainOutcome, TrainError> {
-    validate_config(cfg)?;
     crate::util::retain_freed_memory();
+    let outcome = run_training(cfg, stop, on);
+    super::conv::release_scratch();
+    outcome
+}
+
+fn run_training(
+    cfg: &TrainConfig,
+    stop: &AtomicBool,
+    on: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainOutcome, TrainError> {
+    validate_config(cfg)?;
     let device = Device::Cpu;
     let split = load_split(&cfg.data, cfg.val.as_deref(), cfg.seed, cfg.val_fraction)?;
     let prior = if cfg.resume {
