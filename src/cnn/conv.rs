@@ -381,28 +381,6 @@ fn matmul(a: Mat, b: Mat) -> Vec<f32> {
     })
 }
 
-/// The transpose of a row-major `rows × cols` matrix, in cache-sized tiles.
-fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut t = vec![0f32; a.len()];
-    // Each task writes TILE rows of the result (TILE columns of `a`).
-    t.par_chunks_mut(TILE * rows.max(1))
-        .enumerate()
-        .for_each(|(cb, out)| {
-            let c0 = cb * TILE;
-            let cw = TILE.min(cols - c0);
-            for r0 in (0..rows).step_by(TILE) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    let src = &a[r * cols + c0..][..cw];
-                    for (dc, &v) in src.iter().enumerate() {
-                        out[dc * rows + r] = v;
-                    }
-                }
-            }
-        });
-    t
-}
-
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
@@ -543,7 +521,7 @@ impl CustomOp2 for ConvGradWeight {
             Mat::new(dy, cout, g.cols()).t(),
         );
         recycle(cols);
-        let dw = transpose(&dwt, g.rows(), cout);
+        let dw = crate::util::transpose(&dwt, g.rows(), cout);
         Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))))
     }
 }
