@@ -9,6 +9,11 @@ use clipscope::cnn::optim::{Optimizer, OptimizerKind, Param};
 use clipscope::cnn::resnet::ResNet18;
 
 fn main() -> candle_core::Result<()> {
+    // As the clipscope binary does (see src/main.rs): candle's idle pool thread parks
+    // at once instead of spinning against rayon's.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

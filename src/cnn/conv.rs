@@ -153,8 +153,9 @@ mod scratch {
 
     /// Smaller buffers come from the heap quickly enough.
     const MIN_LEN: usize = 4 << 20;
-    /// At most this many buffers wait in the pool.
-    const MAX_POOLED: usize = 6;
+    /// At most this many buffers wait in the pool (a step has at most two large ones in
+    /// use at once: a patch matrix and the gradient of another).
+    const MAX_POOLED: usize = 2;
 
     static POOL: Mutex<Vec<Vec<MaybeUninit<f32>>>> = Mutex::new(Vec::new());
 

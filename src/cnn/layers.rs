@@ -112,7 +112,14 @@ impl Conv {
 
     /// Apply to channel-major `(C, N, H, W)`; `train` prepares for a backward pass.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        super::conv::conv2d_cnhw(x, &self.weight, self.stride, self.padding, train)
+        // Outside training, a detached weight records no graph, so each activation is
+        // freed as soon as the next layer has read it.
+        let weight = if train {
+            self.weight.clone()
+        } else {
+            self.weight.detach()
+        };
+        super::conv::conv2d_cnhw(x, &weight, self.stride, self.padding, train)
     }
 }
 
@@ -149,11 +156,20 @@ impl BatchNorm2d {
         let c = x.dim(0)?;
         if !train {
             // Fold the running statistics into one scale and shift per channel.
-            let mean = self.running_mean.as_tensor().reshape((c, 1, 1, 1))?;
-            let var = self.running_var.as_tensor().reshape((c, 1, 1, 1))?;
-            let weight = self.weight.reshape((c, 1, 1, 1))?;
+            // Detached, as in `Conv::forward`: evaluation records no graph.
+            let mean = self
+                .running_mean
+                .as_tensor()
+                .detach()
+                .reshape((c, 1, 1, 1))?;
+            let var = self
+                .running_var
+                .as_tensor()
+                .detach()
+                .reshape((c, 1, 1, 1))?;
+            let weight = self.weight.detach().reshape((c, 1, 1, 1))?;
             let scale = (var + self.eps)?.sqrt()?.recip()?.mul(&weight)?;
-            let shift = (self.bias.reshape((c, 1, 1, 1))? - mean.mul(&scale)?)?;
+            let shift = (self.bias.detach().reshape((c, 1, 1, 1))? - mean.mul(&scale)?)?;
             let y = x.broadcast_mul(&scale)?.broadcast_add(&shift)?;
             return if relu { y.relu() } else { Ok(y) };
         }
