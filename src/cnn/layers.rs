@@ -498,33 +498,44 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// 3x3 max-pool, stride 2, padding 1 (padding never wins, as in PyTorch's -inf padding),
-/// as one custom op each way: the backward pass sends each output's gradient to the first
-/// input in its window that equals the maximum (PyTorch's choice among ties too).
-struct MaxPool3x3S2;
+/// as one custom op each way. The forward pass records where each maximum came from (the
+/// first input in its window that equals it: PyTorch's choice among ties too), and the
+/// backward pass sends each output's gradient there.
+struct MaxPool3x3S2 {
+    /// Per output, the index within its plane of the input it copied.
+    argmax: std::sync::Mutex<Vec<u32>>,
+}
+
+/// Scatters output gradients onto the recorded inputs.
+struct MaxPoolBackward {
+    argmax: Vec<u32>,
+    in_plane: usize,
+    shape: Shape,
+}
 
 /// Geometry: (n * c planes, h, w, ho, wo).
 fn pool_dims(dims: &[usize]) -> Result<(usize, usize, usize, usize, usize)> {
     let [n, c, h, w] = dims else {
         candle_core::bail!("max-pool: expected (N, C, H, W), got {dims:?}")
     };
+    if *h == 0 || *w == 0 || h * w > u32::MAX as usize {
+        candle_core::bail!("max-pool: unsupported plane {h}x{w}");
+    }
     Ok((n * c, *h, *w, (h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1))
 }
 
 /// The flat index (within a plane) of the first maximum of output (oy, ox)'s window.
 fn argmax_in_window(plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> usize {
-    let (mut best, mut at) = (f32::NEG_INFINITY, usize::MAX);
-    for ky in 0..3 {
-        let Some(y) = (oy * 2 + ky).checked_sub(1).filter(|y| *y < h) else {
-            continue;
-        };
-        for kx in 0..3 {
-            let Some(x) = (ox * 2 + kx).checked_sub(1).filter(|x| *x < w) else {
-                continue;
-            };
-            let v = plane[y * w + x];
-            if v > best || at == usize::MAX {
+    // Rows 2oy-1..=2oy+1 and columns 2ox-1..=2ox+1, clipped to the plane.
+    let (y0, y1) = ((oy * 2).saturating_sub(1), (oy * 2 + 2).min(h));
+    let (x0, x1) = ((ox * 2).saturating_sub(1), (ox * 2 + 2).min(w));
+    let mut at = y0 * w + x0;
+    let mut best = plane[at];
+    for y in y0..y1 {
+        for (i, &v) in plane[y * w + x0..y * w + x1].iter().enumerate() {
+            if v > best {
                 best = v;
-                at = y * w + x;
+                at = y * w + x0 + i;
             }
         }
     }
@@ -540,14 +551,21 @@ impl candle_core::CustomOp1 for MaxPool3x3S2 {
         let (planes, h, w, ho, wo) = pool_dims(layout.shape().dims())?;
         let x = slice_f32(storage, layout)?;
         let mut out = vec![0f32; planes * ho * wo];
-        out.par_chunks_mut(ho * wo).enumerate().for_each(|(p, o)| {
-            let plane = &x[p * h * w..(p + 1) * h * w];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    o[oy * wo + ox] = plane[argmax_in_window(plane, h, w, oy, ox)];
+        let mut argmax = vec![0u32; planes * ho * wo];
+        out.par_chunks_mut(ho * wo)
+            .zip(argmax.par_chunks_mut(ho * wo))
+            .enumerate()
+            .for_each(|(p, (o, a))| {
+                let plane = &x[p * h * w..(p + 1) * h * w];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let at = argmax_in_window(plane, h, w, oy, ox);
+                        o[oy * wo + ox] = plane[at];
+                        a[oy * wo + ox] = at as u32;
+                    }
                 }
-            }
-        });
+            });
+        *lock(&self.argmax)? = argmax;
         let dims = layout.shape().dims();
         Ok((
             CpuStorage::F32(out),
@@ -556,26 +574,49 @@ impl candle_core::CustomOp1 for MaxPool3x3S2 {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let (planes, h, w, ho, wo) = pool_dims(arg.dims())?;
-        let x = arg.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let mut gx = vec![0f32; planes * h * w];
-        gx.par_chunks_mut(h * w).enumerate().for_each(|(p, out)| {
-            let plane = &x[p * h * w..(p + 1) * h * w];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    out[argmax_in_window(plane, h, w, oy, ox)] += g[(p * ho + oy) * wo + ox];
+        let (_, h, w, _, _) = pool_dims(arg.dims())?;
+        let op = MaxPoolBackward {
+            argmax: lock(&self.argmax)?.clone(),
+            in_plane: h * w,
+            shape: arg.shape().clone(),
+        };
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+impl candle_core::CustomOp1 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "max-pool-3x3-s2-backward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = slice_f32(storage, layout)?;
+        if g.len() != self.argmax.len() {
+            candle_core::bail!("max-pool backward: gradient does not match the forward pass");
+        }
+        let planes = self.shape.elem_count() / self.in_plane;
+        let out_plane = g.len() / planes.max(1);
+        let mut gx = vec![0f32; self.shape.elem_count()];
+        gx.par_chunks_mut(self.in_plane)
+            .zip(
+                g.par_chunks(out_plane.max(1))
+                    .zip(self.argmax.par_chunks(out_plane.max(1))),
+            )
+            .for_each(|(out, (g, at))| {
+                for (&v, &i) in g.iter().zip(at) {
+                    out[i as usize] += v;
                 }
-            }
-        });
-        Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
+            });
+        Ok((CpuStorage::F32(gx), self.shape.clone()))
     }
 }
 
 /// 3x3 max-pool with stride 2 and padding 1 (ResNet's stem), with a gradient (candle's
 /// `max_pool2d` has none when kernel != stride).
 pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(MaxPool3x3S2)
+    x.contiguous()?.apply_op1(MaxPool3x3S2 {
+        argmax: std::sync::Mutex::new(Vec::new()),
+    })
 }
 
 #[cfg(test)]
