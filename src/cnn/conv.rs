@@ -382,11 +382,12 @@ fn matmul(a: Mat, b: Mat) -> Vec<f32> {
     })
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous tensor in a custom op.
+pub(super) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("conv: input must be contiguous"),
+        None => candle_core::bail!("custom op: input must be contiguous"),
     }
 }
 

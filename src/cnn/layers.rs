@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, T
 use candle_nn::{Init, VarMap};
 use rayon::prelude::*;
 
+use super::conv::contiguous_f32 as slice_f32;
 use super::rng::Rng;
 
 /// Creates named variables in a `VarMap` with reproducible initial values.
@@ -285,13 +286,6 @@ fn grad_sums(g: &[f32], x: &[f32], y: &[f32], mean: f32, relu: bool) -> (f64, f6
     (sg, sgx)
 }
 
-fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("batch norm: input must be contiguous"),
-    }
-}
-
 /// Length of one channel's run in contiguous `(C, N, H, W)` data.
 fn channel_len(l: &Layout) -> Result<usize> {
     let (_, n, h, w) = l.shape().dims4()?;
@@ -429,6 +423,26 @@ fn same_layout(l1: &Layout, l2: &Layout) -> Result<()> {
     Ok(())
 }
 
+/// `f(a[i], b[i])` over two contiguous same-shaped f32 tensors, in parallel chunks.
+fn zip_map(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    same_layout(l1, l2)?;
+    let (a, b) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?);
+    const CHUNK: usize = 1 << 14;
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    Ok((CpuStorage::F32(y), l1.shape().clone()))
+}
+
 impl candle_core::CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
         "add-relu"
@@ -441,17 +455,7 @@ impl candle_core::CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_layout(l1, l2)?;
-        let (a, b) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?);
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(1 << 14)
-            .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
-            .for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = (a + b).max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        zip_map((s1, l1), (s2, l2), |a, b| (a + b).max(0.0))
     }
 
     fn bwd(
@@ -478,17 +482,7 @@ impl candle_core::CustomOp2 for ReluMask {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_layout(l1, l2)?;
-        let (g, y) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?);
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(1 << 14)
-            .zip(g.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-            .for_each(|(o, (g, y))| {
-                for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                    *o = if y > 0.0 { g } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        zip_map((s1, l1), (s2, l2), |g, y| if y > 0.0 { g } else { 0.0 })
     }
 }
 
