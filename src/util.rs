@@ -49,14 +49,26 @@ pub fn env_url(var: &str, default: &str) -> String {
 /// Keep freed memory in the allocator instead of handing it back to the system after
 /// each use. Training allocates and frees the same large buffers every step; glibc maps
 /// blocks over 128 KiB afresh each time and returns them on free, so every step paid
-/// for page faults and zeroing (about 8% of a ResNet step). Process-wide; no-op
-/// elsewhere than glibc.
+/// for page faults and zeroing (about 8% of a ResNet step). The setting is process-wide
+/// and stays: [`trim_freed_memory`] returns what is free at the end of a training run.
+/// No-op elsewhere than glibc.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; glibc serialises it internally.
+    // SAFETY: mallopt only changes allocator thresholds, under glibc's own locks; any
+    // thread may allocate meanwhile.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// Give the allocator's free memory back to the system (after training). No-op
+/// elsewhere than glibc.
+pub fn trim_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages, under glibc's own locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -253,6 +253,21 @@ fn a_stopped_run_saves_and_resumes_to_the_same_result() {
     }
     let meta = checkpoint::load_meta(run.path()).unwrap();
     assert_eq!((meta.epochs_done, meta.interrupted), (3, false));
+
+    // The saved optimiser state belongs to that optimiser and those parameters.
+    let other = if cfg.optimizer == OptimizerKind::Sgd {
+        OptimizerKind::Adamw
+    } else {
+        OptimizerKind::Sgd
+    };
+    let mut changed = cfg.clone();
+    changed.optimizer = other;
+    let err = train(&changed, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--optimizer"), "{err}");
+    let mut changed = cfg.clone();
+    changed.freeze_backbone = !cfg.freeze_backbone;
+    let err = train(&changed, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--freeze-backbone"), "{err}");
 }
 
 #[test]

@@ -116,7 +116,10 @@ impl Geometry {
 /// Unfold channel-major `x` into the `(C·k·k) × (N·Ho·Wo)` patch matrix.
 fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
     let (m, plane, out_plane) = (g.cols(), g.h * g.w, g.ho * g.wo);
-    uninit_filled(g.rows() * m, |cols| {
+    if m == 0 || plane == 0 {
+        return vec![0f32; g.rows() * m];
+    }
+    scratch_filled(g.rows() * m, |cols| {
         cols.par_chunks_mut(m).enumerate().for_each(|(j, row)| {
             let (c, ky, kx) = (j / (g.k * g.k), (j / g.k) % g.k, j % g.k);
             for n in 0..g.n {
@@ -133,14 +136,31 @@ fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
 }
 
 /// A vector of `len` floats, every one of which `fill` must write: large unfolded
-/// matrices skip zeroing memory that is overwritten at once (a pass over hundreds of MB
-/// per training step at 128 px).
+/// matrices and products skip zeroing memory that is overwritten at once (a pass over
+/// hundreds of MB per training step at 128 px).
 fn uninit_filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut v = scratch::take(len);
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit<f32> needs no initialisation, and the capacity is `len`.
+    unsafe { v.set_len(len) };
+    filled(v, fill)
+}
+
+/// As `uninit_filled`, for a scratch buffer that goes back to the pool after use
+/// (`recycle`, `scratch::give`).
+fn scratch_filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    filled(scratch::take(len), fill)
+}
+
+fn filled(mut v: Vec<MaybeUninit<f32>>, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    // Unit tests poison the buffer, so that an element `fill` forgets shows up as NaN.
+    #[cfg(test)]
+    v.iter_mut().for_each(|e| {
+        e.write(f32::NAN);
+    });
     fill(&mut v);
     let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: `fill` wrote every element (the callers' contract, checked by the tests
-    // against candle's convolution); MaybeUninit<f32> has f32's layout.
+    // SAFETY: `fill` wrote every element (the callers' contract, checked by the unit
+    // tests on poisoned buffers); MaybeUninit<f32> has f32's layout.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }
 
@@ -165,9 +185,7 @@ mod scratch {
             .then(|| POOL.lock().ok())
             .flatten()
             .and_then(|mut pool| {
-                let at = pool
-                    .iter()
-                    .position(|b| b.capacity() >= len && b.capacity() <= 2 * len)?;
+                let at = pool.iter().position(|b| b.capacity() == len)?;
                 Some(pool.swap_remove(at))
             });
         let mut v = pooled.unwrap_or_else(|| Vec::with_capacity(len));
@@ -231,14 +249,17 @@ fn copy_into(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
 fn shift_plane(g: &Geometry, ky: usize, kx: usize, src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     let (h, w) = (g.h, g.w);
     let (dy, dx) = (ky as isize - g.pad as isize, kx as isize - g.pad as isize);
+    // Output rows and columns whose tap lands inside the image; empty (lo >= hi) when the
+    // padding exceeds the image.
     let (oy0, oy1) = (
-        (-dy).max(0) as usize,
-        (h as isize - dy).min(h as isize) as usize,
+        (-dy).clamp(0, h as isize),
+        (h as isize - dy).clamp(0, h as isize),
     );
     let (lo, hi) = (
-        (-dx).max(0) as usize,
-        (w as isize - dx).min(w as isize) as usize,
+        (-dx).clamp(0, w as isize),
+        (w as isize - dx).clamp(0, w as isize),
     );
+    let (oy0, oy1, lo, hi) = (oy0 as usize, oy1 as usize, lo as usize, hi as usize);
     if oy0 >= oy1 || lo >= hi {
         write_all(dst, 0.0);
         return;
@@ -278,6 +299,9 @@ fn gather_plane(g: &Geometry, ky: usize, kx: usize, src: &[f32], dst: &mut [Mayb
 fn col2im(g: &Geometry, cols: &[f32]) -> Vec<f32> {
     let (m, plane) = (g.cols(), g.n * g.h * g.w);
     let mut out = vec![0f32; g.c * plane];
+    if m == 0 || plane == 0 {
+        return out;
+    }
     out.par_chunks_mut(plane).enumerate().for_each(|(c, img)| {
         for ky in 0..g.k {
             for kx in 0..g.k {
@@ -344,42 +368,53 @@ impl<'a> Mat<'a> {
 
 /// `a · b` into a new row-major matrix, on gemm's AVX-512/AVX2 kernels and rayon.
 fn matmul(a: Mat, b: Mat) -> Vec<f32> {
+    if a.rows * b.cols == 0 || a.cols == 0 {
+        return vec![0f32; a.rows * b.cols];
+    }
+    uninit_filled(a.rows * b.cols, |dst| gemm_into(a, b, dst))
+}
+
+/// As `matmul`, into a pooled scratch buffer (for a result used once, then recycled).
+fn matmul_scratch(a: Mat, b: Mat) -> Vec<f32> {
+    if a.rows * b.cols == 0 || a.cols == 0 {
+        return vec![0f32; a.rows * b.cols];
+    }
+    scratch_filled(a.rows * b.cols, |dst| gemm_into(a, b, dst))
+}
+
+/// Write `a · b` (non-empty) into `dst`, row-major.
+fn gemm_into(a: Mat, b: Mat, dst: &mut [MaybeUninit<f32>]) {
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     assert!(a.data.len() >= a.rows * a.cols && b.data.len() >= b.rows * b.cols);
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    if m == 0 || n == 0 || k == 0 {
-        return vec![0f32; m * n];
-    }
+    assert_eq!(dst.len(), m * n);
     let ((a_rs, a_cs), (b_rs, b_cs)) = (a.strides(), b.strides());
-    uninit_filled(m * n, |dst| {
-        // SAFETY: the asserts above keep every index gemm forms from the strides in
-        // bounds (row-major or transposed views of slices at least rows·cols long);
-        // `dst` is exactly m·n, and gemm writes all of it without reading it
-        // (`read_dst` false).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr().cast::<f32>(),
-                1,
-                n as isize,
-                false,
-                a.data.as_ptr(),
-                a_cs,
-                a_rs,
-                b.data.as_ptr(),
-                b_cs,
-                b_rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
-    })
+    // SAFETY: the asserts above keep every index gemm forms from the strides in bounds
+    // (row-major or transposed views of slices at least rows·cols long); `dst` is
+    // exactly m·n, and gemm writes all of it without reading it (`read_dst` false).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<f32>(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
 }
 
 /// The f32 data of a contiguous tensor in a custom op.
@@ -542,7 +577,7 @@ impl CustomOp2 for ConvGradInput {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, cout) = (self.g, self.cout);
         let (dy, w) = (contiguous_f32(gs, gl)?, contiguous_f32(ws, wl)?);
-        let dcols = matmul(
+        let dcols = matmul_scratch(
             Mat::new(w, cout, g.rows()).t(),
             Mat::new(dy, cout, g.cols()),
         );
@@ -610,6 +645,10 @@ mod tests {
             (3, 1, 1, 2),
             (5, 1, 2, 6),
             (3, 1, 0, 6),
+            // Padding larger than the image.
+            (5, 1, 2, 1),
+            (7, 1, 3, 2),
+            (7, 2, 3, 1),
         ];
         for ((k, stride, pad, h), train) in cases.into_iter().flat_map(|c| [(c, true), (c, false)])
         {
@@ -661,5 +700,26 @@ mod tests {
                 assert!(d < 1e-3, "gradient k{k} s{stride}: {d}");
             }
         }
+    }
+
+    #[test]
+    fn an_empty_batch_gives_an_empty_output_and_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(Vec::<f32>::new(), (3, 0, 5, 5), &dev).unwrap();
+        let w = Var::from_vec(random(&[4, 3, 3, 3], 2), (4, 3, 3, 3), &dev).unwrap();
+        let y = conv2d_cnhw(x.as_tensor(), w.as_tensor(), 1, 1, true).unwrap();
+        assert_eq!(y.dims(), &[4, 0, 5, 5]);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(grads.get(x.as_tensor()).unwrap().dims(), &[3, 0, 5, 5]);
+        let gw = grads.get(w.as_tensor()).unwrap();
+        assert_eq!(
+            gw.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
 }

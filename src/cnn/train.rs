@@ -340,6 +340,30 @@ fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// A resumed run must keep the optimiser and what it trains: the saved state (moments,
+/// step count) belongs to that optimiser and those parameters.
+fn check_resumable(cfg: &TrainConfig, saved: &checkpoint::RunConfig) -> Result<(), TrainError> {
+    let differs = |how: String| {
+        Err(TrainError::Config(format!(
+            "{}: the run was trained {how}; resume with the same, or start a new run in another folder",
+            cfg.output.display()
+        )))
+    };
+    if saved.optimizer != cfg.optimizer {
+        let name = format!("{:?}", saved.optimizer).to_lowercase();
+        return differs(format!("with --optimizer {name}"));
+    }
+    if saved.freeze_backbone != cfg.freeze_backbone {
+        let with = if saved.freeze_backbone {
+            "with"
+        } else {
+            "without"
+        };
+        return differs(format!("{with} --freeze-backbone"));
+    }
+    Ok(())
+}
+
 /// Train as configured; returns when done, or when `stop` is set (after saving).
 pub fn train(
     cfg: &TrainConfig,
@@ -349,6 +373,7 @@ pub fn train(
     crate::util::retain_freed_memory();
     let outcome = run_training(cfg, stop, on);
     super::conv::release_scratch();
+    crate::util::trim_freed_memory();
     outcome
 }
 
@@ -373,6 +398,7 @@ fn run_training(
                 cfg.data.display()
             )));
         }
+        check_resumable(cfg, &p.config)?;
     }
     on(TrainEvent::Log(format!(
         "decoding {} training and {} held-out images…",
