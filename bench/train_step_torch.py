@@ -26,6 +26,15 @@ for i in range(steps + 2):
 print("mean forward {:.1f} ms, backward {:.1f} ms, optimizer {:.1f} ms".format(*(p / steps * 1e3 for p in phases)))
 med = sorted(times[2:])[len(times[2:]) // 2]
 print(f"train step b{batch} {size}px: median {med * 1e3:.1f} ms, {batch / med:.1f} img/s")
+model.eval()
+ev = []
+with torch.no_grad():
+    for _ in range(max(steps, 3)):
+        t = time.perf_counter()
+        model(x)
+        ev.append(time.perf_counter() - t)
+med = sorted(ev)[len(ev) // 2]
+print(f"eval forward b{batch} {size}px: median {med * 1e3:.1f} ms, {batch / med:.1f} img/s")
 if "CONVS" not in __import__("os").environ:
     sys.exit(0)
 s = size // 4

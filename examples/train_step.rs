@@ -81,6 +81,21 @@ fn main() -> candle_core::Result<()> {
 
     // Single convolutions of ResNet18 at this size (cin, cout, k, stride, input side).
     let s = size / 4;
+    // Evaluation-mode forward pass (what --freeze-backbone and `eval` run per batch).
+    let mut ev = Vec::new();
+    for _ in 0..steps.max(3) {
+        let t = Instant::now();
+        let logits = model.forward_t(&x, false)?;
+        logits.to_vec2::<f32>()?;
+        ev.push(t.elapsed().as_secs_f64());
+    }
+    ev.sort_by(f64::total_cmp);
+    let med = ev[ev.len() / 2];
+    println!(
+        "eval forward b{batch} {size}px: median {:.1} ms, {:.1} img/s",
+        med * 1e3,
+        batch as f64 / med
+    );
     if std::env::var_os("CONVS").is_none() {
         return Ok(());
     }
