@@ -15,7 +15,7 @@ use clipscope::cnn::eval::evaluate;
 use clipscope::cnn::optim::OptimizerKind;
 use clipscope::cnn::rng::{name_seed, uniform_at};
 use clipscope::cnn::train::{train, Pretrained, TrainConfig, TrainEvent};
-use clipscope::cnn::ResNet18;
+use clipscope::cnn::{ResNet18, Vgg16};
 use clipscope::data::synthetic::make_shapes;
 use common::{clipscope, fixtures};
 
@@ -65,6 +65,86 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max)
         / scale
+}
+
+#[derive(serde::Deserialize)]
+struct VggReference {
+    keys: Vec<String>,
+    targets: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    loss: f32,
+    grads: HashMap<String, Vec<f32>>,
+    grad_norms: HashMap<String, f32>,
+}
+
+#[test]
+fn vgg16_matches_torchvision_forward_and_backward() {
+    let reference: VggReference = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("vgg16_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let dev = Device::Cpu;
+    let map = VarMap::new();
+    let mut model = Vgg16::new(&map, &dev, 10, 0).unwrap();
+    let vars: HashMap<String, candle_core::Var> = map.data().lock().unwrap().clone();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        reference.keys.iter().collect::<Vec<_>>(),
+        "torchvision's names"
+    );
+    for (name, var) in &vars {
+        let v = parity_value(name, var.dims());
+        var.set(&Tensor::from_vec(v, var.dims(), &dev).unwrap())
+            .unwrap();
+    }
+    let x: Vec<f32> = (0..2 * 3 * 64 * 64u64)
+        .map(|i| (2.0 * uniform_at(name_seed("input"), i)) as f32)
+        .collect();
+    let x = Tensor::from_vec(x, (2, 3, 64, 64), &dev).unwrap();
+    // 64 px leaves a 2x2 map that the adaptive pool spreads over 7x7 windows.
+    let eval = model
+        .forward_t(&x, false)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (got, want) in eval.iter().zip(&reference.logits) {
+        let d = max_rel_diff(got, want);
+        assert!(d < 1e-4, "eval logits differ by {d} (relative)");
+    }
+    // Gradients without dropout (the reference's masks are random).
+    model.set_dropout(0.0);
+    let logits = model.forward_t(&x, true).unwrap();
+    let y = Tensor::new(reference.targets.clone(), &dev).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+    assert!((loss.to_vec0::<f32>().unwrap() - reference.loss).abs() < 1e-4);
+    let grads = loss.backward().unwrap();
+    for (name, want) in &reference.grads {
+        let g = grads.get(vars[name].as_tensor()).unwrap();
+        let norm = g.to_dtype(candle_core::DType::F64).unwrap();
+        let norm = norm.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+        let norm = norm.to_vec0::<f64>().unwrap() as f32;
+        let want_norm = reference.grad_norms[name];
+        if name.starts_with("features.") {
+            // Below a max-pool, a window whose two largest inputs differ only by rounding
+            // sends its gradient to either (PyTorch in f32 and in f64 disagree on such
+            // windows too), which moves single values by 1e-3 of the largest: compare
+            // the convolutions' gradients by norm. The classifier's come before any pool.
+            assert!(
+                (norm - want_norm).abs() <= 1e-3 * want_norm,
+                "{name}: norm {norm} vs {want_norm}"
+            );
+            continue;
+        }
+        let flat = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let d = max_rel_diff(&flat[..want.len()], want);
+        assert!(d < 1e-3, "gradient of {name} differs by {d}");
+        assert!(
+            (norm - want_norm).abs() <= 1e-4 * want_norm,
+            "{name}: norm {norm} vs {want_norm}"
+        );
+    }
 }
 
 #[test]
@@ -147,6 +227,7 @@ fn resnet18_matches_torchvision_forward_backward_and_running_stats() {
 
 fn shapes_config(data: &Path, out: &Path, epochs: usize, image_size: usize) -> TrainConfig {
     TrainConfig {
+        arch: clipscope::cnn::Arch::Resnet18,
         data: data.to_path_buf(),
         val: None,
         pretrained: Pretrained::None,
@@ -314,6 +395,109 @@ fn unreadable_images_are_skipped_and_counted() {
     .unwrap();
     assert_eq!(skipped, Some(1));
     assert_eq!(checkpoint::load_meta(run.path()).unwrap().data.skipped, 1);
+}
+
+#[test]
+fn vgg16_loads_timm_imagenet_weights_trains_its_head_and_evaluates() {
+    // timm's vgg16.tv_in1k stores torchvision's classifier as convolutions under other
+    // names; serve a 1000-class VGG16 in that form.
+    let hub = tempfile::tempdir().unwrap();
+    let map = VarMap::new();
+    Vgg16::new(&map, &Device::Cpu, 1000, 42).unwrap();
+    let mut timm: HashMap<String, Tensor> = HashMap::new();
+    for (name, var) in map.data().lock().unwrap().iter() {
+        let t = var.as_tensor().clone();
+        let (name, t) = match name.as_str() {
+            "classifier.0.weight" => (
+                "pre_logits.fc1.weight".into(),
+                t.reshape((4096, 512, 7, 7)).unwrap(),
+            ),
+            "classifier.0.bias" => ("pre_logits.fc1.bias".into(), t),
+            "classifier.3.weight" => (
+                "pre_logits.fc2.weight".into(),
+                t.reshape((4096, 4096, 1, 1)).unwrap(),
+            ),
+            "classifier.3.bias" => ("pre_logits.fc2.bias".into(), t),
+            "classifier.6.weight" => ("head.fc.weight".into(), t),
+            "classifier.6.bias" => ("head.fc.bias".into(), t),
+            _ => (name.clone(), t),
+        };
+        timm.insert(name, t);
+    }
+    candle_core::safetensors::save(&timm, hub.path().join("model.safetensors")).unwrap();
+    drop(timm);
+    let (endpoint, _seen) = common::serve(hub.path(), "/timm/vgg16.tv_in1k/resolve/main/");
+    let data = tempfile::tempdir().unwrap();
+    make_shapes(data.path(), 6, 40, 1).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let out = clipscope()
+        .env("HF_ENDPOINT", &endpoint)
+        .env("CLIPSCOPE_CACHE", cache.path())
+        .args(["train", "--model", "vgg16", "--data"])
+        .arg(data.path())
+        .args([
+            "--freeze-backbone",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--output",
+        ])
+        .arg(run.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = checkpoint::load_meta(run.path()).unwrap();
+    assert_eq!(meta.config.model, "vgg16");
+    // The backbone is the served one (classifier.0 reshaped from timm's 7x7 convolution).
+    let trained =
+        candle_core::safetensors::load(run.path().join(&meta.weights), &Device::Cpu).unwrap();
+    let original = map.data().lock().unwrap()["classifier.0.weight"]
+        .as_tensor()
+        .clone();
+    let d = (&trained["classifier.0.weight"] - &original)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0);
+    assert_eq!(trained["classifier.6.weight"].dims(), &[4, 4096]);
+    let out = clipscope()
+        .args(["eval", "--format", "json", "--checkpoint"])
+        .arg(run.path())
+        .arg("--data")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["n"].as_u64().unwrap() > 0, "{report}");
+    // A usage error comes before any download.
+    let out = clipscope()
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .args(["train", "--model", "vgg16", "--image-size", "16", "--data"])
+        .arg(data.path())
+        .arg("--output")
+        .arg(run.path().join("other"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("vgg16 needs at least 32"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -353,7 +353,7 @@ fn the_train_pane_runs_a_training_and_shows_its_progress() {
         std::thread::sleep(Duration::from_millis(100));
     };
     edit(&mut pty, &data.path().display().to_string());
-    pty.send(b"\x1b[B"); // Down: pretrained
+    pty.send(b"\x1b[B\x1b[B"); // Down twice: model (resnet18), pretrained
     edit(&mut pty, "none");
     pty.send(b"\x1b[B\x1b[B"); // epochs
     edit(&mut pty, "2");

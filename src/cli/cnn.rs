@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use clipscope::cnn::eval::{evaluate, EvalReport};
+use clipscope::cnn::network::Arch;
 use clipscope::cnn::optim::OptimizerKind;
 use clipscope::cnn::train::{train as run_training, Pretrained, TrainConfig, TrainEvent};
 use clipscope::data::fetch::{fetch_imagenette, ImagenetteSize};
@@ -55,8 +56,13 @@ fn resolve_pretrained(spec: &str, model: &str) -> Result<Pretrained> {
 
 /// `clipscope train`.
 pub fn train(a: &TrainArgs) -> Result<u8> {
-    if a.model != "resnet18" {
-        bail!("--model {}: only resnet18 is available", a.model);
+    let Some(arch) = Arch::from_name(&a.model) else {
+        let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+        bail!("--model {}: expected one of {}", a.model, names.join(", "));
+    };
+    // Before any download: a 553 MB VGG16 fetch should not precede a usage error.
+    if let Err(why) = arch.check_image_size(a.image_size as u32) {
+        bail!(why);
     }
     let (optimizer, lr, wd) = match a.optimizer {
         OptimizerArg::Sgd => (
@@ -76,6 +82,7 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
         resolve_pretrained(&a.pretrained, &a.model)?
     };
     let cfg = TrainConfig {
+        arch,
         data: a.data.clone(),
         val: a.val.clone(),
         pretrained,

@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
+use super::network::{Arch, Network};
 use super::optim::OptimizerKind;
-use super::resnet::{load_weights, ResNet18};
 
 /// The checkpoint record's file name inside a run folder.
 pub const CHECKPOINT_JSON: &str = "checkpoint.json";
@@ -41,7 +41,7 @@ pub struct EpochMetrics {
 /// How the run was configured (recorded for reproducibility).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
-    /// Architecture (`resnet18`).
+    /// Architecture (`resnet18` or `vgg16`).
     pub model: String,
     /// `imagenet`, `none` or a weights file.
     pub pretrained: String,
@@ -217,13 +217,20 @@ pub fn load_meta(run_dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
 pub fn load_model(
     run_dir: &Path,
     device: &Device,
-) -> Result<(ResNet18, VarMap, CheckpointMeta), CheckpointError> {
+) -> Result<(Network, VarMap, CheckpointMeta), CheckpointError> {
     let meta = load_meta(run_dir)?;
+    let arch = Arch::from_name(&meta.config.model).ok_or_else(|| {
+        invalid(
+            run_dir,
+            format!("unknown model {:?} in {CHECKPOINT_JSON}", meta.config.model),
+        )
+    })?;
     let map = VarMap::new();
     let model =
-        ResNet18::new(&map, device, meta.classes.len(), 0).map_err(|e| invalid(run_dir, e))?;
+        Network::new(arch, &map, device, meta.classes.len(), 0).map_err(|e| invalid(run_dir, e))?;
     let weights = run_dir.join(&meta.weights);
-    load_weights(&map, &weights, false).map_err(|e| invalid(&weights, e))?;
+    arch.load_weights(&map, &weights, false)
+        .map_err(|e| invalid(&weights, e))?;
     Ok((model, map, meta))
 }
 

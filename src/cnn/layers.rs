@@ -77,6 +77,11 @@ impl<'a> Params<'a> {
         self.var_with(shape, name, |r| r.normal() * std)
     }
 
+    /// Normal with mean 0 and standard deviation `std`.
+    pub fn normal(&self, shape: &[usize], name: &str, std: f64) -> Result<Var> {
+        self.var_with(shape, name, |r| r.normal() * std)
+    }
+
     /// Uniform in ±1/sqrt(fan_in) (PyTorch's `nn.Linear` init).
     pub fn linear_uniform(&self, shape: &[usize], name: &str, fan_in: usize) -> Result<Var> {
         let bound = 1.0 / (fan_in as f64).sqrt();
@@ -491,11 +496,14 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
 
-/// 3x3 max-pool, stride 2, padding 1 (padding never wins, as in PyTorch's -inf padding),
-/// as one custom op each way. The forward pass records where each maximum came from (the
-/// first input in its window that equals it: PyTorch's choice among ties too), and the
-/// backward pass sends each output's gradient there.
-struct MaxPool3x3S2 {
+/// Max-pool with a square `k`-window, `stride` and `pad` (padding never wins, as in
+/// PyTorch's -inf padding), as one custom op each way. The forward pass records where
+/// each maximum came from (the first input in its window that equals it: PyTorch's
+/// choice among ties too), and the backward pass sends each output's gradient there.
+struct MaxPool {
+    k: usize,
+    stride: usize,
+    pad: usize,
     /// Per output, the index within its plane of the input it copied.
     argmax: std::sync::Mutex<Vec<u32>>,
 }
@@ -507,42 +515,55 @@ struct MaxPoolBackward {
     shape: Shape,
 }
 
-/// Geometry: (n * c planes, h, w, ho, wo).
-fn pool_dims(dims: &[usize]) -> Result<(usize, usize, usize, usize, usize)> {
-    let [n, c, h, w] = dims else {
-        candle_core::bail!("max-pool: expected (N, C, H, W), got {dims:?}")
-    };
-    if *h == 0 || *w == 0 || h * w > u32::MAX as usize {
-        candle_core::bail!("max-pool: unsupported plane {h}x{w}");
+impl MaxPool {
+    /// Geometry: (planes, h, w, ho, wo) of `(A, B, H, W)` data (any two leading dims).
+    fn dims(&self, dims: &[usize]) -> Result<(usize, usize, usize, usize, usize)> {
+        let [a, b, h, w] = dims else {
+            candle_core::bail!("max-pool: expected 4 dimensions, got {dims:?}")
+        };
+        let (h, w) = (*h, *w);
+        if h + 2 * self.pad < self.k || w + 2 * self.pad < self.k || self.stride == 0 {
+            candle_core::bail!("max-pool: {h}x{w} is too small for a {}x{0} window", self.k);
+        }
+        if 2 * self.pad >= self.k || h * w > u32::MAX as usize {
+            candle_core::bail!("max-pool: unsupported padding or plane {h}x{w}");
+        }
+        let out = |n: usize| (n + 2 * self.pad - self.k) / self.stride + 1;
+        Ok((a * b, h, w, out(h), out(w)))
     }
-    Ok((n * c, *h, *w, (h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1))
-}
 
-/// The flat index (within a plane) of the first maximum of output (oy, ox)'s window.
-fn argmax_in_window(plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> usize {
-    // Rows 2oy-1..=2oy+1 and columns 2ox-1..=2ox+1, clipped to the plane.
-    let (y0, y1) = ((oy * 2).saturating_sub(1), (oy * 2 + 2).min(h));
-    let (x0, x1) = ((ox * 2).saturating_sub(1), (ox * 2 + 2).min(w));
-    let mut at = y0 * w + x0;
-    let mut best = plane[at];
-    for y in y0..y1 {
-        for (i, &v) in plane[y * w + x0..y * w + x1].iter().enumerate() {
-            if v > best {
-                best = v;
-                at = y * w + x0 + i;
+    /// The flat index (within a plane) of the first maximum of output (oy, ox)'s window.
+    fn argmax(&self, plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> usize {
+        // The window clipped to the plane (never empty: padding is under half the window).
+        let span = |o: usize, n: usize| {
+            let start = o * self.stride;
+            (
+                start.saturating_sub(self.pad),
+                (start + self.k - self.pad).min(n),
+            )
+        };
+        let ((y0, y1), (x0, x1)) = (span(oy, h), span(ox, w));
+        let mut at = y0 * w + x0;
+        let mut best = plane[at];
+        for y in y0..y1 {
+            for (i, &v) in plane[y * w + x0..y * w + x1].iter().enumerate() {
+                if v > best {
+                    best = v;
+                    at = y * w + x0 + i;
+                }
             }
         }
+        at
     }
-    at
 }
 
-impl candle_core::CustomOp1 for MaxPool3x3S2 {
+impl candle_core::CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
-        "max-pool-3x3-s2"
+        "max-pool"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (planes, h, w, ho, wo) = pool_dims(layout.shape().dims())?;
+        let (planes, h, w, ho, wo) = self.dims(layout.shape().dims())?;
         let x = slice_f32(storage, layout)?;
         let mut out = vec![0f32; planes * ho * wo];
         let mut argmax = vec![0u32; planes * ho * wo];
@@ -553,7 +574,7 @@ impl candle_core::CustomOp1 for MaxPool3x3S2 {
                 let plane = &x[p * h * w..(p + 1) * h * w];
                 for oy in 0..ho {
                     for ox in 0..wo {
-                        let at = argmax_in_window(plane, h, w, oy, ox);
+                        let at = self.argmax(plane, h, w, oy, ox);
                         o[oy * wo + ox] = plane[at];
                         a[oy * wo + ox] = at as u32;
                     }
@@ -568,7 +589,7 @@ impl candle_core::CustomOp1 for MaxPool3x3S2 {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let (_, h, w, _, _) = pool_dims(arg.dims())?;
+        let (_, h, w, _, _) = self.dims(arg.dims())?;
         let op = MaxPoolBackward {
             argmax: lock(&self.argmax)?.clone(),
             in_plane: h * w,
@@ -580,7 +601,7 @@ impl candle_core::CustomOp1 for MaxPool3x3S2 {
 
 impl candle_core::CustomOp1 for MaxPoolBackward {
     fn name(&self) -> &'static str {
-        "max-pool-3x3-s2-backward"
+        "max-pool-backward"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -589,12 +610,12 @@ impl candle_core::CustomOp1 for MaxPoolBackward {
             candle_core::bail!("max-pool backward: gradient does not match the forward pass");
         }
         let planes = self.shape.elem_count() / self.in_plane;
-        let out_plane = g.len() / planes.max(1);
+        let out_plane = (g.len() / planes.max(1)).max(1);
         let mut gx = vec![0f32; self.shape.elem_count()];
         gx.par_chunks_mut(self.in_plane)
             .zip(
-                g.par_chunks(out_plane.max(1))
-                    .zip(self.argmax.par_chunks(out_plane.max(1))),
+                g.par_chunks(out_plane)
+                    .zip(self.argmax.par_chunks(out_plane)),
             )
             .for_each(|(out, (g, at))| {
                 for (&v, &i) in g.iter().zip(at) {
@@ -605,12 +626,21 @@ impl candle_core::CustomOp1 for MaxPoolBackward {
     }
 }
 
-/// 3x3 max-pool with stride 2 and padding 1 (ResNet's stem), with a gradient (candle's
-/// `max_pool2d` has none when kernel != stride).
-pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(MaxPool3x3S2 {
+/// Max-pool over the last two dimensions with a `k`-window, `stride` and `pad` (under
+/// `k / 2`), with a gradient (candle's `max_pool2d` has none when kernel != stride, and
+/// splits it among ties).
+pub fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(MaxPool {
+        k,
+        stride,
+        pad,
         argmax: std::sync::Mutex::new(Vec::new()),
     })
+}
+
+/// 3x3 max-pool with stride 2 and padding 1 (ResNet's stem).
+pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    max_pool(x, 3, 2, 1)
 }
 
 #[cfg(test)]

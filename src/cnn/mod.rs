@@ -1,14 +1,19 @@
-//! The CNN baseline: ResNet18 in candle that trains (batch norm in training mode, a
-//! max-pool with a gradient), its optimisers, training loop, checkpoints and evaluation.
+//! The CNN baselines: ResNet18 and VGG16 in candle that train (batch norm in training
+//! mode, max-pools with a gradient), their optimisers, training loop, checkpoints and
+//! evaluation.
 
 pub mod augment;
 pub mod checkpoint;
 pub mod conv;
 pub mod eval;
 pub mod layers;
+pub mod network;
 pub mod optim;
 pub mod resnet;
 pub mod rng;
 pub mod train;
+pub mod vgg;
 
+pub use network::{Arch, Network};
 pub use resnet::ResNet18;
+pub use vgg::Vgg16;

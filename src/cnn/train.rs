@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use super::augment::{self, IMAGENET_MEAN, IMAGENET_STD};
 use super::checkpoint::{self, CheckpointMeta, DataRecord, EpochMetrics, RunConfig};
+use super::network::{Arch, Network};
 use super::optim::{cosine_lr, Optimizer, OptimizerKind, Param};
-use super::resnet::{is_head, load_weights, ResNet18};
 use super::rng::Rng;
 use crate::data::{load_image, load_split, Dataset};
 
@@ -36,6 +36,8 @@ pub enum Pretrained {
 /// Everything a training run needs.
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
+    /// Architecture.
+    pub arch: Arch,
     /// Data folder (`root/<class>/...`, or with `train/` and `val/`).
     pub data: PathBuf,
     /// A separate validation folder.
@@ -183,7 +185,7 @@ fn scalar(t: &Tensor) -> candle_core::Result<f64> {
 
 /// Loss and accuracy of `model` on centre crops (or cached features when frozen).
 fn validate(
-    model: &ResNet18,
+    model: &Network,
     inputs: &Inputs,
     batch: usize,
     device: &Device,
@@ -274,7 +276,7 @@ impl Inputs {
 
 /// Pooled features of every cached image (centre crops, backbone in evaluation mode).
 fn extract_features(
-    model: &ResNet18,
+    model: &Network,
     cached: Cached,
     size: u32,
     device: &Device,
@@ -292,7 +294,7 @@ fn extract_features(
         );
     }
     let features = if feats.is_empty() {
-        Tensor::zeros((0, super::resnet::FEATURES), DType::F32, device)?
+        Tensor::zeros((0, model.arch().feature_dim()), DType::F32, device)?
     } else {
         Tensor::cat(&feats, 0)?
     };
@@ -302,7 +304,7 @@ fn extract_features(
     })
 }
 
-fn trainable(map: &VarMap, head_only: bool) -> Vec<Param> {
+fn trainable(map: &VarMap, arch: Arch, head_only: bool) -> Vec<Param> {
     let data = match map.data().lock() {
         Ok(d) => d,
         Err(poisoned) => poisoned.into_inner(),
@@ -310,7 +312,7 @@ fn trainable(map: &VarMap, head_only: bool) -> Vec<Param> {
     let mut params: Vec<Param> = data
         .iter()
         .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
-        .filter(|(name, _)| !head_only || is_head(name))
+        .filter(|(name, _)| !head_only || arch.is_head(name))
         .map(|(name, var)| Param {
             name: name.clone(),
             var: var.clone(),
@@ -331,6 +333,9 @@ fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     if !(16..=1024).contains(&cfg.image_size) {
         return bad("--image-size must be between 16 and 1024");
     }
+    if let Err(why) = cfg.arch.check_image_size(cfg.image_size as u32) {
+        return bad(&why);
+    }
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
         return bad("--lr must be a positive number");
     }
@@ -349,6 +354,9 @@ fn check_resumable(cfg: &TrainConfig, saved: &checkpoint::RunConfig) -> Result<(
             cfg.output.display()
         )))
     };
+    if saved.model != cfg.arch.name() {
+        return differs(format!("as --model {}", saved.model));
+    }
     if saved.optimizer != cfg.optimizer {
         let name = format!("{:?}", saved.optimizer).to_lowercase();
         return differs(format!("with --optimizer {name}"));
@@ -417,14 +425,19 @@ fn run_training(
 
     let map = VarMap::new();
     let num_classes = split.train.classes.len();
-    let model = ResNet18::new(&map, &device, num_classes, cfg.seed)?;
+    let model = Network::new(cfg.arch, &map, &device, num_classes, cfg.seed)?;
     match (&prior, &cfg.pretrained) {
         (Some(meta), _) => {
             let w = cfg.output.join(&meta.weights);
-            load_weights(&map, &w, false).map_err(TrainError::Weights)?;
+            cfg.arch
+                .load_weights(&map, &w, false)
+                .map_err(TrainError::Weights)?;
         }
         (None, Pretrained::File { path, .. }) => {
-            let n = load_weights(&map, path, true).map_err(TrainError::Weights)?;
+            let n = cfg
+                .arch
+                .load_weights(&map, path, true)
+                .map_err(TrainError::Weights)?;
             on(TrainEvent::Log(format!(
                 "loaded {n} pretrained tensors from {}",
                 path.display()
@@ -461,7 +474,7 @@ fn run_training(
     let warmup = if cfg.epochs >= 5 { steps_per_epoch } else { 0 };
     let mut opt = Optimizer::new(
         cfg.optimizer,
-        trainable(&map, cfg.freeze_backbone),
+        trainable(&map, cfg.arch, cfg.freeze_backbone),
         cfg.lr,
         cfg.weight_decay,
     );
@@ -485,7 +498,7 @@ fn run_training(
             optimizer_steps: 0,
             metrics: Vec::new(),
             config: RunConfig {
-                model: "resnet18".into(),
+                model: cfg.arch.name().into(),
                 pretrained: match &cfg.pretrained {
                     Pretrained::None => "none".into(),
                     Pretrained::File { label, .. } => label.clone(),
@@ -533,6 +546,7 @@ fn run_training(
             let lr = cosine_lr(cfg.lr, global, total_steps, warmup);
             opt.set_lr(lr);
             let (x, y) = train_in.batch(idx, Some(&mut aug), &device)?;
+            model.begin_step(global as u64);
             let logits = match &train_in {
                 Inputs::Features { .. } => model.head(&x)?,
                 Inputs::Images { .. } => model.forward_t(&x, true)?,

@@ -195,7 +195,7 @@ fn spawn_training(
             };
             if imagenet {
                 let fetched = crate::hub::Registry::builtin()
-                    .and_then(|r| r.find_cnn("resnet18").cloned())
+                    .and_then(|r| r.find_cnn(cfg.arch.name()).cloned())
                     .and_then(|entry| {
                         let opts = crate::hub::DownloadOptions::from_env()?;
                         let mut last = u64::MAX;

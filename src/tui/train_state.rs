@@ -8,6 +8,7 @@ use crossterm::event::{KeyCode, KeyEvent};
 use tui_textarea::TextArea;
 
 use crate::cnn::checkpoint::EpochMetrics;
+use crate::cnn::network::Arch;
 use crate::cnn::optim::OptimizerKind;
 use crate::cnn::train::{Pretrained, TrainConfig, TrainEvent};
 
@@ -16,6 +17,8 @@ use crate::cnn::train::{Pretrained, TrainConfig, TrainEvent};
 pub enum Field {
     /// Data folder.
     Data,
+    /// Architecture: resnet18 or vgg16.
+    Model,
     /// Starting weights: none, imagenet or a file.
     Pretrained,
     /// Train only the classifier.
@@ -36,8 +39,9 @@ pub enum Field {
 
 impl Field {
     /// Form order.
-    pub const ALL: [Field; 9] = [
+    pub const ALL: [Field; 10] = [
         Field::Data,
+        Field::Model,
         Field::Pretrained,
         Field::Freeze,
         Field::Epochs,
@@ -52,6 +56,7 @@ impl Field {
     pub fn label(self) -> &'static str {
         match self {
             Field::Data => "data folder",
+            Field::Model => "model",
             Field::Pretrained => "pretrained",
             Field::Freeze => "freeze backbone",
             Field::Epochs => "epochs",
@@ -64,7 +69,7 @@ impl Field {
     }
 
     fn is_toggle(self) -> bool {
-        matches!(self, Field::Freeze | Field::Optimizer)
+        matches!(self, Field::Model | Field::Freeze | Field::Optimizer)
     }
 }
 
@@ -133,6 +138,7 @@ impl Default for TrainState {
         Self {
             values: vec![
                 String::new(),
+                "resnet18".into(),
                 "imagenet".into(),
                 "no".into(),
                 "10".into(),
@@ -187,6 +193,8 @@ impl TrainState {
                 if field.is_toggle() {
                     let v = &mut self.values[self.selected];
                     *v = match (field, v.as_str()) {
+                        (Field::Model, "resnet18") => "vgg16".into(),
+                        (Field::Model, _) => "resnet18".into(),
                         (Field::Freeze, "no") => "yes".into(),
                         (Field::Freeze, _) => "no".into(),
                         (Field::Optimizer, "sgd") => "adamw".into(),
@@ -244,6 +252,7 @@ impl TrainState {
         };
         Ok((
             TrainConfig {
+                arch: Arch::from_name(self.value(Field::Model)).unwrap_or(Arch::Resnet18),
                 data: PathBuf::from(data),
                 val: None,
                 pretrained,
@@ -360,12 +369,15 @@ mod tests {
             t.on_key(key(KeyCode::Char(c)));
         }
         t.on_key(key(KeyCode::Enter));
+        t.on_key(key(KeyCode::Down));
+        t.on_key(key(KeyCode::Char(' '))); // model: resnet18 -> vgg16
         for _ in 0..6 {
             t.on_key(key(KeyCode::Down));
         }
-        t.on_key(key(KeyCode::Char(' ')));
+        t.on_key(key(KeyCode::Char(' '))); // optimizer: sgd -> adamw
         let (cfg, imagenet) = t.config().unwrap();
         assert_eq!(cfg.data, PathBuf::from("/data/shapes"));
+        assert_eq!(cfg.arch, Arch::Vgg16);
         assert_eq!(cfg.optimizer, OptimizerKind::Adamw);
         assert!(imagenet);
         t.set(Field::Epochs, "many");
