@@ -45,6 +45,33 @@ fn parity_value(name: &str, shape: &[usize]) -> Vec<f32> {
         .collect()
 }
 
+/// Fill every variable of `map` with the parity weights, after checking that the names
+/// are torchvision's (`keys`, sorted).
+fn set_parity_weights(map: &VarMap, keys: &[String]) -> HashMap<String, candle_core::Var> {
+    let vars: HashMap<String, candle_core::Var> = map.data().lock().unwrap().clone();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        keys.iter().collect::<Vec<_>>(),
+        "torchvision's names"
+    );
+    for (name, var) in &vars {
+        let v = parity_value(name, var.dims());
+        var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    vars
+}
+
+/// The fixtures' input batch `(2, 3, 64, 64)`, from the "input" stream.
+fn parity_input() -> Tensor {
+    let x: Vec<f32> = (0..2 * 3 * 64 * 64u64)
+        .map(|i| (2.0 * uniform_at(name_seed("input"), i)) as f32)
+        .collect();
+    Tensor::from_vec(x, (2, 3, 64, 64), &Device::Cpu).unwrap()
+}
+
 #[derive(serde::Deserialize)]
 struct Reference {
     keys: Vec<String>,
@@ -86,23 +113,8 @@ fn vgg16_matches_torchvision_forward_and_backward() {
     let dev = Device::Cpu;
     let map = VarMap::new();
     let mut model = Vgg16::new(&map, &dev, 10, 0).unwrap();
-    let vars: HashMap<String, candle_core::Var> = map.data().lock().unwrap().clone();
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    assert_eq!(
-        names,
-        reference.keys.iter().collect::<Vec<_>>(),
-        "torchvision's names"
-    );
-    for (name, var) in &vars {
-        let v = parity_value(name, var.dims());
-        var.set(&Tensor::from_vec(v, var.dims(), &dev).unwrap())
-            .unwrap();
-    }
-    let x: Vec<f32> = (0..2 * 3 * 64 * 64u64)
-        .map(|i| (2.0 * uniform_at(name_seed("input"), i)) as f32)
-        .collect();
-    let x = Tensor::from_vec(x, (2, 3, 64, 64), &dev).unwrap();
+    let vars = set_parity_weights(&map, &reference.keys);
+    let x = parity_input();
     // 64 px leaves a 2x2 map that the adaptive pool spreads over 7x7 windows.
     let eval = model
         .forward_t(&x, false)
@@ -156,23 +168,8 @@ fn resnet18_matches_torchvision_forward_backward_and_running_stats() {
     let dev = Device::Cpu;
     let map = VarMap::new();
     let model = ResNet18::new(&map, &dev, 10, 0).unwrap();
-    let vars: HashMap<String, candle_core::Var> = map.data().lock().unwrap().clone();
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    assert_eq!(
-        names,
-        reference.keys.iter().collect::<Vec<_>>(),
-        "torchvision's names"
-    );
-    for (name, var) in &vars {
-        let v = parity_value(name, var.dims());
-        var.set(&Tensor::from_vec(v, var.dims(), &dev).unwrap())
-            .unwrap();
-    }
-    let x: Vec<f32> = (0..2 * 3 * 64 * 64u64)
-        .map(|i| (2.0 * uniform_at(name_seed("input"), i)) as f32)
-        .collect();
-    let x = Tensor::from_vec(x, (2, 3, 64, 64), &dev).unwrap();
+    let vars = set_parity_weights(&map, &reference.keys);
+    let x = parity_input();
 
     let eval = model
         .forward_t(&x, false)

@@ -1,9 +1,10 @@
 //! The CNN architectures behind one interface: what training, evaluation and
 //! checkpoints need from a model.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -138,4 +139,58 @@ impl Network {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.head(&self.features(x, train)?)
     }
+}
+
+/// Fill the variables of `map` from a safetensors file, skipping those `skip` names.
+/// Each variable is looked up by its own name with its exact shape, or else under an
+/// alias (`aliases`: prefix in `map`, prefix in the file) with the same number of
+/// elements, reshaped. Extra tensors in the file are ignored; errors name the tensor.
+pub(super) fn load_named(
+    map: &VarMap,
+    path: &Path,
+    skip: impl Fn(&str) -> bool,
+    aliases: &[(&str, &str)],
+) -> std::result::Result<usize, String> {
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let vars = map
+        .data()
+        .lock()
+        .map_err(|_| "parameter store poisoned".to_string())?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut loaded = 0;
+    for name in names.into_iter().filter(|n| !skip(n)) {
+        let var: &Var = &vars[name];
+        let aliased = || {
+            aliases.iter().find_map(|(ours, theirs)| {
+                let rest = name.strip_prefix(ours)?;
+                tensors
+                    .get(&format!("{theirs}{rest}"))
+                    .filter(|t| t.elem_count() == var.elem_count())
+            })
+        };
+        let t = match tensors.get(name.as_str()) {
+            Some(t) if t.dims() == var.dims() => t,
+            Some(t) => {
+                return Err(format!(
+                    "{}: tensor {name} has shape {:?}, expected {:?}",
+                    path.display(),
+                    t.dims(),
+                    var.dims()
+                ))
+            }
+            None => {
+                aliased().ok_or_else(|| format!("{}: missing tensor {name}", path.display()))?
+            }
+        };
+        let t = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.reshape(var.dims()))
+            .and_then(|t| t.to_device(var.device()))
+            .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
+        var.set(&t).map_err(|e| format!("{name}: {e}"))?;
+        loaded += 1;
+    }
+    Ok(loaded)
 }

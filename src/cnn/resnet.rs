@@ -4,10 +4,9 @@
 //! `layer{2..4}.0.downsample.{0,1}`, `fc`. Weights in torchvision or timm naming load
 //! directly (timm's `resnet18.tv_in1k` is torchvision's IMAGENET1K_V1 checkpoint).
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{Device, Result, Tensor, D};
 use candle_nn::VarMap;
 
 use super::conv::swap_batch_and_channels;
@@ -156,37 +155,5 @@ pub fn load_weights(
     path: &Path,
     skip_head: bool,
 ) -> std::result::Result<usize, String> {
-    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let vars = map
-        .data()
-        .lock()
-        .map_err(|_| "parameter store poisoned".to_string())?;
-    let mut loaded = 0;
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    for name in names {
-        if skip_head && is_head(name) {
-            continue;
-        }
-        let var: &Var = &vars[name];
-        let t = tensors
-            .get(name.as_str())
-            .ok_or_else(|| format!("{}: missing tensor {name}", path.display()))?;
-        if t.dims() != var.dims() {
-            return Err(format!(
-                "{}: tensor {name} has shape {:?}, expected {:?}",
-                path.display(),
-                t.dims(),
-                var.dims()
-            ));
-        }
-        let t = t
-            .to_dtype(DType::F32)
-            .and_then(|t| t.to_device(var.device()))
-            .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
-        var.set(&t).map_err(|e| format!("{name}: {e}"))?;
-        loaded += 1;
-    }
-    Ok(loaded)
+    super::network::load_named(map, path, |name| skip_head && is_head(name), &[])
 }

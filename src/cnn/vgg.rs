@@ -7,11 +7,10 @@
 //! IMAGENET1K_V1 weights, its classifier stored as 7x7 and 1x1 convolutions named
 //! `pre_logits.fc1`, `pre_logits.fc2` and `head.fc`) loads too.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
 
 use super::conv::{conv2d_cnhw, swap_batch_and_channels};
@@ -238,50 +237,12 @@ const TIMM_NAMES: [(&str, &str); 3] = [
 ];
 
 /// Fill the variables of `map` from a safetensors file in torchvision or timm naming.
-/// Every variable must be present with its number of elements (timm's convolutional
-/// classifier is reshaped), except the last classifier layer when `skip_head`. Errors
-/// name the tensor at fault.
+/// Every variable must be present (timm's convolutional classifier is reshaped), except
+/// the last classifier layer when `skip_head`. Errors name the tensor at fault.
 pub fn load_weights(
     map: &VarMap,
     path: &Path,
     skip_head: bool,
 ) -> std::result::Result<usize, String> {
-    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let vars = map
-        .data()
-        .lock()
-        .map_err(|_| "parameter store poisoned".to_string())?;
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    let mut loaded = 0;
-    for name in names {
-        if skip_head && is_head(name) {
-            continue;
-        }
-        let var: &Var = &vars[name];
-        let timm = TIMM_NAMES
-            .iter()
-            .find_map(|(tv, timm)| name.strip_prefix(tv).map(|rest| format!("{timm}{rest}")));
-        let t = tensors
-            .get(name.as_str())
-            .or_else(|| timm.as_ref().and_then(|n| tensors.get(n)))
-            .ok_or_else(|| format!("{}: missing tensor {name}", path.display()))?;
-        if t.elem_count() != var.elem_count() {
-            return Err(format!(
-                "{}: tensor {name} has shape {:?}, expected {:?}",
-                path.display(),
-                t.dims(),
-                var.dims()
-            ));
-        }
-        let t = t
-            .to_dtype(DType::F32)
-            .and_then(|t| t.reshape(var.dims()))
-            .and_then(|t| t.to_device(var.device()))
-            .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
-        var.set(&t).map_err(|e| format!("{name}: {e}"))?;
-        loaded += 1;
-    }
-    Ok(loaded)
+    super::network::load_named(map, path, |name| skip_head && is_head(name), &TIMM_NAMES)
 }
