@@ -1,12 +1,14 @@
-"""PyTorch counterpart of `examples/train_step.rs`: ResNet18 training steps and single
-convolutions on the CPU, no data loading. Usage: train_step_torch.py [BATCH] [SIZE] [STEPS] [THREADS]"""
+"""PyTorch counterpart of `examples/train_step.rs` (MODEL=resnet18 or vgg16): training steps,
+evaluation forward passes and (CONVS=1) single convolutions on the CPU, no data loading.
+Usage: train_step_torch.py [BATCH] [SIZE] [STEPS] [THREADS]"""
 import sys, time
 import torch, torchvision
 
 batch, size, steps, threads = (list(map(int, sys.argv[1:])) + [32, 64, 10, 2][len(sys.argv) - 1:])[:4]
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-model = torchvision.models.resnet18(num_classes=4).train()
+arch = __import__("os").environ.get("MODEL", "resnet18")
+model = getattr(torchvision.models, arch)(num_classes=4).train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 x = torch.randn(batch, 3, size, size)
 y = torch.arange(batch) % 4

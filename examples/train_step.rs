@@ -1,4 +1,5 @@
-//! Time ResNet18 training steps and single convolutions on the CPU (no data loading),
+//! Time ResNet18 (or, with `MODEL=vgg16`, VGG16) training steps and evaluation forward
+//! passes, and single convolutions with `CONVS=1`, on the CPU (no data loading),
 //! to compare with `bench/train_step_torch.py`. Usage:
 //! `cargo run --release --example train_step [BATCH] [SIZE] [STEPS]`
 use std::time::Instant;
@@ -6,7 +7,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use clipscope::cnn::optim::{Optimizer, OptimizerKind, Param};
-use clipscope::cnn::resnet::ResNet18;
+use clipscope::cnn::{Arch, Network};
 
 fn main() -> candle_core::Result<()> {
     // As the clipscope binary does (see src/main.rs): candle's idle pool thread parks
@@ -26,7 +27,11 @@ fn main() -> candle_core::Result<()> {
     clipscope::util::retain_freed_memory();
     let dev = Device::Cpu;
     let map = VarMap::new();
-    let model = ResNet18::new(&map, &dev, 4, 0)?;
+    let arch = std::env::var("MODEL")
+        .ok()
+        .and_then(|m| Arch::from_name(&m))
+        .unwrap_or(Arch::Resnet18);
+    let model = Network::new(arch, &map, &dev, 4, 0)?;
     let mut params: Vec<Param> = map
         .data()
         .lock()
