@@ -77,9 +77,6 @@ impl Clip {
             path: weights.clone(),
             message: e.to_string(),
         };
-        // Loading copies each weight and then its transpose (see `model::Linear`): with
-        // freed blocks kept for reuse, the second copy needs no fresh pages.
-        crate::util::retain_freed_memory();
         // SAFETY: the file is memory-mapped read-only; clipscope never writes to model
         // files while a model is loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
