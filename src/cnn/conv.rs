@@ -366,20 +366,19 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `a · b` into a new row-major matrix, on gemm's AVX-512/AVX2 kernels and rayon.
-fn matmul(a: Mat, b: Mat) -> Vec<f32> {
-    if a.rows * b.cols == 0 || a.cols == 0 {
-        return vec![0f32; a.rows * b.cols];
+/// `a · b` into a new row-major matrix, on gemm's AVX-512/AVX2 kernels and rayon. A
+/// `scratch` result comes from the pool (for one used once, then recycled).
+fn matmul(a: Mat, b: Mat, scratch: bool) -> Vec<f32> {
+    let len = a.rows * b.cols;
+    if len == 0 || a.cols == 0 {
+        return vec![0f32; len];
     }
-    uninit_filled(a.rows * b.cols, |dst| gemm_into(a, b, dst))
-}
-
-/// As `matmul`, into a pooled scratch buffer (for a result used once, then recycled).
-fn matmul_scratch(a: Mat, b: Mat) -> Vec<f32> {
-    if a.rows * b.cols == 0 || a.cols == 0 {
-        return vec![0f32; a.rows * b.cols];
+    let fill = |dst: &mut [MaybeUninit<f32>]| gemm_into(a, b, dst);
+    if scratch {
+        scratch_filled(len, fill)
+    } else {
+        uninit_filled(len, fill)
     }
-    scratch_filled(a.rows * b.cols, |dst| gemm_into(a, b, dst))
 }
 
 /// Write `a · b` (non-empty) into `dst`, row-major.
@@ -494,6 +493,7 @@ impl CustomOp2 for Conv {
         let y = matmul(
             Mat::new(w, cout, g.rows()),
             Mat::new(&cols, g.rows(), g.cols()),
+            false,
         );
         match (&self.keep, cols) {
             (Some(keep), std::borrow::Cow::Owned(cols)) if cols.len() <= KEEP_PATCHES_MAX => {
@@ -556,6 +556,7 @@ impl CustomOp2 for ConvGradWeight {
         let dwt = matmul(
             Mat::new(&cols, g.rows(), g.cols()),
             Mat::new(dy, cout, g.cols()).t(),
+            false,
         );
         recycle(cols);
         let dw = crate::util::transpose(&dwt, g.rows(), cout);
@@ -577,9 +578,10 @@ impl CustomOp2 for ConvGradInput {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, cout) = (self.g, self.cout);
         let (dy, w) = (contiguous_f32(gs, gl)?, contiguous_f32(ws, wl)?);
-        let dcols = matmul_scratch(
+        let dcols = matmul(
             Mat::new(w, cout, g.rows()).t(),
             Mat::new(dy, cout, g.cols()),
+            true,
         );
         let dx = if g.is_pointwise() {
             dcols

@@ -118,14 +118,19 @@ impl Conv {
 
     /// Apply to channel-major `(C, N, H, W)`; `train` prepares for a backward pass.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        // Outside training, a detached weight records no graph, so each activation is
-        // freed as soon as the next layer has read it.
-        let weight = if train {
-            self.weight.clone()
-        } else {
-            self.weight.detach()
-        };
+        let weight = for_mode(&self.weight, train);
         super::conv::conv2d_cnhw(x, &weight, self.stride, self.padding, train)
+    }
+}
+
+/// A parameter as a layer should use it: itself when training, detached otherwise.
+/// Outside training a detached parameter records no graph, so each activation is freed
+/// as soon as the next layer has read it.
+pub fn for_mode(param: &Tensor, train: bool) -> Tensor {
+    if train {
+        param.clone()
+    } else {
+        param.detach()
     }
 }
 
@@ -162,20 +167,15 @@ impl BatchNorm2d {
         let c = x.dim(0)?;
         if !train {
             // Fold the running statistics into one scale and shift per channel.
-            // Detached, as in `Conv::forward`: evaluation records no graph.
-            let mean = self
-                .running_mean
-                .as_tensor()
-                .detach()
-                .reshape((c, 1, 1, 1))?;
-            let var = self
-                .running_var
-                .as_tensor()
-                .detach()
-                .reshape((c, 1, 1, 1))?;
-            let weight = self.weight.detach().reshape((c, 1, 1, 1))?;
-            let scale = (var + self.eps)?.sqrt()?.recip()?.mul(&weight)?;
-            let shift = (self.bias.detach().reshape((c, 1, 1, 1))? - mean.mul(&scale)?)?;
+            // Detached (see `for_mode`): evaluation records no graph.
+            let per_channel = |t: &Tensor| for_mode(t, false).reshape((c, 1, 1, 1));
+            let mean = per_channel(self.running_mean.as_tensor())?;
+            let var = per_channel(self.running_var.as_tensor())?;
+            let scale = (var + self.eps)?
+                .sqrt()?
+                .recip()?
+                .mul(&per_channel(&self.weight)?)?;
+            let shift = (per_channel(&self.bias)? - mean.mul(&scale)?)?;
             let y = x.broadcast_mul(&scale)?.broadcast_add(&shift)?;
             return if relu { y.relu() } else { Ok(y) };
         }

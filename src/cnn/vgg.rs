@@ -14,7 +14,7 @@ use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
 
 use super::conv::{conv2d_cnhw, swap_batch_and_channels};
-use super::layers::{max_pool, Params};
+use super::layers::{for_mode, max_pool, Params};
 use super::rng::Rng;
 
 /// Channels of each convolution; `None` is a 2x2 max-pool (torchvision's "D" config).
@@ -141,11 +141,7 @@ impl Vgg16 {
         let n = x.dim(0)?;
         let mut x = swap_batch_and_channels(x)?;
         for layer in &self.convs {
-            let (w, b) = if train {
-                (layer.weight.clone(), layer.bias.clone())
-            } else {
-                (layer.weight.detach(), layer.bias.detach())
-            };
+            let (w, b) = (for_mode(&layer.weight, train), for_mode(&layer.bias, train));
             let c = w.dim(0)?;
             x = conv2d_cnhw(&x, &w, 1, 1, train)?
                 .broadcast_add(&b.reshape((c, 1, 1, 1))?)?
@@ -160,11 +156,7 @@ impl Vgg16 {
         let step = self.step.lock().map(|s| *s).unwrap_or(0);
         let mut h = x;
         for (i, (w, b)) in self.fc[..2].iter().enumerate() {
-            let (w, b) = if train {
-                (w.clone(), b.clone())
-            } else {
-                (w.detach(), b.detach())
-            };
+            let (w, b) = (for_mode(w, train), for_mode(b, train));
             h = h.matmul(&w.t()?)?.broadcast_add(&b)?.relu()?;
             if train && self.dropout > 0.0 {
                 h = dropout(&h, self.dropout, (self.seed, step, i as u64))?;
