@@ -13,7 +13,7 @@ use clipscope::cnn::network::Arch;
 use clipscope::cnn::optim::OptimizerKind;
 use clipscope::cnn::train::{train as run_training, Pretrained, TrainConfig, TrainEvent};
 use clipscope::data::fetch::{fetch_imagenette, ImagenetteSize};
-use clipscope::hub::{self, DownloadOptions, Registry};
+use clipscope::hub;
 
 use super::args::{DataAction, EvalArgs, Format, ImagenetteSizeArg, OptimizerArg, TrainArgs};
 use super::EXIT_OK;
@@ -28,14 +28,8 @@ fn resolve_pretrained(spec: &str, model: &str) -> Result<Pretrained> {
     Ok(match spec {
         "none" => Pretrained::None,
         "imagenet" => {
-            let registry = Registry::builtin()?;
-            let entry = registry.find_cnn(model)?;
-            let path = hub::ensure_cnn_weights(
-                entry,
-                &DownloadOptions::from_env()?,
-                &mut hub::stderr_progress(),
-            )
-            .with_context(|| format!("cannot download ImageNet weights for {model}"))?;
+            let path = hub::ensure_builtin_cnn_weights(model, &mut hub::stderr_progress())
+                .with_context(|| format!("cannot download ImageNet weights for {model}"))?;
             Pretrained::File {
                 path,
                 label: "imagenet".into(),

@@ -289,12 +289,7 @@ fn models(action: &ModelsAction) -> Result<u8> {
                 )?;
             }
             for c in &registry.cnn {
-                let have = opts
-                    .cache_root
-                    .join("models")
-                    .join(&c.name)
-                    .join(&c.files[0])
-                    .is_file();
+                let have = hub::cnn_weights_path(c, &opts).is_file();
                 writeln!(
                     out,
                     "{:<14} {:<9} {:>5} MB  {} (CNN weights, train --pretrained imagenet)",

@@ -72,6 +72,11 @@ pub fn ensure_model(
     Ok(dir)
 }
 
+/// The cache folder of a CNN's pretrained weights.
+fn cnn_cache_dir(entry: &super::CnnEntry, opts: &DownloadOptions) -> PathBuf {
+    opts.cache_root.join("models").join(&entry.name)
+}
+
 /// Where a CNN's pretrained weights file lives in the cache (whether or not it is there).
 pub fn cnn_weights_path(entry: &super::CnnEntry, opts: &DownloadOptions) -> PathBuf {
     let file = entry
@@ -79,7 +84,7 @@ pub fn cnn_weights_path(entry: &super::CnnEntry, opts: &DownloadOptions) -> Path
         .first()
         .map(String::as_str)
         .unwrap_or("model.safetensors");
-    opts.cache_root.join("models").join(&entry.name).join(file)
+    cnn_cache_dir(entry, opts).join(file)
 }
 
 /// The pretrained weights file of a CNN, downloaded into the cache on first use.
@@ -88,16 +93,30 @@ pub fn ensure_cnn_weights(
     opts: &DownloadOptions,
     progress: &mut ProgressFn<'_>,
 ) -> Result<PathBuf, HubError> {
-    let dir = opts.cache_root.join("models").join(&entry.name);
     ensure_files(
         &entry.repo,
         &entry.revision,
         &entry.files,
-        &dir,
+        &cnn_cache_dir(entry, opts),
         opts,
         progress,
     )?;
     Ok(cnn_weights_path(entry, opts))
+}
+
+/// The ImageNet weights of the CNN architecture `name` in the built-in registry, with
+/// the environment's download options (`CLIPSCOPE_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`),
+/// downloaded on first use: what `train --pretrained imagenet` and the Train pane load.
+pub fn ensure_builtin_cnn_weights(
+    name: &str,
+    progress: &mut ProgressFn<'_>,
+) -> Result<PathBuf, HubError> {
+    let registry = super::Registry::builtin()?;
+    ensure_cnn_weights(
+        registry.find_cnn(name)?,
+        &DownloadOptions::from_env()?,
+        progress,
+    )
 }
 
 /// Download the files of `repo` at `revision` that `dir` does not have yet.

@@ -6,8 +6,9 @@ mod registry;
 use std::path::PathBuf;
 
 pub use download::{
-    cnn_weights_path, download_file, endpoint, ensure_cnn_weights, ensure_model, is_cached,
-    model_cache_dir, resolve_model, stderr_progress, DownloadOptions, ModelSource, ProgressFn,
+    cnn_weights_path, download_file, endpoint, ensure_builtin_cnn_weights, ensure_cnn_weights,
+    ensure_model, is_cached, model_cache_dir, resolve_model, stderr_progress, DownloadOptions,
+    ModelSource, ProgressFn,
 };
 pub use registry::{CnnEntry, ModelEntry, Registry};
 

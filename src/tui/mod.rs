@@ -194,21 +194,19 @@ fn spawn_training(
                 let _ = tx.send(TrainMessage::Event(TrainEvent::Log(line)));
             };
             if imagenet {
-                let fetched = crate::hub::Registry::builtin()
-                    .and_then(|r| r.find_cnn(cfg.arch.name()).cloned())
-                    .and_then(|entry| {
-                        let opts = crate::hub::DownloadOptions::from_env()?;
-                        let mut last = u64::MAX;
-                        crate::hub::ensure_cnn_weights(&entry, &opts, &mut |file, done, total| {
-                            if let Some(t) = total.filter(|t| *t > 0) {
-                                let pct = done * 100 / t;
-                                if pct / 10 != last {
-                                    last = pct / 10;
-                                    log(format!("downloading {file}: {pct}%"));
-                                }
+                let mut last = u64::MAX;
+                let fetched = crate::hub::ensure_builtin_cnn_weights(
+                    cfg.arch.name(),
+                    &mut |file, done, total| {
+                        if let Some(t) = total.filter(|t| *t > 0) {
+                            let pct = done * 100 / t;
+                            if pct / 10 != last {
+                                last = pct / 10;
+                                log(format!("downloading {file}: {pct}%"));
                             }
-                        })
-                    });
+                        }
+                    },
+                );
                 match fetched {
                     Ok(path) => {
                         cfg.pretrained = Pretrained::File {
