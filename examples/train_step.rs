@@ -75,17 +75,8 @@ fn main() -> candle_core::Result<()> {
         per(phases[1]),
         per(phases[2])
     );
-    let mut t = times[2..].to_vec();
-    t.sort_by(f64::total_cmp);
-    let med = t[t.len() / 2];
-    println!(
-        "train step b{batch} {size}px: median {:.1} ms, {:.1} img/s",
-        med * 1e3,
-        batch as f64 / med
-    );
+    report("train step", batch, size, &times[2..]);
 
-    // Single convolutions of ResNet18 at this size (cin, cout, k, stride, input side).
-    let s = size / 4;
     // Evaluation-mode forward pass (what --freeze-backbone and `eval` run per batch).
     let mut ev = Vec::new();
     for _ in 0..steps.max(3) {
@@ -94,16 +85,13 @@ fn main() -> candle_core::Result<()> {
         logits.to_vec2::<f32>()?;
         ev.push(t.elapsed().as_secs_f64());
     }
-    ev.sort_by(f64::total_cmp);
-    let med = ev[ev.len() / 2];
-    println!(
-        "eval forward b{batch} {size}px: median {:.1} ms, {:.1} img/s",
-        med * 1e3,
-        batch as f64 / med
-    );
+    report("eval forward", batch, size, &ev);
+
     if std::env::var_os("CONVS").is_none() {
         return Ok(());
     }
+    // Single convolutions of ResNet18 at this size (cin, cout, k, stride, input side).
+    let s = size / 4;
     for (cin, cout, k, st, h) in [
         (3, 64, 7, 2, size),
         (64, 64, 3, 1, s),
@@ -133,4 +121,18 @@ fn main() -> candle_core::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Print the median of `seconds` as time per batch and images per second.
+fn report(what: &str, batch: usize, size: usize, seconds: &[f64]) {
+    let mut t = seconds.to_vec();
+    t.sort_by(f64::total_cmp);
+    let Some(&med) = t.get(t.len() / 2) else {
+        return;
+    };
+    println!(
+        "{what} b{batch} {size}px: median {:.1} ms, {:.1} img/s",
+        med * 1e3,
+        batch as f64 / med
+    );
 }
