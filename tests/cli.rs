@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{clipscope, cosine, fixtures, serve, Reference};
+use common::{assert_success, clipscope, cosine, fixtures, serve, usage_error, Reference};
 use serde_json::Value;
 
 fn tiny() -> String {
@@ -36,11 +36,7 @@ fn classify_json_matches_reference_probabilities() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let v = json_of(&out.stdout);
     assert_eq!(v["model"], Value::String(tiny()));
     let results = v["results"].as_array().unwrap();
@@ -119,11 +115,7 @@ fn folders_are_walked_and_top_k_applies() {
         .args(["--format", "json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let v = json_of(&out.stdout);
     let r = v["results"].as_array().unwrap();
     assert_eq!(r.len(), 12, "every image in the folder, LICENSE.md skipped");
@@ -143,7 +135,7 @@ fn text_and_csv_formats() {
         .args(["--model-dir", &tiny()])
         .output()
         .unwrap();
-    assert!(text.status.success());
+    assert_success(&text);
     let s = String::from_utf8(text.stdout).unwrap();
     assert!(
         s.contains("chelsea.png") && s.contains("% ") && s.contains("cat"),
@@ -177,7 +169,7 @@ fn text_and_csv_formats() {
         .args(["--model-dir", &tiny(), "--format", "csv"])
         .output()
         .unwrap();
-    assert!(csv.status.success());
+    assert_success(&csv);
     let s = String::from_utf8(csv.stdout).unwrap();
     let lines: Vec<&str> = s.lines().collect();
     assert_eq!(lines[0], "image,rank,label,probability,error");
@@ -193,11 +185,7 @@ fn ensemble_and_template_options() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         json_of(&out.stdout)
     };
     let default = run(&[]);
@@ -216,8 +204,7 @@ fn ensemble_and_template_options() {
         .args(["--model-dir", &tiny(), "--template", "a photo"])
         .output()
         .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
-    let err = String::from_utf8(bad.stderr).unwrap();
+    let err = usage_error(&bad);
     assert!(err.contains("a photo") && err.lines().count() == 1, "{err}");
 }
 
@@ -230,8 +217,7 @@ fn model_errors_are_one_line_naming_the_path() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = usage_error(&out);
     assert!(err.contains(&dir.path().display().to_string()) && err.contains("config.json"));
     assert_eq!(err.lines().count(), 1, "{err}");
 
@@ -246,8 +232,7 @@ fn model_errors_are_one_line_naming_the_path() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("ViT-X/99"));
+    assert!(usage_error(&out).contains("ViT-X/99"));
 }
 
 #[test]
@@ -264,7 +249,7 @@ fn embed_images_and_texts() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert_success(&out);
     let v = json_of(&out.stdout);
     let e: Vec<f32> = serde_json::from_value(v["items"][0]["embedding"].clone()).unwrap();
     let want = reference
@@ -286,7 +271,7 @@ fn embed_images_and_texts() {
         .args(["--model-dir", &tiny(), "--format", "json"])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert_success(&out);
     let v = json_of(&out.stdout);
     let items = v["items"].as_array().unwrap();
     assert_eq!(items[1]["text"], "astronaut");
@@ -330,10 +315,7 @@ fn preprocess_writes_what_the_model_sees() {
         .arg(&out_png)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr)
-        .unwrap()
-        .contains("LICENSE.md"));
+    assert!(usage_error(&out).contains("LICENSE.md"));
 }
 
 #[test]
@@ -353,11 +335,7 @@ fn models_download_on_first_use_then_come_from_the_cache() {
             .unwrap()
     };
     let first = run();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert_success(&first);
     assert_eq!(json_of(&first.stdout)["model"], "ViT-B/32");
     let fetched = seen.lock().unwrap().clone();
     assert_eq!(fetched.len(), 3, "{fetched:?}");
@@ -370,7 +348,7 @@ fn models_download_on_first_use_then_come_from_the_cache() {
     assert!(!cached.with_extension("part").exists());
 
     let second = run();
-    assert!(second.status.success());
+    assert_success(&second);
     assert_eq!(
         seen.lock().unwrap().len(),
         3,
@@ -399,8 +377,7 @@ fn a_failed_download_names_the_url_and_leaves_no_file() {
         .args(["models", "download", "ViT-B/16"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = usage_error(&out);
     assert!(
         err.contains("openai/clip-vit-base-patch16") && err.contains("404"),
         "{err}"

@@ -17,7 +17,7 @@ use clipscope::cnn::rng::{name_seed, uniform_at};
 use clipscope::cnn::train::{train, Pretrained, TrainConfig, TrainEvent};
 use clipscope::cnn::{ResNet18, Vgg16};
 use clipscope::data::synthetic::make_shapes;
-use common::{clipscope, fixtures};
+use common::{assert_success, clipscope, fixtures, usage_error};
 
 /// The parity weights: the same formula as `make_resnet_fixture.py`'s `value`.
 fn parity_value(name: &str, shape: &[usize]) -> Vec<f32> {
@@ -84,6 +84,41 @@ struct Reference {
     running_mean_after: HashMap<String, Vec<f32>>,
 }
 
+/// Assert that each row of `got` is within `tol` (relative, see `max_rel_diff`) of `want`.
+fn assert_rows_close(got: &Tensor, want: &[Vec<f32>], tol: f32, what: &str) {
+    let got = got.to_vec2::<f32>().unwrap();
+    assert_eq!(got.len(), want.len(), "{what}: rows");
+    for (g, w) in got.iter().zip(want) {
+        let d = max_rel_diff(g, w);
+        assert!(d < tol, "{what} differ by {d} (relative)");
+    }
+}
+
+/// The L2 norm of a tensor, summed in f64 (an f32 sum over 100 M values is off by 1e-3).
+fn l2_norm(t: &Tensor) -> f32 {
+    let t = t.to_dtype(candle_core::DType::F64).unwrap();
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_vec0::<f64>()
+        .unwrap() as f32
+}
+
+/// The largest absolute difference between two same-shaped tensors.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1e-6);
@@ -116,15 +151,8 @@ fn vgg16_matches_torchvision_forward_and_backward() {
     let vars = set_parity_weights(&map, &reference.keys);
     let x = parity_input();
     // 64 px leaves a 2x2 map that the adaptive pool spreads over 7x7 windows.
-    let eval = model
-        .forward_t(&x, false)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    for (got, want) in eval.iter().zip(&reference.logits) {
-        let d = max_rel_diff(got, want);
-        assert!(d < 1e-4, "eval logits differ by {d} (relative)");
-    }
+    let eval = model.forward_t(&x, false).unwrap();
+    assert_rows_close(&eval, &reference.logits, 1e-4, "eval logits");
     // Gradients without dropout (the reference's masks are random).
     model.set_dropout(0.0);
     let logits = model.forward_t(&x, true).unwrap();
@@ -134,9 +162,7 @@ fn vgg16_matches_torchvision_forward_and_backward() {
     let grads = loss.backward().unwrap();
     for (name, want) in &reference.grads {
         let g = grads.get(vars[name].as_tensor()).unwrap();
-        let norm = g.to_dtype(candle_core::DType::F64).unwrap();
-        let norm = norm.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-        let norm = norm.to_vec0::<f64>().unwrap() as f32;
+        let norm = l2_norm(g);
         let want_norm = reference.grad_norms[name];
         if name.starts_with("features.") {
             // Below a max-pool, a window whose two largest inputs differ only by rounding
@@ -171,41 +197,22 @@ fn resnet18_matches_torchvision_forward_backward_and_running_stats() {
     let vars = set_parity_weights(&map, &reference.keys);
     let x = parity_input();
 
-    let eval = model
-        .forward_t(&x, false)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    for (got, want) in eval.iter().zip(&reference.eval_logits) {
-        let d = max_rel_diff(got, want);
-        assert!(d < 1e-4, "eval logits differ by {d} (relative)");
-    }
-
+    let eval = model.forward_t(&x, false).unwrap();
+    assert_rows_close(&eval, &reference.eval_logits, 1e-4, "eval logits");
     let logits = model.forward_t(&x, true).unwrap();
-    for (got, want) in logits
-        .to_vec2::<f32>()
-        .unwrap()
-        .iter()
-        .zip(&reference.train_logits)
-    {
-        let d = max_rel_diff(got, want);
-        assert!(d < 1e-4, "training-mode logits differ by {d}");
-    }
+    assert_rows_close(
+        &logits,
+        &reference.train_logits,
+        1e-4,
+        "training-mode logits",
+    );
     let y = Tensor::new(reference.targets.clone(), &dev).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
     assert!((loss.to_vec0::<f32>().unwrap() - reference.loss).abs() < 1e-4);
     let grads = loss.backward().unwrap();
     for (name, want) in &reference.grads {
         let g = grads.get(vars[name].as_tensor()).unwrap();
-        let norm = g
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_vec0::<f32>()
-            .unwrap();
+        let norm = l2_norm(g);
         let flat = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let d = max_rel_diff(&flat[..want.len()], want);
         assert!(d < 1e-3, "gradient of {name} differs by {d}");
@@ -444,11 +451,7 @@ fn vgg16_loads_timm_imagenet_weights_trains_its_head_and_evaluates() {
         .arg(run.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let meta = checkpoint::load_meta(run.path()).unwrap();
     assert_eq!(meta.config.model, "vgg16");
     // The backbone is the served one (classifier.0 reshaped from timm's 7x7 convolution).
@@ -457,15 +460,10 @@ fn vgg16_loads_timm_imagenet_weights_trains_its_head_and_evaluates() {
     let original = map.data().lock().unwrap()["classifier.0.weight"]
         .as_tensor()
         .clone();
-    let d = (&trained["classifier.0.weight"] - &original)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(d, 0.0);
+    assert_eq!(
+        max_abs_diff(&trained["classifier.0.weight"], &original),
+        0.0
+    );
     assert_eq!(trained["classifier.6.weight"].dims(), &[4, 4096]);
     let out = clipscope()
         .args(["eval", "--format", "json", "--checkpoint"])
@@ -474,11 +472,7 @@ fn vgg16_loads_timm_imagenet_weights_trains_its_head_and_evaluates() {
         .arg(data.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["n"].as_u64().unwrap() > 0, "{report}");
     // A usage error comes before any download.
@@ -490,11 +484,8 @@ fn vgg16_loads_timm_imagenet_weights_trains_its_head_and_evaluates() {
         .arg(run.path().join("other"))
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("vgg16 needs at least 32"),
-        "{err}"
-    );
+    let err = usage_error(&out);
+    assert!(err.contains("vgg16 needs at least 32"), "{err}");
 }
 
 #[test]
@@ -527,11 +518,7 @@ fn train_and_eval_commands_with_imagenet_weights_from_a_local_server() {
         .arg(run.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         stdout.contains("epoch   2") && stdout.contains("val loss"),
@@ -554,15 +541,7 @@ fn train_and_eval_commands_with_imagenet_weights_from_a_local_server() {
         candle_core::safetensors::load(run.path().join(&meta.weights), &Device::Cpu).unwrap();
     let original =
         candle_core::safetensors::load(hub.path().join("model.safetensors"), &Device::Cpu).unwrap();
-    let same = |k: &str| {
-        let d = (&trained[k] - &original[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        d.to_vec0::<f32>().unwrap() == 0.0
-    };
+    let same = |k: &str| max_abs_diff(&trained[k], &original[k]) == 0.0;
     assert!(same("layer3.1.conv2.weight") && same("bn1.running_mean"));
     assert_eq!(trained["fc.weight"].dims(), &[4, 512]);
 
@@ -574,11 +553,7 @@ fn train_and_eval_commands_with_imagenet_weights_from_a_local_server() {
         .args(["--format", "json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["n"], 8);
     for key in ["top1", "top5"] {
@@ -600,8 +575,7 @@ fn bad_train_arguments_are_one_line_errors() {
         .arg(run.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = usage_error(&out);
     assert!(
         err.contains("no class folders") && err.lines().count() == 1,
         "{err}"
@@ -615,8 +589,7 @@ fn bad_train_arguments_are_one_line_errors() {
         .arg(run.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("--epochs"));
+    assert!(usage_error(&out).contains("--epochs"));
 }
 
 #[test]
@@ -646,8 +619,7 @@ fn imagenette_fetch_checks_the_checksum() {
         .arg(to.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = usage_error(&out);
     assert!(
         err.contains("imagenette2-160.tgz") && err.contains("e793b78cc4c9e9a4ccc0c1155377a412"),
         "{err}"

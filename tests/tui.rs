@@ -268,10 +268,10 @@ fn the_app_scores_typed_labels_live_and_quits_cleanly() {
     assert!(!parser.screen().hide_cursor(), "cursor shown again");
 }
 
-#[test]
-fn sigterm_restores_the_terminal() {
+/// The app with the tiny model, no image and half-blocks, once it is drawn.
+fn open_app_without_image() -> Pty {
     let model = fixtures().join("tiny-clip").display().to_string();
-    let mut pty = Pty::spawn(&[
+    let pty = Pty::spawn(&[
         "tui",
         "--model-dir",
         &model,
@@ -279,6 +279,12 @@ fn sigterm_restores_the_terminal() {
         "halfblocks",
     ]);
     pty.wait_for("the app", |s| s.contains("Open an image"));
+    pty
+}
+
+#[test]
+fn sigterm_restores_the_terminal() {
+    let mut pty = open_app_without_image();
     let pid = pty.child.process_id().unwrap();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -332,15 +338,7 @@ fn the_train_pane_runs_a_training_and_shows_its_progress() {
     let data = tempfile::tempdir().unwrap();
     clipscope::data::synthetic::make_shapes(data.path(), 6, 32, 1).unwrap();
     let run = tempfile::tempdir().unwrap();
-    let model = fixtures().join("tiny-clip").display().to_string();
-    let mut pty = Pty::spawn(&[
-        "tui",
-        "--model-dir",
-        &model,
-        "--image-protocol",
-        "halfblocks",
-    ]);
-    pty.wait_for("the app", |s| s.contains("Open an image"));
+    let mut pty = open_app_without_image();
     pty.send(b"\x1b2"); // Alt-2: the Train pane
     pty.wait_for("the form", |s| {
         s.contains("data folder") && s.contains("no run yet")

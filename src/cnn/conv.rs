@@ -633,6 +633,17 @@ mod tests {
             .collect()
     }
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn forward_and_gradients_match_candles_conv2d() {
         let dev = Device::Cpu;
@@ -666,39 +677,15 @@ mod tests {
                 .conv2d(w.as_tensor(), pad, stride, 1, 1)
                 .unwrap();
             assert_eq!(ours.dims(), theirs.dims());
-            let diff = (&ours - &theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&ours, &theirs);
             assert!(diff < 1e-4, "forward k{k} s{stride}: {diff}");
+            // Gradients of a fixed random projection of each output.
             let proj = Tensor::from_vec(random(ours.dims(), 3), ours.dims(), &dev).unwrap();
-            let g1 = (&ours * &proj)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (&theirs * &proj)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let grads = |y: &Tensor| (y * &proj).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g1, g2) = (grads(&ours), grads(&theirs));
             for v in [&x, &w] {
-                let a = g1.get(v.as_tensor()).unwrap();
-                let b = g2.get(v.as_tensor()).unwrap();
-                let d = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let t = v.as_tensor();
+                let d = max_abs_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
                 assert!(d < 1e-3, "gradient k{k} s{stride}: {d}");
             }
         }

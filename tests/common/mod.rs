@@ -109,6 +109,26 @@ pub fn serve(dir: &Path, routes: &'static str) -> (String, Arc<Mutex<Vec<String>
 
 /// The clipscope binary, kept off the user's cache and off the network: downloads go to
 /// an address where nothing listens unless a test points them at its own server.
+/// Assert that a command succeeded, showing its stderr if not.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Assert that a command failed as a usage or model error (exit status 2); its stderr.
+pub fn usage_error(out: &std::process::Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
 pub fn clipscope() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("clipscope").unwrap();
     cmd.env(
