@@ -6,9 +6,10 @@
 //! makes ResNet training on the CPU about ten times slower than PyTorch. Here the network
 //! keeps its activations channel-major (`C, N, H, W`): then the unfolded patches form one
 //! `(C·k·k) × (N·Ho·Wo)` matrix, the output of `W · cols` is already the next layer's
-//! input, and both gradients are single gemm calls (`dY · colsᵀ` and `Wᵀ · dY`, the
-//! latter folded back with col2im) with no transposed copies. Batch norm over
-//! channel-major data reads each channel as one contiguous run.
+//! input, and each gradient is one gemm call: `Wᵀ · dY` folded back with col2im, and
+//! `cols · dYᵀ` (the transpose of `dW`, transposed back: the order in which gemm packs
+//! the large patch matrix cheaply). Batch norm over channel-major data reads each
+//! channel as one contiguous run.
 
 use std::mem::MaybeUninit;
 
@@ -86,6 +87,13 @@ impl Geometry {
         lo..hi.max(lo)
     }
 
+    /// The input row that output row `oy` reads at tap `ky`, if inside the image.
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.stride + ky)
+            .checked_sub(self.pad)
+            .filter(|y| *y < self.h)
+    }
+
     /// For tap `(ky, kx)`: call `f(n, oy, y, ox_range)` for each image `n` and output
     /// row `oy` whose input row `y` is inside the image.
     fn for_each_row(
@@ -97,10 +105,7 @@ impl Geometry {
         let ox = self.valid_ox(kx);
         for n in 0..self.n {
             for oy in 0..self.ho {
-                if let Some(y) = (oy * self.stride + ky)
-                    .checked_sub(self.pad)
-                    .filter(|y| *y < self.h)
-                {
+                if let Some(y) = self.input_row(oy, ky) {
                     f(n, oy, y, ox.clone());
                 }
             }
@@ -139,10 +144,7 @@ fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
 /// matrices and products skip zeroing memory that is overwritten at once (a pass over
 /// hundreds of MB per training step at 128 px).
 fn uninit_filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit<f32> needs no initialisation, and the capacity is `len`.
-    unsafe { v.set_len(len) };
-    filled(v, fill)
+    filled(scratch::uninit(Vec::with_capacity(len), len), fill)
 }
 
 /// As `uninit_filled`, for a scratch buffer that goes back to the pool after use
@@ -188,9 +190,12 @@ mod scratch {
                 let at = pool.iter().position(|b| b.capacity() == len)?;
                 Some(pool.swap_remove(at))
             });
-        let mut v = pooled.unwrap_or_else(|| Vec::with_capacity(len));
-        // SAFETY: MaybeUninit<f32> needs no initialisation, and the capacity is >= len.
-        unsafe { v.set_len(len) };
+        uninit(pooled.unwrap_or_else(|| Vec::with_capacity(len)), len)
+    }
+
+    /// `v` (empty) grown to `len` uninitialised floats, which costs nothing.
+    pub fn uninit(mut v: Vec<MaybeUninit<f32>>, len: usize) -> Vec<MaybeUninit<f32>> {
+        v.resize_with(len, MaybeUninit::uninit);
         v
     }
 
@@ -279,8 +284,7 @@ fn shift_plane(g: &Geometry, ky: usize, kx: usize, src: &[f32], dst: &mut [Maybe
 fn gather_plane(g: &Geometry, ky: usize, kx: usize, src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     let ox = g.valid_ox(kx);
     for (oy, out) in dst.chunks_exact_mut(g.wo).enumerate() {
-        let y = (oy * g.stride + ky).checked_sub(g.pad).filter(|y| *y < g.h);
-        match y {
+        match g.input_row(oy, ky) {
             Some(y) if !ox.is_empty() => {
                 let row = &src[y * g.w + g.x_of(ox.start, kx)..(y + 1) * g.w];
                 write_all(&mut out[..ox.start], 0.0);
@@ -310,7 +314,9 @@ fn col2im(g: &Geometry, cols: &[f32]) -> Vec<f32> {
                     let src = &row[(n * g.ho + oy) * g.wo..][..g.wo];
                     let dst = &mut img[(n * g.h + y) * g.w..][..g.w];
                     if ox.is_empty() {
-                    } else if g.stride == 1 {
+                        return;
+                    }
+                    if g.stride == 1 {
                         let at = g.x_of(ox.start, kx);
                         for (d, s) in dst[at..at + ox.len()].iter_mut().zip(&src[ox]) {
                             *d += s;
@@ -461,12 +467,12 @@ struct Conv {
     keep: Option<std::sync::Mutex<Option<Vec<f32>>>>,
 }
 
-/// `dW = dY · colsᵀ` from `(dY, x)`.
-struct ConvGradWeight {
+/// `dW` from `(dY, x)`.
+struct ConvGradWeight<'a> {
     g: Geometry,
     cout: usize,
-    /// The forward pass's patch matrix, when it was kept (taken when used).
-    kept: std::sync::Mutex<Option<Vec<f32>>>,
+    /// The forward pass's slot for its patch matrix (taken when used).
+    kept: Option<&'a std::sync::Mutex<Option<Vec<f32>>>>,
 }
 
 /// `dX = col2im(Wᵀ · dY)` from `(dY, W)`.
@@ -516,11 +522,7 @@ impl CustomOp2 for Conv {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (g, cout) = geometry(x.shape(), w.shape(), self.stride, self.pad)?;
         let grad = grad.contiguous()?;
-        let kept = match &self.keep {
-            Some(keep) => keep.lock().map(|mut k| k.take()).unwrap_or(None),
-            None => None,
-        };
-        let kept = std::sync::Mutex::new(kept);
+        let kept = self.keep.as_ref();
         let grad_w = grad.apply_op2_no_bwd(x, &ConvGradWeight { g, cout, kept })?;
         // The network's input needs no gradient: skip the largest col2im of all.
         let grad_x = if x.track_op() {
@@ -532,7 +534,7 @@ impl CustomOp2 for Conv {
     }
 }
 
-impl CustomOp2 for ConvGradWeight {
+impl CustomOp2 for ConvGradWeight<'_> {
     fn name(&self) -> &'static str {
         "conv2d-cnhw-grad-weight"
     }
@@ -546,7 +548,7 @@ impl CustomOp2 for ConvGradWeight {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, cout) = (self.g, self.cout);
         let (dy, x) = (contiguous_f32(gs, gl)?, contiguous_f32(xs, xl)?);
-        let kept = self.kept.lock().ok().and_then(|mut k| k.take());
+        let kept = self.kept.and_then(|k| k.lock().ok()?.take());
         let cols = match kept {
             Some(cols) => std::borrow::Cow::Owned(cols),
             None => patches(&g, x),
