@@ -255,12 +255,30 @@ fn moments(x: &[f32]) -> (f64, f64) {
     (mean, sum_by(x, |v| (v - m) * (v - m)) / count)
 }
 
+/// The output below which a fused ReLU clipped: 0, or none without a ReLU.
+fn relu_floor(relu: bool) -> f32 {
+    if relu {
+        0.0
+    } else {
+        f32::NEG_INFINITY
+    }
+}
+
+/// The gradient `g` of an output `y` that passes a fused ReLU with `floor`.
+fn through_relu(g: f32, y: f32, floor: f32) -> f32 {
+    if y > floor {
+        g
+    } else {
+        0.0
+    }
+}
+
 /// Per channel of the batch-norm backward pass: `Σ g'` and `Σ g'·(x - mean)`, where `g'`
 /// is the gradient with the fused ReLU's mask applied (`y > 0`, or all when no ReLU).
 fn grad_sums(g: &[f32], x: &[f32], y: &[f32], mean: f32, relu: bool) -> (f64, f64) {
-    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    let floor = relu_floor(relu);
     let term = |gv: f32, xv: f32, yv: f32| {
-        let live = if yv > floor { gv } else { 0.0 };
+        let live = through_relu(gv, yv, floor);
         (live, live * (xv - mean))
     };
     let (mut sg, mut sgx) = (0f64, 0f64);
@@ -322,7 +340,7 @@ impl CustomOp3 for BatchNormTrain {
                 let (mean, var) = moments(src);
                 let scale = f64::from(weight[ch]) / (var + self.eps).sqrt();
                 let (a, b) = (scale as f32, (f64::from(bias[ch]) - mean * scale) as f32);
-                let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+                let floor = relu_floor(self.relu);
                 for (o, &v) in out.iter_mut().zip(src) {
                     *o = (v * a + b).max(floor);
                 }
@@ -377,7 +395,10 @@ impl CustomOp3 for BatchNormBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let len = channel_len(l1)?;
         let (x, g, y) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?, slice_f32(s3, l3)?);
-        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        if self.stats.len() != l1.dims()[0] {
+            candle_core::bail!("batch-norm backward: the forward pass left no statistics");
+        }
+        let floor = relu_floor(self.relu);
         let mut gx = vec![0f32; x.len()];
         let sums: Vec<(f32, f32)> = gx
             .par_chunks_mut(len)
@@ -386,12 +407,9 @@ impl CustomOp3 for BatchNormBackward {
                     .zip(g.par_chunks(len))
                     .zip(y.par_chunks(len)),
             )
+            .zip(self.stats.par_iter())
             .enumerate()
-            .map(|(ch, (out, ((xs, gs), ys)))| {
-                let (mean, var) = self.stats.get(ch).copied().unwrap_or_else(|| {
-                    let (m, v) = moments(xs);
-                    (m as f32, v as f32)
-                });
+            .map(|(ch, ((out, ((xs, gs), ys)), &(mean, var)))| {
                 let inv = 1.0 / (f64::from(var) + self.eps).sqrt();
                 let (sg, sgxm) = grad_sums(gs, xs, ys, mean, self.relu);
                 let sgx = sgxm * inv;
@@ -404,8 +422,7 @@ impl CustomOp3 for BatchNormBackward {
                     (-k * sg) as f32,
                 );
                 for (((o, &gv), &xv), &yv) in out.iter_mut().zip(gs).zip(xs).zip(ys) {
-                    let live = if yv > floor { gv } else { 0.0 };
-                    *o = a * live + b * (xv - mean) + c;
+                    *o = a * through_relu(gv, yv, floor) + b * (xv - mean) + c;
                 }
                 (sg as f32, sgx as f32)
             })
