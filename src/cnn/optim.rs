@@ -76,8 +76,16 @@ impl Optimizer {
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
-        let lr = self.lr as f32;
-        let wd = self.weight_decay as f32;
+        // Per-step coefficients, rounded from f64 as PyTorch's Python floats are.
+        let (lr, wd) = (self.lr as f32, self.weight_decay as f32);
+        let mu = if t == 1 { 0.0 } else { self.momentum as f32 };
+        let (b1, b2) = self.betas;
+        let (a1, a2, b2f) = ((1.0 - b1) as f32, (1.0 - b2) as f32, b2 as f32);
+        // In PyTorch's order: step = lr / (1 - b1^t), denominator sqrt(v) / sqrt(1 - b2^t) + eps.
+        let step = (self.lr / (1.0 - b1.powi(t))) as f32;
+        let c2 = (1.0 - b2.powi(t)).sqrt() as f32;
+        let decay = (1.0 - self.lr * self.weight_decay) as f32;
+        let eps = self.eps as f32;
         for p in &self.params {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
@@ -88,7 +96,6 @@ impl Optimizer {
             match self.kind {
                 OptimizerKind::Sgd => {
                     // PyTorch: g += wd * w; buf = momentum * buf + g; w -= lr * buf.
-                    let mu = if t == 1 { 0.0 } else { self.momentum as f32 };
                     m.inplace_op3(
                         g,
                         w,
@@ -100,10 +107,6 @@ impl Optimizer {
                 }
                 OptimizerKind::Adamw => {
                     let v = state_for(&mut self.v, &p.name, w)?;
-                    // Coefficients rounded from f64, as PyTorch's Python floats are.
-                    let (b1, b2) = self.betas;
-                    let a1 = (1.0 - b1) as f32;
-                    let (b2, a2) = (b2 as f32, (1.0 - b2) as f32);
                     m.inplace_op2(
                         g,
                         &Zip(|m: &mut f32, [g]: [f32; 1]| {
@@ -113,15 +116,9 @@ impl Optimizer {
                     v.inplace_op2(
                         g,
                         &Zip(|v: &mut f32, [g]: [f32; 1]| {
-                            *v = b2 * *v + a2 * (g * g);
+                            *v = b2f * *v + a2 * (g * g);
                         }),
                     )?;
-                    // In PyTorch's order: step = lr / (1 - b1^t), denominator
-                    // sqrt(v) / sqrt(1 - b2^t) + eps.
-                    let step = (self.lr / (1.0 - self.betas.0.powi(t))) as f32;
-                    let c2 = (1.0 - self.betas.1.powi(t)).sqrt() as f32;
-                    let decay = (1.0 - self.lr * self.weight_decay) as f32;
-                    let eps = self.eps as f32;
                     w.inplace_op3(
                         &m,
                         &v,
