@@ -123,6 +123,11 @@ impl Conv {
     }
 }
 
+/// A fully connected layer in PyTorch's layout: `x · weightᵀ + bias`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.matmul(&weight.t()?)?.broadcast_add(bias)
+}
+
 /// A parameter as a layer should use it: itself when training, detached otherwise.
 /// Outside training a detached parameter records no graph, so each activation is freed
 /// as soon as the next layer has read it.

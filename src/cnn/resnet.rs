@@ -10,7 +10,7 @@ use candle_core::{Device, Result, Tensor, D};
 use candle_nn::VarMap;
 
 use super::conv::swap_batch_and_channels;
-use super::layers::{add_relu, max_pool_3x3_s2, BatchNorm2d, Conv, Params};
+use super::layers::{add_relu, linear, max_pool_3x3_s2, BatchNorm2d, Conv, Params};
 
 /// Channels of the four stages.
 const WIDTHS: [usize; 4] = [64, 128, 256, 512];
@@ -130,9 +130,7 @@ impl ResNet18 {
 
     /// The classifier applied to pooled features.
     pub fn head(&self, features: &Tensor) -> Result<Tensor> {
-        features
-            .matmul(&self.fc_weight.t()?)?
-            .broadcast_add(&self.fc_bias)
+        linear(features, &self.fc_weight, &self.fc_bias)
     }
 
     /// Logits `(N, num_classes)`.

@@ -8,13 +8,13 @@
 //! `pre_logits.fc1`, `pre_logits.fc2` and `head.fc`) loads too.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
 
 use super::conv::{conv2d_cnhw, swap_batch_and_channels};
-use super::layers::{for_mode, max_pool, Params};
+use super::layers::{for_mode, linear, max_pool, Params};
 use super::rng::Rng;
 
 /// Channels of each convolution; `None` is a 2x2 max-pool (torchvision's "D" config).
@@ -63,7 +63,7 @@ pub struct Vgg16 {
     /// Dropout probability in training mode.
     dropout: f64,
     /// The training step, which seeds dropout (so a resumed run draws the same masks).
-    step: Mutex<u64>,
+    step: AtomicU64,
 }
 
 impl Vgg16 {
@@ -113,7 +113,7 @@ impl Vgg16 {
             num_classes,
             seed,
             dropout: DROPOUT,
-            step: Mutex::new(0),
+            step: AtomicU64::new(0),
         })
     }
 
@@ -130,9 +130,7 @@ impl Vgg16 {
 
     /// Set the training step that seeds the next dropout masks.
     pub fn begin_step(&self, step: u64) {
-        if let Ok(mut s) = self.step.lock() {
-            *s = step;
-        }
+        self.step.store(step, Ordering::Relaxed);
     }
 
     /// The 4096 features after `classifier.4` (ReLU) of normalised images `(N, 3, S, S)`;
@@ -153,11 +151,11 @@ impl Vgg16 {
         let x = adaptive_avg_pool(&x, POOLED)?;
         // (C, N, 7, 7) to torchvision's flattening order (N, C·7·7).
         let x = x.transpose(0, 1)?.contiguous()?.reshape((n, ()))?;
-        let step = self.step.lock().map(|s| *s).unwrap_or(0);
+        let step = self.step.load(Ordering::Relaxed);
         let mut h = x;
         for (i, (w, b)) in self.fc[..2].iter().enumerate() {
             let (w, b) = (for_mode(w, train), for_mode(b, train));
-            h = h.matmul(&w.t()?)?.broadcast_add(&b)?.relu()?;
+            h = linear(&h, &w, &b)?.relu()?;
             if train && self.dropout > 0.0 {
                 h = dropout(&h, self.dropout, (self.seed, step, i as u64))?;
             }
@@ -168,7 +166,7 @@ impl Vgg16 {
     /// The last classifier layer applied to features.
     pub fn head(&self, features: &Tensor) -> Result<Tensor> {
         let (w, b) = &self.fc[2];
-        features.matmul(&w.t()?)?.broadcast_add(b)
+        linear(features, w, b)
     }
 
     /// Logits `(N, num_classes)`.
