@@ -94,6 +94,24 @@ fn assert_rows_close(got: &Tensor, want: &[Vec<f32>], tol: f32, what: &str) {
     }
 }
 
+/// A JSON file of `tests/fixtures`.
+fn read_fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()
+}
+
+/// Assert that a gradient's first values are within 1e-3 (relative) of `want` and its
+/// norm within `norm_tol` of `want_norm`.
+fn assert_gradient_close(name: &str, g: &Tensor, want: &[f32], want_norm: f32, norm_tol: f32) {
+    let flat = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let d = max_rel_diff(&flat[..want.len()], want);
+    assert!(d < 1e-3, "gradient of {name} differs by {d}");
+    let norm = l2_norm(g);
+    assert!(
+        (norm - want_norm).abs() <= norm_tol * want_norm,
+        "{name}: norm {norm} vs {want_norm}"
+    );
+}
+
 /// The L2 norm of a tensor, summed in f64 (an f32 sum over 100 M values is off by 1e-3).
 fn l2_norm(t: &Tensor) -> f32 {
     let t = t.to_dtype(candle_core::DType::F64).unwrap();
@@ -141,10 +159,7 @@ struct VggReference {
 
 #[test]
 fn vgg16_matches_torchvision_forward_and_backward() {
-    let reference: VggReference = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("vgg16_reference.json")).unwrap(),
-    )
-    .unwrap();
+    let reference: VggReference = read_fixture("vgg16_reference.json");
     let dev = Device::Cpu;
     let map = VarMap::new();
     let mut model = Vgg16::new(&map, &dev, 10, 0).unwrap();
@@ -167,7 +182,7 @@ fn vgg16_matches_torchvision_forward_and_backward() {
         if name.starts_with("features.") {
             // Below a max-pool, a window whose two largest inputs differ only by rounding
             // sends its gradient to either (PyTorch in f32 and in f64 disagree on such
-            // windows too), which moves single values by 1e-3 of the largest: compare
+            // windows too), which moves single values by up to 1e-2 of the largest: compare
             // the convolutions' gradients by norm. The classifier's come before any pool.
             assert!(
                 (norm - want_norm).abs() <= 1e-3 * want_norm,
@@ -175,22 +190,13 @@ fn vgg16_matches_torchvision_forward_and_backward() {
             );
             continue;
         }
-        let flat = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let d = max_rel_diff(&flat[..want.len()], want);
-        assert!(d < 1e-3, "gradient of {name} differs by {d}");
-        assert!(
-            (norm - want_norm).abs() <= 1e-4 * want_norm,
-            "{name}: norm {norm} vs {want_norm}"
-        );
+        assert_gradient_close(name, g, want, want_norm, 1e-4);
     }
 }
 
 #[test]
 fn resnet18_matches_torchvision_forward_backward_and_running_stats() {
-    let reference: Reference = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("resnet18_reference.json")).unwrap(),
-    )
-    .unwrap();
+    let reference: Reference = read_fixture("resnet18_reference.json");
     let dev = Device::Cpu;
     let map = VarMap::new();
     let model = ResNet18::new(&map, &dev, 10, 0).unwrap();
@@ -212,15 +218,7 @@ fn resnet18_matches_torchvision_forward_backward_and_running_stats() {
     let grads = loss.backward().unwrap();
     for (name, want) in &reference.grads {
         let g = grads.get(vars[name].as_tensor()).unwrap();
-        let norm = l2_norm(g);
-        let flat = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let d = max_rel_diff(&flat[..want.len()], want);
-        assert!(d < 1e-3, "gradient of {name} differs by {d}");
-        let want_norm = reference.grad_norms[name];
-        assert!(
-            (norm - want_norm).abs() <= 1e-3 * want_norm,
-            "{name}: norm {norm} vs {want_norm}"
-        );
+        assert_gradient_close(name, g, want, reference.grad_norms[name], 1e-3);
     }
     for (name, want) in &reference.running_mean_after {
         let got = vars[name].as_tensor().to_vec1::<f32>().unwrap();
