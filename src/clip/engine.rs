@@ -12,7 +12,7 @@ use image::DynamicImage;
 use super::config::ClipConfig;
 use super::model::{l2_normalize, ClipModel};
 use super::preprocess::{batch_tensor, PreprocessConfig};
-use super::tokenizer::{ClipTokenizer, Tokens};
+use super::tokenizer::{id_batch, ClipTokenizer, Tokens};
 use super::ClipError;
 
 /// Images per forward pass of the image tower.
@@ -203,15 +203,12 @@ impl Clip {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        let longest = tokens.iter().map(|t| t.ids.len()).max().unwrap_or(2);
-        let width = longest.max(min_width.min(self.config().text.max_positions));
-        let mut ids = Vec::with_capacity(tokens.len() * width);
-        for t in tokens {
-            ids.extend_from_slice(&t.ids);
-            ids.extend(std::iter::repeat_n(0u32, width - t.ids.len()));
-        }
-        let ids = Tensor::from_vec(ids, (tokens.len(), width), &self.device)?;
-        let eot: Vec<usize> = tokens.iter().map(Tokens::eot_index).collect();
+        let (ids, eot) = id_batch(
+            tokens,
+            min_width,
+            self.config().text.max_positions,
+            &self.device,
+        )?;
         let f = l2_normalize(&self.model.text_features(&ids, &eot)?)?;
         Ok(f.to_vec2::<f32>()?)
     }

@@ -7,6 +7,7 @@ pub mod preprocess;
 pub mod resample;
 pub mod templates;
 pub mod tokenizer;
+pub mod train;
 pub mod zeroshot;
 
 use std::path::PathBuf;

@@ -1,10 +1,15 @@
 //! The CLIP network (ViT image tower, causal text transformer, projections) in candle.
 //!
-//! Weight names follow Hugging Face's `CLIPModel`. Every tensor is required with its
-//! exact shape: a missing or misshapen tensor is an error that names it, never a random
-//! stand-in (candle-transformers' CLIP invents a `class_embedding` and a `logit_scale`
-//! when they are absent). Query, key and value projections are fused into one matrix
-//! product at load time.
+//! Weight names follow Hugging Face's `CLIPModel` (transformers'
+//! `models/clip/modeling_clip.py`). Every tensor is required with its exact shape: a
+//! missing or misshapen tensor is an error that names it, never a random stand-in
+//! (candle-transformers' CLIP invents a `class_embedding` and a `logit_scale` when they
+//! are absent).
+//!
+//! One model code serves inference and training ([`Mode`]): for inference the weights
+//! are packed at load time (query, key and value fused into one product, dense weights
+//! transposed) and fused kernels without gradients are used; for training every weight
+//! is used as stored, so gradients reach the variables, and every op has a backward pass.
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -13,30 +18,70 @@ use super::config::{Activation, ClipConfig, EncoderConfig, TextConfig, VisionCon
 
 type Result<T> = candle_core::Result<T>;
 
-/// A dense layer whose weight is kept transposed, `(in, out)` and contiguous: gemm is
-/// up to four times faster on a row-major right-hand side than on the transposed view
-/// that `candle_nn::Linear` multiplies by (with few rows, as for one image or prompt).
+/// What a loaded model is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Embedding only: weights packed for speed, fused kernels, no gradients.
+    Inference,
+    /// Training: weights used as stored (so gradients reach them), ops with backward.
+    Training,
+}
+
+/// A dense weight: packed as `(in, out)` and contiguous for inference (gemm is up to
+/// four times faster on a row-major right-hand side than on the transposed view that
+/// `candle_nn::Linear` multiplies by, with few rows as for one image or prompt), or the
+/// stored `(out, in)` variable for training.
+enum Dense {
+    Packed(Tensor),
+    Live(Tensor),
+}
+
+impl Dense {
+    fn new(weight: &Tensor, mode: Mode) -> Result<Self> {
+        Ok(match mode {
+            Mode::Inference => Self::Packed(transposed(weight)?),
+            Mode::Training => Self::Live(weight.clone()),
+        })
+    }
+
+    /// `x · Wᵀ` for a 2-D `x` of shape `(rows, in)`.
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Packed(w_t) => x.matmul(w_t),
+            Self::Live(w) => x.matmul(&w.t()?),
+        }
+    }
+
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Self::Packed(w_t) => w_t.dims2(),
+            Self::Live(w) => w.dims2().map(|(out, inp)| (inp, out)),
+        }
+    }
+}
+
+/// A dense layer with bias.
 struct Linear {
-    weight_t: Tensor,
+    weight: Dense,
     bias: Tensor,
 }
 
 impl Linear {
     /// From a PyTorch-layout weight `(out, in)` and bias `(out)`.
-    fn new(weight: &Tensor, bias: Tensor) -> Result<Self> {
+    fn new(weight: &Tensor, bias: Tensor, mode: Mode) -> Result<Self> {
         Ok(Self {
-            weight_t: transposed(weight)?,
+            weight: Dense::new(weight, mode)?,
             bias,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (inp, out) = self.weight_t.dims2()?;
+        let (inp, out) = self.weight.dims()?;
         let mut dims = x.dims().to_vec();
         let rows = x.elem_count() / inp.max(1);
-        let y = x
-            .reshape((rows, inp))?
-            .matmul(&self.weight_t)?
+        let y = self
+            .weight
+            .apply(&x.reshape((rows, inp))?)?
             .broadcast_add(&self.bias)?;
         if let Some(last) = dims.last_mut() {
             *last = out;
@@ -64,25 +109,65 @@ fn transposed(t: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(values, (cols, rows), t.device())
 }
 
-fn linear(vb: &VarBuilder, inp: usize, out: usize) -> Result<Linear> {
-    Linear::new(&vb.get((out, inp), "weight")?, vb.get(out, "bias")?)
+fn linear(vb: &VarBuilder, inp: usize, out: usize, mode: Mode) -> Result<Linear> {
+    Linear::new(&vb.get((out, inp), "weight")?, vb.get(out, "bias")?, mode)
 }
 
-fn layer_norm(vb: &VarBuilder, size: usize, eps: f64) -> Result<LayerNorm> {
-    let w = vb.get(size, "weight")?;
-    let b = vb.get(size, "bias")?;
-    Ok(LayerNorm::new(w, b, eps))
+/// LayerNorm: candle's fused kernel for inference (it has no backward pass), the same
+/// arithmetic in differentiable ops for training.
+struct Norm {
+    inner: LayerNorm,
+    mode: Mode,
+}
+
+impl Norm {
+    fn load(vb: &VarBuilder, size: usize, eps: f64, mode: Mode) -> Result<Self> {
+        let w = vb.get(size, "weight")?;
+        let b = vb.get(size, "bias")?;
+        Ok(Self {
+            inner: LayerNorm::new(w, b, eps),
+            mode,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match (self.mode, self.inner.bias()) {
+            (Mode::Training, Some(bias)) => candle_nn::ops::layer_norm_slow(
+                x,
+                self.inner.weight(),
+                bias,
+                self.inner.eps() as f32,
+            ),
+            _ => self.inner.forward(x),
+        }
+    }
+}
+
+/// Softmax over the last axis: fused for inference, differentiable for training.
+fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Inference => candle_nn::ops::softmax_last_dim(x),
+        Mode::Training => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}
+
+/// Query, key and value projections: one fused product for inference; three for
+/// training, where each weight must stay its own variable.
+enum Qkv {
+    Fused(Linear),
+    Split([Linear; 3]),
 }
 
 struct Attention {
-    qkv: Linear,
+    qkv: Qkv,
     out: Linear,
     heads: usize,
     scale: f64,
+    mode: Mode,
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, c: &EncoderConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &EncoderConfig, mode: Mode) -> Result<Self> {
         let d = c.hidden_size;
         let (mut weights, mut biases) = (Vec::new(), Vec::new());
         for name in ["q_proj", "k_proj", "v_proj"] {
@@ -90,53 +175,94 @@ impl Attention {
             weights.push(vb.get((d, d), "weight")?);
             biases.push(vb.get(d, "bias")?);
         }
+        let qkv = match mode {
+            Mode::Inference => Qkv::Fused(Linear::new(
+                &Tensor::cat(&weights, 0)?,
+                Tensor::cat(&biases, 0)?,
+                mode,
+            )?),
+            Mode::Training => {
+                let [wq, wk, wv] = <[Tensor; 3]>::try_from(weights)
+                    .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
+                let [bq, bk, bv] = <[Tensor; 3]>::try_from(biases)
+                    .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
+                Qkv::Split([
+                    Linear::new(&wq, bq, mode)?,
+                    Linear::new(&wk, bk, mode)?,
+                    Linear::new(&wv, bv, mode)?,
+                ])
+            }
+        };
         Ok(Self {
-            qkv: Linear::new(&Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)?,
-            out: linear(&vb.pp("out_proj"), d, d)?,
+            qkv,
+            out: linear(&vb.pp("out_proj"), d, d, mode)?,
             heads: c.num_heads,
             scale: ((d / c.num_heads) as f64).powf(-0.5),
+            mode,
         })
+    }
+
+    /// Queries, keys and values, each `(B, heads, L, head_dim)` and contiguous.
+    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, l, d) = x.dims3()?;
+        let hd = d / self.heads;
+        match &self.qkv {
+            Qkv::Fused(qkv) => {
+                let qkv = qkv
+                    .forward(x)?
+                    .reshape((b, l, 3, self.heads, hd))?
+                    .permute((2, 0, 3, 1, 4))?;
+                Ok((
+                    qkv.i(0)?.contiguous()?,
+                    qkv.i(1)?.contiguous()?,
+                    qkv.i(2)?.contiguous()?,
+                ))
+            }
+            Qkv::Split(parts) => {
+                let heads = |p: &Linear| {
+                    p.forward(x)?
+                        .reshape((b, l, self.heads, hd))?
+                        .transpose(1, 2)?
+                        .contiguous()
+                };
+                Ok((heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?))
+            }
+        }
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, d) = x.dims3()?;
-        let hd = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, l, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.i(0)?.contiguous()? * self.scale)?;
-        let k = qkv.i(1)?.contiguous()?;
-        let v = qkv.i(2)?.contiguous()?;
+        let (q, k, v) = self.project(x)?;
+        let q = (q * self.scale)?;
         let mut att = q.matmul(&k.t()?)?;
         if let Some(m) = mask {
             att = att.broadcast_add(m)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = softmax_last(&att, self.mode)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         self.out.forward(&y)
     }
 }
 
 struct Block {
-    ln1: LayerNorm,
+    ln1: Norm,
     attn: Attention,
-    ln2: LayerNorm,
+    ln2: Norm,
     fc1: Linear,
     fc2: Linear,
     act: Activation,
 }
 
 impl Block {
-    fn load(vb: VarBuilder, c: &EncoderConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &EncoderConfig, mode: Mode) -> Result<Self> {
         let (d, i) = (c.hidden_size, c.intermediate_size);
+        let eps = c.layer_norm_eps;
         Ok(Self {
-            ln1: layer_norm(&vb.pp("layer_norm1"), d, c.layer_norm_eps)?,
-            attn: Attention::load(vb.pp("self_attn"), c)?,
-            ln2: layer_norm(&vb.pp("layer_norm2"), d, c.layer_norm_eps)?,
-            fc1: linear(&vb.pp("mlp.fc1"), d, i)?,
-            fc2: linear(&vb.pp("mlp.fc2"), i, d)?,
+            ln1: Norm::load(&vb.pp("layer_norm1"), d, eps, mode)?,
+            attn: Attention::load(vb.pp("self_attn"), c, mode)?,
+            ln2: Norm::load(&vb.pp("layer_norm2"), d, eps, mode)?,
+            fc1: linear(&vb.pp("mlp.fc1"), d, i, mode)?,
+            fc2: linear(&vb.pp("mlp.fc2"), i, d, mode)?,
             act: c.activation,
         })
     }
@@ -157,10 +283,10 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn load(vb: VarBuilder, c: &EncoderConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &EncoderConfig, mode: Mode) -> Result<Self> {
         let vb = vb.pp("layers");
         let blocks = (0..c.num_layers)
-            .map(|i| Block::load(vb.pp(i.to_string()), c))
+            .map(|i| Block::load(vb.pp(i.to_string()), c, mode))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { blocks })
     }
@@ -176,32 +302,48 @@ impl Encoder {
 
 /// The image tower: patch embedding, class token, ViT, pooled at the class token.
 struct VisionTower {
-    patch_embedding: candle_nn::Conv2d,
+    /// The patch convolution as a dense layer on flattened patches (its stride equals
+    /// its kernel, so the convolution is exactly one product per patch, in either mode).
+    patch_embedding: Dense,
+    patch_size: usize,
     class_embedding: Tensor,
     position_embedding: Tensor,
-    pre_ln: LayerNorm,
+    pre_ln: Norm,
     encoder: Encoder,
-    post_ln: LayerNorm,
+    post_ln: Norm,
 }
 
 impl VisionTower {
-    fn load(vb: VarBuilder, c: &VisionConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &VisionConfig, mode: Mode) -> Result<Self> {
         let d = c.encoder.hidden_size;
+        let eps = c.encoder.layer_norm_eps;
         let emb = vb.pp("embeddings");
         let p = c.patch_size;
-        let conv_w = emb.get((d, c.num_channels, p, p), "patch_embedding.weight")?;
-        let conv_cfg = candle_nn::Conv2dConfig {
-            stride: p,
-            ..Default::default()
-        };
+        let conv_w = emb
+            .get((d, c.num_channels, p, p), "patch_embedding.weight")?
+            .reshape((d, c.num_channels * p * p))?;
         Ok(Self {
-            patch_embedding: candle_nn::Conv2d::new(conv_w, None, conv_cfg),
+            patch_embedding: Dense::new(&conv_w, mode)?,
+            patch_size: p,
             class_embedding: emb.get(d, "class_embedding")?,
             position_embedding: emb.get((c.num_positions(), d), "position_embedding.weight")?,
-            pre_ln: layer_norm(&vb.pp("pre_layrnorm"), d, c.encoder.layer_norm_eps)?,
-            encoder: Encoder::load(vb.pp("encoder"), &c.encoder)?,
-            post_ln: layer_norm(&vb.pp("post_layernorm"), d, c.encoder.layer_norm_eps)?,
+            pre_ln: Norm::load(&vb.pp("pre_layrnorm"), d, eps, mode)?,
+            encoder: Encoder::load(vb.pp("encoder"), &c.encoder, mode)?,
+            post_ln: Norm::load(&vb.pp("post_layernorm"), d, eps, mode)?,
         })
+    }
+
+    /// `(B, C, S, S)` pixels to `(B * g * g, C * p * p)` patches in row-major patch order,
+    /// each flattened as the convolution's weight is: channel, then row, then column.
+    fn patches(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        pixels
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * gh * gw, c * p * p))
     }
 
     fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
@@ -209,9 +351,8 @@ impl VisionTower {
         let d = self.class_embedding.dim(0)?;
         let patches = self
             .patch_embedding
-            .forward(pixels)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+            .apply(&self.patches(pixels)?)?
+            .reshape((b, (), d))?;
         let cls = self.class_embedding.reshape((1, 1, d))?.expand((b, 1, d))?;
         let x = Tensor::cat(&[cls, patches], 1)?.broadcast_add(&self.position_embedding)?;
         let x = self.encoder.forward(&self.pre_ln.forward(&x)?, None)?;
@@ -224,11 +365,11 @@ struct TextTower {
     token_embedding: candle_nn::Embedding,
     position_embedding: Tensor,
     encoder: Encoder,
-    final_ln: LayerNorm,
+    final_ln: Norm,
 }
 
 impl TextTower {
-    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &TextConfig, mode: Mode) -> Result<Self> {
         let d = c.encoder.hidden_size;
         let emb = vb.pp("embeddings");
         Ok(Self {
@@ -237,8 +378,13 @@ impl TextTower {
                 d,
             ),
             position_embedding: emb.get((c.max_positions, d), "position_embedding.weight")?,
-            encoder: Encoder::load(vb.pp("encoder"), &c.encoder)?,
-            final_ln: layer_norm(&vb.pp("final_layer_norm"), d, c.encoder.layer_norm_eps)?,
+            encoder: Encoder::load(vb.pp("encoder"), &c.encoder, mode)?,
+            final_ln: Norm::load(
+                &vb.pp("final_layer_norm"),
+                d,
+                c.encoder.layer_norm_eps,
+                mode,
+            )?,
         })
     }
 
@@ -276,36 +422,38 @@ fn causal_mask(l: usize, device: &Device) -> Result<Tensor> {
 pub struct ClipModel {
     vision: VisionTower,
     text: TextTower,
-    visual_projection: Tensor,
-    text_projection: Tensor,
-    logit_scale: f32,
+    visual_projection: Dense,
+    text_projection: Dense,
+    logit_scale: Tensor,
+    /// `logit_scale` as loaded, read once (inference never changes it).
+    logit_scale_at_load: f32,
     config: ClipConfig,
 }
 
 impl ClipModel {
-    /// Build the model from weights in Hugging Face `CLIPModel` layout.
+    /// Build the model for inference from weights in Hugging Face `CLIPModel` layout.
     pub fn load(vb: VarBuilder, config: &ClipConfig) -> Result<Self> {
+        Self::load_for(vb, config, Mode::Inference)
+    }
+
+    /// Build the model for inference or training. For training, `vb` should hand out
+    /// variables for the weights that are to learn (and plain tensors for frozen ones).
+    pub fn load_for(vb: VarBuilder, config: &ClipConfig, mode: Mode) -> Result<Self> {
         let p = config.projection_dim;
-        let logit_scale = vb
-            .get((), "logit_scale")?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?;
+        let projection = |name: &str, hidden: usize| -> Result<Dense> {
+            Dense::new(&vb.get((p, hidden), name)?, mode)
+        };
+        let logit_scale = vb.get((), "logit_scale")?.to_dtype(DType::F32)?;
         Ok(Self {
-            vision: VisionTower::load(vb.pp("vision_model"), &config.vision)?,
-            text: TextTower::load(vb.pp("text_model"), &config.text)?,
-            visual_projection: vb
-                .get(
-                    (p, config.vision.encoder.hidden_size),
-                    "visual_projection.weight",
-                )
-                .and_then(|w| transposed(&w))?,
-            text_projection: vb
-                .get(
-                    (p, config.text.encoder.hidden_size),
-                    "text_projection.weight",
-                )
-                .and_then(|w| transposed(&w))?,
+            logit_scale_at_load: logit_scale.to_scalar::<f32>()?,
             logit_scale,
+            vision: VisionTower::load(vb.pp("vision_model"), &config.vision, mode)?,
+            text: TextTower::load(vb.pp("text_model"), &config.text, mode)?,
+            visual_projection: projection(
+                "visual_projection.weight",
+                config.vision.encoder.hidden_size,
+            )?,
+            text_projection: projection("text_projection.weight", config.text.encoder.hidden_size)?,
             config: config.clone(),
         })
     }
@@ -315,21 +463,26 @@ impl ClipModel {
         &self.config
     }
 
-    /// The learned temperature, as stored (the logits are scaled by its exponential).
+    /// The learned temperature as loaded (the logits are scaled by its exponential).
     pub fn logit_scale(&self) -> f32 {
-        self.logit_scale
+        self.logit_scale_at_load
+    }
+
+    /// The learned temperature as a scalar tensor (a variable when training).
+    pub fn logit_scale_tensor(&self) -> &Tensor {
+        &self.logit_scale
     }
 
     /// Image embeddings (not normalised), `(B, projection_dim)`, from normalised pixels
     /// `(B, 3, S, S)`.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.vision.forward(pixels)?.matmul(&self.visual_projection)
+        self.visual_projection.apply(&self.vision.forward(pixels)?)
     }
 
     /// Text embeddings (not normalised), `(B, projection_dim)`, from token ids `(B, L)`
     /// with the position of each row's EOT token.
     pub fn text_features(&self, ids: &Tensor, eot: &[usize]) -> Result<Tensor> {
-        self.text.forward(ids, eot)?.matmul(&self.text_projection)
+        self.text_projection.apply(&self.text.forward(ids, eot)?)
     }
 }
 

@@ -47,7 +47,16 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// Load a Hugging Face `tokenizer.json` for a model with `context` positions.
     pub fn from_file(path: &Path, context: usize) -> Result<Self, ClipError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ClipError::Tokenizer {
+        let bytes = std::fs::read(path).map_err(|source| ClipError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, context, path)
+    }
+
+    /// As [`ClipTokenizer::from_file`], from the file's bytes; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], context: usize, path: &Path) -> Result<Self, ClipError> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ClipError::Tokenizer {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -82,6 +91,27 @@ impl ClipTokenizer {
         ids.push(EOT);
         Ok(Tokens { ids, truncated })
     }
+}
+
+/// Token ids of several prompts as one `(B, L)` tensor, each row padded with 0 after its
+/// EOT to the longest prompt (at least `min_width`, at most `context`), with the index of
+/// each row's EOT. The causal mask keeps padding out of every position up to EOT, where
+/// the text tower's output is read, so the width does not change the embeddings.
+pub fn id_batch(
+    tokens: &[Tokens],
+    min_width: usize,
+    context: usize,
+    device: &candle_core::Device,
+) -> candle_core::Result<(candle_core::Tensor, Vec<usize>)> {
+    let longest = tokens.iter().map(|t| t.ids.len()).max().unwrap_or(2);
+    let width = longest.max(min_width.min(context));
+    let mut ids = Vec::with_capacity(tokens.len() * width);
+    for t in tokens {
+        ids.extend_from_slice(&t.ids);
+        ids.extend(std::iter::repeat_n(0u32, width - t.ids.len()));
+    }
+    let ids = candle_core::Tensor::from_vec(ids, (tokens.len(), width), device)?;
+    Ok((ids, tokens.iter().map(Tokens::eot_index).collect()))
 }
 
 /// OpenAI's clean-up before BPE: `whitespace_clean(basic_clean(text)).lower()`.

@@ -150,13 +150,17 @@ impl Optimizer {
     }
 
     /// Restore the state saved by [`Optimizer::state`] after `steps` steps.
+    /// Moments of parameters this optimiser does not hold are ignored.
     pub fn restore(&mut self, state: HashMap<String, Tensor>, steps: u64) {
         self.step = steps;
         for (k, t) in state {
-            if let Some(name) = k.strip_prefix("m.") {
-                self.m.insert(name.to_string(), t);
-            } else if let Some(name) = k.strip_prefix("v.") {
-                self.v.insert(name.to_string(), t);
+            let (map, name) = match (k.strip_prefix("m."), k.strip_prefix("v.")) {
+                (Some(name), _) => (&mut self.m, name),
+                (None, Some(name)) => (&mut self.v, name),
+                (None, None) => continue,
+            };
+            if self.params.iter().any(|p| p.name == name) {
+                map.insert(name.to_string(), t);
             }
         }
     }
