@@ -77,10 +77,11 @@ impl Manifest {
 
     /// Write it atomically (readers see the old manifest or the new one).
     pub fn write(&self, path: &Path) -> Result<(), ScaleError> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| ScaleError::Invalid {
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| ScaleError::Invalid {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        bytes.push(b'\n');
         crate::util::write_atomic(path, &bytes).map_err(io_error(path))
     }
 
