@@ -173,9 +173,13 @@ fn check_parts(parts: &mut [Part], command: &str) -> Result<(), ScaleError> {
         .map(|i| format!("{i}/{count}"))
         .collect();
     if !missing.is_empty() {
+        let (noun, verb) = if missing.len() == 1 {
+            ("shard", "is")
+        } else {
+            ("shards", "are")
+        };
         return Err(ScaleError::Merge(format!(
-            "shard{} {} missing (the job has {count} shards; give all of their outputs)",
-            if missing.len() == 1 { " is" } else { "s are" },
+            "{noun} {} {verb} missing (the job has {count} shards; give all of their outputs)",
             missing.join(", ")
         )));
     }
