@@ -4,8 +4,8 @@
 //! Worker threads read each file, look its content up in the [`EmbeddingCache`], and
 //! otherwise decode and preprocess it, while the calling thread runs the image tower on
 //! batches of [`IMAGE_BATCH`] in input order. Workers take inputs only up to a window
-//! ahead of the next one to leave the pipeline, so memory stays bounded (about
-//! `3 x IMAGE_BATCH` preprocessed pictures) however long the list. Results reach the
+//! ahead of the next one to leave the pipeline, so memory stays bounded (at most
+//! `4 x IMAGE_BATCH` preprocessed pictures) however long the list. Results reach the
 //! caller's callback one at a time, in input order, on the calling thread, so they can
 //! be streamed to disk as they come.
 //!

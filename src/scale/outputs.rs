@@ -140,14 +140,17 @@ impl ResultsFile {
         PathBuf::from(name)
     }
 
-    /// Start the output, or with `resume` continue it (a torn last line is dropped);
-    /// the results already there are returned. Without `resume` an existing file is
-    /// emptied.
+    /// Start the output (creating its folder), or with `resume` continue it (a torn
+    /// last line is dropped); the results already there are returned. Without `resume`
+    /// an existing file is emptied.
     pub fn open(
         path: &Path,
         manifest: Manifest,
         resume: bool,
     ) -> Result<(Self, Resumed), ScaleError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
+        }
         let manifest_path = Self::manifest_path(path);
         let resuming = start_or_resume(&manifest_path, &[path], &manifest, resume)?;
         let (lines, kept) = if resuming && path.exists() {
