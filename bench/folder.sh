@@ -34,7 +34,7 @@ PY
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); threads $threads; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== folders of $small and $large JPEG photos (640x480 to 1024x683); medians of $runs interleaved rounds after a warm-up round"
 "$py" - "$work" "$small" "$large" "$runs" "$bin" "$dir" "$threads" "$py" <<'PY'
-import statistics, subprocess, sys, time
+import resource, statistics, subprocess, sys, time
 work, small, large, runs, bin, model, threads, py = sys.argv[1:]
 runs = int(runs)
 torch = [py, "bench/bench_torch.py", "--model-dir", model, "--threads", threads, "--batch", "16"]
@@ -44,18 +44,28 @@ pipelines = {
     "PyTorch, DataLoader 1 worker": lambda d: torch + ["--embed-folder", d, "--workers", "1"],
     "PyTorch, DataLoader 0 workers": lambda d: torch + ["--embed-folder", d, "--workers", "0"],
 }
-times = {(name, n): [] for name in pipelines for n in (small, large)}
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+# Wall time, and CPU time (user + system, all threads and worker processes): on a busy
+# machine the CPU time per extra image is the steadier measure of the work done.
+times = {(name, n): ([], []) for name in pipelines for n in (small, large)}
 for r in range(runs + 1):
-    for (name, n), ts in times.items():
-        t = time.perf_counter()
+    for (name, n), (wall, cpus) in times.items():
+        t, c = time.perf_counter(), cpu()
         subprocess.run(pipelines[name](f"{work}/{n}"), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if r > 0:  # the first round warms the page cache
-            ts.append(time.perf_counter() - t)
-print(f"| pipeline | {small} photos, s | {large} photos, s | per extra image, ms |")
-print("|---|---:|---:|---:|")
+            wall.append(time.perf_counter() - t)
+            cpus.append(cpu() - c)
+extra = int(large) - int(small)
+print(f"| pipeline | {small} photos, s | {large} photos, s | per extra image, ms | CPU per extra image, ms |")
+print("|---|---:|---:|---:|---:|")
 for name in pipelines:
-    a, b = statistics.median(times[name, small]), statistics.median(times[name, large])
+    (wa, ca), (wb, cb) = times[name, small], times[name, large]
+    med = statistics.median
     spread = lambda ts: f"{min(ts):.2f}-{max(ts):.2f}"
-    per = (b - a) / (int(large) - int(small)) * 1e3
-    print(f"| {name} | {a:.2f} ({spread(times[name, small])}) | {b:.2f} ({spread(times[name, large])}) | {per:.1f} |")
+    per = (med(wb) - med(wa)) / extra * 1e3
+    per_cpu = (med(cb) - med(ca)) / extra * 1e3
+    print(f"| {name} | {med(wa):.2f} ({spread(wa)}) | {med(wb):.2f} ({spread(wb)}) | {per:.1f} | {per_cpu:.1f} |")
 PY

@@ -74,6 +74,17 @@ impl Job {
         self.path("cache")
     }
 
+    /// `merge PARTS... -o OUT`, names relative to the job's folder.
+    fn merge(&self, parts: &[&str], out: &str) -> Output {
+        let mut cmd = clipscope(&self.cache());
+        cmd.arg("merge");
+        for part in parts {
+            cmd.arg(self.path(part));
+        }
+        cmd.arg("-o").arg(self.path(out));
+        run(cmd)
+    }
+
     /// `classify --inputs LIST` with `extra` arguments.
     fn classify(&self, extra: &[&str]) -> Command {
         let mut cmd = clipscope(&self.cache());
@@ -162,13 +173,10 @@ fn three_shards_at_once_merge_to_the_unsharded_run() {
             stderr(&out)
         );
     }
-    let mut merge = clipscope(&job.cache());
-    merge.arg("merge");
-    for i in [2, 0, 1] {
-        merge.arg(job.path(&format!("shard-{i}.jsonl")));
-    }
-    merge.arg("-o").arg(job.path("merged.jsonl"));
-    let out = run(merge);
+    let out = job.merge(
+        &["shard-2.jsonl", "shard-0.jsonl", "shard-1.jsonl"],
+        "merged.jsonl",
+    );
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 shards"));
     let merged = read_lines(&job.path("merged.jsonl"));
@@ -245,15 +253,8 @@ fn a_shard_killed_part_way_resumes_with_every_image_once() {
     );
 
     // Merging now is refused: the shard did not finish.
-    let merge = |out: &str| {
-        let mut m = clipscope(&job.cache());
-        m.arg("merge");
-        for i in 0..3 {
-            m.arg(job.path(&format!("shard-{i}.jsonl")));
-        }
-        m.arg("-o").arg(job.path(out));
-        run(m)
-    };
+    let parts = ["shard-0.jsonl", "shard-1.jsonl", "shard-2.jsonl"];
+    let merge = |out: &str| job.merge(&parts, out);
     assert!(usage_error(&merge("early.jsonl")).contains("shard 1/3 is not finished"));
 
     // As if the kill had come in the middle of a write.
@@ -315,13 +316,8 @@ fn resuming_or_merging_another_jobs_output_is_refused() {
     other_shard.arg(&out);
     assert!(usage_error(&run(other_shard)).contains("it is shard 0/2, not 1/2"));
 
-    let mut merge = clipscope(&job.cache());
-    merge
-        .arg("merge")
-        .arg(&out)
-        .arg("-o")
-        .arg(job.path("m.jsonl"));
-    assert!(usage_error(&run(merge)).contains("shard 1/2 is missing"));
+    let merge = job.merge(&["r.jsonl"], "m.jsonl");
+    assert!(usage_error(&merge).contains("shard 1/2 is missing"));
 
     // Resuming a finished shard does nothing more.
     let mut done = job.classify(&["--shard", "0/2", "--resume", "--output"]);
@@ -355,13 +351,7 @@ fn embeddings_go_to_npy_shards_that_merge_to_the_unsharded_ones() {
         .arg(job.path("whole"))
         .arg(job.path("pictures"));
     assert_success(&run(whole));
-    let mut merge = clipscope(&job.cache());
-    merge
-        .arg("merge")
-        .arg(&parts)
-        .arg("-o")
-        .arg(job.path("merged"));
-    assert_success(&run(merge));
+    assert_success(&job.merge(&["parts"], "merged"));
 
     let rows = |dir: &str| -> (Vec<f32>, Vec<Value>) {
         let bytes = std::fs::read(job.path(dir).join("part-00000-of-00001.npy")).unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use clipscope::clip::pipeline::{self, default_decode_threads, PipelineOptions};
 use clipscope::clip::{Clip, EmbeddingCache};
@@ -16,8 +16,9 @@ use clipscope::scale::{
 use super::args::JobArgs;
 use super::{Classifier, EXIT_OK, EXIT_SOME_FAILED};
 
-/// The shard asked for, checked before anything expensive.
-pub fn shard(job: &JobArgs) -> Result<Option<Shard>> {
+/// Check the job options before anything expensive; the shard asked for.
+pub fn checked_shard(job: &JobArgs) -> Result<Option<Shard>> {
+    check_decode_threads(job)?;
     job.shard
         .as_deref()
         .map(|spec| Shard::parse(spec, job.shard_count))
@@ -37,6 +38,7 @@ pub fn input_paths(positional: &[PathBuf], job: &JobArgs) -> Result<Vec<PathBuf>
 /// Decoding threads and the cache as asked. A cache that cannot be opened (a read-only
 /// home on a cluster node, say) only costs speed: say so and go on without it.
 pub fn pipeline_options(job: &JobArgs, clip: &Clip, model_dir: &Path) -> PipelineOptions {
+    let decode_threads = job.decode_threads.unwrap_or_else(default_decode_threads);
     let cache = if job.no_cache {
         None
     } else {
@@ -49,10 +51,24 @@ pub fn pipeline_options(job: &JobArgs, clip: &Clip, model_dir: &Path) -> Pipelin
             .ok()
     };
     PipelineOptions {
-        decode_threads: job.decode_threads.unwrap_or_else(default_decode_threads),
+        decode_threads,
         cache,
     }
 }
+
+/// Refuse a number of decoding threads that would only exhaust the machine, before the
+/// model loads.
+pub fn check_decode_threads(job: &JobArgs) -> Result<()> {
+    match job.decode_threads {
+        Some(n) if n > MAX_DECODE_THREADS => {
+            bail!("--decode-threads {n}: expected 0 to {MAX_DECODE_THREADS}")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// More decoding threads than this cannot help: the model is the bottleneck long before.
+const MAX_DECODE_THREADS: usize = 256;
 
 /// The expanded inputs and their names, for output on standard output: as given, or
 /// with `--shard` the shard's part of the job's list.

@@ -132,7 +132,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     if args.top_k == Some(0) {
         bail!("--top-k must be at least 1");
     }
-    let shard = jobs::shard(&args.job)?;
+    let shard = jobs::checked_shard(&args.job)?;
     let paths = jobs::input_paths(&args.inputs, &args.job)?;
     let (clip, dir) = load_model_and_dir(&args.model)?;
     let opts = jobs::pipeline_options(&args.job, &clip, &dir);
@@ -171,7 +171,7 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
     if let Some(text) = &args.text {
         return embed_texts(args, text);
     }
-    let shard = jobs::shard(&args.job)?;
+    let shard = jobs::checked_shard(&args.job)?;
     let paths = jobs::input_paths(&args.images, &args.job)?;
     let (clip, dir) = load_model_and_dir(&args.model)?;
     let opts = jobs::pipeline_options(&args.job, &clip, &dir);

@@ -129,6 +129,9 @@ pub struct NpyRows {
 }
 
 impl NpyRows {
+    /// Size of a file with no rows.
+    pub const EMPTY_LEN: u64 = HEADER_LEN as u64;
+
     /// Create the file (or empty it) with no rows.
     pub fn create(path: &Path, dim: usize, precision: Precision) -> Result<Self, ScaleError> {
         let file = OpenOptions::new()

@@ -52,10 +52,12 @@ pub struct Written {
 }
 
 /// Decide between resuming and starting over, checking that an output being resumed is
-/// this job's. `data` are the output's files; returns whether to resume.
-fn start_or_resume(
+/// this job's. `data` are the output's files, each with its size when empty; returns
+/// whether to resume. When starting over, the caller empties the files and then writes
+/// the manifest, so that a manifest never vouches for another job's lines.
+fn resuming(
     manifest_path: &Path,
-    data: &[&Path],
+    data: &[(&Path, u64)],
     expected: &Manifest,
     resume: bool,
 ) -> Result<bool, ScaleError> {
@@ -77,7 +79,10 @@ fn start_or_resume(
         return Ok(true);
     }
     if resume {
-        if let Some(orphan) = data.iter().find(|p| p.exists()) {
+        // Files emptied by a run killed before it wrote its manifest are no loss.
+        let holds_results =
+            |(p, empty): &&(&Path, u64)| std::fs::metadata(p).is_ok_and(|m| m.len() > *empty);
+        if let Some((orphan, _)) = data.iter().find(holds_results) {
             return Err(ScaleError::Invalid {
                 path: orphan.to_path_buf(),
                 message: format!(
@@ -88,7 +93,6 @@ fn start_or_resume(
             });
         }
     }
-    expected.write(manifest_path)?;
     Ok(false)
 }
 
@@ -152,11 +156,12 @@ impl ResultsFile {
             std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
         }
         let manifest_path = Self::manifest_path(path);
-        let resuming = start_or_resume(&manifest_path, &[path], &manifest, resume)?;
-        let (lines, kept) = if resuming && path.exists() {
-            LineLog::recover(path, None)?
+        let (lines, kept) = if resuming(&manifest_path, &[(path, 0)], &manifest, resume)? {
+            recover_or_create(path, None)?
         } else {
-            (LineLog::create(path)?, Vec::new())
+            let lines = LineLog::create(path)?;
+            manifest.write(&manifest_path)?;
+            (lines, Vec::new())
         };
         let resumed = Resumed::from_lines(&kept);
         let written = Written {
@@ -274,17 +279,23 @@ impl EmbeddingShard {
     ) -> Result<(Self, Resumed), ScaleError> {
         std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
         let files = ShardFiles::new(dir, &manifest.shard());
-        let data = [files.npy.as_path(), &files.table, &files.errors];
-        let resuming = start_or_resume(&files.manifest, &data, &manifest, resume)?;
-        let (npy, table, errors, resumed) = if resuming && files.npy.exists() {
+        let data = [
+            (files.npy.as_path(), NpyRows::EMPTY_LEN),
+            (&files.table, 0),
+            (&files.errors, 0),
+        ];
+        let resume = resuming(&files.manifest, &data, &manifest, resume)? && files.npy.exists();
+        let (npy, table, errors, resumed) = if resume {
             Self::recover(&files, dim, precision)?
         } else {
-            (
+            let created = (
                 NpyRows::create(&files.npy, dim, precision)?,
                 LineLog::create(&files.table)?,
                 LineLog::create(&files.errors)?,
                 Resumed::default(),
-            )
+            );
+            manifest.write(&files.manifest)?;
+            created
         };
         let written = Written {
             items: resumed.done.len(),
@@ -386,4 +397,69 @@ pub(super) fn rows_header(files: &ShardFiles, table_len: usize) -> Result<NpyHea
         });
     }
     Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest::new(
+            "classify",
+            "m",
+            serde_json::json!({}),
+            Shard::WHOLE,
+            2,
+            "h",
+            0,
+            2,
+        )
+    }
+
+    #[test]
+    fn a_file_without_its_manifest_is_resumed_only_if_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/r.jsonl");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Emptied by a run killed before it wrote its manifest: nothing is lost.
+        std::fs::write(&path, b"").unwrap();
+        let (mut file, resumed) = ResultsFile::open(&path, manifest(), true).unwrap();
+        assert!(resumed.done.is_empty());
+        file.push(&serde_json::json!({"image": "a"}), false)
+            .unwrap();
+        file.push(&serde_json::json!({"image": "b", "error": "b: bad"}), true)
+            .unwrap();
+        assert_eq!(
+            file.finish().unwrap(),
+            Written {
+                items: 2,
+                failed: 1
+            }
+        );
+        assert!(
+            Manifest::read(&ResultsFile::manifest_path(&path))
+                .unwrap()
+                .complete
+        );
+
+        std::fs::remove_file(ResultsFile::manifest_path(&path)).unwrap();
+        let err = ResultsFile::open(&path, manifest(), true).err().unwrap();
+        assert!(err.to_string().contains("without its manifest"), "{err}");
+    }
+
+    #[test]
+    fn a_shard_with_results_missing_is_not_marked_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let (mut file, _) = ResultsFile::open(&path, manifest(), false).unwrap();
+        file.push(&serde_json::json!({"image": "a"}), false)
+            .unwrap();
+        assert!(file
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("1 results of 2"));
+        let (_, resumed) = ResultsFile::open(&path, manifest(), true).unwrap();
+        assert_eq!(resumed.done.len(), 1);
+    }
 }
