@@ -3,11 +3,15 @@
 
     python3 bench/bench_torch.py --model-dir DIR [--threads 2] [--iters 10]
     python3 bench/bench_torch.py --model-dir DIR --classify IMAGE --labels a,b,c,d,e
+    python3 bench/bench_torch.py --model-dir DIR --embed-folder DIR [--batch 16] [--workers 1]
 
 The first form times the image encoder at batch 1 and 16 and the text encoder on five
 prompts (median of --iters runs after one warm-up), as `clipscope bench` does. The
 second is a whole one-shot classification (load, preprocess as OpenAI does, embed,
-softmax, print), for timing as a whole process with hyperfine.
+softmax, print), for timing as a whole process with hyperfine. The third embeds every
+image of a folder the way PyTorch users batch a folder: a DataLoader over Pillow and
+OpenAI's transforms (--workers processes decoding ahead, 0: none), batches of --batch,
+L2-normalised features (bench/folder.sh times it at two folder sizes).
 """
 import argparse
 import statistics
@@ -24,6 +28,8 @@ def main():
     ap.add_argument("--batch", default="1,16")
     ap.add_argument("--classify")
     ap.add_argument("--labels")
+    ap.add_argument("--embed-folder")
+    ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -34,7 +40,7 @@ def main():
     tok = CLIPTokenizerFast.from_pretrained(args.model_dir)
     load_ms = (time.perf_counter() - t) * 1e3
 
-    if args.classify:
+    if args.classify or args.embed_folder:
         from PIL import Image
         from torchvision import transforms as T
 
@@ -43,11 +49,17 @@ def main():
             [
                 T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
                 T.CenterCrop(size),
-                lambda im: im.convert("RGB"),
+                T.Lambda(lambda im: im.convert("RGB")),
                 T.ToTensor(),
                 T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
             ]
         )
+
+    if args.embed_folder:
+        embed_folder(model, tf, args)
+        return
+
+    if args.classify:
         labels = args.labels.split(",")
         with torch.no_grad():
             px = tf(Image.open(args.classify)).unsqueeze(0)
@@ -78,6 +90,40 @@ def main():
         ids = tok([f"a photo of a {l}." for l in ["cat", "dog", "car", "tree", "house"]], padding=True, return_tensors="pt")
         ms = median_ms(lambda: model.get_text_features(**ids))
         print(f"{'text encoder, 5 prompts':<36} {ms:>10.1f} ms {ms / 5:>10.1f} ms/item")
+
+
+def embed_folder(model, tf, args):
+    import os
+
+    from PIL import Image
+
+    exts = (".jpg", ".jpeg", ".png")
+    files = sorted(
+        os.path.join(root, f)
+        for root, _, names in os.walk(args.embed_folder)
+        for f in names
+        if f.lower().endswith(exts)
+    )
+
+    class Folder(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            with Image.open(files[i]) as im:
+                return tf(im)
+
+    batch = int(args.batch.split(",")[-1])
+    loader = torch.utils.data.DataLoader(Folder(), batch_size=batch, num_workers=args.workers)
+    rows = 0
+    with torch.no_grad():
+        for px in loader:
+            f = model.get_image_features(pixel_values=px)
+            if not torch.is_tensor(f):  # transformers 5 returns the outputs, projected
+                f = f.pooler_output
+            f = f / f.norm(dim=-1, keepdim=True)
+            rows += f.shape[0]
+    print(f"embedded {rows} images")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Print L2-normalised embeddings of images or texts.
     Embed(EmbedArgs),
+    /// Join the outputs of a sharded job into one, checking that no input is missing
+    /// or repeated.
+    Merge(MergeArgs),
     /// Write the exact picture the model sees (after resize and crop, before normalisation).
     Preprocess(PreprocessArgs),
     /// Fine-tune (or train from scratch) the CNN baseline on an image folder.
@@ -97,11 +100,39 @@ pub struct PromptArgs {
     pub ensemble: Option<String>,
 }
 
+/// Inputs from a list, sharding, resuming, the embedding cache and decoding threads:
+/// what `classify` and `embed` share for large jobs.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Read more inputs from a file, one path a line (`-`: standard input).
+    #[arg(long = "inputs", value_name = "LIST")]
+    pub input_list: Option<PathBuf>,
+    /// Process only shard I of N (numbered from 0) of the inputs, or `auto`: the Slurm
+    /// array task or Kubernetes completion index from the environment.
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
+    /// The number of shards for `--shard auto` (needed on Kubernetes: the Job's
+    /// completions; on Slurm it overrides SLURM_ARRAY_TASK_COUNT).
+    #[arg(long, value_name = "N", requires = "shard")]
+    pub shard_count: Option<usize>,
+    /// Continue an unfinished --output (killed or preempted): keep the results there
+    /// and process only the inputs without one.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
+    /// Neither read nor write the on-disk embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Threads that read and decode images while the model runs (0: decode between
+    /// batches, nothing overlapped). Default: one per core, at most 8.
+    #[arg(long, value_name = "N")]
+    pub decode_threads: Option<usize>,
+}
+
 /// `clipscope classify`.
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
     /// Images, or folders to search for images.
-    #[arg(required = true, value_name = "IMAGE_OR_DIR")]
+    #[arg(required_unless_present = "input_list", value_name = "IMAGE_OR_DIR")]
     pub inputs: Vec<PathBuf>,
     /// Labels separated by commas, e.g. "cat,dog,a red car".
     #[arg(
@@ -122,19 +153,35 @@ pub struct ClassifyArgs {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Output format.
+    /// Output format (on standard output; --output always writes JSON lines).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Write results to this JSON-lines file as they come, one result a line (the
+    /// objects of the JSON format's `results`), with a manifest beside it.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub output: Option<PathBuf>,
+    /// Large jobs: input lists, shards, resuming, the cache.
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// Floats in embedding files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// 32-bit floats, as computed.
+    F32,
+    /// 16-bit floats: half the size.
+    F16,
 }
 
 /// `clipscope embed`.
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
-    /// Images to embed.
-    #[arg(value_name = "IMAGE", required_unless_present = "text")]
+    /// Images, or folders to search for images.
+    #[arg(value_name = "IMAGE_OR_DIR", required_unless_present_any = ["text", "input_list"])]
     pub images: Vec<PathBuf>,
     /// Texts to embed instead, separated by commas.
-    #[arg(long, conflicts_with = "images")]
+    #[arg(long, conflicts_with_all = ["images", "input_list", "output", "shard"])]
     pub text: Option<String>,
     /// Template applied to each text (`{}` alone: the text as given).
     #[arg(long, default_value = "{}")]
@@ -142,9 +189,32 @@ pub struct EmbedArgs {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Output format (json or csv).
+    /// Output format (json or csv) on standard output.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+    /// Write image embeddings to this folder instead: per shard, an .npy of rows, a
+    /// JSON-lines table of their images in the same order, the failed inputs, and a
+    /// manifest.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Floats in the .npy files.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32, requires = "output")]
+    pub precision: PrecisionArg,
+    /// Large jobs: input lists, shards, resuming, the cache.
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// `clipscope merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The shards' outputs: classify's JSON-lines files, or embed's folders.
+    #[arg(required = true, value_name = "PART")]
+    pub parts: Vec<PathBuf>,
+    /// The merged output: a JSON-lines file for classify results, a folder for
+    /// embeddings.
+    #[arg(long, short)]
+    pub output: PathBuf,
 }
 
 /// `clipscope preprocess`.

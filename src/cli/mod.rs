@@ -4,21 +4,26 @@
 pub mod args;
 mod bench;
 mod cnn;
+mod jobs;
 pub mod output;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use image::DynamicImage;
 
+use clipscope::clip::pipeline::{self, ImageOutcome};
 use clipscope::clip::zeroshot::{self, parse_labels};
 use clipscope::clip::{preprocess, Clip, LabelSet, PromptStyle};
-use clipscope::data::{collect_images, load_image, ImageError};
+use clipscope::data::load_image;
 use clipscope::hub::{self, DownloadOptions, ModelSource, Registry};
+use clipscope::scale::{self, Precision};
 
-use args::{ClassifyArgs, Command, EmbedArgs, ModelArgs, ModelsAction, PreprocessArgs};
+use args::{
+    ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, ModelsAction, PrecisionArg,
+    PreprocessArgs,
+};
 use output::{ClassifyReport, EmbedItem, EmbedReport, ImageResult};
 
 /// Exit status when every input succeeded.
@@ -28,15 +33,13 @@ pub const EXIT_SOME_FAILED: u8 = 1;
 /// Exit status for usage and model errors (nothing was processed).
 pub const EXIT_ERROR: u8 = 2;
 
-/// Images decoded and embedded at a time, bounding memory on large folders.
-const CHUNK: usize = 32;
-
 /// Run one command; `Ok` carries the exit status.
 pub fn run(command: Command) -> Result<ExitCode> {
     let code = match command {
         Command::Tui(a) => tui(a)?,
         Command::Classify(a) => classify(&a)?,
         Command::Embed(a) => embed(&a)?,
+        Command::Merge(a) => merge(&a)?,
         Command::Preprocess(a) => preprocess_cmd(&a)?,
         Command::Bench(a) => bench::run(&a)?,
         Command::Train(a) => cnn::train(&a)?,
@@ -58,12 +61,18 @@ pub fn model_source(args: &ModelArgs) -> ModelSource {
 /// Load the model named by `--model` / `--model-dir` (default: the registry default),
 /// downloading it on first use with a progress bar on stderr.
 pub fn load_model(args: &ModelArgs) -> Result<Clip> {
+    Ok(load_model_and_dir(args)?.0)
+}
+
+/// As [`load_model`], with the folder the model was loaded from.
+pub fn load_model_and_dir(args: &ModelArgs) -> Result<(Clip, PathBuf)> {
     let device = clipscope::clip::parse_device(&args.device)?;
     let source = model_source(args);
     let (dir, name) =
         hub::resolve_model(&source, &mut hub::stderr_progress()).context("cannot get the model")?;
-    Clip::load(&dir, &name, device)
-        .with_context(|| format!("cannot load model {name} from {}", dir.display()))
+    let clip = Clip::load(&dir, &name, device)
+        .with_context(|| format!("cannot load model {name} from {}", dir.display()))?;
+    Ok((clip, dir))
 }
 
 fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
@@ -87,85 +96,19 @@ fn prompt_style(template: &str, ensemble: Option<&str>) -> Result<PromptStyle> {
     })
 }
 
-fn display(path: &Path) -> String {
-    path.display().to_string()
+/// Classify results for one input's embedding: the labels' probabilities, or its error.
+struct Classifier {
+    labels: LabelSet,
+    scale: f32,
+    top_k: Option<usize>,
 }
 
-/// One input's embedding, or the message of why it failed.
-type Embedded = Result<Vec<f32>, String>;
-
-/// Decode a chunk of paths; failures are returned in place.
-fn decode_all(paths: &[PathBuf]) -> Vec<Result<DynamicImage, ImageError>> {
-    paths.iter().map(|p| load_image(p)).collect()
-}
-
-/// Embed the images that decoded; each result keeps its input's place.
-fn embed_decoded(
-    clip: &Clip,
-    decoded: Vec<Result<DynamicImage, ImageError>>,
-) -> Result<Vec<Embedded>> {
-    let ok: Vec<&DynamicImage> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
-    let mut embeddings = clip.embed_images(&ok)?.into_iter();
-    Ok(decoded
-        .into_iter()
-        .map(|d| match d {
-            Ok(_) => embeddings
-                .next()
-                .ok_or_else(|| "missing embedding".to_string()),
-            Err(e) => Err(e.to_string()),
-        })
-        .collect())
-}
-
-/// Expand inputs, embed every image in chunks, and keep failures in place.
-fn embed_inputs(clip: &Clip, inputs: &[PathBuf]) -> Result<Vec<(String, Embedded)>> {
-    let mut out = Vec::new();
-    let mut pending: Vec<PathBuf> = Vec::new();
-    let flush = |pending: &mut Vec<PathBuf>, out: &mut Vec<_>| -> Result<()> {
-        let names: Vec<String> = pending.iter().map(|p| display(p)).collect();
-        let results = embed_decoded(clip, decode_all(pending))?;
-        out.extend(names.into_iter().zip(results));
-        pending.clear();
-        Ok(())
-    };
-    for item in collect_images(inputs) {
-        match item {
-            Ok(p) => {
-                pending.push(p);
-                if pending.len() == CHUNK {
-                    flush(&mut pending, &mut out)?;
-                }
-            }
-            Err(e) => {
-                flush(&mut pending, &mut out)?;
-                let name = match &e {
-                    ImageError::Missing { path } | ImageError::Walk { path, .. } => display(path),
-                    _ => String::new(),
-                };
-                out.push((name, Err(e.to_string())));
-            }
-        }
-    }
-    flush(&mut pending, &mut out)?;
-    Ok(out)
-}
-
-fn classify(args: &ClassifyArgs) -> Result<u8> {
-    let labels = read_labels(args)?;
-    let style = prompt_style(&args.prompt.template, args.prompt.ensemble.as_deref())?;
-    if args.top_k == Some(0) {
-        bail!("--top-k must be at least 1");
-    }
-    let clip = load_model(&args.model)?;
-    let label_set = LabelSet::build(&clip, &labels, &style)?;
-    let scale = clip.logit_scale();
-    let mut failed = false;
-    let results = embed_inputs(&clip, &args.inputs)?
-        .into_iter()
-        .map(|(image, emb)| match emb {
+impl Classifier {
+    fn result(&self, image: String, outcome: ImageOutcome) -> ImageResult {
+        match outcome {
             Ok(e) => {
-                let mut preds = zeroshot::classify(&e, &label_set, scale);
-                if let Some(k) = args.top_k {
+                let mut preds = zeroshot::classify(&e, &self.labels, self.scale);
+                if let Some(k) = self.top_k {
                     preds.truncate(k);
                 }
                 ImageResult {
@@ -174,16 +117,46 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
                     error: None,
                 }
             }
-            Err(msg) => {
-                failed = true;
-                ImageResult {
-                    image,
-                    predictions: None,
-                    error: Some(msg),
-                }
-            }
-        })
-        .collect();
+            Err(e) => ImageResult {
+                image,
+                predictions: None,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+fn classify(args: &ClassifyArgs) -> Result<u8> {
+    let labels = read_labels(args)?;
+    let style = prompt_style(&args.prompt.template, args.prompt.ensemble.as_deref())?;
+    if args.top_k == Some(0) {
+        bail!("--top-k must be at least 1");
+    }
+    let shard = jobs::checked_shard(&args.job)?;
+    let paths = jobs::input_paths(&args.inputs, &args.job)?;
+    let (clip, dir) = load_model_and_dir(&args.model)?;
+    let opts = jobs::pipeline_options(&args.job, &clip, &dir);
+    let classifier = Classifier {
+        labels: pipeline::label_set(&clip, &labels, &style, opts.cache.as_ref())?,
+        scale: clip.logit_scale(),
+        top_k: args.top_k,
+    };
+    if let Some(out) = &args.output {
+        let settings = serde_json::json!({
+            "labels": labels,
+            "prompts": style.describe(),
+            "top_k": args.top_k,
+        });
+        let job = jobs::Job::new(&clip, paths, shard, settings, args.job.resume, &opts);
+        return job.classify_to_file(&classifier, out);
+    }
+    let (items, names) = jobs::expand(&paths, shard);
+    let mut results = Vec::with_capacity(items.len());
+    pipeline::embed_expanded(&clip, items, &opts, |i, outcome| {
+        results.push(classifier.result(names[i].clone(), outcome));
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let failed = results.iter().any(|r| r.error.is_some());
     let report = ClassifyReport {
         model: clip.name().to_string(),
         prompts: style.describe(),
@@ -195,53 +168,92 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
 }
 
 fn embed(args: &EmbedArgs) -> Result<u8> {
-    let clip = load_model(&args.model)?;
+    if let Some(text) = &args.text {
+        return embed_texts(args, text);
+    }
+    let shard = jobs::checked_shard(&args.job)?;
+    let paths = jobs::input_paths(&args.images, &args.job)?;
+    let (clip, dir) = load_model_and_dir(&args.model)?;
+    let opts = jobs::pipeline_options(&args.job, &clip, &dir);
+    if let Some(out) = &args.output {
+        let precision = match args.precision {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F16 => Precision::F16,
+        };
+        let settings = serde_json::json!({ "precision": precision });
+        let job = jobs::Job::new(&clip, paths, shard, settings, args.job.resume, &opts);
+        return job.embed_to_dir(out, precision);
+    }
+    let (items, names) = jobs::expand(&paths, shard);
     let mut failed = false;
-    let items = if let Some(text) = &args.text {
-        let style = PromptStyle::template(&args.template)?;
-        let texts = parse_labels(text);
-        if texts.is_empty() {
-            bail!("--text: no texts given");
-        }
-        let prompts: Vec<String> = texts.iter().flat_map(|t| style.prompts(t)).collect();
-        let embeddings = clip.embed_texts(&prompts)?;
-        texts
-            .into_iter()
-            .zip(prompts)
-            .zip(embeddings)
-            .map(|((text, prompt), e)| EmbedItem {
-                image: None,
-                text: Some(text),
-                prompt: Some(prompt),
-                embedding: Some(e),
-                error: None,
-            })
-            .collect()
-    } else {
-        embed_inputs(&clip, &args.images)?
-            .into_iter()
-            .map(|(image, emb)| {
-                failed |= emb.is_err();
-                let (embedding, error) = match emb {
-                    Ok(e) => (Some(e), None),
-                    Err(msg) => (None, Some(msg)),
-                };
-                EmbedItem {
-                    image: Some(image),
-                    text: None,
-                    prompt: None,
-                    embedding,
-                    error,
-                }
-            })
-            .collect()
-    };
+    let mut out = Vec::with_capacity(items.len());
+    pipeline::embed_expanded(&clip, items, &opts, |i, outcome| {
+        failed |= outcome.is_err();
+        out.push(EmbedItem {
+            image: Some(names[i].clone()),
+            text: None,
+            prompt: None,
+            error: outcome.as_ref().err().map(|e| e.to_string()),
+            embedding: outcome.ok(),
+        });
+        Ok::<(), anyhow::Error>(())
+    })?;
+    write_embeddings(&clip, out, args.format)?;
+    Ok(if failed { EXIT_SOME_FAILED } else { EXIT_OK })
+}
+
+fn embed_texts(args: &EmbedArgs, text: &str) -> Result<u8> {
+    let style = PromptStyle::template(&args.template)?;
+    let texts = parse_labels(text);
+    if texts.is_empty() {
+        bail!("--text: no texts given");
+    }
+    let clip = load_model(&args.model)?;
+    let prompts: Vec<String> = texts.iter().flat_map(|t| style.prompts(t)).collect();
+    let embeddings = clip.embed_texts(&prompts)?;
+    let items = texts
+        .into_iter()
+        .zip(prompts)
+        .zip(embeddings)
+        .map(|((text, prompt), e)| EmbedItem {
+            image: None,
+            text: Some(text),
+            prompt: Some(prompt),
+            embedding: Some(e),
+            error: None,
+        })
+        .collect();
+    write_embeddings(&clip, items, args.format)?;
+    Ok(EXIT_OK)
+}
+
+fn write_embeddings(clip: &Clip, items: Vec<EmbedItem>, format: args::Format) -> Result<()> {
     let report = EmbedReport {
         model: clip.name().to_string(),
         items,
     };
-    output::write_embed(&report, args.format, &mut std::io::stdout().lock())?;
-    Ok(if failed { EXIT_SOME_FAILED } else { EXIT_OK })
+    output::write_embed(&report, format, &mut std::io::stdout().lock())
+}
+
+fn merge(args: &MergeArgs) -> Result<u8> {
+    if let Some(p) = args.parts.iter().find(|p| !p.exists()) {
+        bail!("{}: no such file or folder", p.display());
+    }
+    let summary = if args.parts.iter().all(|p| p.is_dir()) {
+        scale::merge_embeddings(&args.parts, &args.output)?
+    } else if args.parts.iter().all(|p| p.is_file()) {
+        scale::merge_results(&args.parts, &args.output)?
+    } else {
+        bail!("give classify's result files or embed's output folders, not both");
+    };
+    println!(
+        "merged {} shards into {}: {} inputs, {} failed",
+        summary.shards,
+        args.output.display(),
+        summary.items,
+        summary.failed
+    );
+    Ok(EXIT_OK)
 }
 
 fn preprocess_cmd(args: &PreprocessArgs) -> Result<u8> {

@@ -15,8 +15,8 @@ use super::preprocess::{batch_tensor, PreprocessConfig};
 use super::tokenizer::{id_batch, ClipTokenizer, Tokens};
 use super::ClipError;
 
-/// Images per forward pass of the image tower.
-const IMAGE_BATCH: usize = 16;
+/// Images per forward pass of the image tower (also the folder pipeline's batch).
+pub const IMAGE_BATCH: usize = 16;
 /// Prompts per forward pass of the text tower.
 const TEXT_BATCH: usize = 64;
 

@@ -1,8 +1,10 @@
 //! The CLIP engine: configuration, model, tokeniser, preprocessing and zero-shot scoring.
 
+pub mod cache;
 pub mod config;
 mod engine;
 pub mod model;
+pub mod pipeline;
 pub mod preprocess;
 pub mod resample;
 pub mod templates;
@@ -12,7 +14,9 @@ pub mod zeroshot;
 
 use std::path::PathBuf;
 
-pub use engine::{parse_device, Clip, Embedding};
+pub use cache::EmbeddingCache;
+pub use engine::{parse_device, Clip, Embedding, IMAGE_BATCH};
+pub use pipeline::{PipelineOptions, PipelineStats};
 pub use preprocess::PreprocessConfig;
 pub use zeroshot::{LabelSet, Prediction, PromptStyle};
 

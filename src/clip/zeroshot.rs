@@ -93,12 +93,23 @@ impl LabelSet {
     /// Embed every label's prompts; an ensemble is averaged in embedding space as in
     /// OpenAI's notebook: normalise each prompt's embedding, average, normalise again.
     pub fn build(clip: &Clip, labels: &[String], style: &PromptStyle) -> Result<Self, ClipError> {
+        Self::build_with(labels, style, |prompts| clip.embed_texts(prompts))
+    }
+
+    /// As [`LabelSet::build`], with the prompts' embeddings from `embed_prompts` (which
+    /// returns one normalised embedding per prompt, in order): the folder pipeline reads
+    /// them from its on-disk cache first.
+    pub fn build_with(
+        labels: &[String],
+        style: &PromptStyle,
+        embed_prompts: impl FnOnce(&[String]) -> Result<Vec<Embedding>, ClipError>,
+    ) -> Result<Self, ClipError> {
         if labels.is_empty() {
             return Err(ClipError::NoLabels);
         }
         let per_label: Vec<Vec<String>> = labels.iter().map(|l| style.prompts(l)).collect();
         let flat: Vec<String> = per_label.iter().flatten().cloned().collect();
-        let flat_emb = clip.embed_texts(&flat)?;
+        let flat_emb = embed_prompts(&flat)?;
         let mut embeddings = Vec::with_capacity(labels.len());
         let mut at = 0;
         for prompts in &per_label {

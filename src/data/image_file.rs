@@ -52,6 +52,15 @@ pub enum ImageError {
         /// The path at fault.
         path: PathBuf,
     },
+    /// Decoding or preprocessing the file failed in a way the decoder did not report
+    /// (a panic inside it), caught so that the other inputs go on.
+    #[error("{path}: decoding failed unexpectedly: {message}")]
+    Crashed {
+        /// The file at fault.
+        path: PathBuf,
+        /// The panic's message.
+        message: String,
+    },
     /// A folder could not be walked.
     #[error("{path}: cannot list folder: {message}")]
     Walk {
@@ -62,11 +71,32 @@ pub enum ImageError {
     },
 }
 
+impl ImageError {
+    /// The file or folder at fault.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Io { path, .. }
+            | Self::Decode { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::Missing { path }
+            | Self::Crashed { path, .. }
+            | Self::Walk { path, .. } => path,
+        }
+    }
+}
+
 /// Decode an image file, whatever its extension says, within memory limits.
 ///
 /// EXIF orientation is not applied, as in OpenAI's reference code (Pillow's
 /// `Image.open`), so that results match it.
 pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
+    decode_image(path, &read_image_file(path)?)
+}
+
+/// Read an image file's bytes whole, refusing files larger than any image accepted.
+/// With [`decode_image`], the two halves of [`load_image`], for callers that also need
+/// the bytes (the embedding cache keys on them).
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
     let size = std::fs::metadata(path)
         .map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
@@ -80,12 +110,16 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
             max: MAX_FILE,
         });
     }
-    // Read once: the bytes serve the JPEG decoder and, for other formats, the image crate.
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+    std::fs::read(path).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let mut reader = ImageReader::new(std::io::Cursor::new(&bytes[..]))
+    })
+}
+
+/// Decode the bytes of the image file `path` (named in errors), within memory limits.
+/// The bytes serve the JPEG decoder and, for other formats, the image crate.
+pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<DynamicImage, ImageError> {
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
@@ -97,7 +131,7 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
     if reader.format() == Some(image::ImageFormat::Jpeg) {
-        if let Some(img) = decode_jpeg_like_pillow(&bytes) {
+        if let Some(img) = decode_jpeg_like_pillow(bytes) {
             return Ok(img);
         }
     }

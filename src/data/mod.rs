@@ -9,4 +9,7 @@ pub mod synthetic;
 pub use folder::{
     display_name, held_out, load_split, scan_folder, DataError, Dataset, Sample, Split,
 };
-pub use image_file::{collect_images, is_image_path, load_image, ImageError, IMAGE_EXTENSIONS};
+pub use image_file::{
+    collect_images, decode_image, is_image_path, load_image, read_image_file, ImageError,
+    IMAGE_EXTENSIONS,
+};

@@ -1,0 +1,199 @@
+//! The large-job side of `classify` and `embed`: inputs from lists, shards, the
+//! pipeline's options, and outputs streamed to disk with `--output`, resumable.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use clipscope::clip::pipeline::{self, default_decode_threads, PipelineOptions};
+use clipscope::clip::{Clip, EmbeddingCache};
+use clipscope::data::{collect_images, ImageError};
+use clipscope::hub::DownloadOptions;
+use clipscope::scale::{
+    read_input_list, EmbeddingShard, JobInputs, Manifest, Precision, ResultsFile, Shard, Written,
+};
+
+use super::args::JobArgs;
+use super::{Classifier, EXIT_OK, EXIT_SOME_FAILED};
+
+/// Check the job options before anything expensive; the shard asked for.
+pub fn checked_shard(job: &JobArgs) -> Result<Option<Shard>> {
+    check_decode_threads(job)?;
+    job.shard
+        .as_deref()
+        .map(|spec| Shard::parse(spec, job.shard_count))
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// The paths on the command line, then those of `--inputs`.
+pub fn input_paths(positional: &[PathBuf], job: &JobArgs) -> Result<Vec<PathBuf>> {
+    let mut paths = positional.to_vec();
+    if let Some(list) = &job.input_list {
+        paths.extend(read_input_list(list).context("cannot read the --inputs list")?);
+    }
+    Ok(paths)
+}
+
+/// Decoding threads and the cache as asked. A cache that cannot be opened (a read-only
+/// home on a cluster node, say) only costs speed: say so and go on without it.
+pub fn pipeline_options(job: &JobArgs, clip: &Clip, model_dir: &Path) -> PipelineOptions {
+    let decode_threads = job.decode_threads.unwrap_or_else(default_decode_threads);
+    let cache = if job.no_cache {
+        None
+    } else {
+        DownloadOptions::from_env()
+            .map_err(|e| e.to_string())
+            .and_then(|o| {
+                EmbeddingCache::open(&o.cache_root, model_dir, clip).map_err(|e| e.to_string())
+            })
+            .inspect_err(|e| tracing::warn!("embedding cache off: {e}"))
+            .ok()
+    };
+    PipelineOptions {
+        decode_threads,
+        cache,
+    }
+}
+
+/// Refuse a number of decoding threads that would only exhaust the machine, before the
+/// model loads.
+pub fn check_decode_threads(job: &JobArgs) -> Result<()> {
+    match job.decode_threads {
+        Some(n) if n > MAX_DECODE_THREADS => {
+            bail!("--decode-threads {n}: expected 0 to {MAX_DECODE_THREADS}")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// More decoding threads than this cannot help: the model is the bottleneck long before.
+const MAX_DECODE_THREADS: usize = 256;
+
+/// The expanded inputs and their names, for output on standard output: as given, or
+/// with `--shard` the shard's part of the job's list.
+pub fn expand(
+    paths: &[PathBuf],
+    shard: Option<Shard>,
+) -> (Vec<Result<PathBuf, ImageError>>, Vec<String>) {
+    match shard {
+        Some(shard) => {
+            let mut inputs = JobInputs::expand(paths);
+            inputs.keep_shard(&shard);
+            (inputs.items, inputs.names)
+        }
+        None => {
+            let items = collect_images(paths);
+            let names = items
+                .iter()
+                .map(|item| match item {
+                    Ok(p) => p.display().to_string(),
+                    Err(e) => e.path().display().to_string(),
+                })
+                .collect();
+            (items, names)
+        }
+    }
+}
+
+/// A shard of a job whose results go to disk.
+pub struct Job<'a> {
+    clip: &'a Clip,
+    paths: Vec<PathBuf>,
+    shard: Shard,
+    settings: serde_json::Value,
+    resume: bool,
+    opts: &'a PipelineOptions,
+}
+
+impl<'a> Job<'a> {
+    /// A job over `paths` (the whole shard when `shard` is `None`).
+    pub fn new(
+        clip: &'a Clip,
+        paths: Vec<PathBuf>,
+        shard: Option<Shard>,
+        settings: serde_json::Value,
+        resume: bool,
+        opts: &'a PipelineOptions,
+    ) -> Self {
+        Self {
+            clip,
+            paths,
+            shard: shard.unwrap_or(Shard::WHOLE),
+            settings,
+            resume,
+            opts,
+        }
+    }
+
+    /// This shard's inputs and the manifest of its output.
+    fn plan(&self, command: &str) -> (JobInputs, Manifest) {
+        let mut inputs = JobInputs::expand(&self.paths);
+        let (list_len, list_hash) = (inputs.len(), inputs.list_hash.clone());
+        let first = inputs.keep_shard(&self.shard);
+        let manifest = Manifest::new(
+            command,
+            self.clip.name(),
+            self.settings.clone(),
+            self.shard,
+            list_len,
+            &list_hash,
+            first,
+            inputs.len(),
+        );
+        (inputs, manifest)
+    }
+
+    /// `classify --output FILE.jsonl`.
+    pub fn classify_to_file(self, classifier: &Classifier, out: &Path) -> Result<u8> {
+        let (mut inputs, manifest) = self.plan("classify");
+        let (mut file, resumed) = ResultsFile::open(out, manifest, self.resume)?;
+        let before = resumed.done.len();
+        inputs.drop_done(&resumed.done);
+        let JobInputs { items, names, .. } = inputs;
+        pipeline::embed_expanded(self.clip, items, self.opts, |i, outcome| {
+            let result = classifier.result(names[i].clone(), outcome);
+            file.push(&result, result.error.is_some())?;
+            Ok::<(), anyhow::Error>(())
+        })?;
+        let written = file.finish()?;
+        self.report(out, written, before)
+    }
+
+    /// `embed --output DIR`.
+    pub fn embed_to_dir(self, out: &Path, precision: Precision) -> Result<u8> {
+        let (mut inputs, manifest) = self.plan("embed");
+        let dim = self.clip.config().projection_dim;
+        let (mut shard, resumed) =
+            EmbeddingShard::open(out, manifest, dim, precision, self.resume)?;
+        let before = resumed.done.len();
+        inputs.drop_done(&resumed.done);
+        let JobInputs { items, names, .. } = inputs;
+        pipeline::embed_expanded(self.clip, items, self.opts, |i, outcome| {
+            match outcome {
+                Ok(e) => shard.push(&names[i], Ok(&e))?,
+                Err(e) => shard.push(&names[i], Err(&e.to_string()))?,
+            }
+            Ok::<(), anyhow::Error>(())
+        })?;
+        let written = shard.finish()?;
+        self.report(out, written, before)
+    }
+
+    /// One line on stderr for the scheduler's log, and the exit status.
+    fn report(&self, out: &Path, written: Written, before: usize) -> Result<u8> {
+        eprintln!(
+            "clipscope: shard {}: {} inputs in {} ({} from an earlier run), {} failed",
+            self.shard,
+            written.items,
+            out.display(),
+            before,
+            written.failed
+        );
+        Ok(if written.failed > 0 {
+            EXIT_SOME_FAILED
+        } else {
+            EXIT_OK
+        })
+    }
+}

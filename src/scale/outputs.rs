@@ -1,0 +1,465 @@
+//! A shard's outputs on disk: `classify --output FILE.jsonl` (one result a line) and
+//! `embed --output DIR` (an `.npy` of rows, a JSON-lines table of their images, and the
+//! failed inputs), each with its manifest, flushed in batches and resumable.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::lines::{LineLog, LineSummary};
+use super::npy::{NpyHeader, NpyRows, Precision};
+use super::{Manifest, ScaleError, Shard};
+use crate::clip::IMAGE_BATCH;
+
+/// Results written between two flushes: one batch of the model.
+const FLUSH_EVERY: usize = IMAGE_BATCH;
+/// Shortest time between two syncs to disk (a kill loses nothing flushed; a power cut
+/// loses at most this much).
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What an output already held when it was opened.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    /// Names of the inputs with a result (or an error) on disk.
+    pub done: HashSet<String>,
+    /// How many of those are errors.
+    pub failed: usize,
+}
+
+impl Resumed {
+    fn from_lines(lines: &[LineSummary]) -> Self {
+        Self {
+            done: lines.iter().map(|l| l.image.clone()).collect(),
+            failed: lines.iter().filter(|l| l.failed).count(),
+        }
+    }
+
+    fn add(&mut self, other: Resumed) {
+        self.done.extend(other.done);
+        self.failed += other.failed;
+    }
+}
+
+/// Results and failures in a finished output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Inputs with a line (results and errors).
+    pub items: usize,
+    /// Of which errors.
+    pub failed: usize,
+}
+
+/// Decide between resuming and starting over, checking that an output being resumed is
+/// this job's. `data` are the output's files, each with its size when empty; returns
+/// whether to resume. When starting over, the caller empties the files and then writes
+/// the manifest, so that a manifest never vouches for another job's lines.
+fn resuming(
+    manifest_path: &Path,
+    data: &[(&Path, u64)],
+    expected: &Manifest,
+    resume: bool,
+) -> Result<bool, ScaleError> {
+    if resume && manifest_path.exists() {
+        let found = Manifest::read(manifest_path)?;
+        let other_job = found.job_difference(expected).or_else(|| {
+            (found.shard != expected.shard)
+                .then(|| format!("it is shard {}, not {}", found.shard(), expected.shard()))
+        });
+        if let Some(why) = other_job {
+            return Err(ScaleError::Invalid {
+                path: manifest_path.to_path_buf(),
+                message: format!(
+                    "another job's output ({why}): remove it, or run without --resume \
+                     to start over"
+                ),
+            });
+        }
+        return Ok(true);
+    }
+    if resume {
+        // Files emptied by a run killed before it wrote its manifest are no loss.
+        let holds_results =
+            |(p, empty): &&(&Path, u64)| std::fs::metadata(p).is_ok_and(|m| m.len() > *empty);
+        if let Some((orphan, _)) = data.iter().find(holds_results) {
+            return Err(ScaleError::Invalid {
+                path: orphan.to_path_buf(),
+                message: format!(
+                    "exists without its manifest {}, so it cannot be resumed: remove it, \
+                     or run without --resume to start over",
+                    manifest_path.display()
+                ),
+            });
+        }
+    }
+    Ok(false)
+}
+
+/// Flushes after every [`FLUSH_EVERY`] results and syncs at most every
+/// [`SYNC_INTERVAL`].
+struct Pace {
+    since_flush: usize,
+    last_sync: Instant,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Self {
+            since_flush: 0,
+            last_sync: Instant::now(),
+        }
+    }
+
+    /// Count one result; whether to flush now, and whether to sync too.
+    fn tick(&mut self) -> Option<bool> {
+        self.since_flush += 1;
+        if self.since_flush < FLUSH_EVERY {
+            return None;
+        }
+        self.since_flush = 0;
+        let sync = self.last_sync.elapsed() >= SYNC_INTERVAL;
+        if sync {
+            self.last_sync = Instant::now();
+        }
+        Some(sync)
+    }
+}
+
+/// `classify --output FILE.jsonl`: one result object a line, the manifest beside it as
+/// `FILE.jsonl.manifest.json`.
+pub struct ResultsFile {
+    lines: LineLog,
+    manifest: Manifest,
+    manifest_path: PathBuf,
+    pace: Pace,
+    written: Written,
+}
+
+impl ResultsFile {
+    /// The manifest's path for a results file.
+    pub fn manifest_path(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".manifest.json");
+        PathBuf::from(name)
+    }
+
+    /// Start the output (creating its folder), or with `resume` continue it (a torn
+    /// last line is dropped); the results already there are returned. Without `resume`
+    /// an existing file is emptied.
+    pub fn open(
+        path: &Path,
+        manifest: Manifest,
+        resume: bool,
+    ) -> Result<(Self, Resumed), ScaleError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
+        }
+        let manifest_path = Self::manifest_path(path);
+        let (lines, kept) = if resuming(&manifest_path, &[(path, 0)], &manifest, resume)? {
+            recover_or_create(path, None)?
+        } else {
+            let lines = LineLog::create(path)?;
+            manifest.write(&manifest_path)?;
+            (lines, Vec::new())
+        };
+        let resumed = Resumed::from_lines(&kept);
+        let written = Written {
+            items: kept.len(),
+            failed: resumed.failed,
+        };
+        Ok((
+            Self {
+                lines,
+                manifest,
+                manifest_path,
+                pace: Pace::new(),
+                written,
+            },
+            resumed,
+        ))
+    }
+
+    /// Add one result (`failed`: it reports an error).
+    pub fn push<T: Serialize>(&mut self, result: &T, failed: bool) -> Result<(), ScaleError> {
+        self.lines.push(result)?;
+        self.written.items += 1;
+        self.written.failed += usize::from(failed);
+        match self.pace.tick() {
+            Some(true) => self.lines.sync(),
+            Some(false) => self.lines.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// Write what is left, sync, and mark the shard complete if every input has a
+    /// line.
+    pub fn finish(mut self) -> Result<Written, ScaleError> {
+        self.lines.sync()?;
+        mark_complete(&mut self.manifest, &self.manifest_path, self.written)?;
+        Ok(self.written)
+    }
+}
+
+fn mark_complete(manifest: &mut Manifest, path: &Path, written: Written) -> Result<(), ScaleError> {
+    if written.items != manifest.items {
+        return Err(ScaleError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "the shard has {} results of {}: run it again with --resume",
+                written.items, manifest.items
+            ),
+        });
+    }
+    manifest.complete = true;
+    manifest.write(path)
+}
+
+/// `embed --output DIR`: for shard `part-I-of-N`, `DIR/part-I-of-N.npy` (one row per
+/// embedded image), `.jsonl` (`{"image": ...}` per row, same order), `.errors.jsonl`
+/// (`{"image": ..., "error": ...}` per failed input) and `.manifest.json`.
+pub struct EmbeddingShard {
+    npy: NpyRows,
+    table: LineLog,
+    errors: LineLog,
+    manifest: Manifest,
+    manifest_path: PathBuf,
+    pace: Pace,
+    written: Written,
+}
+
+/// The files of one shard of embeddings.
+pub struct ShardFiles {
+    /// The rows.
+    pub npy: PathBuf,
+    /// The images of the rows.
+    pub table: PathBuf,
+    /// The failed inputs.
+    pub errors: PathBuf,
+    /// The manifest.
+    pub manifest: PathBuf,
+}
+
+impl ShardFiles {
+    /// The files of `shard` in `dir`.
+    pub fn new(dir: &Path, shard: &Shard) -> Self {
+        Self::from_stem(dir, &shard.stem())
+    }
+
+    pub(super) fn from_stem(dir: &Path, stem: &str) -> Self {
+        Self {
+            npy: dir.join(format!("{stem}.npy")),
+            table: dir.join(format!("{stem}.jsonl")),
+            errors: dir.join(format!("{stem}.errors.jsonl")),
+            manifest: dir.join(format!("{stem}.manifest.json")),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    image: &'a str,
+}
+
+#[derive(Serialize)]
+struct Failure<'a> {
+    image: &'a str,
+    error: &'a str,
+}
+
+impl EmbeddingShard {
+    /// Start this shard's files in `dir` (created if needed), or with `resume` continue
+    /// them, keeping the rows that both the `.npy` and the table hold whole.
+    pub fn open(
+        dir: &Path,
+        manifest: Manifest,
+        dim: usize,
+        precision: Precision,
+        resume: bool,
+    ) -> Result<(Self, Resumed), ScaleError> {
+        std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
+        let files = ShardFiles::new(dir, &manifest.shard());
+        let data = [
+            (files.npy.as_path(), NpyRows::EMPTY_LEN),
+            (&files.table, 0),
+            (&files.errors, 0),
+        ];
+        let resume = resuming(&files.manifest, &data, &manifest, resume)? && files.npy.exists();
+        let (npy, table, errors, resumed) = if resume {
+            Self::recover(&files, dim, precision)?
+        } else {
+            let created = (
+                NpyRows::create(&files.npy, dim, precision)?,
+                LineLog::create(&files.table)?,
+                LineLog::create(&files.errors)?,
+                Resumed::default(),
+            );
+            manifest.write(&files.manifest)?;
+            created
+        };
+        let written = Written {
+            items: resumed.done.len(),
+            failed: resumed.failed,
+        };
+        Ok((
+            Self {
+                npy,
+                table,
+                errors,
+                manifest,
+                manifest_path: files.manifest,
+                pace: Pace::new(),
+                written,
+            },
+            resumed,
+        ))
+    }
+
+    /// Rows are written before their table lines, so after a kill the table may be
+    /// shorter than the rows, never longer (but after a power cut it may, hence both
+    /// ways).
+    fn recover(
+        files: &ShardFiles,
+        dim: usize,
+        precision: Precision,
+    ) -> Result<(NpyRows, LineLog, LineLog, Resumed), ScaleError> {
+        let rows = NpyRows::recover(&files.npy, dim, precision, None)?.rows();
+        let (table, kept) = recover_or_create(&files.table, Some(rows as usize))?;
+        let npy = NpyRows::recover(&files.npy, dim, precision, Some(kept.len() as u64))?;
+        let (errors, failed) = recover_or_create(&files.errors, None)?;
+        let mut resumed = Resumed::from_lines(&kept);
+        resumed.add(Resumed::from_lines(&failed));
+        Ok((npy, table, errors, resumed))
+    }
+
+    /// Add one input's embedding, or its error.
+    pub fn push(&mut self, image: &str, outcome: Result<&[f32], &str>) -> Result<(), ScaleError> {
+        match outcome {
+            Ok(row) => {
+                self.npy.push(row)?;
+                self.table.push(&Row { image })?;
+            }
+            Err(error) => {
+                self.errors.push(&Failure { image, error })?;
+                self.written.failed += 1;
+            }
+        }
+        self.written.items += 1;
+        match self.pace.tick() {
+            Some(sync) => self.flush(sync),
+            None => Ok(()),
+        }
+    }
+
+    /// Rows first, then the lines that name them.
+    fn flush(&mut self, sync: bool) -> Result<(), ScaleError> {
+        if sync {
+            self.npy.sync()?;
+            self.table.sync()?;
+            self.errors.sync()
+        } else {
+            self.npy.flush()?;
+            self.table.flush()?;
+            self.errors.flush()
+        }
+    }
+
+    /// Write what is left, sync, and mark the shard complete if every input is in.
+    pub fn finish(mut self) -> Result<Written, ScaleError> {
+        self.flush(true)?;
+        mark_complete(&mut self.manifest, &self.manifest_path, self.written)?;
+        Ok(self.written)
+    }
+}
+
+fn recover_or_create(
+    path: &Path,
+    max_lines: Option<usize>,
+) -> Result<(LineLog, Vec<LineSummary>), ScaleError> {
+    if path.exists() {
+        LineLog::recover(path, max_lines)
+    } else {
+        Ok((LineLog::create(path)?, Vec::new()))
+    }
+}
+
+/// The header of a shard's `.npy`, checked against its table's length.
+pub(super) fn rows_header(files: &ShardFiles, table_len: usize) -> Result<NpyHeader, ScaleError> {
+    let header = NpyHeader::read(&files.npy)?;
+    if header.rows != table_len as u64 {
+        return Err(ScaleError::Invalid {
+            path: files.npy.clone(),
+            message: format!(
+                "{} rows, but {} lists {table_len} images",
+                header.rows,
+                files.table.display()
+            ),
+        });
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest::new(
+            "classify",
+            "m",
+            serde_json::json!({}),
+            Shard::WHOLE,
+            2,
+            "h",
+            0,
+            2,
+        )
+    }
+
+    #[test]
+    fn a_file_without_its_manifest_is_resumed_only_if_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/r.jsonl");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Emptied by a run killed before it wrote its manifest: nothing is lost.
+        std::fs::write(&path, b"").unwrap();
+        let (mut file, resumed) = ResultsFile::open(&path, manifest(), true).unwrap();
+        assert!(resumed.done.is_empty());
+        file.push(&serde_json::json!({"image": "a"}), false)
+            .unwrap();
+        file.push(&serde_json::json!({"image": "b", "error": "b: bad"}), true)
+            .unwrap();
+        assert_eq!(
+            file.finish().unwrap(),
+            Written {
+                items: 2,
+                failed: 1
+            }
+        );
+        assert!(
+            Manifest::read(&ResultsFile::manifest_path(&path))
+                .unwrap()
+                .complete
+        );
+
+        std::fs::remove_file(ResultsFile::manifest_path(&path)).unwrap();
+        let err = ResultsFile::open(&path, manifest(), true).err().unwrap();
+        assert!(err.to_string().contains("without its manifest"), "{err}");
+    }
+
+    #[test]
+    fn a_shard_with_results_missing_is_not_marked_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let (mut file, _) = ResultsFile::open(&path, manifest(), false).unwrap();
+        file.push(&serde_json::json!({"image": "a"}), false)
+            .unwrap();
+        assert!(file
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("1 results of 2"));
+        let (_, resumed) = ResultsFile::open(&path, manifest(), true).unwrap();
+        assert_eq!(resumed.done.len(), 1);
+    }
+}
