@@ -1,9 +1,11 @@
 //! What escape-sequence pictures are on the screen, and what a frame must write so that
 //! exactly the wanted one is: nothing while it stays (typing never re-sends a picture),
-//! the picture once when it appears, and a full clear when one must go (an image or a
-//! pane change, the help overlay over it, a resize): terminals keep graphics that text
-//! is written over (Konsole, kitty) or lose only the cells written, and ratatui never
-//! rewrites the cells it skipped for the picture.
+//! the picture once when it appears, and when one must go (an image or a pane change,
+//! the help overlay over it), a full clear for sixel and iTerm2 (text written over a
+//! picture erases only those cells, and ratatui never rewrites the cells it skipped for
+//! it) or a delete command for kitty pictures (Konsole and kitty keep pictures above
+//! text; kitty also frees a picture's pixels on a clear, so a clear would force the
+//! pixels to be sent again).
 
 use ratatui::layout::{Rect, Size};
 
@@ -44,14 +46,22 @@ impl Layer {
     /// Plan a frame of `size` that should show `wanted` (or no escape picture).
     pub fn plan(&mut self, size: Size, wanted: Option<Wanted<'_>>) -> Plan {
         let mut plan = Plan::default();
-        // ratatui clears the screen itself when the size changes.
-        let resized = self.size.is_some_and(|s| s != size);
+        // ratatui clears the screen itself when the size changes, and kitty frees the
+        // pixels of pictures on a clear.
+        if self.size.is_some_and(|s| s != size) {
+            self.shown = None;
+            if let Some(old) = self.held.take() {
+                plan.before.push_str(&kitty::free(old));
+            }
+        }
         self.size = Some(size);
         let target = wanted.as_ref().map(|w| (w.picture.serial, w.rect));
-        if self.shown.is_some() && (resized || self.shown != target) {
-            plan.clear = !resized;
+        if self.shown.is_some() && self.shown != target {
             if self.held.is_some() {
+                // A kitty picture goes by command; a clear would free its pixels too.
                 plan.before.push_str(kitty::DELETE_PLACEMENTS);
+            } else {
+                plan.clear = true;
             }
             self.shown = None;
         }
@@ -153,11 +163,16 @@ mod tests {
         assert_eq!(layer.plan(SIZE, w(&a)).after.unwrap().1, "T5P5");
         let plan = layer.plan(SIZE, None);
         assert_eq!(plan.before, kitty::DELETE_PLACEMENTS);
+        assert!(!plan.clear, "a clear would free the pixels in kitty");
         // Shown again: placed, not transmitted.
         assert_eq!(layer.plan(SIZE, w(&a)).after.unwrap().1, "P5");
         let b = kitty_picture(6);
         let plan = layer.plan(SIZE, w(&b));
         assert_eq!(plan.after.unwrap().1, format!("{}T6P6", kitty::free(5)));
+        // After a resize (ratatui clears the screen) the pixels are sent again.
+        let plan = layer.plan(Size::new(90, 30), w(&b));
+        assert_eq!(plan.before, kitty::free(6));
+        assert_eq!(plan.after.unwrap().1, "T6P6");
         assert!(layer.finish().ends_with(&kitty::free(6)));
     }
 }

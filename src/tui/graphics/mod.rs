@@ -327,11 +327,12 @@ pub fn erase_area(width: u16, height: u16) -> String {
     s
 }
 
-/// A fresh kitty image id (never 0).
+/// A fresh kitty image id: never 0, and below 2^31 (Konsole 22.12 ignores images with
+/// larger ids, reading them as signed).
 fn next_kitty_id() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     // Mixed with the process id so that two runs in one window do not share ids.
-    (std::process::id() & 0xff) << 24 | NEXT.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff
+    (std::process::id() & 0x7f) << 24 | NEXT.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff
 }
 
 /// The rectangle of a `size` picture centred in `area`.
@@ -564,6 +565,7 @@ mod tests {
             panic!()
         };
         let id = e.kitty_id.unwrap();
+        assert!(id > 0 && id < 1 << 31, "Konsole reads ids as signed");
         assert!(e.setup.starts_with("\x1b_Ga=t,f=32,"));
         assert!(e.setup.contains(&format!("i={id},")));
         assert!(e.show.contains(&format!("\x1b_Ga=p,i={id},p=1,c=")));
