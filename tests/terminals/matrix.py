@@ -346,6 +346,13 @@ def crop(img, box):
     return img[y0:y1, x0:x1]
 
 
+def fitted(image_path, size):
+    """The size of an image scaled to fit `size` pixels, keeping its aspect ratio."""
+    with Image.open(image_path) as ref:
+        s = min(size[0] / ref.width, size[1] / ref.height)
+        return max(1, round(ref.width * s)), max(1, round(ref.height * s))
+
+
 def reference(image_path, size, mode, bg):
     """What the picture should look like in a box of `size` pixels: scaled to fit and
     padded on the right and bottom with the background; half-blocks fill the box."""
@@ -353,9 +360,7 @@ def reference(image_path, size, mode, bg):
     w, h = size
     if mode == "halfblocks":
         return np.asarray(ref.resize((w, h), Image.BILINEAR))
-    s = min(w / ref.width, h / ref.height)
-    fit = ref.resize((max(1, round(ref.width * s)), max(1, round(ref.height * s))),
-                     Image.BILINEAR)
+    fit = ref.resize(fitted(image_path, size), Image.BILINEAR)
     canvas = Image.new("RGB", (w, h), tuple(int(c) for c in bg))
     canvas.paste(fit, (0, 0))
     return np.asarray(canvas)
@@ -458,16 +463,18 @@ class Checker:
         self.check(step, right < 22 and right < 0.6 * wrong,
                    f"picture vs its image: difference {right:.1f} (vs the other image "
                    f"{wrong:.1f}; needs < 22 and < 0.6x)")
-        # Inside the pane, around the picture: background only.
+        # Inside the pane, around the picture, and in the padding of its last cells (the
+        # picture is scaled to fit, then padded to whole cells): background only.
         ax0, ay0, ax1, ay1 = self.s.px(area)
         pane = img[ay0:ay1, ax0:ax1].astype(int).copy()
         bx0, by0, bx1, by1 = box
-        cw, ch = self.s.cell
-        # The picture's last cells are partly padding; leave a cell of slack there.
-        pane[by0 - ay0:min(by1 + int(ch), ay1) - ay0,
-             bx0 - ax0:min(bx1 + int(cw), ax1) - ax0] = self.s.bg
-        stray = int((np.abs(pane - self.s.bg).sum(axis=2) > 30).sum())
-        self.check(step, stray == 0, f"{stray} non-background pixels in the pane around it")
+        fw, fh = fitted(shown, size) if self.mode != "halfblocks" else size
+        # One pixel of slack at the picture's edges, where scaling blends.
+        pane[by0 - ay0:by0 - ay0 + fh + 1, bx0 - ax0:bx0 - ax0 + fw + 1] = self.s.bg
+        stray = np.abs(pane - self.s.bg).sum(axis=2) > 30
+        self.check(step, int(stray.sum()) == 0,
+                   f"{int(stray.sum())} non-background pixels in the pane around the picture "
+                   f"(its {size[0] - fw}x{size[1] - fh} px of cell padding included)")
         self.elsewhere(step, img, skip=rect)
 
     def elsewhere(self, step, img, skip=None):
@@ -719,11 +726,11 @@ def large_photos(folder):
     return out
 
 
-def versions():
+def versions(env):
     def first_line(cmd):
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-            return (r.stdout or r.stderr).strip().splitlines()[-1 if "konsole" in cmd[0] else 0]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=20, env=env)
+            return (r.stdout.strip() or r.stderr.strip()).splitlines()[0]
         except Exception as e:
             return f"unknown ({e})"
     return {
@@ -758,7 +765,7 @@ def main():
     xs = XServer()
     results, timings = [], []
     try:
-        info = versions()
+        info = versions(xs.env())
         log("versions: " + json.dumps(info))
         for name in args.only.split(","):
             spec = TERMINALS[name]
@@ -770,7 +777,8 @@ def main():
             try:
                 base = train_baseline(xs, name, spec, args)
             except Failure as e:
-                log(f"  baseline failed: {e}")
+                results.append((name, "Train pane baseline", False, str(e)))
+                log(f"  FAIL Train pane baseline: {e}")
                 base = None
             results += run_terminal(xs, name, spec, args, out, base)
             if args.latency and spec["mode"] == "sixel" and name != "xterm-dark":

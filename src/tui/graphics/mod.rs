@@ -358,7 +358,7 @@ pub fn prepare(image: &DynamicImage, area: Size, g: &Graphics) -> Result<Prepare
     }
     let background = g.background.map(|[r, gr, b]| Rgba([r, gr, b, 255]));
     // Scaled, then padded to whole cells with the terminal's background.
-    let pixels = resize.resize(image, font, cells, background);
+    let pixels = || resize.resize(image, font, cells, background);
     let wrap = |s: String| if g.tmux { tmux_wrap(&s) } else { s };
     let escape = |setup: String, show: String, kitty_id| {
         static SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -378,21 +378,22 @@ pub fn prepare(image: &DynamicImage, area: Size, g: &Graphics) -> Result<Prepare
             Halfblocks::new(image.clone(), cells).map_err(e)?,
         )),
         Mode::KittyPlaceholders => Prepared::Cells(Protocol::Kitty(
-            Kitty::new(pixels, cells, next_kitty_id(), g.tmux, true).map_err(e)?,
+            Kitty::new(pixels(), cells, next_kitty_id(), g.tmux, true).map_err(e)?,
         )),
         Mode::Sixel => {
-            let sixel = Sixel::new(pixels, cells, false).map_err(e)?;
+            let sixel = Sixel::new(pixels(), cells, false).map_err(e)?;
             escape(String::new(), wrap(sixel.data), None)
         }
         Mode::Iterm2 => {
-            let iterm = Iterm2::new(pixels, cells, false).map_err(e)?;
+            let iterm = Iterm2::new(pixels(), cells, false).map_err(e)?;
             escape(String::new(), wrap(iterm.data), None)
         }
         Mode::KittyDirect => {
             let id = next_kitty_id();
             let show = erase_area(cells.width, cells.height)
                 + &kitty::place(id, cells.width, cells.height);
-            escape(kitty::transmit(&pixels.to_rgba8(), id), show, Some(id))
+            let setup = kitty::transmit(&pixels(), id).map_err(|e| e.to_string())?;
+            escape(setup, show, Some(id))
         }
     })
 }
@@ -566,7 +567,7 @@ mod tests {
         };
         let id = e.kitty_id.unwrap();
         assert!(id > 0 && id < 1 << 31, "Konsole reads ids as signed");
-        assert!(e.setup.starts_with("\x1b_Ga=t,f=32,"));
+        assert!(e.setup.starts_with("\x1b_Ga=t,f=100,"));
         assert!(e.setup.contains(&format!("i={id},")));
         assert!(e.show.contains(&format!("\x1b_Ga=p,i={id},p=1,c=")));
         assert!(!e.show.contains("a=t"), "placing sends no pixels");
