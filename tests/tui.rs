@@ -674,3 +674,71 @@ fn with_no_color_the_screen_has_no_colours_but_the_picture() {
         quit(&mut pty);
     }
 }
+
+/// The nice value of each thread of `pid`, by thread name.
+#[cfg(target_os = "linux")]
+fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis: state is field 3, nice 19.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        if let Some(nice) = rest.split_whitespace().nth(16) {
+            out.push((name.trim().to_string(), nice.parse().unwrap()));
+        }
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn model_and_picture_threads_run_below_the_ui() {
+    let image = fixtures().join("images/chelsea.png").display().to_string();
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let mut pty = Pty::spawn(&[
+        "tui",
+        &image,
+        "--labels",
+        "cat",
+        "--model-dir",
+        &model,
+        "--image-protocol",
+        "halfblocks",
+    ]);
+    pty.wait_for("first probabilities", |s| row_with(s, "cat").is_some());
+    let threads = thread_nice_values(pty.child.process_id().unwrap());
+    let nice = |prefix: &str| {
+        threads
+            .iter()
+            .find(|(name, _)| name.starts_with(prefix))
+            .map(|(_, n)| *n)
+    };
+    let ui = threads.iter().find(|(name, _)| name == "clipscope");
+    assert_eq!(ui.map(|(_, n)| *n), Some(0), "the UI thread: {threads:?}");
+    assert_eq!(nice("clipscope-model"), Some(10), "{threads:?}");
+    assert_eq!(nice("clipscope-pict"), Some(10), "{threads:?}");
+    quit(&mut pty);
+}
+
+/// The real binary in real terminals (xterm, kitty, Konsole, tmux) under Xvfb, with
+/// screenshots checked at every step: `tests/terminals/matrix.py`. Opt-in, as it needs
+/// those programs and takes minutes: `CLIPSCOPE_TERMINAL_TESTS=1 cargo test --test tui
+/// real_terminals` (`=latency` also times keys typed after PgDn with both cores busy).
+#[test]
+fn real_terminals_draw_pictures_right() {
+    let Some(mode) = std::env::var_os("CLIPSCOPE_TERMINAL_TESTS") else {
+        eprintln!("skipped: set CLIPSCOPE_TERMINAL_TESTS=1 to run the terminal matrix");
+        return;
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/terminals/matrix.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script)
+        .args(["--bin", env!("CARGO_BIN_EXE_clipscope")]);
+    if mode == "latency" {
+        cmd.arg("--latency");
+    }
+    let status = cmd.status().expect("python3 runs");
+    assert!(status.success(), "the terminal matrix failed: {status}");
+}

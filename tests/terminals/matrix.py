@@ -210,9 +210,10 @@ class Session:
         self.proc = subprocess.Popen(spec["argv"] + inner, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         self.win, self.geo = self.wait(lambda: self.new_window(before), 20, "its window")
-        self.wait(lambda: (self.work / "size").exists(), 10, "the shell inside")
-        time.sleep(0.8)
-        self.calibrate()
+        size = self.work / "size"
+        self.wait(lambda: size.exists() and len(size.read_text().split()) == 2, 20,
+                  "the shell inside")
+        self.wait(self.calibrate, 20, "the calibration cells")
 
     def new_window(self, before):
         fresh = [(w, g) for w, g in self.xs.windows() if w.id not in before]
@@ -239,13 +240,13 @@ class Session:
         return self.xs.grab(self.geo)
 
     def calibrate(self):
-        """Find the cell grid from the two magenta corner cells."""
+        """Find the cell grid from the two magenta corner cells; False until drawn."""
         rows, cols = map(int, (self.work / "size").read_text().split())
         img = self.shot()
         magenta = np.abs(img.astype(int) - [255, 0, 255]).sum(axis=2) < 60
         ys, xs = np.nonzero(magenta)
         if len(xs) == 0:
-            raise Failure(f"{self.name}: calibration cells not found")
+            return False
         x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         self.cell = ((x1 - x0) / cols, (y1 - y0) / rows)
         self.origin = (int(x0), int(y0))
@@ -254,8 +255,9 @@ class Session:
         first = magenta[y0:y0 + 2 * int(self.cell[1]), x0:x0 + 2 * int(self.cell[0])]
         cw, ch = first.sum(axis=1).max(), first.sum(axis=0).max()
         if abs(self.cell[0] - cw) > 1 or abs(self.cell[1] - ch) > 1:
-            raise Failure(f"{self.name}: calibration disagrees: {self.cell} vs {cw}x{ch}")
+            return False  # one corner drawn, not yet the other
         self.bg = dominant(crop(img, self.px([0, 1, cols, rows - 2])))
+        return True
 
     def px(self, rect):
         """A cell rectangle [x, y, w, h] in pixels (x0, y0, x1, y1)."""
@@ -531,7 +533,12 @@ def run_terminal(xs, name, spec, args, out, baseline_train):
     work = Path(tempfile.mkdtemp(prefix=f"clipscope-{name}-"))
     app = [str(args.bin), "tui", str(first), "--labels", "a cat,a dog", "--model-dir",
            str(FIXTURES / "tiny-clip")]
-    s = Session(xs, name, spec, app, work)
+    try:
+        s = Session(xs, name, spec, app, work)
+    except Failure as e:
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"  FAIL start: {e}")
+        return [(name, "start", False, str(e))]
     c = Checker(s, spec["mode"], out, images)
     try:
         log(f"{name}: cells {s.cell[0]:.1f}x{s.cell[1]:.1f} px at {s.origin}, "
