@@ -341,6 +341,14 @@ impl App {
         }
     }
 
+    /// Drop the prepared picture, so that it is prepared (and sent) again.
+    pub fn forget_prepared_picture(&mut self) {
+        if let Some(picture) = self.classify.picture.as_mut() {
+            picture.prepared = None;
+            picture.asked = None;
+        }
+    }
+
     /// The picture prepared for an image area `area` and where it goes in it.
     pub fn picture_in(&self, area: Rect) -> Option<(Rect, &Prepared)> {
         let (size, prepared) = self.classify.picture.as_ref()?.prepared.as_ref()?;

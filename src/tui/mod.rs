@@ -358,7 +358,10 @@ async fn event_loop(
             #[cfg(not(unix))]
             std::future::pending::<()>().await
         };
+        // Input first: the next piece of a picture waits while keys are to be handled.
+        let drawing = layer.busy();
         tokio::select! {
+            biased;
             ev = events.next() => match ev {
                 Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
                     if trace.on() {
@@ -398,6 +401,7 @@ async fn event_loop(
                 send(app.on_debounce(Instant::now()).into_iter().collect());
             }
             _ = terminate => app.should_quit = true,
+            _ = std::future::ready(()), if drawing => {}
         }
         if let Some((cfg, imagenet)) = app.pending_training.take() {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::app::App;
 use super::graphics::encoder::Job;
 use super::graphics::layer::{Layer, Wanted};
+use super::graphics::Mode;
 use super::trace::Trace;
 use super::ui;
 
@@ -64,8 +65,9 @@ fn clear_screen(terminal: &mut Term) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Draw one frame; returns a picture the encoder should prepare, if the image area
-/// needs one it does not have.
+/// Draw one frame, and at most one piece of a picture (the loop comes back for the next
+/// piece once no input is waiting); returns a picture the encoder should prepare, if
+/// the image area needs one it does not have.
 pub fn draw_frame(
     terminal: &mut Term,
     app: &mut App,
@@ -74,6 +76,11 @@ pub fn draw_frame(
     written: &AtomicU64,
 ) -> std::io::Result<Option<Job>> {
     let size = terminal.size()?;
+    if layer.resizes_to(size) && app.graphics.mode == Mode::KittyPlaceholders {
+        // kitty frees pictures' pixels when ratatui clears the resized screen; the
+        // placeholder cells would then show nothing: transmit the picture again.
+        app.forget_prepared_picture();
+    }
     let layout = ui::layout(Rect::from((Position::ORIGIN, size)), app);
     let job = layout
         .image_area
@@ -89,9 +96,10 @@ pub fn draw_frame(
         clear_screen(terminal)?;
     }
     terminal.draw(|f| ui::draw_layout(f, app, &layout))?;
-    if let Some((rect, bytes)) = &plan.after {
+    let piece = layer.next_piece();
+    if let Some((at, bytes)) = &piece {
         let backend = terminal.backend_mut();
-        backend.set_cursor_position(rect.as_position())?;
+        backend.set_cursor_position(*at)?;
         backend.write_all(bytes.as_bytes())?;
         Backend::flush(backend)?;
     }
@@ -104,7 +112,8 @@ pub fn draw_frame(
             "ev": "frame",
             "bytes": written.load(Ordering::Relaxed) - before,
             "clear": plan.clear,
-            "picture_bytes": plan.after.as_ref().map_or(0, |(_, b)| b.len()),
+            "picture_bytes": piece.as_ref().map_or(0, |(_, b)| b.len()),
+            "picture_pending": layer.busy(),
             "size": [size.width, size.height],
             "pane": app.pane.title(),
             "image": app.classify.image_path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy()),

@@ -114,7 +114,8 @@ class XServer:
         r, w = os.pipe()
         self.proc = subprocess.Popen(
             ["Xvfb", "-displayfd", str(w), "-screen", "0", f"{width}x{height}x24",
-             "-nolisten", "tcp"], pass_fds=[w], stderr=subprocess.DEVNULL)
+             "-nolisten", "tcp"], pass_fds=[w], stderr=subprocess.DEVNULL,
+            start_new_session=True)
         os.close(w)
         number = b""
         while not number.endswith(b"\n"):
@@ -209,11 +210,15 @@ class Session:
         before = {w.id for w, _ in xs.windows()}
         self.proc = subprocess.Popen(spec["argv"] + inner, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
-        self.win, self.geo = self.wait(lambda: self.new_window(before), 20, "its window")
-        size = self.work / "size"
-        self.wait(lambda: size.exists() and len(size.read_text().split()) == 2, 20,
-                  "the shell inside")
-        self.wait(self.calibrate, 20, "the calibration cells")
+        try:
+            self.win, self.geo = self.wait(lambda: self.new_window(before), 20, "its window")
+            size = self.work / "size"
+            self.wait(lambda: size.exists() and len(size.read_text().split()) == 2, 20,
+                      "the shell inside")
+            self.wait(self.calibrate, 20, "the calibration cells")
+        except BaseException:
+            self.close()
+            raise
 
     def new_window(self, before):
         fresh = [(w, g) for w, g in self.xs.windows() if w.id not in before]
@@ -678,7 +683,9 @@ def latency(xs, name, spec, args, photos, out):
         s.settle(lambda f: True)
         for load in (False, True):
             if load:
-                busy = [subprocess.Popen(["sh", "-c", "exec yes > /dev/null"]) for _ in range(2)]
+                # Each in its own session, as if started from two other terminals.
+                busy = [subprocess.Popen(["sh", "-c", "exec yes > /dev/null"],
+                                         start_new_session=True) for _ in range(2)]
                 time.sleep(1)
             for trial in range(args.trials):
                 for delay in (0.05, 0.15, 0.3):
@@ -701,6 +708,7 @@ def latency(xs, name, spec, args, photos, out):
                     pic_t = pic[0]["t_ms"] - key_t if pic and key_t is not None else None
                     pic_bytes = pic[0]["picture_bytes"] if pic else 0
                     rows.append({"terminal": name, "busy": load, "delay_ms": delay * 1e3,
+                                 "loadavg": os.getloadavg()[0],
                                  "echo_ms": round(ms, 1),
                                  "picture_written_ms_after_key": pic_t,
                                  "picture_bytes": pic_bytes})

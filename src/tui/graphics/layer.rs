@@ -7,7 +7,9 @@
 //! text; kitty also frees a picture's pixels on a clear, so a clear would force the
 //! pixels to be sent again).
 
-use ratatui::layout::{Rect, Size};
+use std::collections::VecDeque;
+
+use ratatui::layout::{Position, Rect, Size};
 
 use super::kitty;
 use super::EscapePicture;
@@ -20,36 +22,37 @@ pub struct Wanted<'a> {
     pub picture: &'a EscapePicture,
 }
 
-/// What to write around one frame.
+/// What to do around one frame.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
     /// Clear the whole screen before drawing (and redraw every cell).
     pub clear: bool,
     /// Bytes to write before the frame (kitty deletes).
     pub before: String,
-    /// A picture to write after the frame, with the cursor at the rectangle's corner.
-    pub after: Option<(Rect, String)>,
 }
 
 /// The terminal's graphics as far as the app wrote them.
 #[derive(Debug, Default)]
 pub struct Layer {
-    /// The picture on the screen and where.
+    /// The picture on the screen (or being written) and where.
     shown: Option<(u64, Rect)>,
     /// The terminal size at the last frame.
     size: Option<Size>,
     /// The kitty image whose pixels the terminal holds.
     held: Option<u32>,
+    /// Pieces of the shown picture not written yet, with the cursor position for each.
+    pending: VecDeque<(Position, String)>,
 }
 
 impl Layer {
-    /// Plan a frame of `size` that should show `wanted` (or no escape picture).
+    /// Plan a frame of `size` that should show `wanted` (or no escape picture); the
+    /// picture's pieces are then taken one at a time with [`Layer::next_piece`].
     pub fn plan(&mut self, size: Size, wanted: Option<Wanted<'_>>) -> Plan {
         let mut plan = Plan::default();
         // ratatui clears the screen itself when the size changes, and kitty frees the
         // pixels of pictures on a clear.
-        if self.size.is_some_and(|s| s != size) {
-            self.shown = None;
+        if self.resizes_to(size) {
+            self.forget_shown();
             if let Some(old) = self.held.take() {
                 plan.before.push_str(&kitty::free(old));
             }
@@ -63,26 +66,54 @@ impl Layer {
             } else {
                 plan.clear = true;
             }
-            self.shown = None;
+            self.forget_shown();
         }
         if let Some(w) = wanted.filter(|w| self.shown != Some((w.picture.serial, w.rect))) {
-            let mut bytes = String::new();
+            let mut setup = String::new();
             if let Some(id) = w.picture.kitty_id.filter(|id| self.held != Some(*id)) {
                 if let Some(old) = self.held.replace(id) {
-                    bytes.push_str(&kitty::free(old));
+                    setup.push_str(&kitty::free(old));
                 }
-                bytes.push_str(&w.picture.setup);
+                setup.push_str(&w.picture.setup);
             }
-            bytes.push_str(&w.picture.show);
-            plan.after = Some((w.rect, bytes));
+            for (i, (row, piece)) in w.picture.pieces.iter().enumerate() {
+                let at = Position::new(w.rect.x, w.rect.y + row);
+                let bytes = if i == 0 {
+                    format!("{setup}{piece}")
+                } else {
+                    piece.clone()
+                };
+                self.pending.push_back((at, bytes));
+            }
             self.shown = Some((w.picture.serial, w.rect));
         }
         plan
     }
 
+    fn forget_shown(&mut self) {
+        self.shown = None;
+        self.pending.clear();
+    }
+
+    /// The next piece of picture to write, and where the cursor must be for it.
+    pub fn next_piece(&mut self) -> Option<(Position, String)> {
+        self.pending.pop_front()
+    }
+
+    /// Whether pieces of a picture are still to be written.
+    pub fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether the terminal's size differs from the last frame's (ratatui then clears
+    /// the screen).
+    pub fn resizes_to(&self, size: Size) -> bool {
+        self.size.is_some_and(|s| s != size)
+    }
+
     /// What to write when the app ends: remove and free a kitty picture.
     pub fn finish(&mut self) -> String {
-        self.shown = None;
+        self.forget_shown();
         match self.held.take() {
             Some(id) => format!("{}{}", kitty::DELETE_PLACEMENTS, kitty::free(id)),
             None => String::new(),
@@ -94,11 +125,15 @@ impl Layer {
 mod tests {
     use super::*;
 
-    fn sixel(serial: u64, show: &str) -> EscapePicture {
+    fn sixel(serial: u64, bands: &[&str]) -> EscapePicture {
         EscapePicture {
             serial,
             setup: String::new(),
-            show: show.into(),
+            pieces: bands
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (i as u16 * 3, b.to_string()))
+                .collect(),
             size: Size::new(10, 5),
             kitty_id: None,
         }
@@ -108,7 +143,7 @@ mod tests {
         EscapePicture {
             serial: u64::from(id),
             setup: format!("T{id}"),
-            show: format!("P{id}"),
+            pieces: vec![(0, format!("P{id}"))],
             size: Size::new(10, 5),
             kitty_id: Some(id),
         }
@@ -117,37 +152,53 @@ mod tests {
     const SIZE: Size = Size::new(80, 24);
     const AT: Rect = Rect::new(1, 2, 10, 5);
 
+    fn drain(layer: &mut Layer) -> Vec<(Position, String)> {
+        std::iter::from_fn(|| layer.next_piece()).collect()
+    }
+
     #[test]
     fn a_picture_is_sent_once_and_a_change_clears_the_screen() {
         let mut layer = Layer::default();
-        let a = sixel(1, "A");
+        let a = sixel(1, &["A1", "A2"]);
         let wanted = |p| {
             Some(Wanted {
                 rect: AT,
                 picture: p,
             })
         };
-        // Appearing over clean cells: no clear, the picture after the frame.
-        let plan = layer.plan(SIZE, wanted(&a));
-        assert_eq!(plan.after, Some((AT, "A".to_string())));
-        assert!(!plan.clear);
+        // Appearing over clean cells: no clear; the bands after the frame, in order,
+        // each at its own row.
+        assert_eq!(layer.plan(SIZE, wanted(&a)), Plan::default());
+        assert!(layer.busy());
+        assert_eq!(
+            drain(&mut layer),
+            [
+                (Position::new(1, 2), "A1".to_string()),
+                (Position::new(1, 5), "A2".to_string())
+            ]
+        );
         // Typing: same picture, nothing to write.
         assert_eq!(layer.plan(SIZE, wanted(&a)), Plan::default());
+        assert!(!layer.busy());
         // Hidden (help over it, another pane): the screen is cleared.
         let plan = layer.plan(SIZE, None);
-        assert!(plan.clear && plan.after.is_none());
+        assert!(plan.clear && !layer.busy());
         assert_eq!(layer.plan(SIZE, None), Plan::default());
         // Back: drawn again.
-        assert!(layer.plan(SIZE, wanted(&a)).after.is_some());
-        // Another picture: clear, then draw it.
-        let b = sixel(2, "B");
+        layer.plan(SIZE, wanted(&a));
+        assert_eq!(drain(&mut layer).len(), 2);
+        // Another picture while the first is still being written: clear, and only the
+        // new one's bands remain.
+        let b = sixel(2, &["B1", "B2"]);
+        layer.plan(SIZE, wanted(&a));
         let plan = layer.plan(SIZE, wanted(&b));
         assert!(plan.clear);
-        assert_eq!(plan.after, Some((AT, "B".to_string())));
+        let pieces: Vec<String> = drain(&mut layer).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(pieces, ["B1", "B2"]);
         // A resize: ratatui clears by itself; the picture is drawn again.
         let plan = layer.plan(Size::new(100, 30), wanted(&b));
         assert!(!plan.clear);
-        assert!(plan.after.is_some());
+        assert!(layer.busy());
     }
 
     #[test]
@@ -160,19 +211,22 @@ mod tests {
                 picture: p,
             })
         };
-        assert_eq!(layer.plan(SIZE, w(&a)).after.unwrap().1, "T5P5");
+        let bytes = |layer: &mut Layer| layer.next_piece().unwrap().1;
+        layer.plan(SIZE, w(&a));
+        assert_eq!(bytes(&mut layer), "T5P5");
         let plan = layer.plan(SIZE, None);
         assert_eq!(plan.before, kitty::DELETE_PLACEMENTS);
         assert!(!plan.clear, "a clear would free the pixels in kitty");
         // Shown again: placed, not transmitted.
-        assert_eq!(layer.plan(SIZE, w(&a)).after.unwrap().1, "P5");
+        layer.plan(SIZE, w(&a));
+        assert_eq!(bytes(&mut layer), "P5");
         let b = kitty_picture(6);
-        let plan = layer.plan(SIZE, w(&b));
-        assert_eq!(plan.after.unwrap().1, format!("{}T6P6", kitty::free(5)));
+        layer.plan(SIZE, w(&b));
+        assert_eq!(bytes(&mut layer), format!("{}T6P6", kitty::free(5)));
         // After a resize (ratatui clears the screen) the pixels are sent again.
         let plan = layer.plan(Size::new(90, 30), w(&b));
         assert_eq!(plan.before, kitty::free(6));
-        assert_eq!(plan.after.unwrap().1, "T6P6");
+        assert_eq!(bytes(&mut layer), "T6P6");
         assert!(layer.finish().ends_with(&kitty::free(6)));
     }
 }

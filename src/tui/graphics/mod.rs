@@ -21,7 +21,6 @@ use ratatui::layout::{Rect, Size};
 use ratatui_image::protocol::halfblocks::Halfblocks;
 use ratatui_image::protocol::iterm2::Iterm2;
 use ratatui_image::protocol::kitty::Kitty;
-use ratatui_image::protocol::sixel::Sixel;
 use ratatui_image::protocol::Protocol;
 use ratatui_image::{FilterType, FontSize, Image, Resize};
 
@@ -295,10 +294,13 @@ impl Prepared {
 pub struct EscapePicture {
     /// Unique per preparation: what the screen shows is known by it.
     pub serial: u64,
-    /// Sent once before the first `show` (kitty's transmission of the pixels).
+    /// Sent once before the picture is first drawn (kitty's transmission of the pixels).
     pub setup: String,
-    /// Draws the picture with the cursor at its top-left cell (erasing the cells first).
-    pub show: String,
+    /// Draws the picture, piece by piece, each with the cursor at the given row of the
+    /// picture's left column (the cells are erased first). A sixel picture comes in
+    /// bands a few cells tall, so that keys typed while a terminal works through a
+    /// large picture are echoed between two bands rather than after all of it.
+    pub pieces: Vec<(u16, String)>,
     /// Size in cells.
     pub size: Size,
     /// The kitty image id, whose data the terminal keeps until it is freed.
@@ -319,11 +321,12 @@ fn skip_cells(area: Rect, buf: &mut Buffer) {
 /// Erase `width` x `height` cells from the cursor down, and come back: a picture is
 /// drawn over clean cells, whatever text was there.
 pub fn erase_area(width: u16, height: u16) -> String {
-    let mut s = String::new();
-    for _ in 0..height {
-        s.push_str(&format!("\x1b[{width}X\x1b[1B"));
+    let erase = format!("\x1b[{width}X");
+    let mut s = vec![erase; usize::from(height)].join("\x1b[1B");
+    // Never below the last row: a cursor move past the screen's bottom would stop short.
+    if height > 1 {
+        s.push_str(&format!("\x1b[{}A", height - 1));
     }
-    s.push_str(&format!("\x1b[{height}A"));
     s
 }
 
@@ -333,6 +336,37 @@ fn next_kitty_id() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     // Mixed with the process id so that two runs in one window do not share ids.
     (std::process::id() & 0x7f) << 24 | NEXT.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff
+}
+
+/// The height of a sixel band in pixels, at least: about 25 KB of sixel for a pane-wide
+/// photo, which a busy terminal gets through in tens of milliseconds.
+const SIXEL_BAND_PX: u16 = 48;
+
+/// Encode `pixels` (exactly `cells` at `cell_height` pixels a row) as sixel bands of
+/// whole cell rows, each erasing its cells first.
+fn sixel_bands(
+    pixels: &DynamicImage,
+    cells: Size,
+    cell_height: u16,
+) -> Result<Vec<(u16, String)>, String> {
+    let rgba = pixels.to_rgba8();
+    let rows_per_band = SIXEL_BAND_PX.div_ceil(cell_height.max(1)).max(1);
+    let mut bands = Vec::new();
+    for row in (0..cells.height).step_by(usize::from(rows_per_band)) {
+        let rows = rows_per_band.min(cells.height - row);
+        let top = u32::from(row) * u32::from(cell_height);
+        let height = (u32::from(rows) * u32::from(cell_height)).min(rgba.height() - top);
+        let band = image::imageops::crop_imm(&rgba, 0, top, rgba.width(), height).to_image();
+        let sixel = icy_sixel::sixel_encode(
+            band.as_raw(),
+            band.width() as usize,
+            band.height() as usize,
+            &icy_sixel::EncodeOptions::default(),
+        )
+        .map_err(|err| format!("sixel encoding: {err}"))?;
+        bands.push((row, erase_area(cells.width, rows) + &sixel));
+    }
+    Ok(bands)
 }
 
 /// The rectangle of a `size` picture centred in `area`.
@@ -360,12 +394,12 @@ pub fn prepare(image: &DynamicImage, area: Size, g: &Graphics) -> Result<Prepare
     // Scaled, then padded to whole cells with the terminal's background.
     let pixels = || resize.resize(image, font, cells, background);
     let wrap = |s: String| if g.tmux { tmux_wrap(&s) } else { s };
-    let escape = |setup: String, show: String, kitty_id| {
+    let escape = |setup: String, pieces: Vec<(u16, String)>, kitty_id| {
         static SERIAL: AtomicU64 = AtomicU64::new(1);
         Prepared::Escape(EscapePicture {
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             setup,
-            show,
+            pieces,
             size: cells,
             kitty_id,
         })
@@ -381,19 +415,20 @@ pub fn prepare(image: &DynamicImage, area: Size, g: &Graphics) -> Result<Prepare
             Kitty::new(pixels(), cells, next_kitty_id(), g.tmux, true).map_err(e)?,
         )),
         Mode::Sixel => {
-            let sixel = Sixel::new(pixels(), cells, false).map_err(e)?;
-            escape(String::new(), wrap(sixel.data), None)
+            let bands = sixel_bands(&pixels(), cells, g.cell.1)?;
+            let pieces = bands.into_iter().map(|(row, s)| (row, wrap(s))).collect();
+            escape(String::new(), pieces, None)
         }
         Mode::Iterm2 => {
             let iterm = Iterm2::new(pixels(), cells, false).map_err(e)?;
-            escape(String::new(), wrap(iterm.data), None)
+            escape(String::new(), vec![(0, wrap(iterm.data))], None)
         }
         Mode::KittyDirect => {
             let id = next_kitty_id();
             let show = erase_area(cells.width, cells.height)
                 + &kitty::place(id, cells.width, cells.height);
             let setup = kitty::transmit(&pixels(), id).map_err(|e| e.to_string())?;
-            escape(setup, show, Some(id))
+            escape(setup, vec![(0, show)], Some(id))
         }
     })
 }
@@ -537,7 +572,18 @@ mod tests {
             panic!("sixel is an escape picture")
         };
         assert!(e.setup.is_empty() && e.kitty_id.is_none());
-        assert!(e.show.starts_with("\x1b[30X") && e.show.contains("\x1bP"));
+        // 20-pixel rows: bands of 3 rows (60 px), the last one 1 row.
+        let rows: Vec<u16> = e.pieces.iter().map(|(row, _)| *row).collect();
+        assert_eq!(rows, [0, 3, 6, 9]);
+        for (i, (_, band)) in e.pieces.iter().enumerate() {
+            let erased = if i < 3 {
+                "\x1b[30X\x1b[1B\x1b[30X\x1b[1B\x1b[30X\x1b[2A\x1bP"
+            } else {
+                "\x1b[30X\x1bP"
+            };
+            assert!(band.starts_with(erased), "{i}: {:?}", &band[..30]);
+            assert_eq!(band.matches("\x1bP").count(), 1, "one sixel a band");
+        }
     }
 
     #[test]
@@ -550,10 +596,12 @@ mod tests {
         let Prepared::Escape(e) = prepare(&photo(), Size::new(12, 4), &g).unwrap() else {
             panic!()
         };
-        assert!(e.show.starts_with("\x1bPtmux;\x1b\x1b["));
-        assert!(e.show.ends_with("\x1b\x1b\\\x1b\\"));
-        let inner = &e.show[7..e.show.len() - 2];
-        assert!(inner.split("\x1b\x1b").all(|part| !part.contains('\x1b')));
+        for (_, band) in &e.pieces {
+            assert!(band.starts_with("\x1bPtmux;\x1b\x1b["));
+            assert!(band.ends_with("\x1b\x1b\\\x1b\\"));
+            let inner = &band[7..band.len() - 2];
+            assert!(inner.split("\x1b\x1b").all(|part| !part.contains('\x1b')));
+        }
     }
 
     #[test]
@@ -569,8 +617,11 @@ mod tests {
         assert!(id > 0 && id < 1 << 31, "Konsole reads ids as signed");
         assert!(e.setup.starts_with("\x1b_Ga=t,f=100,"));
         assert!(e.setup.contains(&format!("i={id},")));
-        assert!(e.show.contains(&format!("\x1b_Ga=p,i={id},p=1,c=")));
-        assert!(!e.show.contains("a=t"), "placing sends no pixels");
+        let [(0, show)] = &e.pieces[..] else {
+            panic!("one piece")
+        };
+        assert!(show.contains(&format!("\x1b_Ga=p,i={id},p=1,c=")));
+        assert!(!show.contains("a=t"), "placing sends no pixels");
     }
 
     #[test]
