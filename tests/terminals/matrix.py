@@ -84,13 +84,21 @@ TERMINALS = {
 }
 
 RUN_SH = r"""#!/bin/sh
-# Inside the terminal: mark two corner cells (magenta) for calibration, wait for "go", run the app.
+# Inside the terminal: mark two corner cells (magenta) for calibration, again whenever
+# the size changes (tmux starts its pane at 80x24), wait for "go", run the app.
 W="$1"; shift
 cd "$W"
-stty size > "$W/size"
-read rows cols < "$W/size"
-printf '\033[?25l\033[2J\033[H\033[48;5;201m \033[0m\033[%s;%sH\033[48;5;201m \033[0m' "$rows" "$cols"
-while [ ! -e "$W/go" ]; do sleep 0.05; done
+mark() {
+    stty size > "$W/size.new" && mv "$W/size.new" "$W/size"
+    read rows cols < "$W/size"
+    printf '\033[?25l\033[2J\033[H\033[48;5;201m \033[0m\033[%s;%sH\033[48;5;201m \033[0m' \
+        "$rows" "$cols"
+}
+mark
+while [ ! -e "$W/go" ]; do
+    sleep 0.05
+    [ "$(stty size)" = "$rows $cols" ] || mark
+done
 printf '\033[2J\033[H\033[?25h'
 CLIPSCOPE_TUI_TRACE="$W/trace.jsonl" "$@"
 echo $? > "$W/exit"
@@ -217,6 +225,10 @@ class Session:
                       "the shell inside")
             self.wait(self.calibrate, 20, "the calibration cells")
         except BaseException:
+            try:
+                Image.fromarray(self.shot()).save(self.work.parent / f"{name}-failed-start.png")
+            except Exception:
+                pass
             self.close()
             raise
 
@@ -394,42 +406,27 @@ def segment_distance(px, a, b):
     return np.sqrt(((px - nearest) ** 2).sum(axis=1))
 
 
-def picture_cells(s, img, rect=None, skip=None):
-    """Cells that hold picture pixels rather than text: text is two colours and the
-    blends between them. `rect` limits the search (cells); `skip` is left out."""
-    cols, rows = s.size
-    x, y, w, h = rect or [0, 0, cols, rows]
-    found = []
-    for r in range(y, y + h):
-        for c in range(x, x + w):
-            if skip and skip[0] <= c < skip[0] + skip[2] and skip[1] <= r < skip[1] + skip[3]:
-                continue
-            x0, y0, x1, y1 = s.px([c, r, 1, 1])
-            cell = img[y0 + 1:y1 - 1, x0 + 1:x1 - 1].reshape(-1, 3).astype(float)
-            if len(cell) == 0:
-                continue
-            colours, counts = np.unique(cell, axis=0, return_counts=True)
-            a = colours[counts.argmax()]
-            far = np.sqrt(((colours - a) ** 2).sum(axis=1))
-            b = colours[far.argmax()]
-            off = segment_distance(cell, a, b) > 40
-            if off.mean() > 0.15:
-                found.append((c, r))
-    return found
+def colour_keys(pixels):
+    """Colours at 4 bits a channel, as integers."""
+    q = (pixels.reshape(-1, 3).astype(int) >> 4)
+    return q[:, 0] << 8 | q[:, 1] << 4 | q[:, 2]
 
 
-def colour_pairs(s, img, rect):
-    """Distinct (first, second most common colour) pairs over the cells of `rect`."""
-    pairs = set()
-    x, y, w, h = rect
-    for r in range(y, y + h):
-        for c in range(x, x + w):
-            x0, y0, x1, y1 = s.px([c, r, 1, 1])
-            cell = img[y0:y1, x0:x1].reshape(-1, 3)
-            colours, counts = np.unique(cell, axis=0, return_counts=True)
-            order = counts.argsort()[::-1][:2]
-            pairs.add(tuple(map(tuple, colours[order])))
-    return len(pairs)
+def picture_colours(picture, ui_colours):
+    """The colours of a picture on the screen that text on this terminal never shows:
+    what a stray piece of it would give away."""
+    keys, counts = np.unique(colour_keys(picture), return_counts=True)
+    common = keys[counts >= max(3, picture.size // 3 // 2000)]
+    return np.setdiff1d(common, ui_colours)
+
+
+def stray_pixels(img, colours, keep=None):
+    """Pixels of `img` in `colours`, outside the pixel box `keep`."""
+    hit = np.isin(colour_keys(img), colours).reshape(img.shape[:2])
+    if keep is not None:
+        x0, y0, x1, y1 = keep
+        hit[y0:y1, x0:x1] = False
+    return int(hit.sum())
 
 
 def contrast(c1, c2):
@@ -444,9 +441,13 @@ def contrast(c1, c2):
 # ---------------------------------------------------------------- the checks
 
 class Checker:
-    def __init__(self, s, mode, out, images):
+    def __init__(self, s, mode, out, images, baseline):
         self.s, self.mode, self.out, self.images = s, mode, out, images
         self.results = []
+        # Every colour text takes on this terminal (glyph edges included), from the
+        # screens of a run that never showed a picture.
+        self.ui_colours = np.unique(np.concatenate([colour_keys(b) for b in baseline]))
+        self.colours = None
 
     def save(self, step, img):
         Image.fromarray(img).save(self.out / f"{self.s.name}-{step}.png")
@@ -464,6 +465,8 @@ class Checker:
             return
         box = self.s.px(rect)
         got = crop(img, box)
+        h, w = got.shape[:2]
+        self.last_piece = got[h // 2: h // 2 + 32, w // 2: w // 2 + 64].copy()
         size = (box[2] - box[0], box[3] - box[1])
         right = mae(got, reference(shown, size, self.mode, self.s.bg))
         wrong = mae(got, reference(other, size, self.mode, self.s.bg))
@@ -482,13 +485,29 @@ class Checker:
         self.check(step, int(stray.sum()) == 0,
                    f"{int(stray.sum())} non-background pixels in the pane around the picture "
                    f"(its {size[0] - fw}x{size[1] - fh} px of cell padding included)")
-        self.elsewhere(step, img, skip=rect)
+        self.colours = picture_colours(got, self.ui_colours)
+        share = float(np.isin(colour_keys(got), self.colours).mean())
+        self.check(step, share > 0.5, f"{share:.0%} of the picture's pixels have colours "
+                   "no text here has (what the stray-picture test looks for)")
+        self.elsewhere(step, img, keep=self.s.px(area))
 
-    def elsewhere(self, step, img, skip=None):
-        cells = picture_cells(self.s, img, skip=skip)
-        self.check(step, len(cells) == 0,
-                   f"{len(cells)} cells with picture pixels outside the picture"
-                   + (f" (first {cells[:5]})" if cells else ""))
+    def elsewhere(self, step, img, keep=None):
+        """No pixel in the last picture's own colours outside `keep` (pixel box). The test
+        is tried first on a copy with a piece of picture pasted in the status bar: it
+        must see that one."""
+        if self.colours is None or len(self.colours) == 0:
+            self.check(step, False, "no picture colours to look for")
+            return
+        cols, rows = self.s.size
+        x0, y0, x1, y1 = self.s.px([0, rows - 1, 4, 1])
+        planted = img.copy()
+        piece = self.last_piece[: y1 - y0, : x1 - x0]
+        planted[y0:y0 + piece.shape[0], x0:x0 + piece.shape[1]] = piece
+        seen = stray_pixels(planted, self.colours, keep)
+        stray = stray_pixels(img, self.colours, keep)
+        self.check(step, stray <= 20 and seen > 20 + stray,
+                   f"{stray} pixels in picture colours outside "
+                   f"{'the image pane' if keep else 'any picture'} (a planted piece: {seen})")
 
     def same(self, step, a, b, what, rows=None):
         if rows is not None:
@@ -532,7 +551,7 @@ class Checker:
                    f"text {share:.0%} of it")
 
 
-def run_terminal(xs, name, spec, args, out, baseline_train):
+def run_terminal(xs, name, spec, args, out, base):
     images = args.images
     first, second = images[0], images[1]
     work = Path(tempfile.mkdtemp(prefix=f"clipscope-{name}-"))
@@ -544,7 +563,7 @@ def run_terminal(xs, name, spec, args, out, baseline_train):
         shutil.rmtree(work, ignore_errors=True)
         log(f"  FAIL start: {e}")
         return [(name, "start", False, str(e))]
-    c = Checker(s, spec["mode"], out, images)
+    c = Checker(s, spec["mode"], out, images, base)
     try:
         log(f"{name}: cells {s.cell[0]:.1f}x{s.cell[1]:.1f} px at {s.origin}, "
             f"{s.size[0]}x{s.size[1]}")
@@ -573,8 +592,8 @@ def run_terminal(xs, name, spec, args, out, baseline_train):
         frame, img = s.settle(lambda f: f["help"] is not None)
         c.save("3-help", img)
         help_box = frame["help"]
-        c.elsewhere("help open", img, skip=frame["picture"] if spec["mode"] == "halfblocks"
-                    else None)
+        keep = s.px(frame["picture"]) if spec["mode"] == "halfblocks" else None
+        c.elsewhere("help open", img, keep=keep)
         s.key("Escape")
         frame, img = s.settle(lambda f: f["help"] is None and showing(first)(f))
         c.same("help closed", img, before_help, "the screen before the help")
@@ -590,9 +609,8 @@ def run_terminal(xs, name, spec, args, out, baseline_train):
         frame, img = s.settle(lambda f: f["pane"] == "Train")
         c.save("5-train", img)
         c.elsewhere("Train pane", img)
-        if baseline_train is not None:
-            c.same("Train pane", img, baseline_train, "the Train pane of a run without "
-                   "pictures", rows=(0, s.size[1] - 1))
+        c.same("Train pane", img, base[2], "the Train pane of a run without pictures",
+               rows=(0, s.size[1] - 1))
         s.key("alt+1")
         frame, img = s.settle(showing(second))
         c.same("back to Classify", img, before_train, "the screen before the Train pane")
@@ -613,6 +631,10 @@ def run_terminal(xs, name, spec, args, out, baseline_train):
         status = (work / "exit").read_text().strip()
         c.check("quit", status == "0", f"exit status {status}")
         c.elsewhere("quit", img)
+        # Back on the normal screen: blank (cleared before the app) but for "exit=0".
+        below = crop(img, s.px([0, 2, s.size[0], s.size[1] - 2])).astype(int)
+        left = int((np.abs(below - s.bg).sum(axis=2) > 30).sum())
+        c.check("quit", left == 0, f"{left} pixels left on the screen below the exit line")
     except Failure as e:
         c.check("run", False, str(e))
     finally:
@@ -621,18 +643,22 @@ def run_terminal(xs, name, spec, args, out, baseline_train):
     return c.results
 
 
-def train_baseline(xs, name, spec, args):
-    """The Train pane of a run that never showed a picture."""
+def baseline(xs, name, spec, args):
+    """Screens of a run that never showed a picture: Classify, its help, Train."""
     work = Path(tempfile.mkdtemp(prefix=f"clipscope-{name}-base-"))
     app = [str(args.bin), "tui", "--labels", "a cat,a dog", "--model-dir",
            str(FIXTURES / "tiny-clip")]
     s = Session(xs, name + "-baseline", spec, app, work)
     try:
         s.go()
-        s.settle(lambda f: f["pane"] == "Classify")
+        _, classify = s.settle(lambda f: f["pane"] == "Classify")
+        s.key("F1")
+        _, help_screen = s.settle(lambda f: f["help"] is not None)
+        s.key("Escape")
+        s.settle(lambda f: f["help"] is None)
         s.key("alt+2")
-        _, img = s.settle(lambda f: f["pane"] == "Train")
-        return img
+        _, train = s.settle(lambda f: f["pane"] == "Train")
+        return [classify, help_screen, train]
     finally:
         s.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -790,11 +816,11 @@ def main():
                 continue
             log(f"{name}:")
             try:
-                base = train_baseline(xs, name, spec, args)
+                base = baseline(xs, name, spec, args)
             except Failure as e:
-                results.append((name, "Train pane baseline", False, str(e)))
-                log(f"  FAIL Train pane baseline: {e}")
-                base = None
+                results.append((name, "baseline", False, str(e)))
+                log(f"  FAIL baseline: {e}")
+                continue
             results += run_terminal(xs, name, spec, args, out, base)
             if args.latency and spec["mode"] == "sixel" and name != "xterm-dark":
                 timings += latency(xs, name, spec, args, large_photos(folder / "large"), out)
