@@ -523,20 +523,28 @@ fn sixels(out: &[u8]) -> usize {
         .count()
 }
 
+/// The app on a fixture image with the tiny model and labels, drawing with `protocol`.
+fn spawn_app(image: &str, labels: &str, protocol: &str, env: &[(&str, &str)]) -> Pty {
+    let image = fixtures().join("images").join(image).display().to_string();
+    let model = fixtures().join("tiny-clip").display().to_string();
+    Pty::spawn_with(
+        &[
+            "tui",
+            &image,
+            "--labels",
+            labels,
+            "--model-dir",
+            &model,
+            "--image-protocol",
+            protocol,
+        ],
+        env,
+    )
+}
+
 #[test]
 fn a_sixel_picture_is_sent_once_and_again_only_when_the_screen_changes() {
-    let image = fixtures().join("images/chelsea.png").display().to_string();
-    let model = fixtures().join("tiny-clip").display().to_string();
-    let mut pty = Pty::spawn(&[
-        "tui",
-        &image,
-        "--labels",
-        "cat",
-        "--model-dir",
-        &model,
-        "--image-protocol",
-        "sixel",
-    ]);
+    let mut pty = spawn_app("chelsea.png", "cat", "sixel", &[]);
     pty.wait_for("first probabilities", |s| row_with(s, "cat").is_some());
     // One picture, sent as bands of a few rows each.
     let bands = sixels(&pty.output_since(0));
@@ -632,21 +640,9 @@ fn the_help_wraps_inside_its_box_on_a_narrow_screen() {
 
 #[test]
 fn with_no_color_the_screen_has_no_colours_but_the_picture() {
-    let image = fixtures().join("images/chelsea.png").display().to_string();
-    let model = fixtures().join("tiny-clip").display().to_string();
-    let args = [
-        "tui",
-        &image,
-        "--labels",
-        "cat,dog",
-        "--model-dir",
-        &model,
-        "--image-protocol",
-        "halfblocks",
-    ];
     for no_color in [true, false] {
         let env: &[(&str, &str)] = if no_color { &[("NO_COLOR", "1")] } else { &[] };
-        let mut pty = Pty::spawn_with(&args, env);
+        let mut pty = spawn_app("chelsea.png", "cat,dog", "halfblocks", env);
         pty.wait_for("first probabilities", |s| row_with(s, "dog").is_some());
         let parser = pty.parser.lock().unwrap();
         let screen = parser.screen();
@@ -696,18 +692,7 @@ fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
 #[cfg(target_os = "linux")]
 #[test]
 fn model_and_picture_threads_run_below_the_ui() {
-    let image = fixtures().join("images/chelsea.png").display().to_string();
-    let model = fixtures().join("tiny-clip").display().to_string();
-    let mut pty = Pty::spawn(&[
-        "tui",
-        &image,
-        "--labels",
-        "cat",
-        "--model-dir",
-        &model,
-        "--image-protocol",
-        "halfblocks",
-    ]);
+    let mut pty = spawn_app("chelsea.png", "cat", "halfblocks", &[]);
     pty.wait_for("first probabilities", |s| row_with(s, "cat").is_some());
     let threads = thread_nice_values(pty.child.process_id().unwrap());
     let nice = |prefix: &str| {
