@@ -111,6 +111,15 @@ class Failure(Exception):
     pass
 
 
+def remove(folder):
+    """Remove a session's folder; a terminal may still write its settings as it exits."""
+    for _ in range(5):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not Path(folder).exists():
+            return
+        time.sleep(0.5)
+
+
 def log(*args):
     print(*args, flush=True)
 
@@ -560,7 +569,7 @@ def run_terminal(xs, name, spec, args, out, base):
     try:
         s = Session(xs, name, spec, app, work)
     except Failure as e:
-        shutil.rmtree(work, ignore_errors=True)
+        remove(work)
         log(f"  FAIL start: {e}")
         return [(name, "start", False, str(e))]
     c = Checker(s, spec["mode"], out, images, base)
@@ -639,7 +648,7 @@ def run_terminal(xs, name, spec, args, out, base):
         c.check("run", False, str(e))
     finally:
         s.close()
-        shutil.rmtree(work, ignore_errors=True)
+        remove(work)
     return c.results
 
 
@@ -661,7 +670,7 @@ def baseline(xs, name, spec, args):
         return [classify, help_screen, train]
     finally:
         s.close()
-        shutil.rmtree(work, ignore_errors=True)
+        remove(work)
 
 
 # ---------------------------------------------------------------- latency
@@ -752,7 +761,7 @@ def latency(xs, name, spec, args, photos, out):
             p.terminate()
             p.wait()
         s.close()
-        shutil.rmtree(work, ignore_errors=True)
+        remove(work)
     return rows
 
 
@@ -826,7 +835,7 @@ def main():
                 timings += latency(xs, name, spec, args, large_photos(folder / "large"), out)
     finally:
         xs.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        remove(folder)
     failed = [r for r in results if not r[2]]
     summary = {"versions": info, "checks": [
         {"terminal": t, "step": st, "ok": ok, "detail": d} for t, st, ok, d in results]}
