@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clipscope::clip::Prediction;
-use clipscope::tui::app::App;
+use clipscope::tui::app::{App, DecodedImage};
+use clipscope::tui::graphics::encoder::Done;
+use clipscope::tui::graphics::{self, Graphics};
 use clipscope::tui::keymap::Keymap;
 use clipscope::tui::ui;
 use clipscope::tui::worker::{Request, Response};
 use common::fixtures;
 use ratatui::backend::TestBackend;
+use ratatui::layout::{Position, Rect};
 use ratatui::Terminal;
-use ratatui_image::picker::Picker;
 
 fn screen_text(terminal: &Terminal<TestBackend>) -> String {
     let buf = terminal.backend().buffer();
@@ -29,25 +31,48 @@ fn screen_text(terminal: &Terminal<TestBackend>) -> String {
         .join("\n")
 }
 
-#[test]
-fn classify_pane_renders_image_labels_and_probabilities() {
+/// Draw a frame; the picture is prepared in line (the app does it on its encoder thread).
+fn draw(terminal: &mut Terminal<TestBackend>, app: &mut App) {
+    let size = terminal.size().unwrap();
+    let layout = ui::layout(Rect::from((Position::ORIGIN, size)), app);
+    if let Some(job) = layout.image_area.and_then(|a| app.picture_job(a.as_size())) {
+        let result = graphics::prepare(&job.image, job.area, &app.graphics);
+        app.on_picture_prepared(Done {
+            picture: job.picture,
+            area: job.area,
+            result,
+            encode_ms: 0.0,
+        });
+    }
+    terminal.draw(|f| ui::draw(f, app)).unwrap();
+}
+
+/// An app showing `image` (a fixture name), decoded and ready to draw.
+fn app_with_image(keymap: &str, labels: &str, image: &str) -> (App, u64) {
     let mut app = App::new(
-        Keymap::builtin("default").unwrap(),
-        Picker::from_fontsize((10, 20)),
-        "cat,astronaut",
+        Keymap::builtin(keymap).unwrap(),
+        Graphics::halfblocks(),
+        labels,
     );
-    let now = Instant::now();
-    let path = fixtures().join("images/chelsea.png");
+    let path = fixtures().join("images").join(image);
     let img = clipscope::data::load_image(&path).unwrap();
     app.open(path.clone()).unwrap();
-    let reqs = app.on_image_decoded(path.clone(), Ok(Arc::new(img)), now);
+    let reqs = app.on_image_decoded(path, Ok(DecodedImage::new(img)), Instant::now());
     let generation = reqs
         .iter()
         .find_map(|r| match r {
             Request::Score { generation, .. } => Some(*generation),
             _ => None,
         })
-        .unwrap();
+        .unwrap_or(0);
+    (app, generation)
+}
+
+#[test]
+fn classify_pane_renders_image_labels_and_probabilities() {
+    let (mut app, generation) = app_with_image("default", "cat,astronaut", "chelsea.png");
+    let now = Instant::now();
+    let path = fixtures().join("images/chelsea.png");
     app.on_response(
         Response::ModelReady {
             name: "tiny".into(),
@@ -75,7 +100,7 @@ fn classify_pane_renders_image_labels_and_probabilities() {
         now + Duration::from_millis(42),
     );
     let mut terminal = Terminal::new(TestBackend::new(140, 45)).unwrap();
-    terminal.draw(|f| ui::draw(f, &mut app)).unwrap();
+    draw(&mut terminal, &mut app);
     let text = screen_text(&terminal);
     assert!(text.contains("Classify") && text.contains("Train") && text.contains("Results"));
     assert!(text.contains("chelsea.png"), "image title");
@@ -94,14 +119,14 @@ fn classify_pane_renders_image_labels_and_probabilities() {
 
     // The help overlay lists bindings from the active keymap.
     app.show_help = true;
-    terminal.draw(|f| ui::draw(f, &mut app)).unwrap();
+    draw(&mut terminal, &mut app);
     let text = screen_text(&terminal);
     assert!(text.contains("Ctrl-O") && text.contains("open an image"));
 
     // The Results pane lists the session's classification.
     app.show_help = false;
     app.pane = clipscope::tui::app::Pane::Results;
-    terminal.draw(|f| ui::draw(f, &mut app)).unwrap();
+    draw(&mut terminal, &mut app);
     let text = screen_text(&terminal);
     assert!(text
         .lines()
@@ -111,12 +136,19 @@ fn classify_pane_renders_image_labels_and_probabilities() {
 /// The real binary in a 140x45 pseudo-terminal.
 struct Pty {
     parser: Arc<Mutex<vt100::Parser>>,
+    /// Every byte the app wrote.
+    raw: Arc<Mutex<Vec<u8>>>,
     writer: Box<dyn Write + Send>,
     child: Box<dyn portable_pty::Child + Send + Sync>,
 }
 
 impl Pty {
     fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with(args, &[])
+    }
+
+    /// Start the app with extra environment variables.
+    fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         use portable_pty::{native_pty_system, CommandBuilder, PtySize};
         let pair = native_pty_system()
             .openpty(PtySize {
@@ -134,12 +166,17 @@ impl Pty {
             "CLIPSCOPE_CACHE",
             std::env::temp_dir().join("clipscope-tui-test"),
         );
+        cmd.env_remove("NO_COLOR");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = pair.slave.spawn_command(cmd).unwrap();
         drop(pair.slave);
         let mut reader = pair.master.try_clone_reader().unwrap();
         let writer = pair.master.take_writer().unwrap();
         let parser = Arc::new(Mutex::new(vt100::Parser::new(45, 140, 0)));
-        let p = parser.clone();
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let (p, r) = (parser.clone(), raw.clone());
         std::thread::spawn(move || {
             let _master = pair.master; // keep the pty open while the child runs
             let mut buf = [0u8; 8192];
@@ -147,13 +184,33 @@ impl Pty {
                 if n == 0 {
                     break;
                 }
+                r.lock().unwrap().extend_from_slice(&buf[..n]);
                 p.lock().unwrap().process(&buf[..n]);
             }
         });
         Self {
             parser,
+            raw,
             writer,
             child,
+        }
+    }
+
+    /// How many bytes the app has written so far.
+    fn written(&self) -> usize {
+        self.raw.lock().unwrap().len()
+    }
+
+    /// The bytes written since `from`, once the app has been quiet for 300 ms.
+    fn output_since(&self, from: usize) -> Vec<u8> {
+        let mut len = self.written();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.written();
+            if now == len {
+                return self.raw.lock().unwrap()[from..].to_vec();
+            }
+            len = now;
         }
     }
 
@@ -433,21 +490,241 @@ fn the_worker_skips_requests_superseded_while_it_was_busy() {
 
 #[test]
 fn the_classify_pane_redraws_at_any_size() {
-    let mut app = App::new(
-        Keymap::builtin("vim").unwrap(),
-        Picker::from_fontsize((10, 20)),
-        "cat",
-    );
-    let path = fixtures().join("images/tall.png");
-    let img = clipscope::data::load_image(&path).unwrap();
-    app.open(path.clone()).unwrap();
-    app.on_image_decoded(path, Ok(Arc::new(img)), Instant::now());
+    let (mut app, _) = app_with_image("vim", "cat", "tall.png");
     for (w, h) in [(140, 45), (80, 24), (200, 60), (30, 10), (12, 5)] {
         let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
-        terminal.draw(|f| ui::draw(f, &mut app)).unwrap();
+        draw(&mut terminal, &mut app);
         let text = screen_text(&terminal);
         if w >= 80 {
             assert!(text.contains("tall.png"), "{w}x{h}:\n{text}");
         }
     }
+}
+
+/// How often `needle` occurs in `haystack`.
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+/// How many sixel pictures (`ESC P` parameters `q`) are in the app's output.
+fn sixels(out: &[u8]) -> usize {
+    out.windows(2)
+        .enumerate()
+        .filter(|(_, w)| *w == b"\x1bP")
+        .filter(|(i, _)| {
+            let params = out[i + 2..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit() || **b == b';');
+            out.get(i + 2 + params.count()) == Some(&b'q')
+        })
+        .count()
+}
+
+/// The app on a fixture image with the tiny model and labels, drawing with `protocol`.
+fn spawn_app(image: &str, labels: &str, protocol: &str, env: &[(&str, &str)]) -> Pty {
+    let image = fixtures().join("images").join(image).display().to_string();
+    let model = fixtures().join("tiny-clip").display().to_string();
+    Pty::spawn_with(
+        &[
+            "tui",
+            &image,
+            "--labels",
+            labels,
+            "--model-dir",
+            &model,
+            "--image-protocol",
+            protocol,
+        ],
+        env,
+    )
+}
+
+#[test]
+fn a_sixel_picture_is_sent_once_and_again_only_when_the_screen_changes() {
+    let mut pty = spawn_app("chelsea.png", "cat", "sixel", &[]);
+    pty.wait_for("first probabilities", |s| row_with(s, "cat").is_some());
+    // One picture, sent as bands of a few rows each.
+    let bands = sixels(&pty.output_since(0));
+    assert!(bands > 1, "{bands} sixel bands");
+
+    // Typing echoes the key without the picture: a few hundred bytes, not kilobytes.
+    let from = pty.written();
+    pty.send(b"x");
+    pty.wait_for("the typed key", |s| s.contains("catx"));
+    let typed = pty.output_since(from);
+    assert_eq!(sixels(&typed), 0);
+    assert!(typed.len() < 2000, "{} bytes for one key", typed.len());
+
+    // The help over the picture: the picture goes (the screen is cleared) and comes
+    // back, whole, when the help closes.
+    let from = pty.written();
+    pty.send(b"\x1bOP"); // F1
+    pty.wait_for("the help", |s| s.contains("Keys (default keymap)"));
+    let opened = pty.output_since(from);
+    assert!(count(&opened, b"\x1b[2J") >= 1 && sixels(&opened) == 0);
+    let from = pty.written();
+    pty.send(b"\x1b");
+    std::thread::sleep(Duration::from_millis(100));
+    pty.send(b"\x1b[1;5D"); // a key after Esc, so that Esc is not read as Alt
+    pty.wait_for("the help gone", |s| !s.contains("Keys (default keymap)"));
+    let closed = pty.output_since(from);
+    assert_eq!(sixels(&closed), bands, "the picture drawn again");
+
+    // Another pane and back: cleared, then the picture once more.
+    let from = pty.written();
+    pty.send(b"\x1b2");
+    pty.wait_for("the Train pane", |s| s.contains("no run yet"));
+    std::thread::sleep(Duration::from_millis(100));
+    pty.send(b"\x1b1");
+    pty.wait_for("the Classify pane", |s| row_with(s, "catx").is_some());
+    let back = pty.output_since(from);
+    assert!(count(&back, b"\x1b[2J") >= 1);
+    assert_eq!(sixels(&back), bands);
+    quit(&mut pty);
+}
+
+#[test]
+fn kitty_0_26_gets_direct_placement_not_placeholders() {
+    let image = fixtures().join("images/coffee.png").display().to_string();
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let mut pty = Pty::spawn(&["tui", &image, "--labels", "cat", "--model-dir", &model]);
+    std::thread::sleep(Duration::from_millis(200));
+    // What kitty 0.26.5 answers (recorded under Xvfb).
+    pty.send(
+        b"\x1b_Gi=31;OK\x1b\\\x1b[?62;c\x1bP>|kitty(0.26.5)\x1b\\\x1b[6;18;9t\
+          \x1b]11;rgb:0000/0000/0000\x1b\\\x1b[0n",
+    );
+    let s = pty.wait_for("the status bar", |s| {
+        s.lines().any(|l| l.contains("kitty (direct)"))
+    });
+    assert!(
+        s.contains("kitty(0.26.5) draws no Unicode placeholders"),
+        "{s}"
+    );
+    pty.wait_for("first probabilities", |s| row_with(s, "cat").is_some());
+    let out = pty.output_since(0);
+    assert_eq!(count(&out, b"\x1b_Ga=t,"), 1, "pixels transmitted once");
+    assert_eq!(count(&out, b"\x1b_Ga=p,"), 1, "placed once");
+    assert_eq!(
+        count(&out, "\u{10EEEE}".as_bytes()),
+        0,
+        "no placeholder cells"
+    );
+    // Leaving frees the picture.
+    let from = pty.written();
+    quit(&mut pty);
+    let end = pty.output_since(from);
+    assert!(
+        count(&end, b"a=d,d=I") == 1,
+        "{}",
+        String::from_utf8_lossy(&end)
+    );
+}
+
+#[test]
+fn the_help_wraps_inside_its_box_on_a_narrow_screen() {
+    let (mut app, _) = app_with_image("default", "cat", "chelsea.png");
+    app.show_help = true;
+    let mut terminal = Terminal::new(TestBackend::new(50, 40)).unwrap();
+    draw(&mut terminal, &mut app);
+    let text = screen_text(&terminal);
+    // The last line of the help, longer than the box, is wrapped, not cut.
+    assert!(text.contains("Paste or drop an image path"), "{text}");
+    assert!(text.contains("score them."), "{text}");
+    let box_rows: Vec<&str> = text.lines().filter(|l| l.contains('│')).collect();
+    assert!(box_rows.iter().all(|l| l.chars().count() == 50));
+}
+
+#[test]
+fn with_no_color_the_screen_has_no_colours_but_the_picture() {
+    for no_color in [true, false] {
+        let env: &[(&str, &str)] = if no_color { &[("NO_COLOR", "1")] } else { &[] };
+        let mut pty = spawn_app("chelsea.png", "cat,dog", "halfblocks", env);
+        pty.wait_for("first probabilities", |s| row_with(s, "dog").is_some());
+        let parser = pty.parser.lock().unwrap();
+        let screen = parser.screen();
+        let mut coloured = 0;
+        // Everything right of the image pane: tabs, labels, probabilities, status bar.
+        for row in 0..45 {
+            for col in 78..140 {
+                let cell = screen.cell(row, col).unwrap();
+                if cell.fgcolor() != vt100::Color::Default
+                    || cell.bgcolor() != vt100::Color::Default
+                {
+                    coloured += 1;
+                }
+            }
+        }
+        // The status bar is reverse video of the terminal's own colours either way.
+        let status = screen.cell(44, 100).unwrap();
+        assert!(status.inverse());
+        assert_eq!(status.bgcolor(), vt100::Color::Default);
+        drop(parser);
+        if no_color {
+            assert_eq!(coloured, 0, "cells in colour with NO_COLOR");
+        } else {
+            assert!(coloured > 0, "colours without NO_COLOR");
+        }
+        quit(&mut pty);
+    }
+}
+
+/// The nice value of each thread of `pid`, by thread name.
+#[cfg(target_os = "linux")]
+fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis: state is field 3, nice 19.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        if let Some(nice) = rest.split_whitespace().nth(16) {
+            out.push((name.trim().to_string(), nice.parse().unwrap()));
+        }
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn model_and_picture_threads_run_below_the_ui() {
+    let mut pty = spawn_app("chelsea.png", "cat", "halfblocks", &[]);
+    pty.wait_for("first probabilities", |s| row_with(s, "cat").is_some());
+    let threads = thread_nice_values(pty.child.process_id().unwrap());
+    let nice = |prefix: &str| {
+        threads
+            .iter()
+            .find(|(name, _)| name.starts_with(prefix))
+            .map(|(_, n)| *n)
+    };
+    let ui = threads.iter().find(|(name, _)| name == "clipscope");
+    assert_eq!(ui.map(|(_, n)| *n), Some(0), "the UI thread: {threads:?}");
+    assert_eq!(nice("clipscope-model"), Some(10), "{threads:?}");
+    assert_eq!(nice("clipscope-pict"), Some(10), "{threads:?}");
+    quit(&mut pty);
+}
+
+/// The real binary in real terminals (xterm, kitty, Konsole, tmux) under Xvfb, with
+/// screenshots checked at every step: `tests/terminals/matrix.py`. Opt-in, as it needs
+/// those programs and takes minutes: `CLIPSCOPE_TERMINAL_TESTS=1 cargo test --test tui
+/// real_terminals` (`=latency` also times keys typed after PgDn with both cores busy).
+#[test]
+fn real_terminals_draw_pictures_right() {
+    let Some(mode) = std::env::var_os("CLIPSCOPE_TERMINAL_TESTS") else {
+        eprintln!("skipped: set CLIPSCOPE_TERMINAL_TESTS=1 to run the terminal matrix");
+        return;
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/terminals/matrix.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script)
+        .args(["--bin", env!("CARGO_BIN_EXE_clipscope")]);
+    if mode == "latency" {
+        cmd.arg("--latency");
+    }
+    let status = cmd.status().expect("python3 runs");
+    assert!(status.success(), "the terminal matrix failed: {status}");
 }

@@ -200,7 +200,7 @@ fn encoder(
     eps: f64,
     tower: &str,
 ) -> Result<EncoderConfig, ClipError> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(ClipError::Config(format!(
             "{tower}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
         )));
@@ -222,7 +222,7 @@ impl ClipConfig {
             serde_json::from_str(text).map_err(|e| ClipError::Config(e.to_string()))?;
         let t = hf.text_config.unwrap_or_default();
         let v = hf.vision_config.unwrap_or_default();
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(ClipError::Config(format!(
                 "vision image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size

@@ -107,7 +107,7 @@ pub fn crop_offset(len: usize, size: usize) -> usize {
 /// Images smaller than one pixel on a side cannot occur: decoders reject them.
 pub fn center_crop_rgb(img: &DynamicImage, size: usize) -> RgbImage {
     let mut planar = to_planar8(img);
-    let has_alpha = planar.channels % 2 == 0;
+    let has_alpha = planar.channels.is_multiple_of(2);
     if has_alpha {
         premultiply(&mut planar);
     }

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use image::DynamicImage;
-use ratatui_image::picker::Picker;
-use ratatui_image::protocol::StatefulProtocol;
-use tui_textarea::TextArea;
+use ratatui::layout::{Rect, Size};
+use ratatui_textarea::TextArea;
 
 use super::action::Action;
+use super::graphics::encoder::{Done, Job};
+use super::graphics::{centred, EscapePicture, Graphics, Prepared};
 use super::keymap::Keymap;
+use super::theme::Theme;
 use super::train_state::TrainState;
 use super::worker::{Request, Response};
 use crate::clip::zeroshot::{parse_labels, Prediction};
@@ -96,14 +98,50 @@ pub struct ResultEntry {
     pub latency_ms: f64,
 }
 
+/// A decoded image and the smaller copy that is drawn: made on a blocking thread, so
+/// that the UI thread never touches a full-size image.
+pub struct DecodedImage {
+    /// The image as decoded, for the model.
+    pub full: Arc<DynamicImage>,
+    /// A copy at most 1024 pixels a side, for the picture.
+    pub display: Arc<DynamicImage>,
+}
+
+impl DecodedImage {
+    /// Keep `image` and make its display copy.
+    pub fn new(image: DynamicImage) -> Self {
+        const MAX_SIDE: u32 = 1024;
+        let full = Arc::new(image);
+        let display = if full.width().max(full.height()) > MAX_SIDE {
+            Arc::new(full.thumbnail(MAX_SIDE, MAX_SIDE))
+        } else {
+            full.clone()
+        };
+        Self { full, display }
+    }
+}
+
+/// The image on screen as a picture for the terminal, prepared off the UI thread for
+/// the area it is drawn in.
+pub struct Picture {
+    /// Serial number of the opened image.
+    pub id: u64,
+    /// The display copy.
+    pub image: Arc<DynamicImage>,
+    /// The picture and the area size it was prepared for.
+    pub prepared: Option<(Size, Prepared)>,
+    /// The area size last asked of the encoder.
+    asked: Option<Size>,
+}
+
 /// The Classify pane's state.
 pub struct ClassifyState {
     /// The label editor.
     pub editor: TextArea<'static>,
     /// The image on screen.
     pub image_path: Option<PathBuf>,
-    /// Its picture, sized to the pane when drawn.
-    pub picture: Option<StatefulProtocol>,
+    /// Its picture.
+    pub picture: Option<Picture>,
     /// The latest predictions (each names its label).
     pub predictions: Vec<Prediction>,
 }
@@ -130,15 +168,18 @@ pub struct App {
     pub prompt: Option<PathPrompt>,
     /// The model's state.
     pub model: ModelState,
-    /// The graphics protocol in use, for the status bar.
-    pub protocol: String,
+    /// How pictures are drawn.
+    pub graphics: Graphics,
+    /// Styles.
+    pub theme: Theme,
     /// Round-trip time of the last update.
     pub last_latency_ms: Option<f64>,
     /// The latest notice.
     pub notice: Option<Notice>,
     /// Set when the app should exit.
     pub should_quit: bool,
-    picker: Picker,
+    /// Serial number of the latest opened image.
+    picture_serial: u64,
     generation: u64,
     /// When the latest score request went out, while it is unanswered.
     in_flight: Option<Instant>,
@@ -157,14 +198,14 @@ fn editor(text: &str) -> TextArea<'static> {
     };
     let mut ta = TextArea::new(lines);
     ta.set_cursor_line_style(ratatui::style::Style::default());
-    ta.move_cursor(tui_textarea::CursorMove::Bottom);
-    ta.move_cursor(tui_textarea::CursorMove::End);
+    ta.move_cursor(ratatui_textarea::CursorMove::Bottom);
+    ta.move_cursor(ratatui_textarea::CursorMove::End);
     ta
 }
 
 impl App {
     /// A new app with the labels given on the command line.
-    pub fn new(keymap: Keymap, picker: Picker, labels: &str) -> Self {
+    pub fn new(keymap: Keymap, graphics: Graphics, labels: &str) -> Self {
         // Commas and new lines both separate labels; show one a line.
         let text = parse_labels(labels).join("\n");
         Self {
@@ -183,11 +224,12 @@ impl App {
             show_help: false,
             prompt: None,
             model: ModelState::Loading("starting…".into()),
-            protocol: format!("{:?}", picker.protocol_type()).to_lowercase(),
+            graphics,
+            theme: Theme::default(),
             last_latency_ms: None,
             notice: None,
             should_quit: false,
-            picker,
+            picture_serial: 0,
             generation: 0,
             in_flight: None,
             debounce_until: None,
@@ -233,7 +275,7 @@ impl App {
     pub fn on_image_decoded(
         &mut self,
         path: PathBuf,
-        result: Result<Arc<DynamicImage>, String>,
+        result: Result<DecodedImage, String>,
         now: Instant,
     ) -> Vec<Request> {
         if self.decoding.as_ref() != Some(&path) {
@@ -245,15 +287,79 @@ impl App {
                 self.notify(message, true);
                 Vec::new()
             }
-            Ok(image) => {
-                self.classify.picture = Some(self.picker.new_resize_protocol(display_copy(&image)));
+            Ok(decoded) => {
+                self.picture_serial += 1;
+                self.classify.picture = Some(Picture {
+                    id: self.picture_serial,
+                    image: decoded.display,
+                    prepared: None,
+                    asked: None,
+                });
                 self.classify.image_path = Some(path.clone());
                 self.classify.predictions.clear();
                 self.notice = None;
-                let mut reqs = vec![Request::SetImage { path, image }];
+                let mut reqs = vec![Request::SetImage {
+                    path,
+                    image: decoded.full,
+                }];
                 reqs.extend(self.score_now(now));
                 reqs
             }
+        }
+    }
+
+    /// The picture to prepare for an image area of `area` cells, unless it is prepared
+    /// for that size or already asked for.
+    pub fn picture_job(&mut self, area: Size) -> Option<Job> {
+        let picture = self.classify.picture.as_mut()?;
+        let prepared_for = picture.prepared.as_ref().map(|(size, _)| *size);
+        if area.width == 0 || area.height == 0 || prepared_for == Some(area) {
+            return None;
+        }
+        if picture.asked == Some(area) {
+            return None;
+        }
+        picture.asked = Some(area);
+        Some(Job {
+            picture: picture.id,
+            image: picture.image.clone(),
+            area,
+        })
+    }
+
+    /// The encoder prepared a picture; kept if it is for the image on screen.
+    pub fn on_picture_prepared(&mut self, done: Done) {
+        let Some(picture) = self.classify.picture.as_mut() else {
+            return;
+        };
+        if picture.id != done.picture {
+            return; // an image opened since
+        }
+        match done.result {
+            Ok(prepared) => picture.prepared = Some((done.area, prepared)),
+            Err(message) => self.notify(format!("picture: {message}"), true),
+        }
+    }
+
+    /// Drop the prepared picture, so that it is prepared (and sent) again.
+    pub fn forget_prepared_picture(&mut self) {
+        if let Some(picture) = self.classify.picture.as_mut() {
+            picture.prepared = None;
+            picture.asked = None;
+        }
+    }
+
+    /// The picture prepared for an image area `area` and where it goes in it.
+    pub fn picture_in(&self, area: Rect) -> Option<(Rect, &Prepared)> {
+        let (size, prepared) = self.classify.picture.as_ref()?.prepared.as_ref()?;
+        (*size == area.as_size()).then(|| (centred(area, prepared.size()), prepared))
+    }
+
+    /// The escape-sequence picture to show in image area `area`, if it is ready.
+    pub fn escape_picture_in(&self, area: Rect) -> Option<(Rect, &EscapePicture)> {
+        match self.picture_in(area)? {
+            (rect, Prepared::Escape(e)) => Some((rect, e)),
+            _ => None,
         }
     }
 
@@ -404,7 +510,7 @@ impl App {
                     .map(|d| format!("{}/", d.display()))
                     .unwrap_or_default();
                 let mut input = TextArea::new(vec![start]);
-                input.move_cursor(tui_textarea::CursorMove::End);
+                input.move_cursor(ratatui_textarea::CursorMove::End);
                 input.set_cursor_line_style(ratatui::style::Style::default());
                 self.prompt = Some(PathPrompt {
                     input,
@@ -442,7 +548,7 @@ impl App {
                 let text = prompt.input.lines().join("");
                 let (completed, candidates) = complete_path(&text);
                 prompt.input = TextArea::new(vec![completed]);
-                prompt.input.move_cursor(tui_textarea::CursorMove::End);
+                prompt.input.move_cursor(ratatui_textarea::CursorMove::End);
                 prompt
                     .input
                     .set_cursor_line_style(ratatui::style::Style::default());
@@ -547,16 +653,6 @@ impl App {
     }
 }
 
-/// A copy of the image small enough to re-encode quickly when the pane is resized.
-fn display_copy(image: &DynamicImage) -> DynamicImage {
-    const MAX_SIDE: u32 = 1024;
-    if image.width().max(image.height()) > MAX_SIDE {
-        image.thumbnail(MAX_SIDE, MAX_SIDE)
-    } else {
-        image.clone()
-    }
-}
-
 /// `~/x` to the home folder.
 fn expand_path(text: &str) -> PathBuf {
     match text.strip_prefix("~/") {
@@ -651,7 +747,7 @@ mod tests {
     fn app(labels: &str) -> App {
         App::new(
             Keymap::builtin("default").unwrap(),
-            Picker::from_fontsize((10, 20)),
+            Graphics::halfblocks(),
             labels,
         )
     }
@@ -670,7 +766,7 @@ mod tests {
     fn with_image(a: &mut App, now: Instant) -> Vec<Request> {
         let path = PathBuf::from("img.png");
         a.decoding = Some(path.clone());
-        let img = Arc::new(DynamicImage::new_rgb8(8, 8));
+        let img = DecodedImage::new(DynamicImage::new_rgb8(8, 8));
         a.on_image_decoded(path, Ok(img), now)
     }
 

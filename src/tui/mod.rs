@@ -2,19 +2,25 @@
 //!
 //! The Elm shape: terminal events, worker responses and timers come in, `App` updates,
 //! requests go out to the model worker (a dedicated thread), and the screen is drawn
-//! from the state. The UI task never does model work; image decoding also runs on a
-//! blocking thread.
+//! from the state. The UI task never does model work or picture work: images are decoded
+//! on a blocking thread, pictures are scaled and encoded for the terminal on the
+//! encoder thread (`graphics::encoder`), and those threads and the model's run at a
+//! lower priority, on one core less than the machine has.
 
 pub mod action;
 pub mod app;
 pub mod detect;
+pub mod graphics;
 pub mod keymap;
 pub mod panes;
+pub mod screen;
+pub mod theme;
+pub mod trace;
 pub mod train_state;
 pub mod ui;
 pub mod worker;
 
-use std::io::{IsTerminal, Stdout};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,17 +33,20 @@ use crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
 };
 use futures::StreamExt;
-use image::DynamicImage;
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
-use ratatui_image::picker::{Picker, ProtocolType};
+use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::clip::PromptStyle;
 use crate::data::{collect_images, load_image};
 use crate::hub::ModelSource;
-use app::App;
+use app::{App, DecodedImage};
+use graphics::layer::Layer;
+use graphics::Graphics;
 use keymap::Keymap;
+use screen::{Output, Term};
+use trace::Trace;
 use worker::{Request, WorkerConfig};
 
 /// How images are drawn.
@@ -103,7 +112,7 @@ fn restore_terminal() {
 struct TerminalGuard;
 
 impl TerminalGuard {
-    fn enter() -> std::io::Result<(Self, Terminal<CrosstermBackend<Stdout>>)> {
+    fn enter() -> std::io::Result<Self> {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             restore_terminal();
@@ -116,8 +125,7 @@ impl TerminalGuard {
             EnterAlternateScreen,
             EnableBracketedPaste
         )?;
-        let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
-        Ok((guard, terminal))
+        Ok(guard)
     }
 }
 
@@ -135,38 +143,28 @@ fn cell_size_from_window() -> Option<(u16, u16)> {
         .filter(|(w, h)| *w > 0 && *h > 0)
 }
 
-/// Choose the graphics protocol, and return the keys typed while the terminal was
-/// asked. The terminal is queried only for `auto`, in raw mode, before the event
-/// reader starts, and never inside tmux (which needs passthrough for graphics).
-fn make_picker(protocol: ImageProtocol) -> (Picker, Vec<u8>) {
-    let forced = match protocol {
-        ImageProtocol::Auto => None,
-        ImageProtocol::Kitty => Some(ProtocolType::Kitty),
-        ImageProtocol::Sixel => Some(ProtocolType::Sixel),
-        ImageProtocol::Iterm2 => Some(ProtocolType::Iterm2),
-        ImageProtocol::Halfblocks => Some(ProtocolType::Halfblocks),
-    };
-    let in_tmux = std::env::var_os("TMUX").is_some();
-    let dumb = std::env::var("TERM").map_or(true, |t| t == "dumb");
-    let detected = if forced.is_none() && !in_tmux && !dumb {
-        detect::query(std::time::Duration::from_millis(1000)).unwrap_or_default()
-    } else {
-        detect::Detected::default()
-    };
-    let iterm = matches!(
-        std::env::var("TERM_PROGRAM").as_deref(),
-        Ok("iTerm.app") | Ok("WezTerm")
-    );
-    let chosen = forced
-        .or(detected.protocol)
-        .or(iterm.then_some(ProtocolType::Iterm2))
-        .unwrap_or(ProtocolType::Halfblocks);
-    let cell = cell_size_from_window()
-        .or(detected.cell_size)
-        .unwrap_or((10, 20));
-    let mut picker = Picker::from_fontsize(cell);
-    picker.set_protocol_type(chosen);
-    (picker, detected.typed)
+/// Give the calling thread a lower scheduling priority (nice 10), so that model work,
+/// training and picture encoding yield to the UI thread. Threads it starts inherit it.
+pub(crate) fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls about the calling thread itself.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
+/// Leave the UI a core: candle and rayon size their pools from `RAYON_NUM_THREADS`
+/// when they start, so set it to one less than the cores unless the user did.
+fn leave_a_core_for_the_ui() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Before any other thread exists, so nothing reads the environment concurrently.
+        std::env::set_var(
+            "RAYON_NUM_THREADS",
+            cores.saturating_sub(1).max(1).to_string(),
+        );
+    }
 }
 
 /// What the training thread tells the app.
@@ -190,6 +188,7 @@ fn spawn_training(
     std::thread::Builder::new()
         .name("clipscope-train".into())
         .spawn(move || {
+            lower_thread_priority();
             let log = |line: String| {
                 let _ = tx.send(TrainMessage::Event(TrainEvent::Log(line)));
             };
@@ -230,12 +229,15 @@ fn spawn_training(
         .ok()
 }
 
-type Decoded = (PathBuf, Result<Arc<DynamicImage>, String>);
+type Decoded = (PathBuf, Result<DecodedImage, String>);
 
-/// Decode an image on a blocking thread and send it back to the UI task.
+/// Decode an image (and make its display copy) on a blocking thread and send it back to
+/// the UI task.
 fn decode_in_background(path: PathBuf, tx: UnboundedSender<Decoded>) {
     tokio::task::spawn_blocking(move || {
-        let result = load_image(&path).map(Arc::new).map_err(|e| e.to_string());
+        let result = load_image(&path)
+            .map(DecodedImage::new)
+            .map_err(|e| e.to_string());
         let _ = tx.send((path, result));
     });
 }
@@ -245,6 +247,7 @@ pub fn run(opts: TuiOptions) -> Result<(), TuiError> {
     if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
         return Err(TuiError::NotATerminal);
     }
+    leave_a_core_for_the_ui();
     let config_dir =
         directories::ProjectDirs::from("", "", "clipscope").map(|d| d.config_dir().to_path_buf());
     let keymap = Keymap::load(&opts.keymap, config_dir.as_deref())?;
@@ -252,21 +255,68 @@ pub fn run(opts: TuiOptions) -> Result<(), TuiError> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let (_guard, mut terminal) = TerminalGuard::enter()?;
-    let (picker, typed) = make_picker(opts.protocol);
-    runtime.block_on(event_loop(&mut terminal, opts, keymap, picker, typed))
+    let _guard = TerminalGuard::enter()?;
+    let (graphics, typed) = graphics::setup(opts.protocol, cell_size_from_window());
+    let (output, written) = Output::stdout();
+    let mut terminal = Terminal::new(CrosstermBackend::new(output))?;
+    let result = runtime.block_on(event_loop(
+        &mut terminal,
+        opts,
+        keymap,
+        graphics,
+        typed,
+        &written,
+    ));
+    let _ = terminal.backend_mut().flush();
+    result
+}
+
+/// Open the image or folder given on the command line.
+fn open_first(app: &mut App, input: &std::path::Path, decoded: &UnboundedSender<Decoded>) {
+    let first = collect_images(&[input.to_path_buf()]).into_iter().next();
+    match first {
+        Some(Ok(path)) => {
+            if let Some(p) = app.open(path) {
+                decode_in_background(p, decoded.clone());
+            }
+        }
+        Some(Err(e)) => {
+            app.notice = Some(app::Notice {
+                text: e.to_string(),
+                error: true,
+            })
+        }
+        None => {
+            app.notice = Some(app::Notice {
+                text: format!("{}: no images", input.display()),
+                error: true,
+            })
+        }
+    }
 }
 
 async fn event_loop(
-    terminal: &mut Terminal<CrosstermBackend<Stdout>>,
+    terminal: &mut Term,
     opts: TuiOptions,
     keymap: Keymap,
-    picker: Picker,
+    graphics: Graphics,
     typed: Vec<u8>,
+    written: &std::sync::atomic::AtomicU64,
 ) -> Result<(), TuiError> {
+    let mut trace = Trace::from_env();
+    trace.record(json!({
+        "ev": "graphics",
+        "mode": graphics.mode.name(),
+        "note": graphics.note,
+        "cell": [graphics.cell.0, graphics.cell.1],
+        "tmux": graphics.tmux,
+        "background": graphics.background,
+    }));
     let (resp_tx, mut resp_rx) = unbounded_channel();
     let (decoded_tx, mut decoded_rx) = unbounded_channel::<Decoded>();
     let (train_tx, mut train_rx) = unbounded_channel::<TrainMessage>();
+    let (prepared_tx, mut prepared_rx) = unbounded_channel();
+    let encoder = graphics::encoder::spawn(graphics.clone(), prepared_tx);
     let mut training: Option<std::thread::JoinHandle<()>> = None;
     let worker = worker::spawn(
         WorkerConfig {
@@ -281,39 +331,23 @@ async fn event_loop(
             let _ = worker.send(r);
         }
     };
-    let mut app = App::new(keymap, picker, &opts.labels);
+    let mut app = App::new(keymap, graphics, &opts.labels);
+    app.theme = theme::Theme::from_env();
     app.type_startup_keys(&typed, Instant::now());
     if let Some(input) = &opts.input {
-        let first = collect_images(std::slice::from_ref(input))
-            .into_iter()
-            .next();
-        match first {
-            Some(Ok(path)) => {
-                if let Some(p) = app.open(path) {
-                    decode_in_background(p, decoded_tx.clone());
-                }
-            }
-            Some(Err(e)) => {
-                app.notice = Some(app::Notice {
-                    text: e.to_string(),
-                    error: true,
-                })
-            }
-            None => {
-                app.notice = Some(app::Notice {
-                    text: format!("{}: no images", input.display()),
-                    error: true,
-                })
-            }
-        }
+        open_first(&mut app, input, &decoded_tx);
     }
+    let mut layer = Layer::default();
     let mut events = EventStream::new();
     #[cfg(unix)]
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     #[cfg(unix)]
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
-        terminal.draw(|f| ui::draw(f, &mut app))?;
+        if let Some(job) = screen::draw_frame(terminal, &mut app, &mut layer, &mut trace, written)?
+        {
+            let _ = encoder.send(job);
+        }
         let deadline = app
             .debounce_deadline()
             .map(tokio::time::Instant::from_std)
@@ -324,9 +358,15 @@ async fn event_loop(
             #[cfg(not(unix))]
             std::future::pending::<()>().await
         };
+        // Input first: the next piece of a picture waits while keys are to be handled.
+        let drawing = layer.busy();
         tokio::select! {
+            biased;
             ev = events.next() => match ev {
                 Some(Ok(Event::Key(key))) if key.kind != KeyEventKind::Release => {
+                    if trace.on() {
+                        trace.record(json!({"ev": "key", "key": format!("{:?}", key.code)}));
+                    }
                     let (open, reqs) = app.on_key(key, Instant::now());
                     send(reqs);
                     if let Some(p) = open {
@@ -346,11 +386,22 @@ async fn event_loop(
             Some((path, result)) = decoded_rx.recv() => {
                 send(app.on_image_decoded(path, result, Instant::now()));
             }
+            Some(done) = prepared_rx.recv() => {
+                if trace.on() {
+                    trace.record(json!({
+                        "ev": "prepared",
+                        "area": [done.area.width, done.area.height],
+                        "encode_ms": done.encode_ms,
+                    }));
+                }
+                app.on_picture_prepared(done);
+            }
             Some(msg) = train_rx.recv() => app.on_train_message(msg),
             _ = tokio::time::sleep_until(deadline) => {
                 send(app.on_debounce(Instant::now()).into_iter().collect());
             }
             _ = terminate => app.should_quit = true,
+            _ = std::future::ready(()), if drawing => {}
         }
         if let Some((cfg, imagenet)) = app.pending_training.take() {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -361,6 +412,8 @@ async fn event_loop(
             break;
         }
     }
+    // A kitty picture is removed and its pixels freed before the screen is left.
+    let _ = terminal.backend_mut().write_all(layer.finish().as_bytes());
     let _ = worker.send(Request::Shutdown);
     // A run in progress stops after its current step and saves its checkpoint.
     if let (Some(flag), Some(handle)) = (app.train_stop.take(), training.take()) {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent};
-use tui_textarea::TextArea;
+use ratatui_textarea::TextArea;
 
 use crate::cnn::checkpoint::EpochMetrics;
 use crate::cnn::network::Arch;
@@ -202,7 +202,7 @@ impl TrainState {
                     };
                 } else {
                     let mut ta = TextArea::new(vec![self.values[self.selected].clone()]);
-                    ta.move_cursor(tui_textarea::CursorMove::End);
+                    ta.move_cursor(ratatui_textarea::CursorMove::End);
                     ta.set_cursor_line_style(ratatui::style::Style::default());
                     self.editing = Some(ta);
                 }

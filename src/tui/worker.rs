@@ -90,7 +90,11 @@ pub fn spawn(config: WorkerConfig, out: UnboundedSender<Response>) -> Sender<Req
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("clipscope-model".into())
-        .spawn(move || run(config, rx, out))
+        .spawn(move || {
+            // The model's pools start from this thread and inherit its priority.
+            super::lower_thread_priority();
+            run(config, rx, out)
+        })
         .map_err(|e| tracing::error!("cannot start the model worker: {e}"))
         .ok();
     tx

@@ -1,39 +1,49 @@
 //! The Classify pane: the image, the label editor and the live probabilities.
 
-use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use std::rc::Rc;
+
+use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use ratatui::Frame;
-use ratatui_image::{FilterType, Resize, StatefulImage};
 
 use crate::tui::app::App;
+use crate::tui::graphics::Prepared;
 use crate::util::bar;
 
 /// Width of the probability bars, in cells.
 const BAR: usize = 20;
 
-/// Draw the pane into `area`.
-pub fn draw(f: &mut Frame, app: &mut App, area: Rect) {
-    let cols = Layout::default()
-        .direction(Direction::Horizontal)
-        .constraints([Constraint::Percentage(55), Constraint::Percentage(45)])
-        .split(area);
-    draw_image(f, app, cols[0]);
-    let right = Layout::default()
-        .direction(Direction::Vertical)
-        .constraints([Constraint::Percentage(40), Constraint::Percentage(60)])
-        .split(cols[1]);
+/// The image pane on the left, the labels and probabilities on the right.
+fn columns(area: Rect) -> Rc<[Rect]> {
+    Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(area)
+}
+
+/// The inside of the image pane, where the picture goes, for the pane's `area`.
+pub fn image_area(area: Rect) -> Rect {
+    Block::default()
+        .borders(Borders::ALL)
+        .inner(columns(area)[0])
+}
+
+/// Draw the pane into `area`. An escape-sequence picture (sixel, kitty direct) is left
+/// out unless `escape_picture` says nothing covers it.
+pub fn draw(f: &mut Frame, app: &mut App, area: Rect, escape_picture: bool) {
+    let cols = columns(area);
+    draw_image(f, app, cols[0], escape_picture);
+    let right =
+        Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).split(cols[1]);
     let editor_block = Block::default()
         .borders(Borders::ALL)
         .title(" Labels (one a line, or commas) ")
-        .border_style(Style::default().fg(Color::Cyan));
+        .border_style(app.theme.fg(Color::Cyan));
     app.classify.editor.set_block(editor_block);
     f.render_widget(&app.classify.editor, right[0]);
     draw_predictions(f, app, right[1]);
 }
 
-fn draw_image(f: &mut Frame, app: &mut App, area: Rect) {
+fn draw_image(f: &mut Frame, app: &App, area: Rect, escape_picture: bool) {
     let title = app
         .classify
         .image_path
@@ -44,20 +54,22 @@ fn draw_image(f: &mut Frame, app: &mut App, area: Rect) {
     let block = Block::default().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
     f.render_widget(block, area);
-    match app.classify.picture.as_mut() {
-        Some(picture) => f.render_stateful_widget(
-            StatefulImage::default().resize(Resize::Scale(Some(FilterType::Triangle))),
-            inner,
-            picture,
-        ),
-        None => f.render_widget(
+    if app.classify.image_path.is_none() {
+        f.render_widget(
             Paragraph::new(vec![
                 Line::from(""),
                 Line::from("Open an image: Ctrl-O, or paste or drop a path here."),
             ])
             .wrap(Wrap { trim: true }),
             inner,
-        ),
+        );
+        return;
+    }
+    // Until the picture is prepared for this size, the pane stays empty.
+    match app.picture_in(inner) {
+        Some((_, Prepared::Escape(_))) if !escape_picture => {}
+        Some((rect, picture)) => picture.render(rect, f.buffer_mut()),
+        None => {}
     }
 }
 
@@ -72,16 +84,14 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
     let inner = block.inner(area);
     f.render_widget(block, area);
     let preds = &app.classify.predictions;
+    let theme = app.theme;
     let lines: Vec<Line> = if preds.is_empty() {
         let hint = match (&app.classify.image_path, app.labels().is_empty()) {
             (None, _) => "No image yet.",
             (_, true) => "Type some labels.",
             _ => "Scoring…",
         };
-        vec![Line::from(Span::styled(
-            hint,
-            Style::default().fg(Color::DarkGray),
-        ))]
+        vec![Line::from(Span::styled(hint, theme.dim()))]
     } else {
         let label_w = (inner.width as usize).saturating_sub(BAR + 10).max(8);
         preds
@@ -90,9 +100,7 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
             .enumerate()
             .map(|(i, p)| {
                 let mut style = if i == 0 {
-                    Style::default()
-                        .fg(Color::Green)
-                        .add_modifier(Modifier::BOLD)
+                    theme.fg(Color::Green).add_modifier(Modifier::BOLD)
                 } else {
                     Style::default()
                 };
@@ -105,7 +113,7 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
                     Span::styled(format!(" {:>6.2}% ", p.probability * 100.0), style),
                     Span::styled(
                         bar(p.probability, BAR),
-                        style.fg(if i == 0 { Color::Green } else { Color::Blue }),
+                        style.patch(theme.fg(if i == 0 { Color::Green } else { Color::Blue })),
                     ),
                 ])
             })

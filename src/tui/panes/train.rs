@@ -37,6 +37,7 @@ pub fn draw(f: &mut Frame, app: &mut App, area: Rect) {
 }
 
 fn draw_form(f: &mut Frame, app: &mut App, area: Rect) {
+    let theme = app.theme;
     let t = &mut app.train;
     let block = Block::default()
         .borders(Borders::ALL)
@@ -56,7 +57,7 @@ fn draw_form(f: &mut Frame, app: &mut App, area: Rect) {
         let label = format!("{:<16}", field.label());
         let selected = i == t.selected;
         let style = if selected {
-            Style::default().fg(Color::Black).bg(Color::Cyan)
+            theme.selected()
         } else {
             Style::default()
         };
@@ -101,7 +102,7 @@ fn draw_gauge(f: &mut Frame, app: &App, area: Rect) {
             } else {
                 " Progress "
             }))
-            .gauge_style(Style::default().fg(Color::Green))
+            .gauge_style(app.theme.fg(Color::Green))
             .ratio(p.fraction())
             .label(label),
         area,
@@ -174,7 +175,7 @@ fn draw_chart(f: &mut Frame, app: &App, area: Rect, loss: bool) {
             .name(name)
             .marker(Marker::Braille)
             .graph_type(GraphType::Line)
-            .style(Style::default().fg(Color::Cyan))
+            .style(app.theme.fg(Color::Cyan))
             .data(&per_step),
         Dataset::default()
             .name(if loss {
@@ -184,11 +185,7 @@ fn draw_chart(f: &mut Frame, app: &App, area: Rect, loss: bool) {
             })
             .marker(Marker::Dot)
             .graph_type(GraphType::Line)
-            .style(
-                Style::default()
-                    .fg(Color::Yellow)
-                    .add_modifier(Modifier::BOLD),
-            )
+            .style(app.theme.fg(Color::Yellow).add_modifier(Modifier::BOLD))
             .data(&per_epoch),
     ];
     let chart = Chart::new(datasets)
