@@ -7,5 +7,6 @@ pub mod clip;
 pub mod cnn;
 pub mod data;
 pub mod hub;
+pub mod study;
 pub mod tui;
 pub mod util;
