@@ -3,3 +3,4 @@
 //! the `compare` command and the app call them with results they have computed.
 
 pub mod metrics;
+pub mod probe;
