@@ -3,4 +3,5 @@
 //! the `compare` command and the app call them with results they have computed.
 
 pub mod metrics;
+pub mod plots;
 pub mod probe;
