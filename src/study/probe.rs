@@ -721,4 +721,48 @@ mod tests {
             );
         }
     }
+
+    /// How long the probe takes at the study's size: 400 training and 100 test embeddings
+    /// of 512 values in 10 classes (synthetic blobs at three noise levels), the probe's
+    /// sweep and a five-point, five-seed few-shot curve. Opt-in, as timing depends on the
+    /// machine: `CLIPSCOPE_PROBE_TIMING=1 cargo test --lib probe_timing -- --nocapture`.
+    #[test]
+    fn probe_timing() {
+        if std::env::var_os("CLIPSCOPE_PROBE_TIMING").is_none() {
+            return;
+        }
+        for sigma in [0.06, 0.2, 0.4] {
+            let (x, y) = blobs(10, 50, 512, sigma, 11);
+            let (train_x, test_x) = x.split_at(400);
+            let (train_y, test_y) = y.split_at(400);
+            let start = std::time::Instant::now();
+            let probe = linear_probe(train_x, train_y, 10, 0.2, 7).unwrap();
+            let probe_time = start.elapsed();
+            let accuracy = top1(&probe.scores(test_x).unwrap(), test_y);
+            let start = std::time::Instant::now();
+            let shots = [1, 2, 4, 8, 16];
+            let points = few_shot(
+                train_x,
+                train_y,
+                test_x,
+                test_y,
+                10,
+                &shots,
+                5,
+                probe.lambda,
+                3,
+            )
+            .unwrap();
+            let few_shot_time = start.elapsed();
+            let means: Vec<String> = points.iter().map(|p| format!("{:.3}", p.mean)).collect();
+            println!(
+                "noise {sigma}: probe {probe_time:.2?} ({} lambdas, chose {:.3e}, test top-1 \
+                 {accuracy:.3}); few-shot 5 x 5 {few_shot_time:.2?} (means {})",
+                probe.lambdas.len(),
+                probe.lambda,
+                means.join(" ")
+            );
+            assert!(probe_time.as_secs_f64() < 10.0 && few_shot_time.as_secs_f64() < 10.0);
+        }
+    }
 }
