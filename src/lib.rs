@@ -8,5 +8,6 @@ pub mod cnn;
 pub mod data;
 pub mod hub;
 pub mod scale;
+pub mod study;
 pub mod tui;
 pub mod util;

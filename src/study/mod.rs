@@ -1,0 +1,7 @@
+//! The comparison study's numerical core: classification metrics, the linear probe and
+//! few-shot curves on frozen CLIP embeddings, and the study's PNG plots. Pure functions:
+//! the `compare` command and the app call them with results they have computed.
+
+pub mod metrics;
+pub mod plots;
+pub mod probe;
