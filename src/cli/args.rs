@@ -35,6 +35,14 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a trained CNN checkpoint on held-out images.
     Eval(EvalArgs),
+    /// Fine-tune a CLIP model on an image folder (classification) or a captions file.
+    Finetune(FinetuneArgs),
+    /// The built-in demo CLIP: train it from scratch, or measure it.
+    Demo {
+        /// What to do.
+        #[command(subcommand)]
+        action: DemoAction,
+    },
     /// Data sets: fetch Imagenette, or make a synthetic shapes set.
     Data {
         /// What to do.
@@ -405,6 +413,23 @@ pub enum DataAction {
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
     },
+    /// Make captioned pictures of coloured shapes (the demo CLIP's kind of data): a
+    /// captions.csv for `finetune --captions`, or class folders.
+    Scenes {
+        /// Folder to write into.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Number of pictures.
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// How to lay them out: captions (captions.csv beside the pictures) or folders
+        /// (DIR/<colour>-<shape>/, for train, finetune --data and compare).
+        #[arg(long, value_enum, default_value_t = ScenesLayout::Captions)]
+        layout: ScenesLayout,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Make a synthetic four-class shapes set (circle, cross, square, triangle).
     Shapes {
         /// Folder to write ROOT/<shape>/*.png into.
@@ -419,5 +444,131 @@ pub enum DataAction {
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+}
+
+/// How `data scenes` lays out its pictures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScenesLayout {
+    /// Pictures plus captions.csv (`image,caption`).
+    Captions,
+    /// One folder per colour-shape combination.
+    Folders,
+}
+
+/// `clipscope finetune`.
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// Image folder for classification: ROOT/<class>/*, or with train/ and val/ inside.
+    #[arg(long, value_name = "DIR", required_unless_present = "captions", conflicts_with = "captions")]
+    pub data: Option<PathBuf>,
+    /// A separate validation folder (same class folders).
+    #[arg(long, value_name = "DIR", requires = "data")]
+    pub val: Option<PathBuf>,
+    /// A CSV of image,caption rows (paths relative to the file) for contrastive training.
+    #[arg(long, value_name = "FILE")]
+    pub captions: Option<PathBuf>,
+    /// Prompt template for the classification head's initial weights.
+    #[arg(long, default_value = "a photo of a {}.")]
+    pub template: String,
+    /// The model to start from.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Which weights learn: all, projections, layernorms, or last:N (the last N blocks of
+    /// each tower with the final LayerNorms and projections).
+    #[arg(long, default_value = "all", value_parser = parse_trainable)]
+    pub trainable: clipscope::clip::train::Trainable,
+    /// Epochs.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Peak learning rate, AdamW (default: 1e-5 when whole blocks learn, 1e-3 for
+    /// projections or layernorms only).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay on weight matrices.
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Fraction of the steps spent warming the learning rate up.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup: f64,
+    /// Seed for the split, the order and the flips.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fraction held out when the data has no validation split.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Do not flip training pictures left-right (flips are on for classification, off
+    /// for captions, which may say "left" or "right").
+    #[arg(long)]
+    pub no_flip: bool,
+    /// WiSE-FT: save (1 - A) * zero-shot + A * fine-tuned weights (0 gives the zero-shot
+    /// model back exactly; 1 the fine-tuned one).
+    #[arg(long, value_name = "A", default_value_t = 1.0)]
+    pub wise_alpha: f64,
+    /// The model folder to write (config.json, model.safetensors, tokenizer.json, ...).
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Continue the run in --output (or re-export it with another --wise-alpha).
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Replace whatever is in --output.
+    #[arg(long)]
+    pub force: bool,
+    /// Output format of the final summary.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+fn parse_trainable(s: &str) -> Result<clipscope::clip::train::Trainable, String> {
+    s.parse()
+}
+
+/// `clipscope demo`.
+#[derive(Debug, Subcommand)]
+pub enum DemoAction {
+    /// Train the demo CLIP from scratch on generated captioned shapes (about 20 minutes
+    /// on two cores with the defaults).
+    Train {
+        /// Folder to write the model into (the shipped one is models/demo).
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        /// Optimiser steps.
+        #[arg(long, default_value_t = 1500)]
+        steps: usize,
+        /// Image-caption pairs per step.
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        /// Peak learning rate (AdamW).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Seed for the weights and the generated data.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Replace a model already in --output.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Measure a demo-style model: top-1 on the twelve colour-shape labels ("a red
+    /// circle", ... with template {}) on freshly generated pictures, the held-out
+    /// combinations, and optionally class folders drawn by another program.
+    Eval {
+        /// The model (default: the built-in demo).
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Pictures per label.
+        #[arg(long, default_value_t = 50)]
+        per_label: usize,
+        /// Seed of the fresh pictures.
+        #[arg(long, default_value_t = 1000)]
+        seed: u64,
+        /// Also score class folders named <colour>-<shape> (e.g. red-circle/).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
 }

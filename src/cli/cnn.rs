@@ -15,7 +15,9 @@ use clipscope::cnn::train::{train as run_training, Pretrained, TrainConfig, Trai
 use clipscope::data::fetch::{fetch_imagenette, ImagenetteSize};
 use clipscope::hub;
 
-use super::args::{DataAction, EvalArgs, Format, ImagenetteSizeArg, OptimizerArg, TrainArgs};
+use super::args::{
+    DataAction, EvalArgs, Format, ImagenetteSizeArg, OptimizerArg, ScenesLayout, TrainArgs,
+};
 use super::EXIT_OK;
 
 fn bar_style(template: &str) -> ProgressStyle {
@@ -220,6 +222,21 @@ pub fn data(action: &DataAction) -> Result<u8> {
             let dir = fetch_imagenette(size, to, &mut |done, total| progress(name, done, total))
                 .context("cannot fetch Imagenette")?;
             println!("Imagenette is in {}", dir.display());
+        }
+        DataAction::Scenes {
+            to,
+            count,
+            layout,
+            seed,
+        } => {
+            use clipscope::data::scenes::{write_scenes, Layout};
+            let layout = match layout {
+                ScenesLayout::Captions => Layout::Captions,
+                ScenesLayout::Folders => Layout::Folders,
+            };
+            write_scenes(to, *count, layout, *seed)
+                .with_context(|| format!("cannot write {}", to.display()))?;
+            println!("{count} pictures in {}", to.display());
         }
         DataAction::Shapes {
             to,

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod bench;
+mod clip_train;
 mod cnn;
 mod jobs;
 pub mod output;
@@ -15,7 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use clipscope::clip::pipeline::{self, ImageOutcome};
 use clipscope::clip::zeroshot::{self, parse_labels};
-use clipscope::clip::{preprocess, Clip, LabelSet, PromptStyle};
+use clipscope::clip::{preprocess, Clip, LabelSet, ModelFiles, PromptStyle};
 use clipscope::data::load_image;
 use clipscope::hub::{self, DownloadOptions, ModelSource, Registry};
 use clipscope::scale::{self, Precision};
@@ -44,6 +45,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(a) => bench::run(&a)?,
         Command::Train(a) => cnn::train(&a)?,
         Command::Eval(a) => cnn::eval(&a)?,
+        Command::Finetune(a) => clip_train::finetune(&a)?,
+        Command::Demo { action } => clip_train::demo(&action)?,
         Command::Data { action } => cnn::data(&action)?,
         Command::Models { action } => models(&action)?,
     };
@@ -61,18 +64,23 @@ pub fn model_source(args: &ModelArgs) -> ModelSource {
 /// Load the model named by `--model` / `--model-dir` (default: the registry default),
 /// downloading it on first use with a progress bar on stderr.
 pub fn load_model(args: &ModelArgs) -> Result<Clip> {
-    Ok(load_model_and_dir(args)?.0)
+    Ok(load_model_and_files(args)?.0)
 }
 
-/// As [`load_model`], with the folder the model was loaded from.
-pub fn load_model_and_dir(args: &ModelArgs) -> Result<(Clip, PathBuf)> {
+/// As [`load_model`], with the model's files (for the embedding cache's key).
+pub fn load_model_and_files(args: &ModelArgs) -> Result<(Clip, ModelFiles)> {
     let device = clipscope::clip::parse_device(&args.device)?;
-    let source = model_source(args);
-    let (dir, name) =
-        hub::resolve_model(&source, &mut hub::stderr_progress()).context("cannot get the model")?;
-    let clip = Clip::load(&dir, &name, device)
-        .with_context(|| format!("cannot load model {name} from {}", dir.display()))?;
-    Ok((clip, dir))
+    let files = model_files(args)?;
+    let clip = files
+        .load(device)
+        .with_context(|| format!("cannot load model {}", files.name))?;
+    Ok((clip, files))
+}
+
+/// The files of the model named by `--model` / `--model-dir`, downloaded if needed.
+pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
+    hub::resolve_files(&model_source(args), &mut hub::stderr_progress())
+        .context("cannot get the model")
 }
 
 fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
@@ -134,8 +142,8 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     }
     let shard = jobs::checked_shard(&args.job)?;
     let paths = jobs::input_paths(&args.inputs, &args.job)?;
-    let (clip, dir) = load_model_and_dir(&args.model)?;
-    let opts = jobs::pipeline_options(&args.job, &clip, &dir);
+    let (clip, files) = load_model_and_files(&args.model)?;
+    let opts = jobs::pipeline_options(&args.job, &clip, &files);
     let classifier = Classifier {
         labels: pipeline::label_set(&clip, &labels, &style, opts.cache.as_ref())?,
         scale: clip.logit_scale(),
@@ -173,8 +181,8 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
     }
     let shard = jobs::checked_shard(&args.job)?;
     let paths = jobs::input_paths(&args.images, &args.job)?;
-    let (clip, dir) = load_model_and_dir(&args.model)?;
-    let opts = jobs::pipeline_options(&args.job, &clip, &dir);
+    let (clip, files) = load_model_and_files(&args.model)?;
+    let opts = jobs::pipeline_options(&args.job, &clip, &files);
     if let Some(out) = &args.output {
         let precision = match args.precision {
             PrecisionArg::F32 => Precision::F32,

@@ -2,7 +2,7 @@
 //! command line and the terminal app both call.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
@@ -13,6 +13,7 @@ use super::config::ClipConfig;
 use super::model::{l2_normalize, ClipModel};
 use super::preprocess::{batch_tensor, PreprocessConfig};
 use super::tokenizer::{id_batch, ClipTokenizer, Tokens};
+use super::train::Params;
 use super::ClipError;
 
 /// Images per forward pass of the image tower (also the folder pipeline's batch).
@@ -41,7 +42,7 @@ struct HfPreprocessor {
     image_std: Option<[f32; 3]>,
 }
 
-fn require(dir: &Path, file: &'static str) -> Result<std::path::PathBuf, ClipError> {
+fn require(dir: &Path, file: &'static str) -> Result<PathBuf, ClipError> {
     let p = dir.join(file);
     if p.is_file() {
         Ok(p)
@@ -53,43 +54,186 @@ fn require(dir: &Path, file: &'static str) -> Result<std::path::PathBuf, ClipErr
     }
 }
 
-impl Clip {
-    /// Load a model from a Hugging Face style folder: `config.json`,
-    /// `model.safetensors` and `tokenizer.json` (and `preprocessor_config.json`, if any).
-    pub fn load(dir: &Path, name: &str, device: Device) -> Result<Self, ClipError> {
-        let config = ClipConfig::from_file(&require(dir, "config.json")?)?;
+fn read_text(path: &Path) -> Result<String, ClipError> {
+    std::fs::read_to_string(path).map_err(|source| ClipError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Where a model's weights are.
+#[derive(Clone, Debug)]
+pub enum WeightsSource {
+    /// A safetensors file (memory-mapped when loaded).
+    File(PathBuf),
+    /// A safetensors image compiled into the binary (the demo model).
+    Static(&'static [u8]),
+}
+
+/// The files of one CLIP model (a Hugging Face style folder, or the built-in demo), read
+/// and checked but not yet built into a network: what inference, fine-tuning and the
+/// study all start from.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    /// The model's name (registry name, `demo`, or the folder).
+    pub name: String,
+    /// The architecture.
+    pub config: ClipConfig,
+    /// Input size, mean and std.
+    pub preprocess: PreprocessConfig,
+    /// The weights.
+    pub weights: WeightsSource,
+    config_json: String,
+    tokenizer_json: std::borrow::Cow<'static, [u8]>,
+    /// Where `tokenizer_json` came from, for error messages.
+    tokenizer_origin: PathBuf,
+}
+
+impl ModelFiles {
+    /// A Hugging Face style folder: `config.json`, `model.safetensors` and
+    /// `tokenizer.json` (and `preprocessor_config.json`, if any).
+    pub fn from_dir(dir: &Path, name: &str) -> Result<Self, ClipError> {
+        let config_path = require(dir, "config.json")?;
+        let config_json = read_text(&config_path)?;
+        let config = ClipConfig::from_json(&config_json).map_err(|e| match e {
+            ClipError::Config(msg) => ClipError::Config(format!("{}: {msg}", config_path.display())),
+            other => other,
+        })?;
         let weights = require(dir, "model.safetensors")?;
-        let tokenizer =
-            ClipTokenizer::from_file(&require(dir, "tokenizer.json")?, config.text.max_positions)?;
+        let tokenizer_origin = require(dir, "tokenizer.json")?;
+        let tokenizer_json = std::fs::read(&tokenizer_origin).map_err(|source| ClipError::Io {
+            path: tokenizer_origin.clone(),
+            source,
+        })?;
         let mut preprocess = PreprocessConfig::openai(config.vision.image_size);
         let pp_path = dir.join("preprocessor_config.json");
         if pp_path.is_file() {
-            let text = std::fs::read_to_string(&pp_path).map_err(|source| ClipError::Io {
-                path: pp_path.clone(),
-                source,
-            })?;
-            let pp: HfPreprocessor = serde_json::from_str(&text)
+            let pp: HfPreprocessor = serde_json::from_str(&read_text(&pp_path)?)
                 .map_err(|e| ClipError::Config(format!("{}: {e}", pp_path.display())))?;
             preprocess.mean = pp.image_mean.unwrap_or(preprocess.mean);
             preprocess.std = pp.image_std.unwrap_or(preprocess.std);
         }
-        let weights_error = |e: candle_core::Error| ClipError::Weights {
-            path: weights.clone(),
-            message: e.to_string(),
-        };
-        // SAFETY: the file is memory-mapped read-only; clipscope never writes to model
-        // files while a model is loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
-            .map_err(weights_error)?;
-        let model = ClipModel::load(vb, &config).map_err(weights_error)?;
         Ok(Self {
+            name: name.to_string(),
+            config,
+            preprocess,
+            weights: WeightsSource::File(weights),
+            config_json,
+            tokenizer_json: tokenizer_json.into(),
+            tokenizer_origin,
+        })
+    }
+
+    /// A model compiled into the binary, with OpenAI's preprocessing at its input size.
+    pub fn from_static(
+        name: &str,
+        config_json: &'static str,
+        weights: &'static [u8],
+        tokenizer_json: &'static [u8],
+    ) -> Result<Self, ClipError> {
+        let config = ClipConfig::from_json(config_json)?;
+        Ok(Self {
+            name: name.to_string(),
+            preprocess: PreprocessConfig::openai(config.vision.image_size),
+            config,
+            weights: WeightsSource::Static(weights),
+            config_json: config_json.to_string(),
+            tokenizer_json: tokenizer_json.into(),
+            tokenizer_origin: PathBuf::from(format!("{name}/tokenizer.json")),
+        })
+    }
+
+    /// The tokeniser.
+    pub fn tokenizer(&self) -> Result<ClipTokenizer, ClipError> {
+        ClipTokenizer::from_bytes(
+            &self.tokenizer_json,
+            self.config.text.max_positions,
+            &self.tokenizer_origin,
+        )
+    }
+
+    /// Where the weights are, for messages.
+    pub fn weights_path(&self) -> PathBuf {
+        match &self.weights {
+            WeightsSource::File(p) => p.clone(),
+            WeightsSource::Static(_) => PathBuf::from(format!("{}/model.safetensors", self.name)),
+        }
+    }
+
+    /// Size of the weights in bytes.
+    pub fn weights_bytes(&self) -> u64 {
+        match &self.weights {
+            WeightsSource::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            WeightsSource::Static(b) => b.len() as u64,
+        }
+    }
+
+    fn weights_error(&self) -> impl Fn(candle_core::Error) -> ClipError + '_ {
+        move |e| ClipError::Weights {
+            path: self.weights_path(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The weights as trainable variables (f32).
+    pub fn params(&self, device: &Device) -> Result<Params, ClipError> {
+        match &self.weights {
+            WeightsSource::File(p) => Params::load(p, &self.config, device),
+            WeightsSource::Static(b) => Params::load_bytes(b, &self.config, device),
+        }
+        .map_err(self.weights_error())
+    }
+
+    /// Build the model for inference.
+    pub fn load(&self, device: Device) -> Result<Clip, ClipError> {
+        let tokenizer = self.tokenizer()?;
+        let vb = match &self.weights {
+            // SAFETY: the file is memory-mapped read-only; clipscope never writes to model
+            // files while a model is loaded.
+            WeightsSource::File(p) => unsafe {
+                VarBuilder::from_mmaped_safetensors(&[p], DType::F32, &device)
+            },
+            WeightsSource::Static(b) => VarBuilder::from_slice_safetensors(b, DType::F32, &device),
+        }
+        .map_err(self.weights_error())?;
+        let model = ClipModel::load(vb, &self.config).map_err(self.weights_error())?;
+        Ok(Clip {
             model,
             tokenizer,
-            preprocess,
+            preprocess: self.preprocess.clone(),
             device,
-            name: name.to_string(),
+            name: self.name.clone(),
             text_cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Write `config.json`, `tokenizer.json` and `preprocessor_config.json` into `dir`
+    /// (atomically), as a model folder built on these weights needs them.
+    pub fn write_support_files(&self, dir: &Path) -> Result<(), ClipError> {
+        let pp = serde_json::json!({
+            "image_mean": self.preprocess.mean,
+            "image_std": self.preprocess.std,
+            "crop_size": self.preprocess.image_size,
+            "size": self.preprocess.image_size,
+        });
+        for (file, bytes) in [
+            ("config.json", self.config_json.as_bytes().to_vec()),
+            ("tokenizer.json", self.tokenizer_json.to_vec()),
+            ("preprocessor_config.json", pp.to_string().into_bytes()),
+        ] {
+            let path = dir.join(file);
+            crate::util::write_atomic(&path, &bytes)
+                .map_err(|source| ClipError::Io { path, source })?;
+        }
+        Ok(())
+    }
+}
+
+impl Clip {
+    /// Load a model from a Hugging Face style folder: `config.json`,
+    /// `model.safetensors` and `tokenizer.json` (and `preprocessor_config.json`, if any).
+    pub fn load(dir: &Path, name: &str, device: Device) -> Result<Self, ClipError> {
+        ModelFiles::from_dir(dir, name)?.load(device)
     }
 
     /// The model's name (registry name or folder).

@@ -2,8 +2,11 @@
 
 pub mod cache;
 pub mod config;
+pub mod demo;
 mod engine;
+pub mod finetune;
 pub mod model;
+pub mod ops;
 pub mod pipeline;
 pub mod preprocess;
 pub mod resample;
@@ -15,7 +18,7 @@ pub mod zeroshot;
 use std::path::PathBuf;
 
 pub use cache::EmbeddingCache;
-pub use engine::{parse_device, Clip, Embedding, IMAGE_BATCH};
+pub use engine::{parse_device, Clip, Embedding, ModelFiles, WeightsSource, IMAGE_BATCH};
 pub use pipeline::{PipelineOptions, PipelineStats};
 pub use preprocess::PreprocessConfig;
 pub use zeroshot::{LabelSet, Prediction, PromptStyle};

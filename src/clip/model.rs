@@ -15,6 +15,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{Activation, ClipConfig, EncoderConfig, TextConfig, VisionConfig};
+use super::ops;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -113,8 +114,8 @@ fn linear(vb: &VarBuilder, inp: usize, out: usize, mode: Mode) -> Result<Linear>
     Linear::new(&vb.get((out, inp), "weight")?, vb.get(out, "bias")?, mode)
 }
 
-/// LayerNorm: candle's fused kernel for inference (it has no backward pass), the same
-/// arithmetic in differentiable ops for training.
+/// LayerNorm: candle's fused kernel for inference (it has no backward pass), clipscope's
+/// fused op with one for training (composed ops off the CPU).
 struct Norm {
     inner: LayerNorm,
     mode: Mode,
@@ -132,6 +133,9 @@ impl Norm {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match (self.mode, self.inner.bias()) {
+            (Mode::Training, Some(bias)) if ops::fusable(x) => {
+                ops::layer_norm(x, self.inner.weight(), bias, self.inner.eps())
+            }
             (Mode::Training, Some(bias)) => candle_nn::ops::layer_norm_slow(
                 x,
                 self.inner.weight(),
@@ -143,10 +147,12 @@ impl Norm {
     }
 }
 
-/// Softmax over the last axis: fused for inference, differentiable for training.
+/// Softmax over the last axis: candle's fused kernel for inference, clipscope's fused op
+/// with a backward pass for training (composed ops off the CPU).
 fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Inference => candle_nn::ops::softmax_last_dim(x),
+        Mode::Training if ops::fusable(x) => ops::softmax_last_dim(x),
         Mode::Training => candle_nn::ops::softmax(x, D::Minus1),
     }
 }
@@ -271,6 +277,9 @@ impl Block {
         let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
         let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
         let h = match self.act {
+            // One fused pass (with a backward pass) instead of three ops on the widest
+            // activation of the block.
+            Activation::QuickGelu if ops::fusable(&h) => ops::quick_gelu(&h)?,
             Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
             Activation::Gelu => h.gelu_erf()?,
         };

@@ -85,7 +85,8 @@ fn block_of(name: &str) -> Option<(&str, usize)> {
 }
 
 impl Trainable {
-    /// Whether the weight `name` learns under this choice.
+    /// Whether the weight `name` learns under this choice (`config` tells how many
+    /// blocks each tower has).
     pub fn includes(&self, name: &str, config: &ClipConfig) -> bool {
         match self {
             Self::All => true,
@@ -195,15 +196,15 @@ impl Params {
         self.vars.iter()
     }
 
-    /// The model on these weights, for training: weights that `trainable` includes are
+    /// The model on these weights, for training: weights for which `learns` is true are
     /// the variables themselves (gradients reach them); the others are detached copies
     /// that share their storage (no gradient is computed for them).
-    pub fn model(&self, trainable: &Trainable) -> Result<ClipModel> {
+    pub fn model(&self, learns: &dyn Fn(&str) -> bool) -> Result<ClipModel> {
         let tensors: HashMap<String, Tensor> = self
             .vars
             .iter()
             .map(|(name, var)| {
-                let t = if trainable.includes(name, &self.config) {
+                let t = if learns(name) {
                     var.as_tensor().clone()
                 } else {
                     var.as_tensor().detach()
@@ -215,13 +216,13 @@ impl Params {
         ClipModel::load_for(vb, &self.config, Mode::Training)
     }
 
-    /// The variables that `trainable` includes, split into those that take weight decay
+    /// The variables for which `learns` is true, split into those that take weight decay
     /// (matrices and embedding tables) and those that do not (gains, biases, the class
     /// embedding, the temperature), as open_clip splits them (`p.ndim < 2` excluded).
-    pub fn param_groups(&self, trainable: &Trainable) -> (Vec<Param>, Vec<Param>) {
+    pub fn param_groups(&self, learns: &dyn Fn(&str) -> bool) -> (Vec<Param>, Vec<Param>) {
         let (mut decay, mut plain) = (Vec::new(), Vec::new());
         for (name, var) in &self.vars {
-            if !trainable.includes(name, &self.config) {
+            if !learns(name) {
                 continue;
             }
             let p = Param {
@@ -254,19 +255,26 @@ impl Params {
             .collect()
     }
 
-    /// Replace every weight by `(1 - alpha) * zero_shot + alpha * self` (WiSE-FT,
-    /// Wortsman et al. 2022). At `alpha = 0` the result is `zero_shot` exactly.
-    pub fn interpolate_from(&self, zero_shot: &Params, alpha: f64) -> Result<()> {
-        for (name, var) in &self.vars {
-            let z = zero_shot
-                .vars
-                .get(name)
-                .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
-            let mixed = interpolate(z.as_tensor(), var.as_tensor(), alpha)?;
-            var.set(&mixed)?;
-        }
-        Ok(())
+    /// The weights mixed with `zero_shot` as `(1 - alpha) * zero_shot + alpha * self`
+    /// (WiSE-FT, Wortsman et al. 2022). At `alpha = 0` the result is `zero_shot` exactly.
+    pub fn interpolated(&self, zero_shot: &Params, alpha: f64) -> Result<HashMap<String, Tensor>> {
+        self.vars
+            .iter()
+            .map(|(name, var)| {
+                let z = zero_shot
+                    .vars
+                    .get(name)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
+                Ok((name.clone(), interpolate(z.as_tensor(), var.as_tensor(), alpha)?))
+            })
+            .collect()
     }
+}
+
+/// Named tensors as the bytes of a safetensors file.
+pub fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
+    safetensors::tensor::serialize(tensors.iter(), None)
+        .map_err(|e| candle_core::Error::Msg(format!("safetensors: {e}")))
 }
 
 /// `(1 - alpha) * a + alpha * b`, returning `a` itself at 0 and `b` at 1 (no rounding).
@@ -444,9 +452,9 @@ pub struct ClipOptimizer {
 }
 
 impl ClipOptimizer {
-    /// AdamW over the weights that `trainable` includes.
-    pub fn new(params: &Params, trainable: &Trainable, lr: f64, weight_decay: f64) -> Self {
-        let (decay, plain) = params.param_groups(trainable);
+    /// AdamW over the weights for which `learns` is true.
+    pub fn new(params: &Params, learns: &dyn Fn(&str) -> bool, lr: f64, weight_decay: f64) -> Self {
+        let (decay, plain) = params.param_groups(learns);
         Self {
             decay: Optimizer::new(OptimizerKind::Adamw, decay, lr, weight_decay),
             plain: Optimizer::new(OptimizerKind::Adamw, plain, lr, 0.0),
@@ -524,7 +532,7 @@ mod tests {
     fn init_covers_every_weight_the_model_loads() {
         let c = tiny();
         let params = Params::init(&c, 1, &Device::Cpu).unwrap();
-        let model = params.model(&Trainable::All).unwrap();
+        let model = params.model(&|_| true).unwrap();
         let pixels = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
         assert_eq!(model.image_features(&pixels).unwrap().dims(), &[2, 8]);
         // Same seed, same weights; another seed, others.
@@ -581,23 +589,10 @@ mod tests {
         let c = tiny();
         let zs = Params::init(&c, 1, &Device::Cpu).unwrap();
         let ft = Params::init(&c, 2, &Device::Cpu).unwrap();
-        ft.interpolate_from(&zs, 0.0).unwrap();
+        let mixed = ft.interpolated(&zs, 0.0).unwrap();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for (name, var) in zs.iter() {
-            let a = var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let b = ft
-                .get(name)
-                .unwrap()
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert_eq!(a, b, "{name}");
+            assert_eq!(values(var.as_tensor()), values(&mixed[name]), "{name}");
         }
     }
 }

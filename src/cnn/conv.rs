@@ -423,7 +423,7 @@ fn gemm_into(a: Mat, b: Mat, dst: &mut [MaybeUninit<f32>]) {
 }
 
 /// The f32 data of a contiguous tensor in a custom op.
-pub(super) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),

@@ -69,6 +69,68 @@ pub enum EvalError {
     Compute(#[from] candle_core::Error),
 }
 
+/// A trained CNN from a run folder, ready to score pictures: what `eval`, `predict` and
+/// the comparison study use.
+pub struct CnnClassifier {
+    model: super::Network,
+    meta: checkpoint::CheckpointMeta,
+    device: Device,
+}
+
+impl CnnClassifier {
+    /// Load the run in `run_dir` (its latest checkpoint).
+    pub fn load(run_dir: &Path) -> Result<Self, EvalError> {
+        let device = Device::Cpu;
+        let (model, _vars, meta) = checkpoint::load_model(run_dir, &device)?;
+        Ok(Self {
+            model,
+            meta,
+            device,
+        })
+    }
+
+    /// The checkpoint's record (classes, image size, metrics per epoch, ...).
+    pub fn meta(&self) -> &checkpoint::CheckpointMeta {
+        &self.meta
+    }
+
+    /// The evaluation crop of a picture: short side to 8/7 of the input size, then the
+    /// centre crop (as torchvision's ImageNet evaluation does).
+    pub fn crop(&self, img: &image::DynamicImage) -> RgbImage {
+        let size = self.meta.image_size as u32;
+        let r = augment::resize_short_side(&img.to_rgb8(), augment::cache_side(self.meta.image_size));
+        augment::center_crop(&r, size)
+    }
+
+    /// Class logits `(n, classes)` of evaluation crops.
+    pub fn logits(&self, crops: &[RgbImage]) -> Result<Vec<Vec<f32>>, EvalError> {
+        if crops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self
+            .model
+            .forward_t(&augment::to_tensor(crops, &self.device)?, false)?;
+        Ok(logits.to_vec2::<f32>()?)
+    }
+
+    /// Class probabilities (softmax of the logits) of evaluation crops.
+    pub fn probabilities(&self, crops: &[RgbImage]) -> Result<Vec<Vec<f32>>, EvalError> {
+        Ok(self
+            .logits(crops)?
+            .into_iter()
+            .map(|row| softmax(&row))
+            .collect())
+    }
+}
+
+/// The softmax of one row of logits.
+pub fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|v| v / sum).collect()
+}
+
 /// Evaluate the run in `run_dir` on the held-out images of `data` (its `val/`, its split
 /// manifest's held-out list, or all its images). `progress(done, total)` is called per
 /// batch.
@@ -78,8 +140,8 @@ pub fn evaluate(
     batch: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport, EvalError> {
-    let device = Device::Cpu;
-    let (model, _vars, meta) = checkpoint::load_model(run_dir, &device)?;
+    let cnn = CnnClassifier::load(run_dir)?;
+    let meta = cnn.meta().clone();
     let set = held_out(data)?;
     let data_name = data.display().to_string();
     // Map the folder's labels onto the model's by class name.
@@ -97,8 +159,6 @@ pub fn evaluate(
         }
     }
     let k = meta.classes.len();
-    let size = meta.image_size as u32;
-    let side = augment::cache_side(meta.image_size);
     let mut matrix = vec![vec![0usize; k]; k];
     let (mut n, mut top5_hits, mut skipped) = (0usize, 0usize, 0usize);
     let total = set.samples.len();
@@ -109,8 +169,7 @@ pub fn evaluate(
         for s in chunk {
             match load_image(&s.path) {
                 Ok(img) => {
-                    let r = augment::resize_short_side(&img.to_rgb8(), side);
-                    crops.push(augment::center_crop(&r, size));
+                    crops.push(cnn.crop(&img));
                     labels.push(remap[s.label]);
                 }
                 Err(e) => {
@@ -119,18 +178,14 @@ pub fn evaluate(
                 }
             }
         }
-        if !crops.is_empty() {
-            let logits = model.forward_t(&augment::to_tensor(&crops, &device)?, false)?;
-            let rows = logits.to_vec2::<f32>()?;
-            for (row, &truth) in rows.iter().zip(&labels) {
-                let mut order: Vec<usize> = (0..k).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                matrix[truth][order[0]] += 1;
-                if order.iter().take(5).any(|&c| c == truth) {
-                    top5_hits += 1;
-                }
-                n += 1;
+        for (row, &truth) in cnn.logits(&crops)?.iter().zip(&labels) {
+            let mut order: Vec<usize> = (0..k).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            matrix[truth][order[0]] += 1;
+            if order.iter().take(5).any(|&c| c == truth) {
+                top5_hits += 1;
             }
+            n += 1;
         }
         progress(((bi + 1) * batch).min(total), total);
     }

@@ -4,6 +4,7 @@
 pub mod fetch;
 pub mod folder;
 mod image_file;
+pub mod scenes;
 pub mod synthetic;
 
 pub use folder::{

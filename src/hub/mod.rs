@@ -12,6 +12,24 @@ pub use download::{
 };
 pub use registry::{CnnEntry, ModelEntry, Registry};
 
+/// The name of the built-in demo model (`--model demo`).
+pub const DEMO_MODEL: &str = "demo";
+
+/// The files of a model: the built-in demo, a folder, or a registry model (downloaded
+/// into the cache on first use, with `progress`).
+pub fn resolve_files(
+    source: &ModelSource,
+    progress: &mut ProgressFn<'_>,
+) -> Result<crate::clip::ModelFiles, HubError> {
+    if let ModelSource::Named(Some(name)) = source {
+        if name.eq_ignore_ascii_case(DEMO_MODEL) {
+            return Ok(crate::clip::demo::files()?);
+        }
+    }
+    let (dir, name) = resolve_model(source, progress)?;
+    Ok(crate::clip::ModelFiles::from_dir(&dir, &name)?)
+}
+
 /// What can go wrong finding or fetching a model.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -37,6 +55,9 @@ pub enum HubError {
         /// Why it failed.
         message: String,
     },
+    /// The model's files are unusable.
+    #[error(transparent)]
+    Model(#[from] crate::clip::ClipError),
     /// A file in the cache could not be written.
     #[error("{path}: {source}")]
     Io {

@@ -1,0 +1,388 @@
+//! Fused CPU ops with backward passes for training CLIP: LayerNorm, softmax over the last
+//! axis, and QuickGELU.
+//!
+//! candle's own fused LayerNorm and softmax have no backward pass, and the same
+//! arithmetic in separate differentiable ops costs a graph node, an allocation and a pass
+//! over memory each (LayerNorm alone was eleven), plus candle's zero-then-add gradient
+//! accumulation per node. Each op here is one node forward and one fused pass backward.
+//! They run on contiguous f32 CPU tensors; elsewhere the model falls back to composed ops.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cnn::conv::contiguous_f32 as slice;
+
+/// Whether the fused ops can run on `x`.
+pub fn fusable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// Rows of the last axis.
+fn row_len(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1).max(1)
+}
+
+/// Mean and reciprocal standard deviation of one row (accumulated in f64).
+fn stats(row: &[f32], eps: f64) -> (f32, f32) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = row
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+/// `LayerNorm(x) * gamma + beta` over the last axis.
+struct LayerNorm {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "clip-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(l1);
+        let (x, gamma, beta) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(out, row)| {
+                let (mean, rstd) = stats(row, self.eps);
+                for i in 0..d {
+                    out[i] = (row[i] - mean) * rstd * gamma[i] + beta[i];
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = x.apply_op3_no_bwd(gamma, &grad, &LayerNormInputGrad { eps: self.eps })?;
+        let dparams = x.apply_op2_no_bwd(&grad, &LayerNormParamGrad { eps: self.eps })?;
+        Ok((Some(dx), Some(dparams.get(0)?), Some(dparams.get(1)?)))
+    }
+}
+
+/// `dx` of LayerNorm from `(x, gamma, dy)`:
+/// `rstd * (g - mean(g) - xhat * mean(g * xhat))` with `g = dy * gamma`.
+struct LayerNormInputGrad {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormInputGrad {
+    fn name(&self) -> &'static str {
+        "clip-layer-norm-dx"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(l1);
+        let (x, gamma, dy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(d)
+            .zip(x.par_chunks(d).zip(dy.par_chunks(d)))
+            .for_each(|(out, (row, g_row))| {
+                let (mean, rstd) = stats(row, self.eps);
+                let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+                for i in 0..d {
+                    let g = f64::from(g_row[i] * gamma[i]);
+                    let xhat = f64::from((row[i] - mean) * rstd);
+                    sum_g += g;
+                    sum_gx += g * xhat;
+                }
+                let (mg, mgx) = ((sum_g / d as f64) as f32, (sum_gx / d as f64) as f32);
+                for i in 0..d {
+                    let g = g_row[i] * gamma[i];
+                    let xhat = (row[i] - mean) * rstd;
+                    out[i] = rstd * (g - mg - xhat * mgx);
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `(dgamma, dbeta)` of LayerNorm from `(x, dy)`, as a `(2, d)` tensor.
+struct LayerNormParamGrad {
+    eps: f64,
+}
+
+impl CustomOp2 for LayerNormParamGrad {
+    fn name(&self) -> &'static str {
+        "clip-layer-norm-dparams"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(l1);
+        let (x, dy) = (slice(s1, l1)?, slice(s2, l2)?);
+        // Partial sums over blocks of rows in parallel, then added: f64 throughout.
+        let rows_per_block = (x.len() / d).div_ceil(64).max(1);
+        let partial: Vec<Vec<f64>> = x
+            .par_chunks(d * rows_per_block)
+            .zip(dy.par_chunks(d * rows_per_block))
+            .map(|(xs, gs)| {
+                let mut acc = vec![0f64; 2 * d];
+                for (row, g_row) in xs.chunks(d).zip(gs.chunks(d)) {
+                    let (mean, rstd) = stats(row, self.eps);
+                    for i in 0..d {
+                        let g = f64::from(g_row[i]);
+                        acc[i] += g * f64::from((row[i] - mean) * rstd);
+                        acc[d + i] += g;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut total = vec![0f64; 2 * d];
+        for p in partial {
+            for (t, v) in total.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        let out: Vec<f32> = total.into_iter().map(|v| v as f32).collect();
+        Ok((CpuStorage::F32(out), Shape::from((2, d))))
+    }
+}
+
+/// Fused LayerNorm over the last axis with a backward pass.
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(gamma, beta, LayerNorm { eps })
+}
+
+/// Softmax over the last axis.
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "clip-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(l);
+        let x = slice(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(out, row)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = (v - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                out.iter_mut().for_each(|o| *o *= inv);
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(res.apply_op2_no_bwd(&grad, &SoftmaxGrad)?))
+    }
+}
+
+/// `dx = y * (dy - sum(dy * y))` per row, from `(y, dy)`.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "clip-softmax-dx"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = row_len(l1);
+        let (y, dy) = (slice(s1, l1)?, slice(s2, l2)?);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(d)
+            .zip(y.par_chunks(d).zip(dy.par_chunks(d)))
+            .for_each(|(out, (ys, gs))| {
+                let dot: f32 = ys.iter().zip(gs).map(|(a, b)| a * b).sum();
+                for i in 0..d {
+                    out[i] = ys[i] * (gs[i] - dot);
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Fused softmax over the last axis with a backward pass.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+/// OpenAI's QuickGELU, `x * sigmoid(1.702 x)`.
+struct QuickGelu;
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "clip-quick-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(out, xs)| {
+                for (o, &v) in out.iter_mut().zip(xs) {
+                    *o = v * sigmoid(1.702 * v);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&grad, &QuickGeluGrad)?))
+    }
+}
+
+/// `dx = dy * (s + 1.702 x s (1 - s))`, `s = sigmoid(1.702 x)`, from `(x, dy)`.
+struct QuickGeluGrad;
+
+impl CustomOp2 for QuickGeluGrad {
+    fn name(&self) -> &'static str {
+        "clip-quick-gelu-dx"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dy) = (slice(s1, l1)?, slice(s2, l2)?);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
+            .for_each(|(out, (xs, gs))| {
+                for i in 0..out.len() {
+                    let s = sigmoid(1.702 * xs[i]);
+                    out[i] = gs[i] * (s + 1.702 * xs[i] * s * (1.0 - s));
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Fused QuickGELU with a backward pass.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(QuickGelu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::cnn::rng::Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Forward values and the gradients of every input against candle's composed ops.
+    fn check(
+        fused: impl Fn(&[Tensor]) -> Tensor,
+        composed: impl Fn(&[Tensor]) -> Tensor,
+        inputs: &[Tensor],
+    ) {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let weights = rand(ts[0].dims(), 99);
+        let (a, b) = (fused(&ts), composed(&ts));
+        assert!(max_diff(&a, &b) < 1e-5, "forward differs by {}", max_diff(&a, &b));
+        let ga = (a * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for (i, v) in vars.iter().enumerate() {
+            let (x, y) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+            assert!(max_diff(x, y) < 1e-4, "input {i}: gradient differs by {}", max_diff(x, y));
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_composed_ops() {
+        let inputs = [rand(&[3, 5, 24], 1), rand(&[24], 2), rand(&[24], 3)];
+        check(
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(),
+            |t| candle_nn::ops::layer_norm_slow(&t[0], &t[1], &t[2], 1e-5).unwrap(),
+            &inputs,
+        );
+    }
+
+    #[test]
+    fn softmax_matches_composed_ops() {
+        check(
+            |t| softmax_last_dim(&t[0]).unwrap(),
+            |t| candle_nn::ops::softmax(&t[0], D::Minus1).unwrap(),
+            &[rand(&[2, 3, 7, 7], 4)],
+        );
+    }
+
+    #[test]
+    fn quick_gelu_matches_composed_ops() {
+        check(
+            |t| quick_gelu(&t[0]).unwrap(),
+            |t| (&t[0] * candle_nn::ops::sigmoid(&(&t[0] * 1.702).unwrap()).unwrap()).unwrap(),
+            &[rand(&[4, 33], 5)],
+        );
+    }
+}
