@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use clipscope::clip::pipeline::{self, default_decode_threads, PipelineOptions};
-use clipscope::clip::{Clip, EmbeddingCache};
+use clipscope::clip::{Clip, EmbeddingCache, ModelFiles};
 use clipscope::data::{collect_images, ImageError};
 use clipscope::hub::DownloadOptions;
 use clipscope::scale::{
@@ -37,7 +37,7 @@ pub fn input_paths(positional: &[PathBuf], job: &JobArgs) -> Result<Vec<PathBuf>
 
 /// Decoding threads and the cache as asked. A cache that cannot be opened (a read-only
 /// home on a cluster node, say) only costs speed: say so and go on without it.
-pub fn pipeline_options(job: &JobArgs, clip: &Clip, model_dir: &Path) -> PipelineOptions {
+pub fn pipeline_options(job: &JobArgs, clip: &Clip, files: &ModelFiles) -> PipelineOptions {
     let decode_threads = job.decode_threads.unwrap_or_else(default_decode_threads);
     let cache = if job.no_cache {
         None
@@ -45,7 +45,7 @@ pub fn pipeline_options(job: &JobArgs, clip: &Clip, model_dir: &Path) -> Pipelin
         DownloadOptions::from_env()
             .map_err(|e| e.to_string())
             .and_then(|o| {
-                EmbeddingCache::open(&o.cache_root, model_dir, clip).map_err(|e| e.to_string())
+                EmbeddingCache::open(&o.cache_root, files, clip).map_err(|e| e.to_string())
             })
             .inspect_err(|e| tracing::warn!("embedding cache off: {e}"))
             .ok()

@@ -18,7 +18,7 @@ use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
 
-use super::engine::{Clip, Embedding};
+use super::engine::{Clip, Embedding, ModelFiles, WeightsSource};
 use super::ClipError;
 
 /// Part of every model key. Change it when a change to clipscope alters the embeddings
@@ -70,13 +70,16 @@ pub struct EmbeddingCache {
 }
 
 impl EmbeddingCache {
-    /// The cache of `clip`, loaded from `model_dir`, under `cache_root/embeddings`. The
+    /// The cache of `clip`, loaded from `files`, under `cache_root/embeddings`. The
     /// weights are hashed once (about a second for ViT-B/32 on one core); the digest is
     /// remembered by path, size and modification time.
-    pub fn open(cache_root: &Path, model_dir: &Path, clip: &Clip) -> Result<Self, ClipError> {
+    pub fn open(cache_root: &Path, files: &ModelFiles, clip: &Clip) -> Result<Self, ClipError> {
         let root = cache_root.join("embeddings");
-        let weights = weights_digest(&root, &model_dir.join("model.safetensors"))?;
-        let config = read(&model_dir.join("config.json"))?;
+        let weights = match &files.weights {
+            WeightsSource::File(path) => weights_digest(&root, path)?,
+            WeightsSource::Static(bytes) => hex(&Sha256::digest(bytes)),
+        };
+        let config = files.config_json().as_bytes().to_vec();
         let preprocess = serde_json::to_vec(clip.preprocess_config())
             .map_err(|e| ClipError::Config(e.to_string()))?;
         let device = if clip.device().is_cpu() { "cpu" } else { "gpu" };
@@ -148,13 +151,6 @@ fn rename_into_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, ClipError> {
-    std::fs::read(path).map_err(|source| ClipError::Io {
-        path: path.to_path_buf(),
-        source,
     })
 }
 

@@ -143,6 +143,11 @@ impl ModelFiles {
         })
     }
 
+    /// The text of `config.json`.
+    pub fn config_json(&self) -> &str {
+        &self.config_json
+    }
+
     /// The tokeniser.
     pub fn tokenizer(&self) -> Result<ClipTokenizer, ClipError> {
         ClipTokenizer::from_bytes(
