@@ -9,7 +9,6 @@ mod jobs;
 pub mod output;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};

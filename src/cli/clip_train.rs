@@ -1,0 +1,298 @@
+//! `finetune` and `demo`: training CLIP from the command line.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use clipscope::clip::demo::{self, DemoEvent, DemoTrainOptions};
+use clipscope::clip::finetune::{self, FinetuneConfig, FinetuneEvent, Task};
+use clipscope::clip::train::Trainable;
+
+use super::args::{DemoAction, FinetuneArgs, Format, ModelArgs};
+use super::{load_model, model_files, EXIT_OK};
+
+/// Exit status after Ctrl-C stopped a run (which saved first).
+const EXIT_STOPPED: u8 = 130;
+
+fn bar(template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// A flag set by the first Ctrl-C (the run saves and returns); a second one exits.
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_STOPPED));
+        }
+    });
+    stop
+}
+
+/// The learning rate when none is given: small when whole blocks learn (they are
+/// pretrained), larger when only projections or LayerNorms do.
+fn default_lr(trainable: &Trainable) -> f64 {
+    match trainable {
+        Trainable::All | Trainable::LastBlocks(_) => 1e-5,
+        Trainable::Projections | Trainable::LayerNorms => 1e-3,
+    }
+}
+
+/// `clipscope finetune`.
+pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
+    let task = match (&a.data, &a.captions) {
+        (Some(data), None) => Task::Classify {
+            data: data.clone(),
+            val: a.val.clone(),
+            template: a.template.clone(),
+        },
+        (None, Some(file)) => Task::Captions { file: file.clone() },
+        _ => bail!("give --data DIR (classification) or --captions FILE (contrastive)"),
+    };
+    let cfg = FinetuneConfig {
+        flip: !a.no_flip && matches!(task, Task::Classify { .. }),
+        task,
+        trainable: a.trainable.clone(),
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr.unwrap_or_else(|| default_lr(&a.trainable)),
+        weight_decay: a.weight_decay,
+        warmup_fraction: a.warmup,
+        seed: a.seed,
+        val_fraction: a.val_fraction,
+        wise_alpha: a.wise_alpha,
+    };
+    let base = model_files(&a.model)?;
+    let stop = stop_on_ctrl_c();
+    let progress = bar("epoch {prefix} [{bar:30}] {pos}/{len} {msg}");
+    let mut out = std::io::stdout();
+    let epochs = cfg.epochs;
+    let outcome = finetune::finetune(
+        &base,
+        &cfg,
+        &a.output,
+        a.resume,
+        a.force,
+        &stop,
+        &mut |ev| match ev {
+            FinetuneEvent::Log(line) => progress.println(line),
+            FinetuneEvent::Ready {
+                train,
+                val,
+                steps_per_epoch,
+                first_epoch,
+            } => {
+                progress.println(format!(
+                    "{train} training and {val} held-out examples; epochs {first_epoch}..{epochs}"
+                ));
+                progress.set_length(steps_per_epoch as u64);
+            }
+            FinetuneEvent::Step {
+                epoch,
+                step,
+                loss,
+                lr,
+                images_per_sec,
+            } => {
+                progress.set_prefix(format!("{epoch}/{epochs}"));
+                progress.set_position(step as u64);
+                progress.set_message(format!(
+                    "loss {loss:.4} lr {lr:.2e} {images_per_sec:.1} img/s"
+                ));
+            }
+            FinetuneEvent::Epoch(m) => {
+                progress.suspend(|| {
+                    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+                    let what = if m.epoch == 0 {
+                        "before training".to_string()
+                    } else {
+                        format!(
+                            "epoch {:>3}  train loss {}  {:.1} s  {:.1} img/s",
+                            m.epoch,
+                            num(m.train_loss),
+                            m.seconds,
+                            m.images_per_sec
+                        )
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{what}  val loss {}  val top-1 {}",
+                        num(m.val_loss),
+                        num(m.val_top1)
+                    );
+                });
+                progress.reset();
+            }
+            FinetuneEvent::Saved(_) => {}
+        },
+    )
+    .with_context(|| format!("fine-tuning {} failed", base.name))?;
+    progress.finish_and_clear();
+    if a.format == Format::Json {
+        serde_json::to_writer_pretty(std::io::stdout().lock(), &outcome.record)?;
+        println!();
+    } else {
+        println!(
+            "model folder: {} (use it with --model-dir; WiSE-FT alpha {})",
+            a.output.display(),
+            cfg.wise_alpha
+        );
+    }
+    if outcome.stopped {
+        eprintln!("clipscope: stopped; continue with --resume");
+        return Ok(EXIT_STOPPED);
+    }
+    Ok(EXIT_OK)
+}
+
+/// `clipscope demo`.
+pub fn demo(action: &DemoAction) -> Result<u8> {
+    match action {
+        DemoAction::Train {
+            output,
+            steps,
+            batch_size,
+            lr,
+            seed,
+            force,
+        } => demo_train(output, *steps, *batch_size, *lr, *seed, *force),
+        DemoAction::Eval {
+            model,
+            per_label,
+            seed,
+            data,
+            format,
+        } => demo_eval(model, *per_label, *seed, data.as_deref(), *format),
+    }
+}
+
+fn demo_train(
+    output: &std::path::Path,
+    steps: usize,
+    batch_size: usize,
+    lr: f64,
+    seed: u64,
+    force: bool,
+) -> Result<u8> {
+    if steps == 0 || batch_size < 2 {
+        bail!("--steps must be at least 1 and --batch-size at least 2");
+    }
+    if !(lr > 0.0 && lr.is_finite()) {
+        bail!("--lr must be a positive number");
+    }
+    if output.join("model.safetensors").exists() && !force {
+        bail!(
+            "{} already holds a model; give --force to replace it, or another --output",
+            output.display()
+        );
+    }
+    let opts = DemoTrainOptions {
+        steps,
+        batch_size,
+        lr,
+        seed,
+        ..DemoTrainOptions::default()
+    };
+    let stop = stop_on_ctrl_c();
+    let progress = bar("[{bar:30}] {pos}/{len} {msg}");
+    progress.set_length(steps as u64);
+    let outcome = demo::train_demo(&opts, output, &stop, &mut |ev| match ev {
+        DemoEvent::Step {
+            step,
+            loss,
+            lr,
+            pairs_per_sec,
+            ..
+        } => {
+            progress.set_position(step as u64);
+            progress.set_message(format!("loss {loss:.4} lr {lr:.2e} {pairs_per_sec:.1} pairs/s"));
+        }
+        DemoEvent::Eval { step, top1 } => {
+            progress.println(format!("step {step}: twelve-label top-1 {top1:.3}"));
+        }
+    })
+    .context("training the demo model failed")?;
+    progress.finish_and_clear();
+    println!(
+        "{} steps in {:.0} s ({:.1} pairs/s); twelve-label top-1 {:.3}; model in {}",
+        outcome.steps,
+        outcome.seconds,
+        outcome.pairs_per_sec,
+        outcome.benchmark_top1,
+        output.display()
+    );
+    Ok(if outcome.stopped { EXIT_STOPPED } else { EXIT_OK })
+}
+
+fn demo_eval(
+    model: &ModelArgs,
+    per_label: usize,
+    seed: u64,
+    data: Option<&std::path::Path>,
+    format: Format,
+) -> Result<u8> {
+    if per_label == 0 {
+        bail!("--per-label must be at least 1");
+    }
+    let mut model = ModelArgs {
+        model: model.model.clone(),
+        model_dir: model.model_dir.clone(),
+        device: model.device.clone(),
+    };
+    if model.model.is_none() && model.model_dir.is_none() {
+        model.model = Some(clipscope::hub::DEMO_MODEL.to_string());
+    }
+    let clip = load_model(&model)?;
+    let r = demo::evaluate(&clip, per_label, seed, data).context("the demo benchmark failed")?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &r)?;
+            writeln!(out)?;
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(["set", "label", "top1", "n"])?;
+            let sets = [Some(("generated", &r.benchmark)), r.folders.as_ref().map(|f| ("folders", f))];
+            for (name, set) in sets.into_iter().flatten() {
+                w.write_record([name, "all", &format!("{:.4}", set.top1), &set.n.to_string()])?;
+                for (label, acc) in &set.per_label {
+                    w.write_record([name, label, &format!("{acc:.4}"), ""])?;
+                }
+            }
+            w.flush()?;
+        }
+        Format::Text => {
+            writeln!(out, "model {}  pictures seed {}", r.model, r.seed)?;
+            let sets = [Some(("generated pictures", &r.benchmark)), r.folders.as_ref().map(|f| ("class folders", f))];
+            for (name, set) in sets.into_iter().flatten() {
+                writeln!(out, "\n{name}: twelve-label top-1 {:.4} on {} pictures", set.top1, set.n)?;
+                for (label, acc) in &set.per_label {
+                    writeln!(out, "  {acc:>7.4}  {label}")?;
+                }
+            }
+            let b = &r.binding;
+            writeln!(
+                out,
+                "\nheld-out combinations ({}): top-1 among 60 colour-shape labels {:.4} \
+                 (trained combinations {:.4}); right shape {:.4}, right colour {:.4}",
+                b.held_out.join(", "),
+                b.held_out_top1,
+                b.trained_top1,
+                b.held_out_shape_right,
+                b.held_out_colour_right
+            )?;
+        }
+    }
+    Ok(EXIT_OK)
+}
