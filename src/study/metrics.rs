@@ -9,12 +9,12 @@
 //!   `zero_division=0`); a class with no test images has recall 0 and F1 0, and is left
 //!   out of macro F1, which is the unweighted mean over the classes that have support.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cnn::rng::Rng;
 
 /// Metrics of one classifier on one test set.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metrics {
     /// Number of test images.
     pub n: usize,
@@ -33,7 +33,7 @@ pub struct Metrics {
 }
 
 /// Metrics of one class.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClassMetrics {
     /// The class name.
     pub class: String,
@@ -270,7 +270,7 @@ fn percentile(values: &[f64], q: f64) -> f64 {
 ///
 /// An image counts as correct when its class is known and it was answered with that class,
 /// or when its class is not among the labels (`None`) and it was abstained on.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct AbstainOutcome {
     /// The top-score threshold below which an image is abstained on.
     pub threshold: f64,

@@ -5,3 +5,4 @@
 pub mod metrics;
 pub mod plots;
 pub mod probe;
+pub mod compare;

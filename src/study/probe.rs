@@ -17,7 +17,7 @@
 use linfa::prelude::*;
 use linfa_logistic::MultiLogisticRegression;
 use ndarray::{Array1, Array2, Axis};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cnn::rng::Rng;
 
@@ -427,7 +427,7 @@ pub fn linear_probe(
 }
 
 /// A class that had fewer training images than the shots asked for: all it had were used.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ShortClass {
     /// The class index.
     pub class: usize,
@@ -437,7 +437,7 @@ pub struct ShortClass {
 
 /// Few-shot accuracy at one number of shots: top-1 on the test set over several random
 /// draws of the labelled images.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FewShotPoint {
     /// Labelled images per class asked for.
     pub shots: usize,
