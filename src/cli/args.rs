@@ -526,31 +526,44 @@ fn parse_trainable(s: &str) -> Result<clipscope::clip::train::Trainable, String>
     s.parse()
 }
 
+/// `clipscope demo train`: the defaults are the recipe of the shipped model.
+#[derive(Debug, Args)]
+pub struct DemoTrainArgs {
+    /// Folder to write the model into (the shipped one is models/demo).
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 1500)]
+    pub steps: usize,
+    /// Image-caption pairs per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Linear warm-up steps before the cosine decay.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// Steps on easy pictures (large, centred, upright, clean) before the full mix.
+    #[arg(long, default_value_t = 0)]
+    pub easy_steps: usize,
+    /// Seed for the weights and the generated data.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluate on fresh pictures every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 250)]
+    pub eval_every: usize,
+    /// Replace a model already in --output.
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// `clipscope demo`.
 #[derive(Debug, Subcommand)]
 pub enum DemoAction {
     /// Train the demo CLIP from scratch on generated captioned shapes (about 20 minutes
     /// on two cores with the defaults).
-    Train {
-        /// Folder to write the model into (the shipped one is models/demo).
-        #[arg(long, value_name = "DIR")]
-        output: PathBuf,
-        /// Optimiser steps.
-        #[arg(long, default_value_t = 1500)]
-        steps: usize,
-        /// Image-caption pairs per step.
-        #[arg(long, default_value_t = 128)]
-        batch_size: usize,
-        /// Peak learning rate (AdamW).
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        /// Seed for the weights and the generated data.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Replace a model already in --output.
-        #[arg(long)]
-        force: bool,
-    },
+    Train(DemoTrainArgs),
     /// Measure a demo-style model: top-1 on the twelve colour-shape labels ("a red
     /// circle", ... with template {}) on freshly generated pictures, the held-out
     /// combinations, and optionally class folders drawn by another program.

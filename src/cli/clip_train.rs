@@ -11,11 +11,21 @@ use clipscope::clip::demo::{self, DemoEvent, DemoTrainOptions};
 use clipscope::clip::finetune::{self, FinetuneConfig, FinetuneEvent, Task};
 use clipscope::clip::train::Trainable;
 
-use super::args::{DemoAction, FinetuneArgs, Format, ModelArgs};
+use super::args::{DemoAction, DemoTrainArgs, FinetuneArgs, Format, ModelArgs};
 use super::{load_model, model_files, EXIT_OK};
 
 /// Exit status after Ctrl-C stopped a run (which saved first).
 const EXIT_STOPPED: u8 = 130;
+
+/// A line above the bar, or on stderr when the bar is hidden (not a terminal), so that a
+/// log of a long run still shows its milestones.
+fn log_line(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
 
 fn bar(template: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
@@ -85,14 +95,14 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
         a.force,
         &stop,
         &mut |ev| match ev {
-            FinetuneEvent::Log(line) => progress.println(line),
+            FinetuneEvent::Log(line) => log_line(&progress, line),
             FinetuneEvent::Ready {
                 train,
                 val,
                 steps_per_epoch,
                 first_epoch,
             } => {
-                progress.println(format!(
+                log_line(&progress, format!(
                     "{train} training and {val} held-out examples; epochs {first_epoch}..{epochs}"
                 ));
                 progress.set_length(steps_per_epoch as u64);
@@ -158,14 +168,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
 /// `clipscope demo`.
 pub fn demo(action: &DemoAction) -> Result<u8> {
     match action {
-        DemoAction::Train {
-            output,
-            steps,
-            batch_size,
-            lr,
-            seed,
-            force,
-        } => demo_train(output, *steps, *batch_size, *lr, *seed, *force),
+        DemoAction::Train(args) => demo_train(args),
         DemoAction::Eval {
             model,
             per_label,
@@ -176,21 +179,15 @@ pub fn demo(action: &DemoAction) -> Result<u8> {
     }
 }
 
-fn demo_train(
-    output: &std::path::Path,
-    steps: usize,
-    batch_size: usize,
-    lr: f64,
-    seed: u64,
-    force: bool,
-) -> Result<u8> {
-    if steps == 0 || batch_size < 2 {
+fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
+    let (output, steps, lr) = (&args.output, args.steps, args.lr);
+    if steps == 0 || args.batch_size < 2 {
         bail!("--steps must be at least 1 and --batch-size at least 2");
     }
     if !(lr > 0.0 && lr.is_finite()) {
         bail!("--lr must be a positive number");
     }
-    if output.join("model.safetensors").exists() && !force {
+    if output.join("model.safetensors").exists() && !args.force {
         bail!(
             "{} already holds a model; give --force to replace it, or another --output",
             output.display()
@@ -198,10 +195,13 @@ fn demo_train(
     }
     let opts = DemoTrainOptions {
         steps,
-        batch_size,
+        batch_size: args.batch_size,
         lr,
-        seed,
-        ..DemoTrainOptions::default()
+        weight_decay: DemoTrainOptions::default().weight_decay,
+        warmup: args.warmup,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        easy_steps: args.easy_steps,
     };
     let stop = stop_on_ctrl_c();
     let progress = bar("[{bar:30}] {pos}/{len} {msg}");
@@ -218,7 +218,7 @@ fn demo_train(
             progress.set_message(format!("loss {loss:.4} lr {lr:.2e} {pairs_per_sec:.1} pairs/s"));
         }
         DemoEvent::Eval { step, top1 } => {
-            progress.println(format!("step {step}: twelve-label top-1 {top1:.3}"));
+            log_line(&progress, format!("step {step}: twelve-label top-1 {top1:.3}"));
         }
     })
     .context("training the demo model failed")?;

@@ -350,10 +350,12 @@ fn tui(args: args::TuiArgs) -> Result<u8> {
         Some(dir) => ModelSource::Dir(dir),
         None => ModelSource::Named(args.model),
     };
+    let start = hub::app_start(source, args.input.is_some(), !args.labels.trim().is_empty());
     clipscope::tui::run(TuiOptions {
-        input: args.input,
-        labels: args.labels,
-        source,
+        input: args.input.or(start.picture),
+        labels: start.labels.unwrap_or(args.labels),
+        source: start.source,
+        notice: start.notice,
         device: args.device.unwrap_or_else(|| "cpu".into()),
         style,
         protocol,

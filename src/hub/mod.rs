@@ -30,6 +30,68 @@ pub fn resolve_files(
     Ok(crate::clip::ModelFiles::from_dir(&dir, &name)?)
 }
 
+/// What the app opens when it is started with no model, picture or labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppStart {
+    /// The model.
+    pub source: ModelSource,
+    /// A picture to open, when the demo model stands in.
+    pub picture: Option<PathBuf>,
+    /// Labels to start with, when the demo model stands in.
+    pub labels: Option<String>,
+    /// A line for the status bar saying what the demo model is.
+    pub notice: Option<String>,
+}
+
+/// The line the app shows while the demo model stands in for a real one.
+pub const DEMO_NOTICE: &str = "demo model: a toy CLIP trained on drawn shapes, not OpenAI's; \
+     for real photos run `clipscope models download ViT-B/32`";
+
+/// With no model named, the registry default when it is in the cache, else the built-in
+/// demo model (no download on a first run), opened on a bundled picture with fitting
+/// labels when none were given. The picture is written once under the cache folder.
+pub fn app_start(source: ModelSource, has_input: bool, has_labels: bool) -> AppStart {
+    let plain = AppStart {
+        source: source.clone(),
+        picture: None,
+        labels: None,
+        notice: None,
+    };
+    if source != ModelSource::Named(None) {
+        return plain;
+    }
+    let Ok(opts) = DownloadOptions::from_env() else {
+        return plain;
+    };
+    let default_cached = Registry::builtin()
+        .and_then(|r| r.default_model().map(|e| is_cached(e, &opts)))
+        .unwrap_or(false);
+    if default_cached {
+        return plain;
+    }
+    let picture = (!has_input)
+        .then(|| demo_picture(&opts.cache_root))
+        .flatten();
+    AppStart {
+        source: ModelSource::Named(Some(DEMO_MODEL.to_string())),
+        picture,
+        labels: (!has_labels).then(|| crate::clip::demo::DEMO_LABELS.to_string()),
+        notice: Some(DEMO_NOTICE.to_string()),
+    }
+}
+
+/// The bundled demo picture as a file under `cache_root/demo/` (None when it cannot be
+/// written: the app then opens with no picture rather than failing).
+fn demo_picture(cache_root: &std::path::Path) -> Option<PathBuf> {
+    let path = cache_root.join("demo").join("red-circle.png");
+    let current = std::fs::read(&path).ok();
+    if current.as_deref() != Some(crate::clip::demo::DEMO_PICTURE) {
+        std::fs::create_dir_all(path.parent()?).ok()?;
+        std::fs::write(&path, crate::clip::demo::DEMO_PICTURE).ok()?;
+    }
+    Some(path)
+}
+
 /// What can go wrong finding or fetching a model.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {

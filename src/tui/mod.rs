@@ -81,6 +81,8 @@ pub struct TuiOptions {
     pub protocol: ImageProtocol,
     /// Keymap: `default` or `vim`.
     pub keymap: String,
+    /// A line for the status bar at start (what the demo model is, when it stands in).
+    pub notice: Option<String>,
 }
 
 /// Why the app could not run.
@@ -334,6 +336,12 @@ async fn event_loop(
     let mut app = App::new(keymap, graphics, &opts.labels);
     app.theme = theme::Theme::from_env();
     app.type_startup_keys(&typed, Instant::now());
+    if let Some(text) = &opts.notice {
+        app.notice = Some(app::Notice {
+            text: text.clone(),
+            error: false,
+        });
+    }
     if let Some(input) = &opts.input {
         open_first(&mut app, input, &decoded_tx);
     }

@@ -104,7 +104,7 @@ fn load(config: &WorkerConfig, out: &UnboundedSender<Response>) -> Result<Clip, 
     let start = Instant::now();
     let _ = out.send(Response::Progress("loading model…".into()));
     let mut last_percent = u64::MAX;
-    let (dir, name) = hub::resolve_model(&config.source, &mut |file, done, total| {
+    let files = hub::resolve_files(&config.source, &mut |file, done, total| {
         let line = match total {
             Some(t) if t > 0 => {
                 let p = done * 100 / t;
@@ -119,11 +119,11 @@ fn load(config: &WorkerConfig, out: &UnboundedSender<Response>) -> Result<Clip, 
         let _ = out.send(Response::Progress(line));
     })
     .map_err(|e| e.to_string())?;
-    let _ = out.send(Response::Progress(format!("loading {name}…")));
+    let _ = out.send(Response::Progress(format!("loading {}…", files.name)));
     let device = parse_device(&config.device).map_err(|e| e.to_string())?;
-    let clip = Clip::load(&dir, &name, device).map_err(|e| e.to_string())?;
+    let clip = files.load(device).map_err(|e| e.to_string())?;
     let _ = out.send(Response::ModelReady {
-        name,
+        name: files.name.clone(),
         device: format!("{:?}", clip.device()).to_lowercase(),
         load_ms: start.elapsed().as_secs_f64() * 1e3,
     });
