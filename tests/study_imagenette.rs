@@ -196,7 +196,7 @@ fn study_imagenette_fetches_trains_and_compares_then_resumes() {
     let more = study.run(&["--epochs", "3", "--no-probe"]);
     assert_success(&more);
     let stderr = String::from_utf8(more.stderr).unwrap();
-    assert!(stderr.contains("after epoch 2"), "{stderr}");
+    assert!(stderr.contains("at epoch 3"), "{stderr}");
     assert_eq!(checkpoint::load_meta(&run).unwrap().epochs_done, 3);
     assert_eq!(seen.lock().unwrap().len(), 5);
 }
@@ -228,4 +228,43 @@ fn study_imagenette_offline_says_what_failed_and_how_to_go_on() {
         .output()
         .unwrap();
     assert!(usage_error(&out).contains("--epochs"));
+}
+
+#[test]
+fn fetch_keeps_a_complete_unpack_and_redoes_an_interrupted_one() {
+    use clipscope::data::fetch::fetch_archive;
+    let served = tempfile::tempdir().unwrap();
+    let val_images = make_archive(served.path());
+    let md5 = md5_file(&served.path().join("imagenette2-160.tgz")).unwrap();
+    let (endpoint, seen) = serve(served.path(), "/");
+    let url = format!("{endpoint}/imagenette2-160.tgz");
+    let to = tempfile::tempdir().unwrap();
+    let fetch = || fetch_archive(&url, &md5, to.path(), &mut |_, _| {});
+    let tree = fetch().unwrap();
+    let image = tree.join(val_images.iter().next().unwrap());
+    assert!(image.is_file());
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // Complete: used as it is, even without its archive.
+    std::fs::remove_file(&image).unwrap();
+    std::fs::rename(
+        to.path().join("imagenette2-160.tgz"),
+        to.path().join("moved.tgz"),
+    )
+    .unwrap();
+    assert_eq!(fetch().unwrap(), tree);
+    assert!(!image.exists(), "a complete unpack is not touched");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // Interrupted (its marker left behind): unpacked again from the archive there.
+    std::fs::rename(
+        to.path().join("moved.tgz"),
+        to.path().join("imagenette2-160.tgz"),
+    )
+    .unwrap();
+    std::fs::write(to.path().join(".imagenette2-160.unpacking"), b"").unwrap();
+    assert_eq!(fetch().unwrap(), tree);
+    assert!(image.is_file());
+    assert!(!to.path().join(".imagenette2-160.unpacking").exists());
+    assert_eq!(seen.lock().unwrap().len(), 1, "the archive there was used");
 }

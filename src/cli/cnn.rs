@@ -54,13 +54,17 @@ fn resolve_pretrained(spec: &str, model: &str) -> Result<Pretrained> {
 /// returns); a second Ctrl-C exits at once.
 pub(super) fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+    set_on_ctrl_c(stop.clone());
+    stop
+}
+
+/// From now on, the first Ctrl-C sets `flag` instead of ending the process.
+pub(super) fn set_on_ctrl_c(flag: Arc<AtomicBool>) {
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
     });
-    stop
 }
 
 /// Draws training progress on `bar` (stderr) and writes one line per epoch to `out`.

@@ -2,6 +2,8 @@
 //! summary on stdout, and errors that say how to work offline.
 
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,7 +16,7 @@ use clipscope::study::imagenette::{
 };
 
 use super::args::{ImagenetteSizeArg, ImagenetteStudyArgs, StudyAction};
-use super::cnn::{imagenette_size, stop_on_ctrl_c, train_progress};
+use super::cnn::{imagenette_size, set_on_ctrl_c, train_progress};
 use super::EXIT_OK;
 
 /// `clipscope study`.
@@ -58,7 +60,9 @@ fn settings(a: &ImagenetteStudyArgs) -> Result<ImagenetteStudy> {
 
 fn imagenette(a: &ImagenetteStudyArgs) -> Result<u8> {
     let cfg = settings(a)?;
-    let stop = stop_on_ctrl_c();
+    // Ctrl-C ends downloads at once; only from training on does it stop and save.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut catching = false;
     let train_bar = ProgressBar::new(0);
     let mut stderr = std::io::stderr();
     let mut on_train = train_progress(&train_bar, cfg.epochs, &mut stderr);
@@ -76,7 +80,13 @@ fn imagenette(a: &ImagenetteStudyArgs) -> Result<u8> {
         }
         ImagenetteEvent::Note(line) => eprintln!("study:   {line}"),
         ImagenetteEvent::Download { file, done, total } => on_download(&file, done, total),
-        ImagenetteEvent::Train(e) => on_train(e),
+        ImagenetteEvent::Train(e) => {
+            if !catching {
+                set_on_ctrl_c(stop.clone());
+                catching = true;
+            }
+            on_train(e)
+        }
         ImagenetteEvent::Compare(StudyEvent::Phase(what, n)) => {
             compare_bar.reset();
             compare_bar.set_length(n as u64);
@@ -131,15 +141,22 @@ fn write_summary(report: &Report, cfg: &ImagenetteStudy, out: &mut dyn Write) ->
         report.images.len(),
         report.classes.len()
     )?;
+    let w = report
+        .models
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     writeln!(
         out,
-        "\n{:<36} {:>6}  {:<15} {:>8}",
+        "\n{:<w$} {:>6}  {:<15} {:>8}",
         "model", "top-1", "95% CI", "macro F1"
     )?;
     for m in &report.models {
         writeln!(
             out,
-            "{:<36} {:>6.3}  [{:.3}, {:.3}]  {:>8.3}",
+            "{:<w$} {:>6.3}  [{:.3}, {:.3}]  {:>8.3}",
             m.name, m.top1, m.top1_ci[0], m.top1_ci[1], m.macro_f1
         )?;
     }

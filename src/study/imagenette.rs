@@ -155,6 +155,12 @@ pub fn run(
     on: &mut dyn FnMut(ImagenetteEvent),
 ) -> Result<ImagenetteOutcome, ImagenetteError> {
     train::validate_config(&cfg.train_config(&cfg.data_dir, Pretrained::None, false))?;
+    if let Some(path) = cfg.cnn_weights.as_ref().filter(|p| !p.is_file()) {
+        return Err(ImagenetteError::Config(format!(
+            "{}: no such weights file",
+            path.display()
+        )));
+    }
     let data = imagenette_root(cfg, on)?;
     let run = cfg.run_dir();
     let state = run_state(cfg, &data)?;
@@ -188,9 +194,9 @@ pub fn run(
             };
             let what = match &state {
                 RunState::Partial(meta) => format!(
-                    "resuming {} ({mode}) after epoch {}",
+                    "resuming {} ({mode}) at epoch {}",
                     CNN_ARCH.name(),
-                    meta.epochs_done
+                    meta.epochs_done + 1
                 ),
                 _ => format!("fine-tuning {} ({mode})", CNN_ARCH.name()),
             };
@@ -284,12 +290,6 @@ fn pretrained_weights(
     on: &mut dyn FnMut(ImagenetteEvent),
 ) -> Result<Pretrained, ImagenetteError> {
     if let Some(path) = &cfg.cnn_weights {
-        if !path.is_file() {
-            return Err(ImagenetteError::Config(format!(
-                "{}: no such weights file",
-                path.display()
-            )));
-        }
         return Ok(Pretrained::File {
             path: path.clone(),
             label: path.display().to_string(),
