@@ -49,6 +49,13 @@ pub enum Command {
         #[command(subcommand)]
         action: DataAction,
     },
+    /// Whole studies in one command: `study imagenette` fetches Imagenette, fine-tunes
+    /// ResNet18, downloads CLIP and compares them.
+    Study {
+        /// Which study.
+        #[command(subcommand)]
+        action: StudyAction,
+    },
     /// Time the model's encoders (median over repeated runs) for comparison with PyTorch.
     Bench(BenchArgs),
     /// List or download the models clipscope knows by name.
@@ -584,4 +591,62 @@ pub enum DemoAction {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+}
+
+/// `clipscope study`.
+#[derive(Debug, Subcommand)]
+pub enum StudyAction {
+    /// Fetch Imagenette, fine-tune the ImageNet-pretrained ResNet18 on its training
+    /// images, get CLIP (ViT-B/32 by default) and compare both on its validation images,
+    /// with the prompt study and the linear probe. Run it again to continue: what is
+    /// downloaded, unpacked or trained is kept.
+    Imagenette(ImagenetteStudyArgs),
+}
+
+/// `clipscope study imagenette`.
+#[derive(Debug, Args)]
+pub struct ImagenetteStudyArgs {
+    /// The study's folder: the training run (resnet18-frozen/ or resnet18-full/) and
+    /// report.json.
+    #[arg(long, value_name = "OUT_DIR")]
+    pub output: PathBuf,
+    /// Imagenette's image size.
+    #[arg(long, value_enum, default_value_t = ImagenetteSizeArg::S160)]
+    pub size: ImagenetteSizeArg,
+    /// Where Imagenette is or goes: a folder holding the archive or its unpacked
+    /// folder, or the unpacked folder itself. Default: `data/` in the cache folder.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The CLIP model by name from the registry (downloaded on first use).
+    #[arg(long, default_value = "ViT-B/32", conflicts_with = "model_dir")]
+    pub model: String,
+    /// The CLIP model from a Hugging Face style folder instead.
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Fine-tune all of ResNet18's layers (default: only the classifier, on features
+    /// computed once).
+    #[arg(long)]
+    pub full: bool,
+    /// Training epochs.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Images per training step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// The CNN's input side in pixels (default: 160 with --size 160, else 224).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Peak learning rate (SGD with momentum 0.9, cosine schedule).
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    /// ResNet18 ImageNet weights in torchvision naming (safetensors) instead of
+    /// downloading them.
+    #[arg(long, value_name = "FILE")]
+    pub cnn_weights: Option<PathBuf>,
+    /// Seed for training, the bootstrap, the probe and the few-shot draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Skip the linear probe and few-shot curve (they embed every training image).
+    #[arg(long)]
+    pub no_probe: bool,
 }

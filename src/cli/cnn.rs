@@ -50,6 +50,76 @@ fn resolve_pretrained(spec: &str, model: &str) -> Result<Pretrained> {
     })
 }
 
+/// A stop flag that the first Ctrl-C sets (training then finishes its step, saves and
+/// returns); a second Ctrl-C exits at once.
+pub(super) fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    set_on_ctrl_c(stop.clone());
+    stop
+}
+
+/// From now on, the first Ctrl-C sets `flag` instead of ending the process.
+pub(super) fn set_on_ctrl_c(flag: Arc<AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+}
+
+/// Draws training progress on `bar` (stderr) and writes one line per epoch to `out`.
+pub(super) fn train_progress<'a>(
+    bar: &'a ProgressBar,
+    epochs: usize,
+    out: &'a mut dyn Write,
+) -> impl FnMut(TrainEvent) + 'a {
+    bar.set_style(bar_style("epoch {prefix} [{bar:30}] {pos}/{len} {msg}"));
+    move |ev| match ev {
+        TrainEvent::Ready {
+            classes,
+            train,
+            val,
+            skipped,
+            first_epoch,
+            steps_per_epoch,
+        } => {
+            bar.println(format!(
+                "{} classes ({}), {train} training and {val} held-out images{}; epochs {first_epoch}..{epochs}",
+                classes.len(),
+                classes.join(", "),
+                if skipped > 0 { format!(", {skipped} unreadable files skipped") } else { String::new() },
+            ));
+            bar.set_length(steps_per_epoch as u64);
+        }
+        TrainEvent::Log(line) => bar.println(line),
+        TrainEvent::Step {
+            epoch,
+            step,
+            loss,
+            lr,
+            images_per_sec,
+            ..
+        } => {
+            bar.set_prefix(format!("{epoch}/{epochs}"));
+            bar.set_position(step as u64);
+            bar.set_message(format!(
+                "loss {loss:.3} lr {lr:.2e} {images_per_sec:.1} img/s"
+            ));
+        }
+        TrainEvent::Epoch(m) => {
+            bar.suspend(|| {
+                let _ = writeln!(
+                    out,
+                    "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  {:.1} s  {:.1} img/s",
+                    m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.seconds, m.images_per_sec
+                );
+            });
+            bar.reset();
+        }
+        TrainEvent::Saved(_) => {}
+    }
+}
+
 /// `clipscope train`.
 pub fn train(a: &TrainArgs) -> Result<u8> {
     let Some(arch) = Arch::from_name(&a.model) else {
@@ -95,47 +165,11 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
         val_fraction: a.val_fraction,
         crop_scale: (0.25, 1.0),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // First Ctrl-C: finish the step, save, exit. (A second one kills as usual.)
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    });
+    let stop = stop_on_ctrl_c();
     let bar = ProgressBar::new(0);
-    bar.set_style(bar_style("epoch {prefix} [{bar:30}] {pos}/{len} {msg}"));
     let mut out = std::io::stdout();
-    let outcome = run_training(&cfg, &stop, &mut |ev| match ev {
-        TrainEvent::Ready { classes, train, val, skipped, first_epoch, steps_per_epoch } => {
-            bar.println(format!(
-                "{} classes ({}), {train} training and {val} held-out images{}; epochs {first_epoch}..{}",
-                classes.len(),
-                classes.join(", "),
-                if skipped > 0 { format!(", {skipped} unreadable files skipped") } else { String::new() },
-                cfg.epochs
-            ));
-            bar.set_length(steps_per_epoch as u64);
-        }
-        TrainEvent::Log(line) => bar.println(line),
-        TrainEvent::Step { epoch, step, loss, lr, images_per_sec, .. } => {
-            bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
-            bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.3} lr {lr:.2e} {images_per_sec:.1} img/s"));
-        }
-        TrainEvent::Epoch(m) => {
-            bar.suspend(|| {
-                let _ = writeln!(
-                    out,
-                    "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  {:.1} s  {:.1} img/s",
-                    m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.seconds, m.images_per_sec
-                );
-            });
-            bar.reset();
-        }
-        TrainEvent::Saved(_) => {}
-    })
-    .with_context(|| format!("training on {} failed", cfg.data.display()))?;
+    let outcome = run_training(&cfg, &stop, &mut train_progress(&bar, cfg.epochs, &mut out))
+        .with_context(|| format!("training on {} failed", cfg.data.display()))?;
     bar.finish_and_clear();
     println!("checkpoint: {}", outcome.checkpoint.display());
     if outcome.stopped {
@@ -205,6 +239,15 @@ pub fn eval(a: &EvalArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// The library's Imagenette size for `--size`.
+pub(super) fn imagenette_size(arg: ImagenetteSizeArg) -> ImagenetteSize {
+    match arg {
+        ImagenetteSizeArg::S160 => ImagenetteSize::S160,
+        ImagenetteSizeArg::S320 => ImagenetteSize::S320,
+        ImagenetteSizeArg::Full => ImagenetteSize::Full,
+    }
+}
+
 /// `clipscope data fetch`.
 pub fn data(action: &DataAction) -> Result<u8> {
     match action {
@@ -212,11 +255,7 @@ pub fn data(action: &DataAction) -> Result<u8> {
             if dataset != "imagenette" {
                 bail!("unknown data set {dataset:?} (known: imagenette)");
             }
-            let size = match size {
-                ImagenetteSizeArg::S160 => ImagenetteSize::S160,
-                ImagenetteSizeArg::S320 => ImagenetteSize::S320,
-                ImagenetteSizeArg::Full => ImagenetteSize::Full,
-            };
+            let size = imagenette_size(*size);
             let mut progress = hub::stderr_progress();
             let name = size.archive().0;
             let dir = fetch_imagenette(size, to, &mut |done, total| progress(name, done, total))

@@ -5,6 +5,7 @@ pub mod args;
 mod bench;
 mod clip_train;
 mod cnn;
+mod imagenette;
 mod jobs;
 pub mod output;
 
@@ -47,6 +48,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Finetune(a) => clip_train::finetune(&a)?,
         Command::Demo { action } => clip_train::demo(&action)?,
         Command::Data { action } => cnn::data(&action)?,
+        Command::Study { action } => imagenette::study(&action)?,
         Command::Models { action } => models(&action)?,
     };
     Ok(ExitCode::from(code))

@@ -322,7 +322,8 @@ fn trainable(map: &VarMap, arch: Arch, head_only: bool) -> Vec<Param> {
     params
 }
 
-fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
+/// Refuse settings training cannot use (before any data is read or downloaded).
+pub fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     let bad = |m: &str| Err(TrainError::Config(m.to_string()));
     if cfg.epochs == 0 {
         return bad("--epochs must be at least 1");

@@ -1,8 +1,10 @@
 //! Downloading and unpacking data sets: Imagenette (fast.ai's 10-class ImageNet subset).
 //!
 //! The archive is downloaded with progress, its MD5 checked against the value that
-//! torchvision's `Imagenette` dataset pins, and unpacked (`imagenette2-160/train`,
-//! `.../val`, class folders by WordNet id).
+//! torchvision's `Imagenette` dataset pins (or `CLIPSCOPE_DATA_MD5`, for a mirror that
+//! serves another build), and unpacked (`imagenette2-160/train`, `.../val`, class
+//! folders by WordNet id). What is already there is kept: an archive with the right
+//! checksum is not downloaded again, a completely unpacked folder not unpacked again.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -33,12 +35,27 @@ impl ImagenetteSize {
     }
 }
 
+/// The MD5 an Imagenette archive must have: `CLIPSCOPE_DATA_MD5` if set, else the pinned
+/// one.
+pub fn imagenette_md5(size: ImagenetteSize) -> String {
+    std::env::var("CLIPSCOPE_DATA_MD5")
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| size.archive().1.to_string())
+}
+
 /// Where Imagenette is downloaded from: `CLIPSCOPE_DATA_URL` or fast.ai's bucket.
 pub fn imagenette_base_url() -> String {
     crate::util::env_url(
         "CLIPSCOPE_DATA_URL",
         "https://s3.amazonaws.com/fast-ai-imageclas",
     )
+}
+
+/// The URL of an Imagenette archive.
+pub fn imagenette_url(size: ImagenetteSize) -> String {
+    format!("{}/{}", imagenette_base_url(), size.archive().0)
 }
 
 /// What can go wrong fetching data.
@@ -82,8 +99,29 @@ pub fn md5_file(path: &Path) -> std::io::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The folder an archive named `name` unpacks into, inside `dir`.
+pub fn unpacked_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name.trim_end_matches(".tgz").trim_end_matches(".tar.gz"))
+}
+
+/// The marker present while an archive is being unpacked: a folder beside it is then
+/// incomplete (the unpacking was interrupted) and is unpacked again.
+fn unpacking_marker(tree: &Path) -> PathBuf {
+    let name = tree
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    tree.with_file_name(format!(".{name}.unpacking"))
+}
+
+/// Whether `tree` holds a completely unpacked archive.
+pub fn is_unpacked(tree: &Path) -> bool {
+    tree.is_dir() && !unpacking_marker(tree).exists()
+}
+
 /// Download `url` into `dir`, check its MD5 and unpack the `.tgz` there. An archive
-/// already present with the right checksum is not downloaded again.
+/// already present with the right checksum is not downloaded again, and an archive
+/// already unpacked completely is neither checked nor unpacked again.
 pub fn fetch_archive(
     url: &str,
     md5: &str,
@@ -94,8 +132,12 @@ pub fn fetch_archive(
         let path = path.to_path_buf();
         move |source| FetchError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let name = url.rsplit('/').next().unwrap_or("archive.tgz");
+    let tree = unpacked_dir(dir, name);
+    if is_unpacked(&tree) {
+        return Ok(tree);
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let archive = dir.join(name);
     let have = archive.is_file() && md5_file(&archive).map_err(io(&archive))? == md5;
     if !have {
@@ -110,11 +152,14 @@ pub fn fetch_archive(
             });
         }
     }
+    let marker = unpacking_marker(&tree);
+    std::fs::write(&marker, b"").map_err(io(&marker))?;
     let file = std::fs::File::open(&archive).map_err(io(&archive))?;
     tar::Archive::new(flate2::read::GzDecoder::new(file))
         .unpack(dir)
         .map_err(io(&archive))?;
-    Ok(dir.join(name.trim_end_matches(".tgz").trim_end_matches(".tar.gz")))
+    std::fs::remove_file(&marker).map_err(io(&marker))?;
+    Ok(tree)
 }
 
 /// Fetch Imagenette into `dir`; returns the unpacked folder (with `train/` and `val/`).
@@ -123,11 +168,5 @@ pub fn fetch_imagenette(
     dir: &Path,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<PathBuf, FetchError> {
-    let (name, md5) = size.archive();
-    fetch_archive(
-        &format!("{}/{name}", imagenette_base_url()),
-        md5,
-        dir,
-        progress,
-    )
+    fetch_archive(&imagenette_url(size), &imagenette_md5(size), dir, progress)
 }

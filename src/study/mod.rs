@@ -6,3 +6,4 @@ pub mod metrics;
 pub mod plots;
 pub mod probe;
 pub mod compare;
+pub mod imagenette;
