@@ -152,8 +152,8 @@ pub struct ModelReport {
     pub per_class: Vec<ClassMetrics>,
     /// `confusion[true][predicted]`, classes in the report's order.
     pub confusion: Vec<Vec<usize>>,
-    /// Wall time per image on this machine: decoding, preprocessing and the model, in
-    /// batches (text embeddings, computed once, excluded).
+    /// Wall time per image on this machine: preprocessing and the model, in batches
+    /// (decoding, done once for all models, and text embeddings, computed once, excluded).
     pub latency_ms_per_image: f64,
     /// Images per second, the same measurement.
     pub images_per_sec: f64,
@@ -511,6 +511,13 @@ fn model_report(
     })
 }
 
+/// Per-image class probabilities, in the report's class order.
+type Scores = Vec<Vec<f32>>;
+
+/// A CNN in the study: its table name, the classifier, its class index for each test
+/// class, and its test scores.
+type CnnRun = (String, CnnClassifier, Vec<usize>, Scores);
+
 /// A CLIP model's results: embeddings once, every prompt variant from them.
 struct ClipRun {
     name: String,
@@ -752,7 +759,7 @@ fn head_report(
     folders: &[String],
     truth: &[usize],
     per_image: f64,
-) -> Result<Option<(ModelReport, Vec<Vec<f32>>)>, StudyError> {
+) -> Result<Option<(ModelReport, Scores)>, StudyError> {
     let crate::clip::WeightsSource::File(path) = &files.weights else {
         return Ok(None);
     };
@@ -901,7 +908,7 @@ fn open_set_part(
     known: &[String],
     truth: &[usize],
     runs: &[ClipRun],
-    cnns: &[(String, CnnClassifier, Vec<usize>, Vec<Vec<f32>>)],
+    cnns: &[CnnRun],
     on: &mut dyn FnMut(StudyEvent),
 ) -> Result<OpenSetReport, StudyError> {
     let set = scan_folder(dir)?;

@@ -624,7 +624,7 @@ fn open_set_section(out: &mut String, report: &Report) {
             .iter()
             .map(|c| {
                 let mut answers = c.answers.clone();
-                answers.sort_by(|a, b| b.1.cmp(&a.1));
+                answers.sort_by_key(|a| std::cmp::Reverse(a.1));
                 let answers: Vec<String> = answers
                     .iter()
                     .filter(|a| a.1 > 0)
