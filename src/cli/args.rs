@@ -56,6 +56,9 @@ pub enum Command {
         #[command(subcommand)]
         action: StudyAction,
     },
+    /// The comparison study: CLIP zero-shot against trained CNNs on the same test
+    /// images, with a prompt study, linear probe, few-shot curve and open-set part.
+    Compare(CompareArgs),
     /// Time the model's encoders (median over repeated runs) for comparison with PyTorch.
     Bench(BenchArgs),
     /// List or download the models clipscope knows by name.
@@ -165,6 +168,9 @@ pub struct ClassifyArgs {
     /// Show only the N most probable labels per image.
     #[arg(long, value_name = "N")]
     pub top_k: Option<usize>,
+    /// Answer "none of these" when the top probability is below P (0 to 1).
+    #[arg(long, value_name = "P")]
+    pub abstain: Option<f64>,
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
@@ -467,7 +473,12 @@ pub enum ScenesLayout {
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
     /// Image folder for classification: ROOT/<class>/*, or with train/ and val/ inside.
-    #[arg(long, value_name = "DIR", required_unless_present = "captions", conflicts_with = "captions")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "captions",
+        conflicts_with = "captions"
+    )]
     pub data: Option<PathBuf>,
     /// A separate validation folder (same class folders).
     #[arg(long, value_name = "DIR", requires = "data")]
@@ -649,4 +660,51 @@ pub struct ImagenetteStudyArgs {
     /// Skip the linear probe and few-shot curve (they embed every training image).
     #[arg(long)]
     pub no_probe: bool,
+}
+
+/// `clipscope compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Test images: class folders, or a data set with val/ or a split manifest (then its
+    /// held-out images).
+    #[arg(long, value_name = "TEST_DIR")]
+    pub data: PathBuf,
+    /// A CNN run folder written by `clipscope train` (repeat for several).
+    #[arg(long = "cnn", value_name = "RUN_DIR")]
+    pub cnn: Vec<PathBuf>,
+    /// A CLIP model by registry name, or `demo` (repeat for several). Without --model and
+    /// --model-dir: the registry's default model.
+    #[arg(long = "model", value_name = "NAME")]
+    pub models: Vec<String>,
+    /// A Hugging Face style CLIP folder (repeat for several).
+    #[arg(long = "model-dir", value_name = "DIR")]
+    pub model_dirs: Vec<PathBuf>,
+    /// Training images for the linear probe and the few-shot curve.
+    #[arg(long, value_name = "TRAIN_DIR")]
+    pub train: Option<PathBuf>,
+    /// A file of `folder,name` lines: the names CLIP's prompts use for those classes.
+    #[arg(long, value_name = "FILE")]
+    pub classes: Option<PathBuf>,
+    /// Images of classes the CNNs never saw (class folders), for the open-set part.
+    #[arg(long, value_name = "DIR")]
+    pub open_set: Option<PathBuf>,
+    /// Answer "none of these" below this top probability (0 to 1); the open-set part
+    /// uses 0.5 when it is not given.
+    #[arg(long, value_name = "P")]
+    pub abstain: Option<f64>,
+    /// Seed for the bootstrap, the probe's validation split and the few-shot draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Bootstrap resamples for the 95% confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Labelled images per class for the few-shot curve, separated by commas.
+    #[arg(long, default_value = "1,2,4,8,16", value_delimiter = ',')]
+    pub shots: Vec<usize>,
+    /// Random draws per point of the few-shot curve.
+    #[arg(long, default_value_t = 5)]
+    pub few_shot_seeds: usize,
+    /// Folder for report.json, report.md, predictions.csv and the plots.
+    #[arg(long, value_name = "OUT_DIR")]
+    pub output: PathBuf,
 }

@@ -6,6 +6,7 @@ mod bench;
 mod clip_train;
 mod cnn;
 mod imagenette;
+mod compare;
 mod jobs;
 pub mod output;
 
@@ -20,6 +21,7 @@ use clipscope::clip::{preprocess, Clip, LabelSet, ModelFiles, PromptStyle};
 use clipscope::data::load_image;
 use clipscope::hub::{self, DownloadOptions, ModelSource, Registry};
 use clipscope::scale::{self, Precision};
+use clipscope::study::metrics::{answers, NONE_OF_THESE};
 
 use args::{
     ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, ModelsAction, PrecisionArg,
@@ -42,6 +44,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Embed(a) => embed(&a)?,
         Command::Merge(a) => merge(&a)?,
         Command::Preprocess(a) => preprocess_cmd(&a)?,
+        Command::Compare(a) => compare::compare(&a)?,
         Command::Bench(a) => bench::run(&a)?,
         Command::Train(a) => cnn::train(&a)?,
         Command::Eval(a) => cnn::eval(&a)?,
@@ -110,6 +113,8 @@ struct Classifier {
     labels: LabelSet,
     scale: f32,
     top_k: Option<usize>,
+    /// Answer "none of these" below this top probability.
+    abstain: Option<f64>,
 }
 
 impl Classifier {
@@ -117,21 +122,32 @@ impl Classifier {
         match outcome {
             Ok(e) => {
                 let mut preds = zeroshot::classify(&e, &self.labels, self.scale);
+                let answer = self.abstain.map(|p| answer(&preds, p));
                 if let Some(k) = self.top_k {
                     preds.truncate(k);
                 }
                 ImageResult {
                     image,
+                    answer,
                     predictions: Some(preds),
                     error: None,
                 }
             }
             Err(e) => ImageResult {
                 image,
+                answer: None,
                 predictions: None,
                 error: Some(e.to_string()),
             },
         }
+    }
+}
+
+/// The top label, or "none of these" when its probability is below `threshold`.
+fn answer(preds: &[clipscope::clip::Prediction], threshold: f64) -> String {
+    match preds.first() {
+        Some(top) if answers(top.probability as f32, threshold) => top.label.clone(),
+        _ => NONE_OF_THESE.to_string(),
     }
 }
 
@@ -141,6 +157,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     if args.top_k == Some(0) {
         bail!("--top-k must be at least 1");
     }
+    compare::check_probability("--abstain", args.abstain)?;
     let shard = jobs::checked_shard(&args.job)?;
     let paths = jobs::input_paths(&args.inputs, &args.job)?;
     let (clip, files) = load_model_and_files(&args.model)?;
@@ -149,12 +166,14 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
         labels: pipeline::label_set(&clip, &labels, &style, opts.cache.as_ref())?,
         scale: clip.logit_scale(),
         top_k: args.top_k,
+        abstain: args.abstain,
     };
     if let Some(out) = &args.output {
         let settings = serde_json::json!({
             "labels": labels,
             "prompts": style.describe(),
             "top_k": args.top_k,
+            "abstain": args.abstain,
         });
         let job = jobs::Job::new(&clip, paths, shard, settings, args.job.resume, &opts);
         return job.classify_to_file(&classifier, out);
@@ -169,6 +188,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     let report = ClassifyReport {
         model: clip.name().to_string(),
         prompts: style.describe(),
+        abstain: args.abstain,
         results,
     };
     let stdout = std::io::stdout();

@@ -15,6 +15,9 @@ pub struct ClassifyReport {
     pub model: String,
     /// How labels became prompts (a template, or `ensemble:NAME`).
     pub prompts: String,
+    /// The abstain threshold (`--abstain`), when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abstain: Option<f64>,
     /// One result per input image, in input order.
     pub results: Vec<ImageResult>,
 }
@@ -24,6 +27,10 @@ pub struct ClassifyReport {
 pub struct ImageResult {
     /// The path as given (or as found in a folder).
     pub image: String,
+    /// With `--abstain`: the top label, or "none of these" when its probability is
+    /// below the threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
     /// Predictions, most probable first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predictions: Option<Vec<Prediction>>,
@@ -78,38 +85,59 @@ pub fn write_classify(
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(out);
-            w.write_record(["image", "rank", "label", "probability", "error"])?;
+            // The answer column only with --abstain, so the usual header stays as it was.
+            let with_answer = report.abstain.is_some();
+            let mut header = vec!["image", "rank", "label", "probability", "error"];
+            if with_answer {
+                header.push("answer");
+            }
+            w.write_record(&header)?;
             for r in &report.results {
-                match (&r.predictions, &r.error) {
-                    (Some(preds), _) => {
-                        for (i, p) in preds.iter().enumerate() {
-                            w.write_record([
-                                r.image.as_str(),
-                                &(i + 1).to_string(),
-                                &p.label,
-                                &format!("{:.6}", p.probability),
-                                "",
-                            ])?;
-                        }
+                let rows: Vec<Vec<String>> = match (&r.predictions, &r.error) {
+                    (Some(preds), _) => preds
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            vec![
+                                r.image.clone(),
+                                (i + 1).to_string(),
+                                p.label.clone(),
+                                format!("{:.6}", p.probability),
+                                String::new(),
+                            ]
+                        })
+                        .collect(),
+                    (None, err) => vec![vec![
+                        r.image.clone(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        err.clone().unwrap_or_default(),
+                    ]],
+                };
+                for mut row in rows {
+                    if with_answer {
+                        row.push(r.answer.clone().unwrap_or_default());
                     }
-                    (None, err) => w.write_record([
-                        r.image.as_str(),
-                        "",
-                        "",
-                        "",
-                        err.as_deref().unwrap_or(""),
-                    ])?,
+                    w.write_record(&row)?;
                 }
             }
             w.flush()?;
         }
         Format::Text => {
-            writeln!(out, "model {}  prompts {}", report.model, report.prompts)?;
+            write!(out, "model {}  prompts {}", report.model, report.prompts)?;
+            match report.abstain {
+                Some(p) => writeln!(out, "  abstain below {:.2}%", p * 100.0)?,
+                None => writeln!(out)?,
+            }
             for r in &report.results {
                 writeln!(out)?;
                 match (&r.predictions, &r.error) {
                     (Some(preds), _) => {
-                        writeln!(out, "{}", r.image)?;
+                        match &r.answer {
+                            Some(a) => writeln!(out, "{}  answer: {a}", r.image)?,
+                            None => writeln!(out, "{}", r.image)?,
+                        }
                         for p in preds {
                             writeln!(
                                 out,

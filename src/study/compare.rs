@@ -28,7 +28,10 @@ pub const PROMPT_VARIANTS: [(&str, &str); 6] = [
     ("paraphrase: picture", "a picture of a {}."),
     ("paraphrase: image", "an image showing a {}."),
     ("paraphrase: close-up", "a close-up photo of the {}."),
-    ("poor: text page", "a page of text that mentions the word {}."),
+    (
+        "poor: text page",
+        "a page of text that mentions the word {}.",
+    ),
 ];
 
 /// The variant whose results stand for a CLIP model in the main table.
@@ -149,8 +152,8 @@ pub struct ModelReport {
     pub per_class: Vec<ClassMetrics>,
     /// `confusion[true][predicted]`, classes in the report's order.
     pub confusion: Vec<Vec<usize>>,
-    /// Wall time per image on this machine: decoding, preprocessing and the model, in
-    /// batches (text embeddings, computed once, excluded).
+    /// Wall time per image on this machine: preprocessing and the model, in batches
+    /// (decoding, done once for all models, and text embeddings, computed once, excluded).
     pub latency_ms_per_image: f64,
     /// Images per second, the same measurement.
     pub images_per_sec: f64,
@@ -353,7 +356,10 @@ fn decode(set: &Dataset) -> Pictures {
 
 /// Class names for prompts: WordNet ids by their names, underscores and hyphens as
 /// spaces, and `folder,name` lines of `classes_file` over both.
-pub fn class_names(folders: &[String], classes_file: Option<&Path>) -> Result<Vec<ClassInfo>, StudyError> {
+pub fn class_names(
+    folders: &[String],
+    classes_file: Option<&Path>,
+) -> Result<Vec<ClassInfo>, StudyError> {
     let mut names: Vec<ClassInfo> = folders
         .iter()
         .map(|f| ClassInfo {
@@ -409,7 +415,11 @@ fn machine() -> String {
 }
 
 /// Image embeddings of all pictures, and the wall time per image.
-fn embed(clip: &Clip, pictures: &Pictures, on: &mut dyn FnMut(StudyEvent)) -> Result<(Vec<Embedding>, f64), StudyError> {
+fn embed(
+    clip: &Clip,
+    pictures: &Pictures,
+    on: &mut dyn FnMut(StudyEvent),
+) -> Result<(Vec<Embedding>, f64), StudyError> {
     let started = Instant::now();
     let mut out = Vec::with_capacity(pictures.images.len());
     for chunk in pictures.images.chunks(32) {
@@ -425,7 +435,12 @@ fn embed(clip: &Clip, pictures: &Pictures, on: &mut dyn FnMut(StudyEvent)) -> Re
 fn zero_shot_scores(embeddings: &[Embedding], labels: &LabelSet, scale: f32) -> Vec<Vec<f32>> {
     embeddings
         .iter()
-        .map(|e| probabilities(e, labels, scale).into_iter().map(|p| p as f32).collect())
+        .map(|e| {
+            probabilities(e, labels, scale)
+                .into_iter()
+                .map(|p| p as f32)
+                .collect()
+        })
         .collect()
 }
 
@@ -496,6 +511,13 @@ fn model_report(
     })
 }
 
+/// Per-image class probabilities, in the report's class order.
+type Scores = Vec<Vec<f32>>;
+
+/// A CNN in the study: its table name, the classifier, its class index for each test
+/// class, and its test scores.
+type CnnRun = (String, CnnClassifier, Vec<usize>, Scores);
+
 /// A CLIP model's results: embeddings once, every prompt variant from them.
 struct ClipRun {
     name: String,
@@ -506,16 +528,24 @@ struct ClipRun {
 /// Run the study; returns the report (the caller writes it with [`write_outputs`]).
 pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Report, StudyError> {
     if cfg.clip_models.is_empty() && cfg.cnn_runs.is_empty() {
-        return Err(StudyError::Config("give at least one CLIP model or --cnn run".into()));
+        return Err(StudyError::Config(
+            "give at least one CLIP model or --cnn run".into(),
+        ));
     }
     let test_set = held_out(&cfg.data)?;
     let classes = class_names(&test_set.classes, cfg.classes_file.as_deref())?;
     let folders: Vec<String> = classes.iter().map(|c| c.folder.clone()).collect();
     let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
-    on(StudyEvent::Phase("decoding test images".into(), test_set.samples.len()));
+    on(StudyEvent::Phase(
+        "decoding test images".into(),
+        test_set.samples.len(),
+    ));
     let pictures = decode(&test_set);
     if pictures.images.is_empty() {
-        return Err(StudyError::Config(format!("{}: no readable test images", cfg.data.display())));
+        return Err(StudyError::Config(format!(
+            "{}: no readable test images",
+            cfg.data.display()
+        )));
     }
     let truth = pictures.labels.clone();
     let mut models = Vec::new();
@@ -525,7 +555,10 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
     let mut clip_runs = Vec::new();
 
     for files in &cfg.clip_models {
-        on(StudyEvent::Phase(format!("{}: embedding test images", files.name), pictures.images.len()));
+        on(StudyEvent::Phase(
+            format!("{}: embedding test images", files.name),
+            pictures.images.len(),
+        ));
         let clip = files.load(candle_core::Device::Cpu)?;
         let (test, per_image) = embed(&clip, &pictures, on)?;
         let scale = clip.logit_scale();
@@ -565,7 +598,9 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
         report.prompt = Some(MAIN_TEMPLATE.to_string());
         models.push(report);
         model_scores.push(main_scores.clone());
-        if let Some((head, scores)) = head_report(cfg, files, &clip, &test, &folders, &truth, per_image)? {
+        if let Some((head, scores)) =
+            head_report(cfg, files, &clip, &test, &folders, &truth, per_image)?
+        {
             models.push(head);
             model_scores.push(scores);
         }
@@ -578,7 +613,10 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
 
     let mut cnns = Vec::new();
     for run in &cfg.cnn_runs {
-        on(StudyEvent::Phase(format!("{}: classifying test images", run.display()), pictures.images.len()));
+        on(StudyEvent::Phase(
+            format!("{}: classifying test images", run.display()),
+            pictures.images.len(),
+        ));
         let cnn = CnnClassifier::load(run)?;
         let remap = class_map(&cnn, &folders, run)?;
         let started = Instant::now();
@@ -586,8 +624,20 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
         let per_image = started.elapsed().as_secs_f64() / pictures.images.len() as f64;
         let meta = cnn.meta();
         let name = format!("{} ({})", meta.config.model, run_name(run));
-        let size = std::fs::metadata(run.join(&meta.weights)).map(|m| m.len()).unwrap_or(0);
-        let mut report = model_report(cfg, &name, "cnn", &run.display().to_string(), &folders, &truth, &scores, per_image, size)?;
+        let size = std::fs::metadata(run.join(&meta.weights))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut report = model_report(
+            cfg,
+            &name,
+            "cnn",
+            &run.display().to_string(),
+            &folders,
+            &truth,
+            &scores,
+            per_image,
+            size,
+        )?;
         report.training_gap = meta.metrics.last().map(|m| TrainingGap {
             epoch: m.epoch,
             train_acc: m.train_acc,
@@ -608,7 +658,9 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
         _ => (None, None),
     };
     let open_set = match &cfg.open_set {
-        Some(dir) => Some(open_set_part(cfg, dir, &names, &truth, &clip_runs, &cnns, on)?),
+        Some(dir) => Some(open_set_part(
+            cfg, dir, &names, &truth, &clip_runs, &cnns, on,
+        )?),
         None => None,
     };
 
@@ -655,17 +707,25 @@ fn run_name(run: &Path) -> String {
 }
 
 /// For each test class, the CNN's class index.
-fn class_map(cnn: &CnnClassifier, folders: &[String], run: &Path) -> Result<Vec<usize>, StudyError> {
+fn class_map(
+    cnn: &CnnClassifier,
+    folders: &[String],
+    run: &Path,
+) -> Result<Vec<usize>, StudyError> {
     folders
         .iter()
         .map(|f| {
-            cnn.meta().classes.iter().position(|c| c == f).ok_or_else(|| {
-                StudyError::Config(format!(
-                    "{}: the CNN was not trained on class {f:?} of the test set (it knows {})",
-                    run.display(),
-                    cnn.meta().classes.join(", ")
-                ))
-            })
+            cnn.meta()
+                .classes
+                .iter()
+                .position(|c| c == f)
+                .ok_or_else(|| {
+                    StudyError::Config(format!(
+                        "{}: the CNN was not trained on class {f:?} of the test set (it knows {})",
+                        run.display(),
+                        cnn.meta().classes.join(", ")
+                    ))
+                })
         })
         .collect()
 }
@@ -699,7 +759,7 @@ fn head_report(
     folders: &[String],
     truth: &[usize],
     per_image: f64,
-) -> Result<Option<(ModelReport, Vec<Vec<f32>>)>, StudyError> {
+) -> Result<Option<(ModelReport, Scores)>, StudyError> {
     let crate::clip::WeightsSource::File(path) = &files.weights else {
         return Ok(None);
     };
@@ -774,10 +834,16 @@ fn probe_all(
         .collect();
     let (mut probes, mut curves) = (Vec::new(), Vec::new());
     for run in runs {
-        on(StudyEvent::Phase(format!("{}: embedding training images", run.name), pictures.images.len()));
+        on(StudyEvent::Phase(
+            format!("{}: embedding training images", run.name),
+            pictures.images.len(),
+        ));
         let (all, _) = embed(&run.clip, &pictures, on)?;
         let train_x: Vec<Vec<f32>> = keep.iter().map(|&i| all[i].clone()).collect();
-        on(StudyEvent::Phase(format!("{}: linear probe and few-shot", run.name), 1));
+        on(StudyEvent::Phase(
+            format!("{}: linear probe and few-shot", run.name),
+            1,
+        ));
         let probe = linear_probe(&train_x, &train_y, folders.len(), 0.2, cfg.seed)
             .map_err(|e| StudyError::Probe(e.to_string()))?;
         let scores = probe
@@ -842,7 +908,7 @@ fn open_set_part(
     known: &[String],
     truth: &[usize],
     runs: &[ClipRun],
-    cnns: &[(String, CnnClassifier, Vec<usize>, Vec<Vec<f32>>)],
+    cnns: &[CnnRun],
     on: &mut dyn FnMut(StudyEvent),
 ) -> Result<OpenSetReport, StudyError> {
     let set = scan_folder(dir)?;
@@ -858,7 +924,10 @@ fn open_set_part(
         .collect();
     let mut cnn_out = Vec::new();
     for (name, cnn, remap, test_scores) in cnns {
-        on(StudyEvent::Phase(format!("{name}: unseen classes"), pictures.images.len()));
+        on(StudyEvent::Phase(
+            format!("{name}: unseen classes"),
+            pictures.images.len(),
+        ));
         let mut scores = Vec::new();
         for chunk in pictures.images.chunks(32) {
             let crops: Vec<_> = chunk.iter().map(|i| cnn.crop(i)).collect();
@@ -896,9 +965,16 @@ fn open_set_part(
     }
     let mut clip_out = Vec::new();
     let new_names: Vec<String> = new_classes.iter().map(|c| c.name.clone()).collect();
-    let all_names: Vec<String> = known.iter().cloned().chain(new_names.iter().cloned()).collect();
+    let all_names: Vec<String> = known
+        .iter()
+        .cloned()
+        .chain(new_names.iter().cloned())
+        .collect();
     for run in runs {
-        on(StudyEvent::Phase(format!("{}: unseen classes", run.name), pictures.images.len()));
+        on(StudyEvent::Phase(
+            format!("{}: unseen classes", run.name),
+            pictures.images.len(),
+        ));
         let (unseen, _) = embed(&run.clip, &pictures, on)?;
         let scale = run.clip.logit_scale();
         let style = PromptStyle::template(MAIN_TEMPLATE)?;

@@ -231,7 +231,7 @@ pub fn run(
         few_shot_seeds: FEW_SHOT_SEEDS,
     };
     let report = compare(&compare_cfg, &mut |e| on(ImagenetteEvent::Compare(e)))?;
-    write_report(&report, &cfg.output)?;
+    super::report::write_outputs(&report, &cfg.output)?;
     Ok(ImagenetteOutcome::Done(Box::new(report)))
 }
 
@@ -355,15 +355,3 @@ fn same_path(a: &Path, b: &Path) -> bool {
     }
 }
 
-// MERGE: replace with `super::compare::write_outputs(report, dir)` (branch study-out),
-// which writes report.json with report.md, predictions.csv and the plots.
-fn write_report(report: &Report, dir: &Path) -> Result<(), StudyError> {
-    let path = dir.join("report.json");
-    let io = |source| StudyError::Io {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let json = serde_json::to_vec_pretty(report).map_err(|e| io(e.into()))?;
-    crate::util::write_atomic(&path, &json).map_err(io)
-}

@@ -281,6 +281,7 @@ pub struct AbstainOutcome {
     /// Answered images whose answer is their true class.
     pub correct_answered: usize,
     /// `correct_answered / answered`; NaN (null in JSON) when nothing was answered.
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy_answered: f64,
     /// `answered / images`.
     pub coverage: f64,
@@ -288,6 +289,21 @@ pub struct AbstainOutcome {
     pub correct: usize,
     /// `correct / images`, over every image, known or not.
     pub accuracy: f64,
+}
+
+/// JSON has no NaN: serde_json writes it as `null`, read back here as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// The answer given instead of a class when the top probability is below the threshold.
+pub const NONE_OF_THESE: &str = "none of these";
+
+/// Whether an image whose top probability is `top` is answered (not abstained on) at
+/// `threshold`. Compared in f32, the scores' precision, so that a score equal to the
+/// threshold as written (0.7) is answered; a NaN top score is abstained on.
+pub fn answers(top: f32, threshold: f64) -> bool {
+    top >= threshold as f32
 }
 
 /// With abstention: an image whose top score is below `threshold` is answered "none".
@@ -305,9 +321,7 @@ pub fn abstain(
     let mut abstained_unknown = 0;
     for (t, row) in truth.iter().zip(scores) {
         let predicted = argmax(row).unwrap_or(0);
-        // Compared in f32, the scores' precision, so that a score equal to the threshold as
-        // written (0.7) is answered; a NaN top score compares false and is abstained on.
-        if row[predicted] >= threshold as f32 {
+        if answers(row[predicted], threshold) {
             answered += 1;
             correct_answered += usize::from(*t == Some(predicted));
         } else {
@@ -522,5 +536,10 @@ mod tests {
         let none = abstain(&truth, &scores, 1.5).unwrap();
         assert_eq!((none.answered, none.correct), (0, 2));
         assert!(none.accuracy_answered.is_nan());
+        // JSON writes the NaN as null and reads it back as NaN.
+        let json = serde_json::to_string(&none).unwrap();
+        assert!(json.contains("\"accuracy_answered\":null"), "{json}");
+        let back: AbstainOutcome = serde_json::from_str(&json).unwrap();
+        assert!(back.accuracy_answered.is_nan());
     }
 }

@@ -2,8 +2,12 @@
 //! few-shot curves on frozen CLIP embeddings, and the study's PNG plots. Pure functions:
 //! the `compare` command and the app call them with results they have computed.
 
+pub mod compare;
 pub mod metrics;
 pub mod plots;
-pub mod probe;
-pub mod compare;
 pub mod imagenette;
+pub mod probe;
+pub mod report;
+
+pub use compare::{compare, CompareConfig, Report, StudyError, StudyEvent};
+pub use report::write_outputs;
