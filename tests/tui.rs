@@ -123,9 +123,11 @@ fn classify_pane_renders_image_labels_and_probabilities() {
     let text = screen_text(&terminal);
     assert!(text.contains("Ctrl-O") && text.contains("open an image"));
 
-    // The Results pane lists the session's classification.
+    // The Results pane's Session view lists the session's classification.
     app.show_help = false;
     app.pane = clipscope::tui::app::Pane::Results;
+    app.results
+        .show(clipscope::tui::results_state::View::Session);
     draw(&mut terminal, &mut app);
     let text = screen_text(&terminal);
     assert!(text

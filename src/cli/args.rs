@@ -319,6 +319,24 @@ pub struct TuiArgs {
     /// Key bindings: default or vim (a keymap.toml in the config folder overrides keys).
     #[arg(long)]
     pub keymap: Option<String>,
+    /// Answer "none of these" when the top probability is below P (0 to 1); the
+    /// probabilities stay on screen.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    pub abstain: Option<f64>,
+    /// A study report folder (or its report.json, from `clipscope compare`) to open in
+    /// the Results pane.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+}
+
+/// A probability: a number from 0 to 1.
+fn probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{text:?} is not a probability from 0 to 1 (e.g. 0.5)"
+        )),
+    }
 }
 
 /// Optimisers for `train`.

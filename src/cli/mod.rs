@@ -382,6 +382,8 @@ fn tui(args: args::TuiArgs) -> Result<u8> {
         style,
         protocol,
         keymap: args.keymap.unwrap_or_else(|| "default".into()),
+        abstain: args.abstain,
+        report: args.report,
     })?;
     Ok(EXIT_OK)
 }

@@ -32,11 +32,27 @@ pub enum Action {
     StartTraining,
     /// Stop the training run (it saves a checkpoint first).
     StopTraining,
+    /// Results pane: the next view (models, confusion, prompts, errors, session, reports).
+    NextView,
+    /// Results pane: the previous view.
+    PrevView,
+    /// Results pane: the next model (the next report in the Reports view).
+    NextRow,
+    /// Results pane: the previous model (the previous report in the Reports view).
+    PrevRow,
+    /// Results pane: the next misclassified image.
+    NextError,
+    /// Results pane: the previous misclassified image.
+    PrevError,
+    /// Results pane: ask for a report folder (with Tab completion).
+    OpenReport,
+    /// Results pane: read the report selected in the Reports view.
+    Choose,
 }
 
 impl Action {
     /// Every action, in the order the help overlay lists them.
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 22] = [
         Action::Quit,
         Action::Help,
         Action::Cancel,
@@ -51,6 +67,14 @@ impl Action {
         Action::ClearLabels,
         Action::StartTraining,
         Action::StopTraining,
+        Action::NextView,
+        Action::PrevView,
+        Action::NextRow,
+        Action::PrevRow,
+        Action::NextError,
+        Action::PrevError,
+        Action::OpenReport,
+        Action::Choose,
     ];
 
     /// The name used in keymap files.
@@ -70,6 +94,14 @@ impl Action {
             Action::ClearLabels => "clear_labels",
             Action::StartTraining => "start_training",
             Action::StopTraining => "stop_training",
+            Action::NextView => "next_view",
+            Action::PrevView => "prev_view",
+            Action::NextRow => "next_row",
+            Action::PrevRow => "prev_row",
+            Action::NextError => "next_error",
+            Action::PrevError => "prev_error",
+            Action::OpenReport => "open_report",
+            Action::Choose => "choose",
         }
     }
 
@@ -90,7 +122,31 @@ impl Action {
             Action::ClearLabels => "clear the labels",
             Action::StartTraining => "start training (Train pane options)",
             Action::StopTraining => "stop training (saves a checkpoint)",
+            Action::NextView => "Results: next view",
+            Action::PrevView => "Results: previous view",
+            Action::NextRow => "Results: next model (or report)",
+            Action::PrevRow => "Results: previous model (or report)",
+            Action::NextError => "Results: next misclassified image",
+            Action::PrevError => "Results: previous misclassified image",
+            Action::OpenReport => "Results: open a report folder (Tab completes)",
+            Action::Choose => "Results: read the selected report",
         }
+    }
+
+    /// Whether the action belongs to the Results pane: elsewhere its keys go to the
+    /// visible pane as if unbound (arrows move the Train form, Enter edits a field).
+    pub fn results_only(self) -> bool {
+        matches!(
+            self,
+            Action::NextView
+                | Action::PrevView
+                | Action::NextRow
+                | Action::PrevRow
+                | Action::NextError
+                | Action::PrevError
+                | Action::OpenReport
+                | Action::Choose
+        )
     }
 
     /// The action with this keymap name.

@@ -16,6 +16,7 @@ use super::action::Action;
 use super::graphics::encoder::{Done, Job};
 use super::graphics::{centred, EscapePicture, Graphics, Prepared};
 use super::keymap::Keymap;
+use super::results_state::{LoadedReport, ResultsEffect, ResultsState};
 use super::theme::Theme;
 use super::train_state::TrainState;
 use super::worker::{Request, Response};
@@ -32,7 +33,7 @@ pub enum Pane {
     Classify,
     /// Training runs (the CNN baseline).
     Train,
-    /// This session's classifications.
+    /// Study reports, and this session's classifications.
     Results,
 }
 
@@ -79,8 +80,19 @@ pub struct Notice {
     pub error: bool,
 }
 
-/// The image-path prompt (Ctrl-O).
+/// What the path prompt asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromptFor {
+    /// An image to classify (Ctrl-O).
+    Image,
+    /// A report folder for the Results pane.
+    Report,
+}
+
+/// The path prompt.
 pub struct PathPrompt {
+    /// What it asks for.
+    pub purpose: PromptFor,
     /// The single-line editor.
     pub input: TextArea<'static>,
     /// Candidates shown after an ambiguous Tab.
@@ -134,6 +146,17 @@ pub struct Picture {
     asked: Option<Size>,
 }
 
+impl Picture {
+    fn new(id: u64, image: Arc<DynamicImage>) -> Self {
+        Self {
+            id,
+            image,
+            prepared: None,
+            asked: None,
+        }
+    }
+}
+
 /// The Classify pane's state.
 pub struct ClassifyState {
     /// The label editor.
@@ -154,6 +177,12 @@ pub struct App {
     pub classify: ClassifyState,
     /// Session history for the Results pane, newest last.
     pub history: Vec<ResultEntry>,
+    /// The Results pane.
+    pub results: ResultsState,
+    /// Answer "none of these" when the top probability is below this.
+    pub abstain: Option<f64>,
+    /// Work the Results pane asked for, for the event loop to run off the UI thread.
+    pub effects: Vec<ResultsEffect>,
     /// The Train pane.
     pub train: TrainState,
     /// A run the user asked for, for the event loop to start (config, fetch ImageNet weights).
@@ -189,6 +218,20 @@ pub struct App {
     decoding: Option<PathBuf>,
 }
 
+impl PathPrompt {
+    /// A prompt for `purpose`, starting with `start` typed.
+    fn new(purpose: PromptFor, start: String) -> Self {
+        let mut input = TextArea::new(vec![start]);
+        input.move_cursor(ratatui_textarea::CursorMove::End);
+        input.set_cursor_line_style(ratatui::style::Style::default());
+        Self {
+            purpose,
+            input,
+            candidates: Vec::new(),
+        }
+    }
+}
+
 /// Text area with the app's look.
 fn editor(text: &str) -> TextArea<'static> {
     let lines: Vec<String> = if text.is_empty() {
@@ -217,6 +260,9 @@ impl App {
                 predictions: Vec::new(),
             },
             history: Vec::new(),
+            results: ResultsState::default(),
+            abstain: None,
+            effects: Vec::new(),
             train: TrainState::default(),
             pending_training: None,
             train_stop: None,
@@ -234,6 +280,16 @@ impl App {
             in_flight: None,
             debounce_until: None,
             decoding: None,
+        }
+    }
+
+    /// Whether the shown predictions fall below the abstain threshold: the answer is
+    /// "none of these". Compared in f32, as the study does, so that a probability equal
+    /// to the threshold as written is answered.
+    pub fn abstains(&self, predictions: &[Prediction]) -> bool {
+        match (self.abstain, predictions.first()) {
+            (Some(threshold), Some(top)) => (top.probability as f32) < threshold as f32,
+            _ => false,
         }
     }
 
@@ -288,13 +344,7 @@ impl App {
                 Vec::new()
             }
             Ok(decoded) => {
-                self.picture_serial += 1;
-                self.classify.picture = Some(Picture {
-                    id: self.picture_serial,
-                    image: decoded.display,
-                    prepared: None,
-                    asked: None,
-                });
+                self.classify.picture = Some(self.new_picture(decoded.display));
                 self.classify.image_path = Some(path.clone());
                 self.classify.predictions.clear();
                 self.notice = None;
@@ -308,10 +358,34 @@ impl App {
         }
     }
 
+    /// A picture with the next serial number.
+    fn new_picture(&mut self, image: Arc<DynamicImage>) -> Picture {
+        self.picture_serial += 1;
+        Picture::new(self.picture_serial, image)
+    }
+
+    /// The picture the visible pane shows: the Classify pane's image, or the Results
+    /// pane's misclassified image.
+    fn shown_picture(&self) -> Option<&Picture> {
+        match self.pane {
+            Pane::Classify => self.classify.picture.as_ref(),
+            Pane::Results if self.results.shows_picture() => self.results.picture.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn shown_picture_mut(&mut self) -> Option<&mut Picture> {
+        match self.pane {
+            Pane::Classify => self.classify.picture.as_mut(),
+            Pane::Results if self.results.shows_picture() => self.results.picture.as_mut(),
+            _ => None,
+        }
+    }
+
     /// The picture to prepare for an image area of `area` cells, unless it is prepared
     /// for that size or already asked for.
     pub fn picture_job(&mut self, area: Size) -> Option<Job> {
-        let picture = self.classify.picture.as_mut()?;
+        let picture = self.shown_picture_mut()?;
         let prepared_for = picture.prepared.as_ref().map(|(size, _)| *size);
         if area.width == 0 || area.height == 0 || prepared_for == Some(area) {
             return None;
@@ -329,12 +403,13 @@ impl App {
 
     /// The encoder prepared a picture; kept if it is for the image on screen.
     pub fn on_picture_prepared(&mut self, done: Done) {
-        let Some(picture) = self.classify.picture.as_mut() else {
-            return;
-        };
-        if picture.id != done.picture {
+        let Some(picture) = [&mut self.classify.picture, &mut self.results.picture]
+            .into_iter()
+            .flatten()
+            .find(|p| p.id == done.picture)
+        else {
             return; // an image opened since
-        }
+        };
         match done.result {
             Ok(prepared) => picture.prepared = Some((done.area, prepared)),
             Err(message) => self.notify(format!("picture: {message}"), true),
@@ -343,7 +418,10 @@ impl App {
 
     /// Drop the prepared picture, so that it is prepared (and sent) again.
     pub fn forget_prepared_picture(&mut self) {
-        if let Some(picture) = self.classify.picture.as_mut() {
+        for picture in [&mut self.classify.picture, &mut self.results.picture]
+            .into_iter()
+            .flatten()
+        {
             picture.prepared = None;
             picture.asked = None;
         }
@@ -351,7 +429,7 @@ impl App {
 
     /// The picture prepared for an image area `area` and where it goes in it.
     pub fn picture_in(&self, area: Rect) -> Option<(Rect, &Prepared)> {
-        let (size, prepared) = self.classify.picture.as_ref()?.prepared.as_ref()?;
+        let (size, prepared) = self.shown_picture()?.prepared.as_ref()?;
         (*size == area.as_size()).then(|| (centred(area, prepared.size()), prepared))
     }
 
@@ -459,7 +537,11 @@ impl App {
         let typing = !self.show_help
             && (self.pane == Pane::Classify
                 || (self.pane == Pane::Train && self.train.is_editing()));
-        if let Some(action) = self.keymap.action_for(&key, typing) {
+        let action = self
+            .keymap
+            .action_for(&key, typing)
+            .filter(|a| !a.results_only() || (self.pane == Pane::Results && !self.show_help));
+        if let Some(action) = action {
             return self.on_action(action, now);
         }
         if self.show_help {
@@ -509,13 +591,29 @@ impl App {
                     .and_then(|p| p.parent())
                     .map(|d| format!("{}/", d.display()))
                     .unwrap_or_default();
-                let mut input = TextArea::new(vec![start]);
-                input.move_cursor(ratatui_textarea::CursorMove::End);
-                input.set_cursor_line_style(ratatui::style::Style::default());
-                self.prompt = Some(PathPrompt {
-                    input,
-                    candidates: Vec::new(),
-                });
+                self.prompt = Some(PathPrompt::new(PromptFor::Image, start));
+            }
+            Action::OpenReport => {
+                let start = self
+                    .results
+                    .loaded
+                    .as_ref()
+                    .map(|l| format!("{}/", l.dir.display()))
+                    .unwrap_or_default();
+                self.prompt = Some(PathPrompt::new(PromptFor::Report, start));
+            }
+            Action::NextView | Action::PrevView => {
+                let effect = self.results.step_view(action == Action::NextView);
+                self.effects.extend(effect);
+            }
+            Action::NextRow | Action::PrevRow => self.results.step_row(action == Action::NextRow),
+            Action::NextError | Action::PrevError => {
+                let effect = self.results.step_error(action == Action::NextError);
+                self.effects.extend(effect);
+            }
+            Action::Choose => {
+                let effect = self.results.choose();
+                self.effects.extend(effect);
             }
             Action::NextImage | Action::PrevImage => {
                 match self
@@ -541,12 +639,19 @@ impl App {
         match key.code {
             KeyCode::Enter => {
                 let text = prompt.input.lines().join("");
+                let purpose = prompt.purpose;
                 self.prompt = None;
-                self.open(expand_path(&text))
+                match purpose {
+                    PromptFor::Image => self.open(expand_path(&text)),
+                    PromptFor::Report => {
+                        self.open_report(expand_path(&text));
+                        None
+                    }
+                }
             }
             KeyCode::Tab => {
                 let text = prompt.input.lines().join("");
-                let (completed, candidates) = complete_path(&text);
+                let (completed, candidates) = complete_path(&text, prompt.purpose);
                 prompt.input = TextArea::new(vec![completed]);
                 prompt.input.move_cursor(ratatui_textarea::CursorMove::End);
                 prompt
@@ -560,6 +665,33 @@ impl App {
                 None
             }
         }
+    }
+
+    /// Read a report folder (or `report.json`) off the UI thread and show it.
+    pub fn open_report(&mut self, path: PathBuf) {
+        let effect = self.results.load(path);
+        self.effects.push(effect);
+        self.pane = Pane::Results;
+    }
+
+    /// A report was read (or failed to be).
+    pub fn on_report_loaded(&mut self, path: PathBuf, result: Result<LoadedReport, String>) {
+        if let Err(message) = &result {
+            if self.results.loading.as_ref() == Some(&path) {
+                self.notify(format!("report: {message}"), true);
+            }
+        }
+        let effect = self.results.on_loaded(path, result);
+        self.effects.extend(effect);
+    }
+
+    /// The step-through's image was decoded (or failed to be).
+    pub fn on_results_image(&mut self, path: PathBuf, result: Result<DecodedImage, String>) {
+        if self.results.decoding.as_ref() != Some(&path) {
+            return; // the user stepped on since
+        }
+        let picture = result.map(|decoded| self.new_picture(decoded.display));
+        self.results.on_image(&path, picture);
     }
 
     fn start_training(&mut self) {
@@ -664,7 +796,8 @@ fn expand_path(text: &str) -> PathBuf {
 }
 
 /// Complete a path as far as it is unambiguous; list the candidates when it is not.
-pub fn complete_path(text: &str) -> (String, Vec<String>) {
+/// Folders are offered, and image files (or `.json` files, for a report).
+pub fn complete_path(text: &str, purpose: PromptFor) -> (String, Vec<String>) {
     let (dir_part, prefix) = match text.rfind('/') {
         Some(i) => (&text[..=i], &text[i + 1..]),
         None => ("", text),
@@ -685,13 +818,11 @@ pub fn complete_path(text: &str) -> (String, Vec<String>) {
                 return None;
             }
             let is_dir = e.path().is_dir();
-            (is_dir || is_image_path(&e.path())).then(|| {
-                if is_dir {
-                    format!("{name}/")
-                } else {
-                    name
-                }
-            })
+            let wanted = match purpose {
+                PromptFor::Image => is_image_path(&e.path()),
+                PromptFor::Report => name.ends_with(".json"),
+            };
+            (is_dir || wanted).then(|| if is_dir { format!("{name}/") } else { name })
         })
         .collect();
     names.sort();
@@ -933,13 +1064,13 @@ mod tests {
         }
         std::fs::create_dir(dir.path().join("album")).unwrap();
         let base = format!("{}/", dir.path().display());
-        let (done, cands) = complete_path(&format!("{base}b"));
+        let (done, cands) = complete_path(&format!("{base}b"), PromptFor::Image);
         assert_eq!(done, format!("{base}banana.png"));
         assert!(cands.is_empty());
-        let (done, cands) = complete_path(&format!("{base}a"));
+        let (done, cands) = complete_path(&format!("{base}a"), PromptFor::Image);
         assert_eq!(done, format!("{base}a"));
         assert_eq!(cands, ["album/", "apple.png", "apricot.jpg"]);
-        let (done, _) = complete_path(&format!("{base}apr"));
+        let (done, _) = complete_path(&format!("{base}apr"), PromptFor::Image);
         assert_eq!(done, format!("{base}apricot.jpg"));
         let banana = dir.path().join("banana.png");
         assert_eq!(

@@ -13,6 +13,7 @@ pub mod detect;
 pub mod graphics;
 pub mod keymap;
 pub mod panes;
+pub mod results_state;
 pub mod screen;
 pub mod theme;
 pub mod trace;
@@ -45,6 +46,7 @@ use app::{App, DecodedImage};
 use graphics::layer::Layer;
 use graphics::Graphics;
 use keymap::Keymap;
+use results_state::{find_reports, load_report, LoadedReport, ResultsEffect};
 use screen::{Output, Term};
 use trace::Trace;
 use worker::{Request, WorkerConfig};
@@ -83,6 +85,10 @@ pub struct TuiOptions {
     pub keymap: String,
     /// A line for the status bar at start (what the demo model is, when it stands in).
     pub notice: Option<String>,
+    /// Answer "none of these" when the top probability is below this.
+    pub abstain: Option<f64>,
+    /// A report folder (or `report.json`) for the Results pane.
+    pub report: Option<PathBuf>,
 }
 
 /// Why the app could not run.
@@ -233,6 +239,34 @@ fn spawn_training(
 
 type Decoded = (PathBuf, Result<DecodedImage, String>);
 
+/// What the Results pane's background work sends back.
+enum ResultsMessage {
+    Found(Vec<PathBuf>),
+    Loaded(PathBuf, Result<Box<LoadedReport>, String>),
+    Image(PathBuf, Result<DecodedImage, String>),
+}
+
+/// Run the Results pane's disk work on a blocking thread: finding and reading reports
+/// and decoding the step-through's images.
+fn run_results_effect(effect: ResultsEffect, tx: UnboundedSender<ResultsMessage>) {
+    tokio::task::spawn_blocking(move || {
+        let msg = match effect {
+            ResultsEffect::FindReports(root) => ResultsMessage::Found(find_reports(&root)),
+            ResultsEffect::LoadReport(path) => {
+                let result = load_report(&path).map(Box::new).map_err(|e| e.to_string());
+                ResultsMessage::Loaded(path, result)
+            }
+            ResultsEffect::DecodeImage(path) => {
+                let result = load_image(&path)
+                    .map(DecodedImage::new)
+                    .map_err(|e| e.to_string());
+                ResultsMessage::Image(path, result)
+            }
+        };
+        let _ = tx.send(msg);
+    });
+}
+
 /// Decode an image (and make its display copy) on a blocking thread and send it back to
 /// the UI task.
 fn decode_in_background(path: PathBuf, tx: UnboundedSender<Decoded>) {
@@ -318,6 +352,7 @@ async fn event_loop(
     let (decoded_tx, mut decoded_rx) = unbounded_channel::<Decoded>();
     let (train_tx, mut train_rx) = unbounded_channel::<TrainMessage>();
     let (prepared_tx, mut prepared_rx) = unbounded_channel();
+    let (results_tx, mut results_rx) = unbounded_channel::<ResultsMessage>();
     let encoder = graphics::encoder::spawn(graphics.clone(), prepared_tx);
     let mut training: Option<std::thread::JoinHandle<()>> = None;
     let worker = worker::spawn(
@@ -335,6 +370,12 @@ async fn event_loop(
     };
     let mut app = App::new(keymap, graphics, &opts.labels);
     app.theme = theme::Theme::from_env();
+    app.abstain = opts.abstain;
+    app.effects
+        .push(ResultsEffect::FindReports(PathBuf::from(".")));
+    if let Some(report) = &opts.report {
+        app.open_report(report.clone());
+    }
     app.type_startup_keys(&typed, Instant::now());
     if let Some(text) = &opts.notice {
         app.notice = Some(app::Notice {
@@ -352,6 +393,9 @@ async fn event_loop(
     #[cfg(unix)]
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
+        for effect in app.effects.drain(..) {
+            run_results_effect(effect, results_tx.clone());
+        }
         if let Some(job) = screen::draw_frame(terminal, &mut app, &mut layer, &mut trace, written)?
         {
             let _ = encoder.send(job);
@@ -405,6 +449,13 @@ async fn event_loop(
                 app.on_picture_prepared(done);
             }
             Some(msg) = train_rx.recv() => app.on_train_message(msg),
+            Some(msg) = results_rx.recv() => match msg {
+                ResultsMessage::Found(found) => app.results.on_found(found),
+                ResultsMessage::Loaded(path, result) => {
+                    app.on_report_loaded(path, result.map(|r| *r))
+                }
+                ResultsMessage::Image(path, result) => app.on_results_image(path, result),
+            },
             _ = tokio::time::sleep_until(deadline) => {
                 send(app.on_debounce(Instant::now()).into_iter().collect());
             }

@@ -63,6 +63,38 @@ impl Theme {
         }
     }
 
+    /// A confusion-matrix cell holding `share` of its row: on the diagonal (right
+    /// answers) in greens, elsewhere in reds, darker for more. Colours are set on both
+    /// sides (the 256-colour ramp), so the cell reads on light and dark themes; without
+    /// colour, dim, plain, bold and reverse video mark the same four levels.
+    pub fn heat(self, share: f64, diagonal: bool) -> Style {
+        let level = match share {
+            s if s <= 0.0 => 0,
+            s if s < 0.25 => 1,
+            s if s < 0.6 => 2,
+            _ => 3,
+        };
+        if !self.color {
+            return match level {
+                0 => Style::default().add_modifier(Modifier::DIM),
+                1 => Style::default(),
+                2 => Style::default().add_modifier(Modifier::BOLD),
+                _ => Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED),
+            };
+        }
+        // xterm-256 greens and reds, light to dark; black text on the light ones.
+        const GREENS: [u8; 3] = [151, 77, 28];
+        const REDS: [u8; 3] = [224, 210, 160];
+        match level {
+            0 => self.dim(),
+            l => {
+                let bg = if diagonal { GREENS[l - 1] } else { REDS[l - 1] };
+                let fg = if l == 3 { Color::White } else { Color::Black };
+                Style::default().fg(fg).bg(Color::Indexed(bg))
+            }
+        }
+    }
+
     /// Secondary text (hints).
     pub fn dim(self) -> Style {
         if self.color {
@@ -87,6 +119,10 @@ mod tests {
             t.status_busy(),
             t.selected(),
             t.dim(),
+            t.heat(0.0, true),
+            t.heat(0.1, false),
+            t.heat(0.5, true),
+            t.heat(1.0, true),
         ] {
             assert_eq!((style.fg, style.bg), (None, None), "{style:?}");
         }
@@ -100,5 +136,21 @@ mod tests {
             assert_eq!((style.fg, style.bg), (None, None));
             assert!(style.add_modifier.contains(Modifier::REVERSED));
         }
+    }
+
+    #[test]
+    fn heat_cells_set_both_colours_or_none() {
+        let t = Theme::default();
+        for share in [0.1, 0.3, 0.9] {
+            for diagonal in [true, false] {
+                let style = t.heat(share, diagonal);
+                assert!(
+                    style.fg.is_some() && style.bg.is_some(),
+                    "{share} {diagonal}"
+                );
+            }
+        }
+        assert_ne!(t.heat(0.9, true).bg, t.heat(0.9, false).bg);
+        assert_ne!(t.heat(0.1, true).bg, t.heat(0.9, true).bg);
     }
 }

@@ -7,7 +7,7 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Tabs, Wrap};
 use ratatui::Frame;
 
 use super::action::Action;
-use super::app::{App, ModelState, Pane};
+use super::app::{App, ModelState, Pane, PromptFor};
 use super::panes;
 
 /// Where everything goes on a screen of a given size. The event loop computes it before
@@ -22,7 +22,8 @@ pub struct ScreenLayout {
     pub prompt: Rect,
     /// The status bar.
     pub status: Rect,
-    /// The inside of the image pane, when the Classify pane is shown.
+    /// Where the picture goes: the inside of the Classify pane's image box, or of the
+    /// Results pane's step-through picture box.
     pub image_area: Option<Rect>,
     /// The help overlay, when open.
     pub help: Option<Rect>,
@@ -56,7 +57,11 @@ pub fn layout(area: Rect, app: &App) -> ScreenLayout {
         body: rows[1],
         prompt: rows[2],
         status: rows[3],
-        image_area: (app.pane == Pane::Classify).then(|| panes::classify::image_area(rows[1])),
+        image_area: match app.pane {
+            Pane::Classify => Some(panes::classify::image_area(rows[1])),
+            Pane::Results => panes::results::image_area(rows[1], &app.results),
+            Pane::Train => None,
+        },
         help: app.show_help.then(|| help_area(area, &help_paragraph(app))),
     }
 }
@@ -76,7 +81,10 @@ pub fn draw_layout(f: &mut Frame, app: &mut App, layout: &ScreenLayout) {
             panes::classify::draw(f, app, layout.body, picture)
         }
         Pane::Train => panes::train::draw(f, app, layout.body),
-        Pane::Results => panes::results::draw(f, app, layout.body),
+        Pane::Results => {
+            let picture = layout.uncovered_image_area().is_some();
+            panes::results::draw(f, app, layout.body, picture)
+        }
     }
     if app.prompt.is_some() {
         draw_prompt(f, app, layout.prompt);
@@ -119,8 +127,12 @@ fn draw_prompt(f: &mut Frame, app: &mut App, area: Rect) {
     let Some(prompt) = app.prompt.as_mut() else {
         return;
     };
+    let what = match prompt.purpose {
+        PromptFor::Image => "Open image",
+        PromptFor::Report => "Open report folder",
+    };
     let title = if prompt.candidates.is_empty() {
-        " Open image (Tab completes, Enter opens, Esc cancels) ".to_string()
+        format!(" {what} (Tab completes, Enter opens, Esc cancels) ")
     } else {
         format!(" {} ", prompt.candidates.join("  "))
     };

@@ -15,6 +15,9 @@ use crate::util::bar;
 /// Width of the probability bars, in cells.
 const BAR: usize = 20;
 
+/// What the pane answers when the top probability is below the abstain threshold.
+pub const NONE_OF_THESE: &str = "none of these";
+
 /// The image pane on the left, the labels and probabilities on the right.
 fn columns(area: Rect) -> Rc<[Rect]> {
     Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).split(area)
@@ -94,30 +97,44 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
         vec![Line::from(Span::styled(hint, theme.dim()))]
     } else {
         let label_w = (inner.width as usize).saturating_sub(BAR + 10).max(8);
-        preds
-            .iter()
-            .take(inner.height as usize)
-            .enumerate()
-            .map(|(i, p)| {
-                let mut style = if i == 0 {
-                    theme.fg(Color::Green).add_modifier(Modifier::BOLD)
-                } else {
-                    Style::default()
-                };
-                if updating {
-                    style = style.add_modifier(Modifier::DIM);
-                }
-                let label: String = p.label.chars().take(label_w).collect();
-                Line::from(vec![
-                    Span::styled(format!("{label:<label_w$}"), style),
-                    Span::styled(format!(" {:>6.2}% ", p.probability * 100.0), style),
-                    Span::styled(
-                        bar(p.probability, BAR),
-                        style.patch(theme.fg(if i == 0 { Color::Green } else { Color::Blue })),
-                    ),
-                ])
-            })
-            .collect()
+        let abstained = app.abstains(preds);
+        let verdict = abstained.then(|| {
+            let threshold = app.abstain.unwrap_or(0.0) * 100.0;
+            let mut style = theme.fg(Color::Magenta).add_modifier(Modifier::BOLD);
+            if updating {
+                style = style.add_modifier(Modifier::DIM);
+            }
+            Line::from(Span::styled(
+                format!("{NONE_OF_THESE} (top < {threshold:.0}%)"),
+                style,
+            ))
+        });
+        let rows = (inner.height as usize).saturating_sub(usize::from(abstained));
+        let lines = preds.iter().take(rows).enumerate().map(|(i, p)| {
+            // Below the threshold no label is the answer: none is drawn as the leader.
+            let mut style = if i == 0 && !abstained {
+                theme.fg(Color::Green).add_modifier(Modifier::BOLD)
+            } else {
+                Style::default()
+            };
+            if updating {
+                style = style.add_modifier(Modifier::DIM);
+            }
+            let label: String = p.label.chars().take(label_w).collect();
+            Line::from(vec![
+                Span::styled(format!("{label:<label_w$}"), style),
+                Span::styled(format!(" {:>6.2}% ", p.probability * 100.0), style),
+                Span::styled(
+                    bar(p.probability, BAR),
+                    style.patch(theme.fg(if i == 0 && !abstained {
+                        Color::Green
+                    } else {
+                        Color::Blue
+                    })),
+                ),
+            ])
+        });
+        verdict.into_iter().chain(lines).collect()
     };
     f.render_widget(Paragraph::new(lines), inner);
 }
