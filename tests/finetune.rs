@@ -42,7 +42,12 @@ fn config(data: &Path, epochs: usize, alpha: f64) -> FinetuneConfig {
     }
 }
 
-fn run(cfg: &FinetuneConfig, out: &Path, resume: bool, stop_at: Option<(usize, usize)>) -> RunRecord {
+fn run(
+    cfg: &FinetuneConfig,
+    out: &Path,
+    resume: bool,
+    stop_at: Option<(usize, usize)>,
+) -> RunRecord {
     let stop = AtomicBool::new(false);
     let outcome = finetune(&tiny(), cfg, out, resume, false, &stop, &mut |ev| {
         if let (FinetuneEvent::Step { epoch, step, .. }, Some(at)) = (&ev, stop_at) {
@@ -79,11 +84,20 @@ fn classification_beats_zero_shot_and_wise_ft_mixes_exactly() {
     let last = record.metrics.last().unwrap().val_top1.unwrap();
     eprintln!("zero-shot top-1 {zero_shot:.3}, fine-tuned {last:.3}");
     assert!(last > zero_shot + 0.2, "{zero_shot} -> {last}");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "head.json", "head.safetensors"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "head.json",
+        "head.safetensors",
+    ] {
         assert!(out.join(f).is_file(), "{f}");
     }
     // The folder is a model every command loads.
-    let clip = ModelFiles::from_dir(&out, "ft").unwrap().load(Device::Cpu).unwrap();
+    let clip = ModelFiles::from_dir(&out, "ft")
+        .unwrap()
+        .load(Device::Cpu)
+        .unwrap();
     assert_eq!(clip.config().projection_dim, 16);
 
     // WiSE-FT: re-export the finished run at 0 (the zero-shot model exactly) and 0.5.
@@ -100,12 +114,22 @@ fn classification_beats_zero_shot_and_wise_ft_mixes_exactly() {
     run(&cfg, &out, true, None);
     let mixed = tensors(&out.join("model.safetensors"));
     let name = "vision_model.encoder.layers.0.mlp.fc1.weight";
-    let (b, f, m) = (values(&base[name]), values(&fine[name]), values(&mixed[name]));
+    let (b, f, m) = (
+        values(&base[name]),
+        values(&fine[name]),
+        values(&mixed[name]),
+    );
     for i in (0..b.len()).step_by(97) {
-        assert!((m[i] - (0.5 * b[i] + 0.5 * f[i])).abs() < 1e-6, "{name}[{i}]");
+        assert!(
+            (m[i] - (0.5 * b[i] + 0.5 * f[i])).abs() < 1e-6,
+            "{name}[{i}]"
+        );
     }
     // At 0 the head is the zero-shot head: text embeddings of the class prompts.
-    let norms: Vec<f32> = head0.chunks(16).map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt()).collect();
+    let norms: Vec<f32> = head0
+        .chunks(16)
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect();
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4), "{norms:?}");
 }
 
@@ -142,7 +166,8 @@ fn a_stopped_run_resumes_to_the_same_end() {
 fn captions_train_contrastively() {
     let tmp = tempfile::tempdir().unwrap();
     let caps = tmp.path().join("caps");
-    clipscope::data::scenes::write_scenes(&caps, 48, clipscope::data::scenes::Layout::Captions, 1).unwrap();
+    clipscope::data::scenes::write_scenes(&caps, 48, clipscope::data::scenes::Layout::Captions, 1)
+        .unwrap();
     let mut cfg = config(&caps, 4, 1.0);
     cfg.task = Task::Captions {
         file: caps.join("captions.csv"),
@@ -165,12 +190,28 @@ fn an_existing_run_is_not_overwritten() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "x").unwrap();
     let stop = AtomicBool::new(false);
-    let err = finetune(&tiny(), &config(&data, 1, 1.0), &out, false, false, &stop, &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let err = finetune(
+        &tiny(),
+        &config(&data, 1, 1.0),
+        &out,
+        false,
+        false,
+        &stop,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("--resume") && err.contains("--force"), "{err}");
-    let err = finetune(&tiny(), &config(&data, 1, 1.0), &tmp.path().join("none"), true, false, &stop, &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let err = finetune(
+        &tiny(),
+        &config(&data, 1, 1.0),
+        &tmp.path().join("none"),
+        true,
+        false,
+        &stop,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("--resume"), "{err}");
 }

@@ -25,11 +25,15 @@ fn bits(e: &[f32]) -> Vec<u32> {
 fn with_cache(clip: &Clip, root: &Path, decode_threads: usize) -> PipelineOptions {
     PipelineOptions {
         decode_threads,
-        cache: Some(EmbeddingCache::open(
-            root,
-            &clipscope::clip::ModelFiles::from_dir(&fixtures().join("tiny-clip"), "tiny").unwrap(),
-            clip,
-        ).unwrap()),
+        cache: Some(
+            EmbeddingCache::open(
+                root,
+                &clipscope::clip::ModelFiles::from_dir(&fixtures().join("tiny-clip"), "tiny")
+                    .unwrap(),
+                clip,
+            )
+            .unwrap(),
+        ),
     }
 }
 

@@ -102,9 +102,12 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
                 steps_per_epoch,
                 first_epoch,
             } => {
-                log_line(&progress, format!(
+                log_line(
+                    &progress,
+                    format!(
                     "{train} training and {val} held-out examples; epochs {first_epoch}..{epochs}"
-                ));
+                ),
+                );
                 progress.set_length(steps_per_epoch as u64);
             }
             FinetuneEvent::Step {
@@ -215,10 +218,15 @@ fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
             ..
         } => {
             progress.set_position(step as u64);
-            progress.set_message(format!("loss {loss:.4} lr {lr:.2e} {pairs_per_sec:.1} pairs/s"));
+            progress.set_message(format!(
+                "loss {loss:.4} lr {lr:.2e} {pairs_per_sec:.1} pairs/s"
+            ));
         }
         DemoEvent::Eval { step, top1 } => {
-            log_line(&progress, format!("step {step}: twelve-label top-1 {top1:.3}"));
+            log_line(
+                &progress,
+                format!("step {step}: twelve-label top-1 {top1:.3}"),
+            );
         }
     })
     .context("training the demo model failed")?;
@@ -231,7 +239,11 @@ fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
         outcome.benchmark_top1,
         output.display()
     );
-    Ok(if outcome.stopped { EXIT_STOPPED } else { EXIT_OK })
+    Ok(if outcome.stopped {
+        EXIT_STOPPED
+    } else {
+        EXIT_OK
+    })
 }
 
 fn demo_eval(
@@ -263,7 +275,10 @@ fn demo_eval(
         Format::Csv => {
             let mut w = csv::Writer::from_writer(out);
             w.write_record(["set", "label", "top1", "n"])?;
-            let sets = [Some(("generated", &r.benchmark)), r.folders.as_ref().map(|f| ("folders", f))];
+            let sets = [
+                Some(("generated", &r.benchmark)),
+                r.folders.as_ref().map(|f| ("folders", f)),
+            ];
             for (name, set) in sets.into_iter().flatten() {
                 w.write_record([name, "all", &format!("{:.4}", set.top1), &set.n.to_string()])?;
                 for (label, acc) in &set.per_label {
@@ -274,9 +289,16 @@ fn demo_eval(
         }
         Format::Text => {
             writeln!(out, "model {}  pictures seed {}", r.model, r.seed)?;
-            let sets = [Some(("generated pictures", &r.benchmark)), r.folders.as_ref().map(|f| ("class folders", f))];
+            let sets = [
+                Some(("generated pictures", &r.benchmark)),
+                r.folders.as_ref().map(|f| ("class folders", f)),
+            ];
             for (name, set) in sets.into_iter().flatten() {
-                writeln!(out, "\n{name}: twelve-label top-1 {:.4} on {} pictures", set.top1, set.n)?;
+                writeln!(
+                    out,
+                    "\n{name}: twelve-label top-1 {:.4} on {} pictures",
+                    set.top1, set.n
+                )?;
                 for (label, acc) in &set.per_label {
                     writeln!(out, "  {acc:>7.4}  {label}")?;
                 }

@@ -5,8 +5,8 @@ pub mod args;
 mod bench;
 mod clip_train;
 mod cnn;
-mod imagenette;
 mod compare;
+mod imagenette;
 mod jobs;
 pub mod output;
 

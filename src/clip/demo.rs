@@ -39,7 +39,12 @@ pub const DEMO_LABELS: &str = "a red circle,a green square,a blue triangle,a yel
 
 /// The built-in demo model's files.
 pub fn files() -> Result<super::ModelFiles, ClipError> {
-    super::ModelFiles::from_static(crate::hub::DEMO_MODEL, DEMO_CONFIG_JSON, DEMO_WEIGHTS, DEMO_TOKENIZER)
+    super::ModelFiles::from_static(
+        crate::hub::DEMO_MODEL,
+        DEMO_CONFIG_JSON,
+        DEMO_WEIGHTS,
+        DEMO_TOKENIZER,
+    )
 }
 
 /// The twelve colour-shape labels the demo model is judged on (template `{}`).
@@ -168,11 +173,19 @@ impl Inputs<'_> {
 
 /// Samples for step `step` of the stream for `seed`: the same on every machine, and
 /// independent of how many threads draw them.
-fn draw_samples(seed: u64, step: usize, n: usize, variety: f64, held_out: &[(usize, usize)]) -> Vec<Sample> {
+fn draw_samples(
+    seed: u64,
+    step: usize,
+    n: usize,
+    variety: f64,
+    held_out: &[(usize, usize)],
+) -> Vec<Sample> {
     (0..n)
         .into_par_iter()
         .map(|i| {
-            let mut rng = Rng::new(seed ^ ((step as u64) << 20 | i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let mut rng = Rng::new(
+                seed ^ ((step as u64) << 20 | i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            );
             let scene = scenes::random_scene_with(&mut rng, held_out, variety);
             scenes::sample_with(scene, &mut rng, variety)
         })
@@ -185,7 +198,9 @@ pub fn draw_scenes(scenes_: &[Scene], seed: u64) -> Vec<image::RgbImage> {
         .par_iter()
         .enumerate()
         .map(|(i, scene)| {
-            let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9) ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let mut rng = Rng::new(
+                seed.wrapping_mul(0x9E37_79B9) ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
             scenes::render(scene, &mut rng)
         })
         .collect()
@@ -222,7 +237,9 @@ fn text_embeddings(
         .map(|p| inputs.tokenizer.encode(p))
         .collect::<Result<Vec<_>, _>>()?;
     let (ids, eot) = id_batch(&tokens, 0, 77, inputs.device)?;
-    Ok(super::model::l2_normalize(&model.text_features(&ids, &eot)?)?)
+    Ok(super::model::l2_normalize(
+        &model.text_features(&ids, &eot)?,
+    )?)
 }
 
 /// Top-1 accuracy of `model` on pictures labelled with indices into `prompts`.
@@ -248,7 +265,12 @@ fn accuracy(
 }
 
 /// The twelve-label benchmark on `per_label` fresh pictures of each combination.
-fn benchmark(model: &ClipModel, inputs: &Inputs, per_label: usize, seed: u64) -> Result<f64, ClipError> {
+fn benchmark(
+    model: &ClipModel,
+    inputs: &Inputs,
+    per_label: usize,
+    seed: u64,
+) -> Result<f64, ClipError> {
     let cases = benchmark_scenes(per_label, seed);
     let scenes_: Vec<Scene> = cases.iter().map(|c| c.0).collect();
     let truth: Vec<usize> = cases.iter().map(|c| c.1).collect();
@@ -355,7 +377,10 @@ fn run_demo_training(
             });
             if opts.eval_every > 0 && steps_done % opts.eval_every == 0 && steps_done < opts.steps {
                 let top1 = benchmark(&model, inputs, 10, opts.seed.wrapping_add(1))?;
-                on(DemoEvent::Eval { step: steps_done, top1 });
+                on(DemoEvent::Eval {
+                    step: steps_done,
+                    top1,
+                });
             }
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -502,7 +527,10 @@ fn score(pred: &[usize], truth: &[usize], labels: &[String]) -> SetScore {
 
 /// Class folders named `<colour>-<shape>` under `dir`, as pictures and label indices
 /// into the twelve benchmark labels; folders with other names are an error.
-fn folder_cases(dir: &Path, labels: &[String]) -> Result<(Vec<image::DynamicImage>, Vec<usize>), ClipError> {
+fn folder_cases(
+    dir: &Path,
+    labels: &[String],
+) -> Result<(Vec<image::DynamicImage>, Vec<usize>), ClipError> {
     let set = crate::data::scan_folder(dir).map_err(|e| ClipError::Config(e.to_string()))?;
     let mut index = Vec::new();
     for class in &set.classes {

@@ -96,7 +96,9 @@ impl ModelFiles {
         let config_path = require(dir, "config.json")?;
         let config_json = read_text(&config_path)?;
         let config = ClipConfig::from_json(&config_json).map_err(|e| match e {
-            ClipError::Config(msg) => ClipError::Config(format!("{}: {msg}", config_path.display())),
+            ClipError::Config(msg) => {
+                ClipError::Config(format!("{}: {msg}", config_path.display()))
+            }
             other => other,
         })?;
         let weights = require(dir, "model.safetensors")?;

@@ -594,9 +594,8 @@ fn check_output(
                 record.display()
             ))
         })?;
-        let r: RunRecord = serde_json::from_str(&text).map_err(|e| {
-            FinetuneError::Config(format!("--resume: {}: {e}", record.display()))
-        })?;
+        let r: RunRecord = serde_json::from_str(&text)
+            .map_err(|e| FinetuneError::Config(format!("--resume: {}: {e}", record.display())))?;
         return Ok(Some(r));
     }
     let occupied = output.is_dir()
@@ -703,9 +702,13 @@ fn run(
                 .exp();
             let w = match &prior {
                 Some(_) => {
-                    let saved = candle_core::safetensors::load(ckpt.join(HEAD_SAFETENSORS), &device)?;
+                    let saved =
+                        candle_core::safetensors::load(ckpt.join(HEAD_SAFETENSORS), &device)?;
                     saved.get(HEAD_WEIGHT).cloned().ok_or_else(|| {
-                        FinetuneError::Config(format!("{}: no head in the checkpoint", ckpt.display()))
+                        FinetuneError::Config(format!(
+                            "{}: no head in the checkpoint",
+                            ckpt.display()
+                        ))
                     })?
                 }
                 None => w0.clone(),
@@ -745,7 +748,8 @@ fn run(
     });
     let mut record = match prior {
         Some(p) => {
-            let state = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &device)?;
+            let state =
+                candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &device)?;
             opt.restore(state.clone(), p.steps);
             if let Some(o) = head_opt.as_mut() {
                 o.restore(state, p.steps);
@@ -773,7 +777,8 @@ fn run(
         },
     };
     if record.metrics.is_empty() {
-        let (val_loss, val_top1) = ctx.evaluate(&model, head.as_ref(), &data.val, cfg.batch_size)?;
+        let (val_loss, val_top1) =
+            ctx.evaluate(&model, head.as_ref(), &data.val, cfg.batch_size)?;
         let m = EpochRecord {
             epoch: 0,
             train_loss: None,
@@ -786,7 +791,11 @@ fn run(
         record.metrics.push(m);
     }
     let first_epoch = record.epochs_done + 1;
-    if record.partial.as_ref().is_some_and(|p| p.epoch != first_epoch) {
+    if record
+        .partial
+        .as_ref()
+        .is_some_and(|p| p.epoch != first_epoch)
+    {
         record.partial = None;
     }
     on(FinetuneEvent::Ready {
@@ -809,10 +818,15 @@ fn run(
         let mut flip_rng = Rng::new(cfg.seed.wrapping_add(epoch as u64 * 7919));
         let resumed = record.partial.take().filter(|p| p.epoch == epoch);
         let (mut loss_sum, mut seen, done_before, seconds_before) = resumed
-            .map_or((0.0, 0, 0, 0.0), |p| (p.loss_sum, p.seen, p.steps, p.seconds));
+            .map_or((0.0, 0, 0, 0.0), |p| {
+                (p.loss_sum, p.seen, p.steps, p.seconds)
+            });
         let started = Instant::now();
         // A batch of one gives the contrastive loss nothing to contrast: leave it out.
-        let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).filter(|c| c.len() >= 2).collect();
+        let chunks: Vec<&[usize]> = order
+            .chunks(cfg.batch_size)
+            .filter(|c| c.len() >= 2)
+            .collect();
         for (s, idx) in chunks.iter().enumerate() {
             let flips: Vec<bool> = idx
                 .iter()
@@ -860,7 +874,14 @@ fn run(
         }
         record.steps = opt.steps();
         if stopped {
-            saver.save(&params, head.as_ref(), &opt, head_opt.as_ref(), &mut record, cfg.wise_alpha)?;
+            saver.save(
+                &params,
+                head.as_ref(),
+                &opt,
+                head_opt.as_ref(),
+                &mut record,
+                cfg.wise_alpha,
+            )?;
             on(FinetuneEvent::Log(format!(
                 "stopped during epoch {epoch}; saved; --resume continues where it stopped"
             )));
@@ -868,7 +889,8 @@ fn run(
             break;
         }
         let seconds = seconds_before + started.elapsed().as_secs_f64();
-        let (val_loss, val_top1) = ctx.evaluate(&model, head.as_ref(), &data.val, cfg.batch_size)?;
+        let (val_loss, val_top1) =
+            ctx.evaluate(&model, head.as_ref(), &data.val, cfg.batch_size)?;
         let m = EpochRecord {
             epoch,
             train_loss: Some(loss_sum / seen.max(1) as f64),
@@ -880,7 +902,14 @@ fn run(
         on(FinetuneEvent::Epoch(m.clone()));
         record.metrics.push(m);
         record.epochs_done = epoch;
-        saver.save(&params, head.as_ref(), &opt, head_opt.as_ref(), &mut record, cfg.wise_alpha)?;
+        saver.save(
+            &params,
+            head.as_ref(),
+            &opt,
+            head_opt.as_ref(),
+            &mut record,
+            cfg.wise_alpha,
+        )?;
         on(FinetuneEvent::Saved(output.to_path_buf()));
         if stop.load(Ordering::Relaxed) && epoch < cfg.epochs {
             stopped = true;
@@ -892,7 +921,14 @@ fn run(
     }
     if first_epoch > cfg.epochs {
         // Nothing left to train: write the model again (a new --wise-alpha, say).
-        saver.save(&params, head.as_ref(), &opt, head_opt.as_ref(), &mut record, cfg.wise_alpha)?;
+        saver.save(
+            &params,
+            head.as_ref(),
+            &opt,
+            head_opt.as_ref(),
+            &mut record,
+            cfg.wise_alpha,
+        )?;
         on(FinetuneEvent::Saved(output.to_path_buf()));
     }
     Ok(FinetuneOutcome { record, stopped })
@@ -943,7 +979,10 @@ impl Saver<'_> {
     ) -> Result<(), FinetuneError> {
         let ckpt = self.output.join(CHECKPOINT_DIR);
         std::fs::create_dir_all(&ckpt).map_err(io_err(&ckpt))?;
-        self.tensors(&ckpt.join("weights.safetensors"), &params.tensors(DType::F32)?)?;
+        self.tensors(
+            &ckpt.join("weights.safetensors"),
+            &params.tensors(DType::F32)?,
+        )?;
         let mut state = opt.state();
         if let Some(o) = head_opt {
             state.extend(o.state());
@@ -962,12 +1001,16 @@ impl Saver<'_> {
                 &self.output.join(HEAD_SAFETENSORS),
                 &HashMap::from([(HEAD_WEIGHT.to_string(), mixed_head)]),
             )?;
-            let text = serde_json::to_string_pretty(info).map_err(|e| FinetuneError::Config(e.to_string()))?;
+            let text = serde_json::to_string_pretty(info)
+                .map_err(|e| FinetuneError::Config(e.to_string()))?;
             self.write(&self.output.join(HEAD_JSON), text.as_bytes())?;
         }
-        self.base.write_support_files(self.output).map_err(FinetuneError::Clip)?;
+        self.base
+            .write_support_files(self.output)
+            .map_err(FinetuneError::Clip)?;
         record.config.wise_alpha = alpha;
-        let text = serde_json::to_string_pretty(record).map_err(|e| FinetuneError::Config(e.to_string()))?;
+        let text = serde_json::to_string_pretty(record)
+            .map_err(|e| FinetuneError::Config(e.to_string()))?;
         self.write(&self.output.join(RUN_JSON), text.as_bytes())
     }
 }
@@ -984,18 +1027,25 @@ pub fn load_head(dir: &Path, device: &Device) -> Result<Option<(HeadInfo, Tensor
     })?;
     let info: HeadInfo = serde_json::from_str(&text)
         .map_err(|e| ClipError::Config(format!("{}: {e}", json.display())))?;
-    let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| ClipError::Weights {
-        path: weights.clone(),
-        message: e.to_string(),
-    })?;
-    let w = tensors.get(HEAD_WEIGHT).cloned().ok_or_else(|| ClipError::Weights {
-        path: weights.clone(),
-        message: format!("missing tensor {HEAD_WEIGHT}"),
-    })?;
+    let tensors =
+        candle_core::safetensors::load(&weights, device).map_err(|e| ClipError::Weights {
+            path: weights.clone(),
+            message: e.to_string(),
+        })?;
+    let w = tensors
+        .get(HEAD_WEIGHT)
+        .cloned()
+        .ok_or_else(|| ClipError::Weights {
+            path: weights.clone(),
+            message: format!("missing tensor {HEAD_WEIGHT}"),
+        })?;
     if w.dims2().map(|d| d.0).ok() != Some(info.classes.len()) {
         return Err(ClipError::Weights {
             path: weights,
-            message: format!("{HEAD_WEIGHT} does not have one row per class of {}", json.display()),
+            message: format!(
+                "{HEAD_WEIGHT} does not have one row per class of {}",
+                json.display()
+            ),
         });
     }
     Ok(Some((info, w)))

@@ -177,8 +177,7 @@ impl CustomOp2 for LayerNormParamGrad {
 
 /// Fused LayerNorm over the last axis with a backward pass.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(gamma, beta, LayerNorm { eps })
+    x.contiguous()?.apply_op3(gamma, beta, LayerNorm { eps })
 }
 
 /// Softmax over the last axis.
@@ -345,16 +344,40 @@ mod tests {
         composed: impl Fn(&[Tensor]) -> Tensor,
         inputs: &[Tensor],
     ) {
-        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let weights = rand(ts[0].dims(), 99);
         let (a, b) = (fused(&ts), composed(&ts));
-        assert!(max_diff(&a, &b) < 1e-5, "forward differs by {}", max_diff(&a, &b));
-        let ga = (a * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (b * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(
+            max_diff(&a, &b) < 1e-5,
+            "forward differs by {}",
+            max_diff(&a, &b)
+        );
+        let ga = (a * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gb = (b * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for (i, v) in vars.iter().enumerate() {
-            let (x, y) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
-            assert!(max_diff(x, y) < 1e-4, "input {i}: gradient differs by {}", max_diff(x, y));
+            let (x, y) = (
+                ga.get(v.as_tensor()).unwrap(),
+                gb.get(v.as_tensor()).unwrap(),
+            );
+            assert!(
+                max_diff(x, y) < 1e-4,
+                "input {i}: gradient differs by {}",
+                max_diff(x, y)
+            );
         }
     }
 

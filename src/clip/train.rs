@@ -265,7 +265,10 @@ impl Params {
                     .vars
                     .get(name)
                     .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
-                Ok((name.clone(), interpolate(z.as_tensor(), var.as_tensor(), alpha)?))
+                Ok((
+                    name.clone(),
+                    interpolate(z.as_tensor(), var.as_tensor(), alpha)?,
+                ))
             })
             .collect()
     }

@@ -98,7 +98,8 @@ impl CnnClassifier {
     /// centre crop (as torchvision's ImageNet evaluation does).
     pub fn crop(&self, img: &image::DynamicImage) -> RgbImage {
         let size = self.meta.image_size as u32;
-        let r = augment::resize_short_side(&img.to_rgb8(), augment::cache_side(self.meta.image_size));
+        let r =
+            augment::resize_short_side(&img.to_rgb8(), augment::cache_side(self.meta.image_size));
         augment::center_crop(&r, size)
     }
 

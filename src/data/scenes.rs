@@ -716,14 +716,20 @@ pub fn write_scenes(dir: &Path, count: usize, layout: Layout, seed: u64) -> std:
                 dir.join(&file)
             }
             Layout::Folders => {
-                let class = dir.join(format!("{}-{}", COLOURS[s.scene.colour], SHAPES[s.scene.shape]));
+                let class = dir.join(format!(
+                    "{}-{}",
+                    COLOURS[s.scene.colour], SHAPES[s.scene.shape]
+                ));
                 std::fs::create_dir_all(&class)?;
                 class.join(&file)
             }
         };
         let mut bytes = Vec::new();
         s.image
-            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
             .map_err(std::io::Error::other)?;
         crate::util::write_atomic(&path, &bytes)?;
     }

@@ -354,4 +354,3 @@ fn same_path(a: &Path, b: &Path) -> bool {
         _ => a == b,
     }
 }
-

@@ -3,9 +3,9 @@
 //! the `compare` command and the app call them with results they have computed.
 
 pub mod compare;
+pub mod imagenette;
 pub mod metrics;
 pub mod plots;
-pub mod imagenette;
 pub mod probe;
 pub mod report;
 
