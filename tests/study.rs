@@ -30,8 +30,22 @@ const CLASSES: usize = 4;
 fn study() -> &'static Study {
     static STUDY: OnceLock<Study> = OnceLock::new();
     STUDY.get_or_init(|| {
-        // One fixed folder, replaced on each run, so runs do not pile up CNN weights.
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("study-fixture");
+        // One folder per test process: nextest runs each test in its own process, and
+        // two processes rebuilding one shared folder would read each other's half-made
+        // files. Folders of earlier runs are removed first, so they do not pile up.
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("study-fixture");
+        let root = base.join(std::process::id().to_string());
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let stale = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
+                if stale {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&root);
         let s = Study {
             test: root.join("test"),
