@@ -26,14 +26,30 @@ fn every_bundled_picture_gets_its_own_label_first() {
         .filter(|p| p.extension().is_some_and(|e| e == "png"))
         .collect();
     pictures.sort();
-    assert!(pictures.len() >= 4, "too few demo pictures in {}", dir.display());
+    assert!(
+        pictures.len() >= 4,
+        "too few demo pictures in {}",
+        dir.display()
+    );
     let out = clipscope()
-        .args(["classify", "--model", "demo", "--format", "json", "--template", "{}"])
+        .args([
+            "classify",
+            "--model",
+            "demo",
+            "--format",
+            "json",
+            "--template",
+            "{}",
+        ])
         .args(["--labels", &twelve_labels().join(",")])
         .args(&pictures)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), pictures.len());
@@ -42,7 +58,12 @@ fn every_bundled_picture_gets_its_own_label_first() {
         let stem = picture.file_stem().unwrap().to_string_lossy();
         let (colour, shape) = stem.split_once('-').unwrap();
         let top = result["predictions"][0]["label"].as_str().unwrap();
-        assert_eq!(top, format!("a {colour} {shape}"), "{}: {result}", picture.display());
+        assert_eq!(
+            top,
+            format!("a {colour} {shape}"),
+            "{}: {result}",
+            picture.display()
+        );
     }
 }
 
@@ -51,13 +72,23 @@ fn demo_labels_of_the_app_fit_its_picture() {
     // The app opens on red-circle.png with these labels: the first must win.
     let labels = clipscope::clip::demo::DEMO_LABELS;
     assert!(labels.starts_with("a red circle,"));
-    let picture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/pictures/red-circle.png");
+    let picture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/demo/pictures/red-circle.png");
     let out = clipscope()
-        .args(["classify", "--model", "demo", "--format", "json", "--labels", labels])
+        .args([
+            "classify", "--model", "demo", "--format", "json", "--labels", labels,
+        ])
         .arg(&picture)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["results"][0]["predictions"][0]["label"], "a red circle");
+    assert_eq!(
+        report["results"][0]["predictions"][0]["label"],
+        "a red circle"
+    );
 }

@@ -44,8 +44,8 @@ pub struct AppStart {
 }
 
 /// The line the app shows while the demo model stands in for a real one.
-pub const DEMO_NOTICE: &str = "demo model: a toy CLIP trained on drawn shapes, not OpenAI's; \
-     for real photos run `clipscope models download ViT-B/32`";
+pub const DEMO_NOTICE: &str =
+    "a toy CLIP for drawn shapes, not OpenAI's; for photos: clipscope models download ViT-B/32";
 
 /// With no model named, the registry default when it is in the cache, else the built-in
 /// demo model (no download on a first run), opened on a bundled picture with fitting

@@ -205,6 +205,8 @@ pub struct App {
     pub last_latency_ms: Option<f64>,
     /// The latest notice.
     pub notice: Option<Notice>,
+    /// A standing note on the model, kept beside its name (what the demo model is).
+    pub model_note: Option<String>,
     /// Set when the app should exit.
     pub should_quit: bool,
     /// Serial number of the latest opened image.
@@ -274,6 +276,7 @@ impl App {
             theme: Theme::default(),
             last_latency_ms: None,
             notice: None,
+            model_note: None,
             should_quit: false,
             picture_serial: 0,
             generation: 0,

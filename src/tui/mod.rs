@@ -83,7 +83,8 @@ pub struct TuiOptions {
     pub protocol: ImageProtocol,
     /// Keymap: `default` or `vim`.
     pub keymap: String,
-    /// A line for the status bar at start (what the demo model is, when it stands in).
+    /// A standing note beside the model's name (what the demo model is, when it stands
+    /// in for a real one).
     pub notice: Option<String>,
     /// Answer "none of these" when the top probability is below this.
     pub abstain: Option<f64>,
@@ -377,12 +378,7 @@ async fn event_loop(
         app.open_report(report.clone());
     }
     app.type_startup_keys(&typed, Instant::now());
-    if let Some(text) = &opts.notice {
-        app.notice = Some(app::Notice {
-            text: text.clone(),
-            error: false,
-        });
-    }
+    app.model_note = opts.notice.clone();
     if let Some(input) = &opts.input {
         open_first(&mut app, input, &decoded_tx);
     }

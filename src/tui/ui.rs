@@ -170,7 +170,11 @@ pub fn status_text(app: &App) -> Vec<Span<'static>> {
         Some(note) => format!("{}: {note}", app.graphics.mode.name()),
         None => app.graphics.mode.name().to_string(),
     };
-    let mut spans = vec![model, Span::raw(format!("  │ {latency} │ {graphics} │ "))];
+    let mut spans = vec![model];
+    if let (ModelState::Ready { .. }, Some(note)) = (&app.model, &app.model_note) {
+        spans.push(Span::styled(format!(" ({note})"), theme.status_busy()));
+    }
+    spans.push(Span::raw(format!("  │ {latency} │ {graphics} │ ")));
     if let Some(n) = &app.notice {
         let style = if n.error {
             theme.status_error()
