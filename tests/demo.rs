@@ -17,6 +17,21 @@ fn twelve_labels() -> Vec<String> {
         .collect()
 }
 
+/// `classify --model demo --format json` with `args`; the parsed report.
+fn classify_demo(args: &[&std::ffi::OsStr]) -> Value {
+    let out = clipscope()
+        .args(["classify", "--model", "demo", "--format", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn every_bundled_picture_gets_its_own_label_first() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/pictures");
@@ -31,26 +46,11 @@ fn every_bundled_picture_gets_its_own_label_first() {
         "too few demo pictures in {}",
         dir.display()
     );
-    let out = clipscope()
-        .args([
-            "classify",
-            "--model",
-            "demo",
-            "--format",
-            "json",
-            "--template",
-            "{}",
-        ])
-        .args(["--labels", &twelve_labels().join(",")])
-        .args(&pictures)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let labels = twelve_labels().join(",");
+    let flags = ["--template", "{}", "--labels", labels.as_str()];
+    let mut args: Vec<&std::ffi::OsStr> = flags.iter().map(std::ffi::OsStr::new).collect();
+    args.extend(pictures.iter().map(|p| p.as_os_str()));
+    let report = classify_demo(&args);
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), pictures.len());
     for (picture, result) in pictures.iter().zip(results) {
@@ -74,19 +74,7 @@ fn demo_labels_of_the_app_fit_its_picture() {
     assert!(labels.starts_with("a red circle,"));
     let picture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models/demo/pictures/red-circle.png");
-    let out = clipscope()
-        .args([
-            "classify", "--model", "demo", "--format", "json", "--labels", labels,
-        ])
-        .arg(&picture)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = classify_demo(&["--labels".as_ref(), labels.as_ref(), picture.as_os_str()]);
     assert_eq!(
         report["results"][0]["predictions"][0]["label"],
         "a red circle"
