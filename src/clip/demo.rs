@@ -85,14 +85,14 @@ pub struct DemoTrainOptions {
 impl Default for DemoTrainOptions {
     fn default() -> Self {
         Self {
-            steps: 1500,
-            batch_size: 128,
+            steps: 2600,
+            batch_size: 64,
             lr: 1e-3,
             weight_decay: 0.1,
             warmup: 100,
             seed: 0,
             eval_every: 250,
-            easy_steps: 0,
+            easy_steps: 700,
         }
     }
 }

@@ -51,6 +51,24 @@ pub const DEMO_NOTICE: &str =
 /// demo model (no download on a first run), opened on a bundled picture with fitting
 /// labels when none were given. The picture is written once under the cache folder.
 pub fn app_start(source: ModelSource, has_input: bool, has_labels: bool) -> AppStart {
+    match DownloadOptions::from_env() {
+        Ok(opts) => app_start_in(&opts, source, has_input, has_labels),
+        Err(_) => AppStart {
+            source,
+            picture: None,
+            labels: None,
+            notice: None,
+        },
+    }
+}
+
+/// [`app_start`] with the cache and endpoint given.
+pub fn app_start_in(
+    opts: &DownloadOptions,
+    source: ModelSource,
+    has_input: bool,
+    has_labels: bool,
+) -> AppStart {
     let plain = AppStart {
         source: source.clone(),
         picture: None,
@@ -60,11 +78,8 @@ pub fn app_start(source: ModelSource, has_input: bool, has_labels: bool) -> AppS
     if source != ModelSource::Named(None) {
         return plain;
     }
-    let Ok(opts) = DownloadOptions::from_env() else {
-        return plain;
-    };
     let default_cached = Registry::builtin()
-        .and_then(|r| r.default_model().map(|e| is_cached(e, &opts)))
+        .and_then(|r| r.default_model().map(|e| is_cached(e, opts)))
         .unwrap_or(false);
     if default_cached {
         return plain;
@@ -128,4 +143,70 @@ pub enum HubError {
         /// What the OS said.
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(root: &std::path::Path) -> DownloadOptions {
+        DownloadOptions {
+            endpoint: "http://127.0.0.1:9".into(),
+            cache_root: root.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn a_first_start_opens_the_demo_on_its_picture() {
+        let root = tempfile::tempdir().unwrap();
+        let start = app_start_in(
+            &options(root.path()),
+            ModelSource::Named(None),
+            false,
+            false,
+        );
+        assert_eq!(start.source, ModelSource::Named(Some(DEMO_MODEL.into())));
+        let picture = start.picture.expect("a picture");
+        assert_eq!(
+            std::fs::read(&picture).unwrap(),
+            crate::clip::demo::DEMO_PICTURE
+        );
+        assert_eq!(
+            start.labels.as_deref(),
+            Some(crate::clip::demo::DEMO_LABELS)
+        );
+        assert!(start.notice.unwrap().contains("models download ViT-B/32"));
+    }
+
+    #[test]
+    fn given_picture_and_labels_are_kept_with_the_demo() {
+        let root = tempfile::tempdir().unwrap();
+        let start = app_start_in(&options(root.path()), ModelSource::Named(None), true, true);
+        assert_eq!(start.source, ModelSource::Named(Some(DEMO_MODEL.into())));
+        assert_eq!((start.picture, start.labels), (None, None));
+    }
+
+    #[test]
+    fn a_cached_default_or_a_named_model_is_used_as_is() {
+        let root = tempfile::tempdir().unwrap();
+        let opts = options(root.path());
+        let named = ModelSource::Named(Some("ViT-B/16".into()));
+        assert_eq!(
+            app_start_in(&opts, named.clone(), false, false).source,
+            named
+        );
+        let entry = Registry::builtin()
+            .unwrap()
+            .default_model()
+            .unwrap()
+            .clone();
+        let dir = model_cache_dir(&entry, &opts);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in &entry.files {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let start = app_start_in(&opts, ModelSource::Named(None), false, false);
+        assert_eq!(start.source, ModelSource::Named(None));
+        assert_eq!(start.notice, None);
+    }
 }
