@@ -80,3 +80,36 @@ fn demo_labels_of_the_app_fit_its_picture() {
         "a red circle"
     );
 }
+
+#[test]
+fn missing_folders_are_one_line_errors_naming_the_flag() {
+    let cases: [&[&str]; 3] = [
+        &["demo", "eval", "--data", "/nonexistent-demo-dir"],
+        &[
+            "finetune",
+            "--model",
+            "demo",
+            "--data",
+            "/nonexistent-demo-dir",
+            "--output",
+            "/tmp/unused-ft",
+        ],
+        &[
+            "finetune",
+            "--model",
+            "demo",
+            "--captions",
+            "/nonexistent-demo-dir/c.csv",
+            "--output",
+            "/tmp/unused-ft",
+        ],
+    ];
+    for args in cases {
+        let out = clipscope().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("clipscope: error: --"), "{args:?}: {err}");
+        assert!(err.contains("/nonexistent-demo-dir"), "{args:?}: {err}");
+    }
+}

@@ -60,6 +60,15 @@ fn default_lr(trainable: &Trainable) -> f64 {
 
 /// `clipscope finetune`.
 pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
+    // Checked before the model loads, so a typo costs nothing and names the flag.
+    for (flag, dir) in [("--data", &a.data), ("--val", &a.val)] {
+        if let Some(dir) = dir.as_ref().filter(|d| !d.is_dir()) {
+            bail!("{flag} {}: no such folder", dir.display());
+        }
+    }
+    if let Some(file) = a.captions.as_ref().filter(|f| !f.is_file()) {
+        bail!("--captions {}: no such file", file.display());
+    }
     let task = match (&a.data, &a.captions) {
         (Some(data), None) => Task::Classify {
             data: data.clone(),
@@ -255,6 +264,9 @@ fn demo_eval(
 ) -> Result<u8> {
     if per_label == 0 {
         bail!("--per-label must be at least 1");
+    }
+    if let Some(dir) = data.filter(|d| !d.is_dir()) {
+        bail!("--data {}: no such folder", dir.display());
     }
     let mut model = ModelArgs {
         model: model.model.clone(),
