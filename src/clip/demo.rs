@@ -138,12 +138,12 @@ struct Inputs<'a> {
 }
 
 impl Inputs<'_> {
-    fn pixels(&self, images: &[image::RgbImage]) -> candle_core::Result<Tensor> {
+    fn pixels(&self, images: &[&image::RgbImage]) -> candle_core::Result<Tensor> {
         let s = self.pp.image_size;
         let data: Vec<f32> = images
             .par_iter()
             .flat_map_iter(|img| {
-                let crop = center_crop_rgb(&image::DynamicImage::ImageRgb8(img.clone()), s);
+                let crop = center_crop_rgb(&image::DynamicImage::ImageRgb8((*img).clone()), s);
                 normalize_chw(&crop, self.pp)
             })
             .collect();
@@ -151,7 +151,7 @@ impl Inputs<'_> {
     }
 
     fn batch(&self, samples: &[Sample]) -> Result<PairBatch, ClipError> {
-        let images: Vec<image::RgbImage> = samples.iter().map(|s| s.image.clone()).collect();
+        let images: Vec<&image::RgbImage> = samples.iter().map(|s| &s.image).collect();
         let tokens = samples
             .iter()
             .map(|s| self.tokenizer.encode(&s.caption))
@@ -253,7 +253,9 @@ fn accuracy(
     let text = text_embeddings(model, inputs, prompts)?.detach();
     let mut correct = 0usize;
     for (chunk, labels) in images.chunks(64).zip(truth.chunks(64)) {
-        let img = super::model::l2_normalize(&model.image_features(&inputs.pixels(chunk)?)?)?;
+        let img = super::model::l2_normalize(
+            &model.image_features(&inputs.pixels(&chunk.iter().collect::<Vec<_>>())?)?,
+        )?;
         let pred = img.matmul(&text.t()?)?.argmax(1)?.to_vec1::<u32>()?;
         correct += pred
             .iter()
