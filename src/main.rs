@@ -5,7 +5,6 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// candle's pool for elementwise ops spins up to 25,000 times after each op before it
 /// sleeps; on a machine with few cores that spinning thread takes the CPU from rayon's
@@ -13,32 +12,32 @@ use tracing_subscriber::EnvFilter;
 /// training on 2 cores (docs/benchmarks.md). A value set by the user wins.
 const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
+/// Die quietly on a closed pipe (`clipscope classify … | head`) as other Unix tools do,
+/// instead of Rust's default of a failed write (a panic in `println!`).
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of a signal, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     if std::env::var_os(SPIN_LIMIT_VAR).is_none() {
         // Before any thread exists, so nothing reads the environment concurrently.
         std::env::set_var(SPIN_LIMIT_VAR, "0");
     }
     let args = cli::args::Cli::parse();
-    let level = match args.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CLIPSCOPE_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
+    cli::log::init(args.verbose, args.quiet);
+    cli::set_input_limits(&args.limits);
     let command = args
         .command
         .unwrap_or_else(|| cli::args::Command::Tui(Default::default()));
     match cli::run(command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("clipscope: error: {e:#}");
+            eprintln!("{}", cli::log::error_line(&format!("{e:#}")));
             ExitCode::from(cli::EXIT_ERROR)
         }
     }

@@ -9,12 +9,53 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "clipscope", version, about, long_about = None)]
 pub struct Cli {
-    /// More log output on stderr (-v: info, -vv: debug).
+    /// More log output on stderr (-v: progress and timings, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Only errors on stderr: no warnings, no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Limits on input images.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// The command (see `clipscope help COMMAND`).
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Limits on what an input image may cost, checked before it is read or decoded.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Refuse image files larger than this (bytes, or with K, M or G).
+    #[arg(long, global = true, value_name = "SIZE", default_value = "512M", value_parser = byte_size)]
+    pub max_file_size: u64,
+    /// Refuse images whose header claims more pixels than this (width x height), such
+    /// as decompression bombs.
+    #[arg(long, global = true, value_name = "N", default_value_t = 178_956_970)]
+    pub max_pixels: u64,
+}
+
+/// A size in bytes: `1000`, `64K`, `512M`, `2G` (powers of 1024).
+fn byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                _ => return Err(format!("unknown unit {c:?}: use K, M or G")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a size such as 512M, got {s:?}"))?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{s:?}: expected a size above 0 and below 16 exabytes"))
 }
 
 /// The subcommands.
@@ -61,6 +102,19 @@ pub enum Command {
     Compare(CompareArgs),
     /// Time the model's encoders (median over repeated runs) for comparison with PyTorch.
     Bench(BenchArgs),
+    /// Print a shell completion script (e.g. `clipscope completions bash >
+    /// ~/.local/share/bash-completion/completions/clipscope`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a folder.
+    Man {
+        /// Write clipscope.1 and clipscope-COMMAND.1 pages here instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
     /// List or download the models clipscope knows by name.
     Models {
         /// What to do.
@@ -90,6 +144,15 @@ pub enum Format {
     Json,
     /// CSV with a header row.
     Csv,
+}
+
+/// Output formats of commands that print a summary rather than a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    /// Readable lines.
+    Text,
+    /// JSON (the documented schema).
+    Json,
 }
 
 /// Where the model comes from.
@@ -149,17 +212,14 @@ pub struct JobArgs {
 /// `clipscope classify`.
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
-    /// Images, or folders to search for images.
-    #[arg(required_unless_present = "input_list", value_name = "IMAGE_OR_DIR")]
+    /// Images, or folders to search for images (`-`: one image on standard input).
+    #[arg(value_name = "IMAGE_OR_DIR")]
     pub inputs: Vec<PathBuf>,
-    /// Labels separated by commas, e.g. "cat,dog,a red car".
-    #[arg(
-        long,
-        required_unless_present = "labels_file",
-        conflicts_with = "labels_file"
-    )]
+    /// Labels separated by commas, e.g. "cat,dog,a red car"; quote a label that holds
+    /// a comma: '"cat, sitting",dog'. Repeats are scored once.
+    #[arg(long, conflicts_with = "labels_file")]
     pub labels: Option<String>,
-    /// A file of labels, one a line (commas also separate).
+    /// A file of labels, one a line, commas included (`-`: standard input).
     #[arg(long, value_name = "FILE")]
     pub labels_file: Option<PathBuf>,
     /// How labels become prompts.
@@ -198,10 +258,10 @@ pub enum PrecisionArg {
 /// `clipscope embed`.
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
-    /// Images, or folders to search for images.
-    #[arg(value_name = "IMAGE_OR_DIR", required_unless_present_any = ["text", "input_list"])]
+    /// Images, or folders to search for images (`-`: one image on standard input).
+    #[arg(value_name = "IMAGE_OR_DIR")]
     pub images: Vec<PathBuf>,
-    /// Texts to embed instead, separated by commas.
+    /// Texts to embed instead, separated by commas (quote one that holds a comma).
     #[arg(long, conflicts_with_all = ["images", "input_list", "output", "shard"])]
     pub text: Option<String>,
     /// Template applied to each text (`{}` alone: the text as given).
@@ -210,7 +270,8 @@ pub struct EmbedArgs {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Output format (json or csv) on standard output.
+    /// Output format on standard output: json, csv, or text (a short summary per
+    /// input: its dimension and first values).
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
     /// Write image embeddings to this folder instead: per shard, an .npy of rows, a
@@ -243,7 +304,8 @@ pub struct MergeArgs {
 pub struct PreprocessArgs {
     /// The image.
     pub image: PathBuf,
-    /// Where to write the PNG.
+    /// Where to write the picture; the extension picks the format (.png, .jpg, .bmp,
+    /// .tif, .ppm, .qoi; PNG when there is none).
     #[arg(long, short)]
     pub output: PathBuf,
     /// Side of the square crop in pixels (default: the model's, 224 for ViT-B/32).
@@ -269,7 +331,7 @@ pub struct BenchArgs {
     /// An image to time decoding and preprocessing on.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Output format (text or json).
+    /// Output format: text, json or csv.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -413,7 +475,7 @@ pub struct EvalArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Output format (text or json).
+    /// Output format: text, json or csv.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -555,8 +617,8 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub force: bool,
     /// Output format of the final summary.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub format: SummaryFormat,
 }
 
 fn parse_trainable(s: &str) -> Result<clipscope::clip::train::Trainable, String> {

@@ -97,7 +97,19 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
                 "rows": rows,
             })
         ),
-        _ => {
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout().lock());
+            w.write_record(["what", "median_ms", "per_item_ms"])?;
+            for r in &rows {
+                w.write_record([
+                    r.what.clone(),
+                    format!("{:.3}", r.median_ms),
+                    format!("{:.3}", r.per_item_ms),
+                ])?;
+            }
+            w.flush()?;
+        }
+        Format::Text => {
             println!(
                 "model {}  device {:?}  threads {}",
                 clip.name(),

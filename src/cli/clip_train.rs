@@ -11,7 +11,7 @@ use clipscope::clip::demo::{self, DemoEvent, DemoTrainOptions};
 use clipscope::clip::finetune::{self, FinetuneConfig, FinetuneEvent, Task};
 use clipscope::clip::train::Trainable;
 
-use super::args::{DemoAction, DemoTrainArgs, FinetuneArgs, Format, ModelArgs};
+use super::args::{DemoAction, DemoTrainArgs, FinetuneArgs, Format, ModelArgs, SummaryFormat};
 use super::{load_model, model_files, EXIT_OK};
 
 /// Exit status after Ctrl-C stopped a run (which saved first).
@@ -28,7 +28,7 @@ fn log_line(bar: &ProgressBar, line: String) {
 }
 
 fn bar(template: &str) -> ProgressBar {
-    let bar = ProgressBar::new(0);
+    let bar = super::log::progress_bar(0);
     bar.set_style(
         ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -160,7 +160,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
     )
     .with_context(|| format!("fine-tuning {} failed", base.name))?;
     progress.finish_and_clear();
-    if a.format == Format::Json {
+    if a.format == SummaryFormat::Json {
         serde_json::to_writer_pretty(std::io::stdout().lock(), &outcome.record)?;
         println!();
     } else {

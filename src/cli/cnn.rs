@@ -30,7 +30,7 @@ fn resolve_pretrained(spec: &str, model: &str) -> Result<Pretrained> {
     Ok(match spec {
         "none" => Pretrained::None,
         "imagenet" => {
-            let path = hub::ensure_builtin_cnn_weights(model, &mut hub::stderr_progress())
+            let path = hub::ensure_builtin_cnn_weights(model, &mut super::log::download_progress())
                 .with_context(|| format!("cannot download ImageNet weights for {model}"))?;
             Pretrained::File {
                 path,
@@ -166,7 +166,7 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
         crop_scale: (0.25, 1.0),
     };
     let stop = stop_on_ctrl_c();
-    let bar = ProgressBar::new(0);
+    let bar = super::log::progress_bar(0);
     let mut out = std::io::stdout();
     let outcome = run_training(&cfg, &stop, &mut train_progress(&bar, cfg.epochs, &mut out))
         .with_context(|| format!("training on {} failed", cfg.data.display()))?;
@@ -177,6 +177,40 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
         return Ok(130);
     }
     Ok(EXIT_OK)
+}
+
+/// One row per true class (its images, top-1 and its row of the confusion matrix, one
+/// column per predicted class), then a row `(all)` with top-1 and top-5.
+fn write_eval_csv(r: &EvalReport, out: &mut dyn Write) -> Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    let mut header = vec![
+        "class".to_string(),
+        "images".into(),
+        "top1".into(),
+        "top5".into(),
+    ];
+    header.extend(r.confusion.classes.iter().map(|c| format!("predicted {c}")));
+    w.write_record(&header)?;
+    for (c, row) in r.confusion.classes.iter().zip(&r.confusion.matrix) {
+        let images: usize = row.iter().sum();
+        let acc = r
+            .per_class
+            .get(c)
+            .map_or(String::new(), |a| format!("{a:.6}"));
+        let mut rec = vec![c.clone(), images.to_string(), acc, String::new()];
+        rec.extend(row.iter().map(|v| v.to_string()));
+        w.write_record(&rec)?;
+    }
+    let mut all = vec![
+        "(all)".to_string(),
+        r.n.to_string(),
+        format!("{:.6}", r.top1),
+        format!("{:.6}", r.top5),
+    ];
+    all.extend(r.confusion.classes.iter().map(|_| String::new()));
+    w.write_record(&all)?;
+    w.flush()?;
+    Ok(())
 }
 
 fn write_eval_text(r: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
@@ -220,7 +254,7 @@ fn write_eval_text(r: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
 
 /// `clipscope eval`.
 pub fn eval(a: &EvalArgs) -> Result<u8> {
-    let bar = ProgressBar::new(0);
+    let bar = super::log::progress_bar(0);
     bar.set_style(bar_style("eval [{bar:30}] {pos}/{len}"));
     let report = evaluate(&a.checkpoint, &a.data, a.batch_size, &mut |done, total| {
         bar.set_length(total as u64);
@@ -234,7 +268,8 @@ pub fn eval(a: &EvalArgs) -> Result<u8> {
             serde_json::to_writer_pretty(&mut out, &report)?;
             writeln!(out)?;
         }
-        _ => write_eval_text(&report, &mut out)?,
+        Format::Csv => write_eval_csv(&report, &mut out)?,
+        Format::Text => write_eval_text(&report, &mut out)?,
     }
     Ok(EXIT_OK)
 }
@@ -256,7 +291,7 @@ pub fn data(action: &DataAction) -> Result<u8> {
                 bail!("unknown data set {dataset:?} (known: imagenette)");
             }
             let size = imagenette_size(*size);
-            let mut progress = hub::stderr_progress();
+            let mut progress = super::log::download_progress();
             let name = size.archive().0;
             let dir = fetch_imagenette(size, to, &mut |done, total| progress(name, done, total))
                 .context("cannot fetch Imagenette")?;

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressStyle;
 
 use clipscope::hub::{self, ModelSource};
 use clipscope::study::{compare as run_study, write_outputs, CompareConfig, Report, StudyEvent};
@@ -66,7 +66,7 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
     let mut clip_models = Vec::with_capacity(sources.len());
     let mut names: Vec<String> = Vec::new();
     for source in &sources {
-        let mut files = hub::resolve_files(source, &mut hub::stderr_progress())
+        let mut files = hub::resolve_files(source, &mut super::log::download_progress())
             .with_context(|| format!("cannot get the model {}", describe(source)))?;
         files.name = table_name(source, &files.name, &names);
         names.push(files.name.clone());
@@ -116,7 +116,7 @@ fn describe(source: &ModelSource) -> String {
 /// `clipscope compare`.
 pub fn compare(a: &CompareArgs) -> Result<u8> {
     let cfg = config(a)?;
-    let bar = ProgressBar::new(0);
+    let bar = super::log::progress_bar(0);
     bar.set_style(
         ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -6,10 +6,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressStyle;
 
 use clipscope::data::fetch::FetchError;
-use clipscope::hub::{self, DownloadOptions, HubError, ModelSource};
+use clipscope::hub::{DownloadOptions, HubError, ModelSource};
 use clipscope::study::compare::{Report, StudyEvent};
 use clipscope::study::imagenette::{
     run, ImagenetteError, ImagenetteEvent, ImagenetteOutcome, ImagenetteStudy,
@@ -63,11 +63,11 @@ fn imagenette(a: &ImagenetteStudyArgs) -> Result<u8> {
     // Ctrl-C ends downloads at once; only from training on does it stop and save.
     let stop = Arc::new(AtomicBool::new(false));
     let mut catching = false;
-    let train_bar = ProgressBar::new(0);
+    let train_bar = super::log::progress_bar(0);
     let mut stderr = std::io::stderr();
     let mut on_train = train_progress(&train_bar, cfg.epochs, &mut stderr);
-    let mut on_download = hub::stderr_progress();
-    let compare_bar = ProgressBar::new(0);
+    let mut on_download = super::log::download_progress();
+    let compare_bar = super::log::progress_bar(0);
     compare_bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -7,7 +7,9 @@ mod clip_train;
 mod cnn;
 mod compare;
 mod imagenette;
+mod input;
 mod jobs;
+pub mod log;
 pub mod output;
 
 use std::io::Write;
@@ -16,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 use clipscope::clip::pipeline::{self, ImageOutcome};
-use clipscope::clip::zeroshot::{self, parse_labels};
+use clipscope::clip::zeroshot::{self, dedupe_labels, parse_label_lines, parse_labels};
 use clipscope::clip::{preprocess, Clip, LabelSet, ModelFiles, PromptStyle};
 use clipscope::data::load_image;
 use clipscope::hub::{self, DownloadOptions, ModelSource, Registry};
@@ -36,6 +38,14 @@ pub const EXIT_SOME_FAILED: u8 = 1;
 /// Exit status for usage and model errors (nothing was processed).
 pub const EXIT_ERROR: u8 = 2;
 
+/// Apply `--max-file-size` and `--max-pixels` to every image read from now on.
+pub fn set_input_limits(limits: &args::LimitArgs) {
+    clipscope::data::set_input_limits(clipscope::data::InputLimits {
+        max_file_bytes: limits.max_file_size,
+        max_pixels: limits.max_pixels,
+    });
+}
+
 /// Run one command; `Ok` carries the exit status.
 pub fn run(command: Command) -> Result<ExitCode> {
     let code = match command {
@@ -53,6 +63,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Data { action } => cnn::data(&action)?,
         Command::Study { action } => imagenette::study(&action)?,
         Command::Models { action } => models(&action)?,
+        Command::Completions { shell } => completions(shell)?,
+        Command::Man { out_dir } => man(out_dir.as_deref())?,
     };
     Ok(ExitCode::from(code))
 }
@@ -83,22 +95,66 @@ pub fn load_model_and_files(args: &ModelArgs) -> Result<(Clip, ModelFiles)> {
 
 /// The files of the model named by `--model` / `--model-dir`, downloaded if needed.
 pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
-    hub::resolve_files(&model_source(args), &mut hub::stderr_progress())
+    hub::resolve_files(&model_source(args), &mut log::download_progress())
         .context("cannot get the model")
 }
 
 fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
-    let text = match (&args.labels, &args.labels_file) {
-        (Some(l), _) => l.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read labels file {}", f.display()))?,
-        (None, None) => bail!("give --labels or --labels-file"),
+    let labels = match (&args.labels, &args.labels_file) {
+        (Some(l), _) => parse_labels(l),
+        (None, Some(f)) => parse_label_lines(&input::read_text_file(f, "--labels-file")?),
+        (None, None) => {
+            bail!("no labels: give --labels \"cat,dog\" or --labels-file FILE (one a line)")
+        }
     };
-    let labels = parse_labels(&text);
     if labels.is_empty() {
-        bail!("no labels given (separate them with commas or new lines)");
+        bail!(
+            "no labels given: --labels takes labels separated by commas (quote one that holds a comma: '\"cat, sitting\",dog'), --labels-file one a line"
+        );
+    }
+    let (labels, repeats) = dedupe_labels(labels);
+    if !repeats.is_empty() {
+        tracing::warn!(
+            "repeated labels scored once (a copy would split the probability): {}",
+            repeats.join(", ")
+        );
     }
     Ok(labels)
+}
+
+/// Report the inputs that failed on stderr, one line each, as ripgrep reports files it
+/// cannot read.
+fn report_failures<'a>(errors: impl Iterator<Item = &'a str>) {
+    for e in errors {
+        eprintln!("{}", log::error_line(e));
+    }
+}
+
+/// The inputs from the command line and `--inputs`, with an input `-` read from
+/// standard input into a temporary file (kept alive by the returned guard) and the name
+/// that file should have in outputs.
+fn gather_inputs(
+    positional: &[std::path::PathBuf],
+    job: &args::JobArgs,
+) -> Result<(Vec<std::path::PathBuf>, Option<input::StdinImage>)> {
+    let list_from_stdin = job.input_list.as_deref() == Some(std::path::Path::new("-"));
+    let mut paths = jobs::input_paths(positional, job)?;
+    let stdin = input::stdin_image_inputs(&mut paths, list_from_stdin)?;
+    if stdin.is_some() && job.shard.is_some() {
+        bail!("-: an image from standard input cannot be part of a sharded job");
+    }
+    Ok((paths, stdin))
+}
+
+/// Output names with the temporary file of an image from standard input shown as `-`.
+fn stdin_named(mut names: Vec<String>, stdin: Option<&input::StdinImage>) -> Vec<String> {
+    if let Some(s) = stdin {
+        let tmp = s.path().display().to_string();
+        for n in names.iter_mut().filter(|n| **n == tmp) {
+            *n = "-".to_string();
+        }
+    }
+    names
 }
 
 fn prompt_style(template: &str, ensemble: Option<&str>) -> Result<PromptStyle> {
@@ -152,6 +208,9 @@ fn answer(preds: &[clipscope::clip::Prediction], threshold: f64) -> String {
 }
 
 fn classify(args: &ClassifyArgs) -> Result<u8> {
+    if args.inputs.is_empty() && args.job.input_list.is_none() {
+        bail!("no images: give image files or folders, - for one image on standard input, or --inputs LIST (one path a line)");
+    }
     let labels = read_labels(args)?;
     let style = prompt_style(&args.prompt.template, args.prompt.ensemble.as_deref())?;
     if args.top_k == Some(0) {
@@ -159,7 +218,10 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     }
     compare::check_probability("--abstain", args.abstain)?;
     let shard = jobs::checked_shard(&args.job)?;
-    let paths = jobs::input_paths(&args.inputs, &args.job)?;
+    let (paths, stdin) = gather_inputs(&args.inputs, &args.job)?;
+    if stdin.is_some() && args.output.is_some() {
+        bail!("-: an image from standard input cannot go into a resumable --output job");
+    }
     let (clip, files) = load_model_and_files(&args.model)?;
     let opts = jobs::pipeline_options(&args.job, &clip, &files);
     let classifier = Classifier {
@@ -179,12 +241,27 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
         return job.classify_to_file(&classifier, out);
     }
     let (items, names) = jobs::expand(&paths, shard);
+    let names = stdin_named(names, stdin.as_ref());
+    tracing::info!(
+        "classifying {} inputs against {} labels with {}",
+        items.len(),
+        labels.len(),
+        clip.name()
+    );
+    let started = std::time::Instant::now();
     let mut results = Vec::with_capacity(items.len());
     pipeline::embed_expanded(&clip, items, &opts, |i, outcome| {
         results.push(classifier.result(names[i].clone(), outcome));
         Ok::<(), anyhow::Error>(())
     })?;
     let failed = results.iter().any(|r| r.error.is_some());
+    report_failures(results.iter().filter_map(|r| r.error.as_deref()));
+    tracing::info!(
+        "{} inputs in {:.2} s ({} failed)",
+        results.len(),
+        started.elapsed().as_secs_f64(),
+        results.iter().filter(|r| r.error.is_some()).count()
+    );
     let report = ClassifyReport {
         model: clip.name().to_string(),
         prompts: style.describe(),
@@ -200,8 +277,14 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
     if let Some(text) = &args.text {
         return embed_texts(args, text);
     }
+    if args.images.is_empty() && args.job.input_list.is_none() {
+        bail!("nothing to embed: give image files or folders, - for one image on standard input, --inputs LIST, or --text \"a cat,a dog\"");
+    }
     let shard = jobs::checked_shard(&args.job)?;
-    let paths = jobs::input_paths(&args.images, &args.job)?;
+    let (paths, stdin) = gather_inputs(&args.images, &args.job)?;
+    if stdin.is_some() && args.output.is_some() {
+        bail!("-: an image from standard input cannot go into a resumable --output job");
+    }
     let (clip, files) = load_model_and_files(&args.model)?;
     let opts = jobs::pipeline_options(&args.job, &clip, &files);
     if let Some(out) = &args.output {
@@ -214,6 +297,7 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
         return job.embed_to_dir(out, precision);
     }
     let (items, names) = jobs::expand(&paths, shard);
+    let names = stdin_named(names, stdin.as_ref());
     let mut failed = false;
     let mut out = Vec::with_capacity(items.len());
     pipeline::embed_expanded(&clip, items, &opts, |i, outcome| {
@@ -227,6 +311,7 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
         });
         Ok::<(), anyhow::Error>(())
     })?;
+    report_failures(out.iter().filter_map(|i| i.error.as_deref()));
     write_embeddings(&clip, out, args.format)?;
     Ok(if failed { EXIT_SOME_FAILED } else { EXIT_OK })
 }
@@ -235,7 +320,7 @@ fn embed_texts(args: &EmbedArgs, text: &str) -> Result<u8> {
     let style = PromptStyle::template(&args.template)?;
     let texts = parse_labels(text);
     if texts.is_empty() {
-        bail!("--text: no texts given");
+        bail!("--text: no texts given (separate them with commas; quote one that holds a comma)");
     }
     let clip = load_model(&args.model)?;
     let prompts: Vec<String> = texts.iter().flat_map(|t| style.prompts(t)).collect();
@@ -294,11 +379,55 @@ fn preprocess_cmd(args: &PreprocessArgs) -> Result<u8> {
     if !(1..=4096).contains(&size) {
         bail!("--size {size}: expected 1 to 4096");
     }
+    let format = output_image_format(&args.output)?;
     let img = load_image(&args.image)?;
     let crop = preprocess::center_crop_rgb(&img, size);
-    crop.save_with_format(&args.output, image::ImageFormat::Png)
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    crop.write_to(&mut bytes, format)
+        .with_context(|| format!("cannot encode {}", args.output.display()))?;
+    clipscope::util::write_atomic(&args.output, bytes.get_ref())
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     Ok(EXIT_OK)
+}
+
+/// `clipscope completions SHELL`: the script on standard output.
+fn completions(shell: clap_complete::Shell) -> Result<u8> {
+    use clap::CommandFactory;
+    let mut cmd = args::Cli::command();
+    clap_complete::generate(shell, &mut cmd, "clipscope", &mut std::io::stdout().lock());
+    Ok(EXIT_OK)
+}
+
+/// `clipscope man`: the top page on standard output, or every command's page in a folder.
+fn man(out_dir: Option<&std::path::Path>) -> Result<u8> {
+    use clap::CommandFactory;
+    let cmd = args::Cli::command();
+    match out_dir {
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout().lock())?,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// The format a picture is written in, from its file name's extension (PNG without one).
+fn output_image_format(path: &std::path::Path) -> Result<image::ImageFormat> {
+    use image::ImageFormat as F;
+    let Some(ext) = path.extension().and_then(|e| e.to_str()) else {
+        return Ok(F::Png);
+    };
+    match F::from_extension(ext) {
+        Some(f @ (F::Png | F::Jpeg | F::Bmp | F::Tiff | F::Pnm | F::Qoi)) => Ok(f),
+        _ => bail!(
+            "{}: cannot write .{ext} pictures; use .png, .jpg, .bmp, .tif, .ppm or .qoi",
+            path.display()
+        ),
+    }
 }
 
 fn models(action: &ModelsAction) -> Result<u8> {
@@ -344,7 +473,7 @@ fn models(action: &ModelsAction) -> Result<u8> {
         }
         ModelsAction::Download { name } => {
             let entry = registry.find(name)?;
-            let dir = hub::ensure_model(entry, &opts, &mut hub::stderr_progress())
+            let dir = hub::ensure_model(entry, &opts, &mut log::download_progress())
                 .with_context(|| format!("cannot download model {}", entry.name))?;
             println!("{} is in {}", entry.name, dir.display());
         }

@@ -148,7 +148,8 @@ pub fn write_classify(
                             )?;
                         }
                     }
-                    (None, err) => writeln!(out, "error: {}", err.as_deref().unwrap_or(""))?,
+                    // Reported on stderr, as ripgrep reports files it cannot read.
+                    (None, _) => writeln!(out, "{}  failed (the error is on stderr)", r.image)?,
                 }
             }
         }
@@ -156,7 +157,7 @@ pub fn write_classify(
     Ok(())
 }
 
-/// Write an embed report as JSON or CSV (text is taken as JSON).
+/// Write an embed report as JSON, CSV or a readable summary.
 pub fn write_embed(
     report: &EmbedReport,
     format: super::args::Format,
@@ -192,9 +193,48 @@ pub fn write_embed(
             }
             w.flush()?;
         }
-        Format::Json | Format::Text => {
+        Format::Json => {
             serde_json::to_writer(&mut *out, report)?;
             writeln!(out)?;
+        }
+        Format::Text => write_embed_text(report, out)?,
+    }
+    Ok(())
+}
+
+/// Values of an embedding shown in the text summary.
+const SHOWN_VALUES: usize = 4;
+
+/// One line per item: kind, input, dimension and the first values (the whole vector is
+/// for `--format json|csv` or `--output`).
+fn write_embed_text(report: &EmbedReport, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "model {}  (L2-normalised embeddings)", report.model)?;
+    for item in &report.items {
+        let (kind, input) = match (&item.image, &item.text) {
+            (Some(p), _) => ("image", p.as_str()),
+            (None, Some(t)) => ("text", t.as_str()),
+            (None, None) => ("", ""),
+        };
+        match (&item.embedding, &item.error) {
+            (Some(e), _) => {
+                let head: Vec<String> = e
+                    .iter()
+                    .take(SHOWN_VALUES)
+                    .map(|v| format!("{v:+.4}"))
+                    .collect();
+                let more = if e.len() > SHOWN_VALUES { ", …" } else { "" };
+                writeln!(
+                    out,
+                    "{kind:<5}  {input}  {}-d  [{}{more}]",
+                    e.len(),
+                    head.join(", ")
+                )?;
+            }
+            (None, err) => writeln!(
+                out,
+                "{kind:<5}  {input}  failed: {}",
+                err.as_deref().unwrap_or("")
+            )?,
         }
     }
     Ok(())

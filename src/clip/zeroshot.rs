@@ -52,12 +52,12 @@ impl PromptStyle {
         })
     }
 
-    /// The prompts for one label.
+    /// The prompts for one label (see [`fill_template`]).
     pub fn prompts(&self, label: &str) -> Vec<String> {
         match self {
-            Self::Template(t) => vec![t.replace("{}", label)],
+            Self::Template(t) => vec![fill_template(t, label)],
             Self::Ensemble { templates, .. } => {
-                templates.iter().map(|t| t.replace("{}", label)).collect()
+                templates.iter().map(|t| fill_template(t, label)).collect()
             }
         }
     }
@@ -71,13 +71,110 @@ impl PromptStyle {
     }
 }
 
+/// Articles a label may start with; the template's own article before `{}` is then
+/// dropped, so "a photo of a {}." with "a red car" reads "a photo of a red car.".
+const ARTICLES: [&str; 3] = ["a", "an", "the"];
+
+/// `template` with `{}` replaced by `label`. A label that already starts with an article
+/// ("a", "an", "the") replaces the article just before `{}` instead of doubling it; the
+/// label is otherwise used exactly as typed, and `{}` alone gives the label unchanged.
+pub fn fill_template(template: &str, label: &str) -> String {
+    let Some((before, after)) = template.split_once("{}") else {
+        return template.to_string();
+    };
+    let before = match (leading_article(label), trailing_article(before)) {
+        (Some(_), Some(cut)) => &before[..cut],
+        _ => before,
+    };
+    // A second `{}` (unusual) gets the label as typed.
+    format!("{before}{label}{}", after.replace("{}", label))
+}
+
+/// The article a label starts with, if any (case-insensitive, followed by a space).
+fn leading_article(label: &str) -> Option<&'static str> {
+    let first = label.split_whitespace().next()?;
+    let rest_follows = label.trim_start().len() > first.len();
+    ARTICLES
+        .into_iter()
+        .find(|a| rest_follows && first.eq_ignore_ascii_case(a))
+}
+
+/// Where the article that ends `text` (as "… a " before `{}`) starts.
+fn trailing_article(text: &str) -> Option<usize> {
+    let trimmed = text.strip_suffix(' ')?;
+    let word_start = trimmed.rfind(' ').map_or(0, |i| i + 1);
+    let word = &trimmed[word_start..];
+    ARTICLES
+        .iter()
+        .any(|a| word.eq_ignore_ascii_case(a))
+        .then_some(word_start)
+}
+
 /// Split user input into labels: commas or new lines separate them; blanks are dropped.
+/// A label holding a comma is written in double quotes (`"cat, sitting",dog`; `""`
+/// inside quotes is a literal quote), as in CSV.
 pub fn parse_labels(text: &str) -> Vec<String> {
-    text.split([',', '\n'])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    let mut labels = Vec::new();
+    for line in text.lines() {
+        labels.extend(split_quoted(&without_controls(line)));
+    }
+    labels.retain(|l| !l.is_empty());
+    labels
+}
+
+/// `text` with control characters (tabs, escapes, carriage returns, C1 codes) made
+/// spaces: they mean nothing to the tokenizer and would garble a terminal that shows
+/// the label.
+fn without_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+/// One label a line, commas included (a labels file): blank lines are dropped.
+pub fn parse_label_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| without_controls(l).trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Split one line at commas outside double quotes, trimming each part.
+fn split_quoted(line: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                current.push('"');
+                chars.next();
+            }
+            '"' if quoted || current.trim().is_empty() => quoted = !quoted,
+            ',' if !quoted => parts.push(std::mem::take(&mut current).trim().to_string()),
+            _ => current.push(c),
+        }
+    }
+    parts.push(current.trim().to_string());
+    parts
+}
+
+/// Labels with repeats removed (the first kept, compared after trimming and ignoring
+/// case), and the repeats that were dropped. Scoring a label twice would split its
+/// probability between the copies.
+pub fn dedupe_labels(labels: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for label in labels {
+        if seen.insert(label.trim().to_lowercase()) {
+            kept.push(label);
+        } else {
+            dropped.push(label);
+        }
+    }
+    (kept, dropped)
 }
 
 /// The labels as typed and one embedding per label.
@@ -200,6 +297,51 @@ mod tests {
             parse_labels(" cat, dog\n\nred car ,,"),
             vec!["cat", "dog", "red car"]
         );
+    }
+
+    #[test]
+    fn quoted_labels_keep_their_commas() {
+        assert_eq!(
+            parse_labels(r#""cat, sitting", dog,"say ""hi""""#),
+            vec!["cat, sitting", "dog", r#"say "hi""#]
+        );
+        assert_eq!(parse_labels("it's, 5\" nail"), vec!["it's", "5\" nail"]);
+        assert_eq!(
+            parse_labels("red\x1b[2J car\t,\u{9b}x"),
+            vec!["red [2J car", "x"]
+        );
+        assert_eq!(parse_label_lines("a, b\r\n\n  c  \n"), vec!["a, b", "c"]);
+    }
+
+    #[test]
+    fn an_article_in_the_label_replaces_the_templates() {
+        let t = "a photo of a {}.";
+        assert_eq!(fill_template(t, "a cat"), "a photo of a cat.");
+        assert_eq!(fill_template(t, "An owl"), "a photo of An owl.");
+        assert_eq!(
+            fill_template(t, "the Eiffel tower"),
+            "a photo of the Eiffel tower."
+        );
+        assert_eq!(fill_template(t, "cat"), "a photo of a cat.");
+        // Words that merely start like an article, and a lone article, are labels.
+        assert_eq!(fill_template(t, "anteater"), "a photo of a anteater.");
+        assert_eq!(fill_template(t, "a"), "a photo of a a.");
+        assert_eq!(fill_template("{}", "a cat"), "a cat");
+        assert_eq!(
+            fill_template("itap of a {}.", "the dog"),
+            "itap of the dog."
+        );
+        assert_eq!(
+            fill_template("a photo of my {}.", "a dog"),
+            "a photo of my a dog."
+        );
+    }
+
+    #[test]
+    fn repeated_labels_are_dropped_once() {
+        let (kept, dropped) = dedupe_labels(vec!["Cat".into(), "dog".into(), "cat ".into()]);
+        assert_eq!(kept, vec!["Cat", "dog"]);
+        assert_eq!(dropped, vec!["cat "]);
     }
 
     #[test]

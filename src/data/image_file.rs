@@ -1,6 +1,8 @@
 //! Decoding image files: one place for every input error, each naming the file.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use image::{DynamicImage, ImageReader, Limits};
 
@@ -14,8 +16,39 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
 const MAX_SIDE: u32 = 32_768;
 /// Largest decoding allocation accepted.
 const MAX_ALLOC: u64 = 1 << 30;
-/// Largest file read (the file is read whole before decoding).
-const MAX_FILE: u64 = 512 << 20;
+
+/// What an input image may cost before it is refused: checked before anything is
+/// allocated for it (the file's size from its metadata, the pixel count from its header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest file read, in bytes (the file is read whole before decoding).
+    pub max_file_bytes: u64,
+    /// Largest width x height decoded: a decompression bomb (a small file claiming
+    /// gigapixels) is refused from its header.
+    pub max_pixels: u64,
+}
+
+impl InputLimits {
+    /// The defaults: 512 MiB files and 178,956,970 pixels (Pillow's
+    /// `MAX_IMAGE_PIXELS` x 2, past which Pillow itself refuses a picture as a bomb).
+    pub const DEFAULT: Self = Self {
+        max_file_bytes: 512 << 20,
+        max_pixels: 178_956_970,
+    };
+}
+
+static LIMITS: OnceLock<InputLimits> = OnceLock::new();
+
+/// Set the process's input limits (once, before any image is read; the command line's
+/// `--max-file-size` and `--max-pixels`). Later calls are ignored.
+pub fn set_input_limits(limits: InputLimits) {
+    let _ = LIMITS.set(limits);
+}
+
+/// The input limits in force.
+pub fn input_limits() -> InputLimits {
+    LIMITS.get().copied().unwrap_or(InputLimits::DEFAULT)
+}
 
 /// Why an image could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +70,7 @@ pub enum ImageError {
         source: image::ImageError,
     },
     /// The file is larger than any image clipscope accepts.
-    #[error("{path}: {size} bytes is too large for an image (at most {max})")]
+    #[error("{path}: {size} bytes is too large for an image (at most {max}; raise it with --max-file-size)")]
     TooLarge {
         /// The file at fault.
         path: PathBuf,
@@ -51,6 +84,34 @@ pub enum ImageError {
     Missing {
         /// The path at fault.
         path: PathBuf,
+    },
+    /// A named pipe, device or socket: never read, as reading one may block forever or
+    /// never end (`/dev/zero`).
+    #[error("{path}: not a regular file ({kind}); give an image file or a folder")]
+    NotAFile {
+        /// The path at fault.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// A folder that holds no image files (by extension), so nothing would be done.
+    #[error("{path}: no image files in this folder (looked for .{exts})", exts = IMAGE_EXTENSIONS.join(", ."))]
+    NoImages {
+        /// The folder at fault.
+        path: PathBuf,
+    },
+    /// The header claims more pixels than the limit: a decompression bomb, or a picture
+    /// larger than any CLIP input needs.
+    #[error("{path}: {width}x{height} pixels is more than the limit of {max} (raise it with --max-pixels)")]
+    TooManyPixels {
+        /// The file at fault.
+        path: PathBuf,
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// The limit.
+        max: u64,
     },
     /// Decoding or preprocessing the file failed in a way the decoder did not report
     /// (a panic inside it), caught so that the other inputs go on.
@@ -79,6 +140,9 @@ impl ImageError {
             | Self::Decode { path, .. }
             | Self::TooLarge { path, .. }
             | Self::Missing { path }
+            | Self::NotAFile { path, .. }
+            | Self::NoImages { path }
+            | Self::TooManyPixels { path, .. }
             | Self::Crashed { path, .. }
             | Self::Walk { path, .. } => path,
         }
@@ -97,23 +161,81 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
 /// With [`decode_image`], the two halves of [`load_image`], for callers that also need
 /// the bytes (the embedding cache keys on them).
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
-    let size = std::fs::metadata(path)
-        .map_err(|source| ImageError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
-    if size > MAX_FILE {
-        return Err(ImageError::TooLarge {
-            path: path.to_path_buf(),
-            size,
-            max: MAX_FILE,
-        });
-    }
-    std::fs::read(path).map_err(|source| ImageError::Io {
+    let io = |source| ImageError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ImageError::Missing {
+            path: path.to_path_buf(),
+        },
+        _ => io(e),
+    })?;
+    // Checked before opening: opening a named pipe blocks until a writer comes.
+    if !meta.is_file() {
+        return Err(ImageError::NotAFile {
+            path: path.to_path_buf(),
+            kind: file_kind(&meta),
+        });
+    }
+    let max = input_limits().max_file_bytes;
+    let too_large = |size| ImageError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        max,
+    };
+    if meta.len() > max {
+        return Err(too_large(meta.len()));
+    }
+    // Bounded even so: a file may grow between the check and the read.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a named pipe";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a folder"
+    } else {
+        "not a file"
+    }
+}
+
+/// Refuse a picture whose header claims more pixels than the limit, before decoding
+/// allocates anything for it.
+fn check_pixels(path: &Path, width: u32, height: u32) -> Result<(), ImageError> {
+    let max = input_limits().max_pixels;
+    if u64::from(width) * u64::from(height) > max {
+        return Err(ImageError::TooManyPixels {
+            path: path.to_path_buf(),
+            width,
+            height,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Decode the bytes of the image file `path` (named in errors), within memory limits.
@@ -130,6 +252,9 @@ pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<DynamicImage, ImageErro
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
+    if let Ok((w, h)) = header_dimensions(bytes) {
+        check_pixels(path, w, h)?;
+    }
     if reader.format() == Some(image::ImageFormat::Jpeg) {
         if let Some(img) = decode_jpeg_like_pillow(bytes) {
             return Ok(img);
@@ -139,6 +264,13 @@ pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<DynamicImage, ImageErro
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Width and height from the header alone.
+fn header_dimensions(bytes: &[u8]) -> image::ImageResult<(u32, u32)> {
+    ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()?
+        .into_dimensions()
 }
 
 /// Decode a grey or colour JPEG with libjpeg-turbo's decoder (as vendored by mozjpeg),
@@ -189,6 +321,7 @@ pub fn collect_images(inputs: &[PathBuf]) -> Vec<Result<PathBuf, ImageError>> {
     let mut out = Vec::new();
     for input in inputs {
         if input.is_dir() {
+            let before = out.len();
             let walker = walkdir::WalkDir::new(input)
                 .follow_links(true)
                 .sort_by_file_name();
@@ -203,6 +336,11 @@ pub fn collect_images(inputs: &[PathBuf]) -> Vec<Result<PathBuf, ImageError>> {
                         message: err.to_string(),
                     })),
                 }
+            }
+            if out.len() == before {
+                out.push(Err(ImageError::NoImages {
+                    path: input.clone(),
+                }));
             }
         } else if input.exists() {
             out.push(Ok(input.clone()));
