@@ -131,3 +131,19 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
+
+/// Refuse to start a new run in a folder that already holds files, unless the run is
+/// resumed or replacing it was asked for; the message names both ways out.
+pub fn check_run_folder(output: &Path, resume: bool, force: bool) -> Result<(), String> {
+    let occupied = output.is_dir()
+        && std::fs::read_dir(output)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+    if occupied && !resume && !force {
+        return Err(format!(
+            "{} is not empty; give --resume to continue its run, --force to replace it, or another --output",
+            output.display()
+        ));
+    }
+    Ok(())
+}

@@ -449,18 +449,23 @@ pub struct TrainArgs {
     /// Weight decay (default: 1e-4 for SGD, 0.01 for AdamW).
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// Seed for initialisation, split, order and augmentation.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Fraction held out when the data has no validation split.
-    #[arg(long, default_value_t = 0.2)]
-    pub val_fraction: f64,
+    /// Seed for initialisation, split, order and augmentation (default: the data
+    /// folder's split manifest's, else 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fraction held out when the data has no validation split (default: the split
+    /// manifest's, else 0.2).
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
     /// Run folder for checkpoints and metrics.
     #[arg(long, value_name = "RUN_DIR")]
     pub output: PathBuf,
     /// Continue the run in --output from its checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     pub resume: bool,
+    /// Start a new run in --output even though it holds one (its files are replaced).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `clipscope eval`.
@@ -593,12 +598,14 @@ pub struct FinetuneArgs {
     /// Fraction of the steps spent warming the learning rate up.
     #[arg(long, default_value_t = 0.1)]
     pub warmup: f64,
-    /// Seed for the split, the order and the flips.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Fraction held out when the data has no validation split.
-    #[arg(long, default_value_t = 0.2)]
-    pub val_fraction: f64,
+    /// Seed for the split, the order and the flips (default: the data folder's split
+    /// manifest's, else 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fraction held out when the data has no validation split (default: the split
+    /// manifest's, else 0.2).
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
     /// Do not flip training pictures left-right (flips are on for classification, off
     /// for captions, which may say "left" or "right").
     #[arg(long)]

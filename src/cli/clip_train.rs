@@ -78,6 +78,12 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
         (None, Some(file)) => Task::Captions { file: file.clone() },
         _ => bail!("give --data DIR (classification) or --captions FILE (contrastive)"),
     };
+    let (seed, val_fraction) = match &task {
+        Task::Classify { data, val, .. } => {
+            super::cnn::split_options(data, val.is_some(), a.seed, a.val_fraction)?
+        }
+        _ => (a.seed.unwrap_or(0), a.val_fraction.unwrap_or(0.2)),
+    };
     let cfg = FinetuneConfig {
         flip: !a.no_flip && matches!(task, Task::Classify { .. }),
         task,
@@ -87,8 +93,8 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
         lr: a.lr.unwrap_or_else(|| default_lr(&a.trainable)),
         weight_decay: a.weight_decay,
         warmup_fraction: a.warmup,
-        seed: a.seed,
-        val_fraction: a.val_fraction,
+        seed,
+        val_fraction,
         wise_alpha: a.wise_alpha,
     };
     let base = model_files(&a.model)?;

@@ -120,6 +120,24 @@ pub(super) fn train_progress<'a>(
     }
 }
 
+/// `--seed` and `--val-fraction`, defaulting to those of the data folder's split
+/// manifest when it has one (so that leaving them out reuses the split, and giving
+/// others is refused by the library rather than silently ignored).
+pub(super) fn split_options(
+    data: &std::path::Path,
+    separate_val: bool,
+    seed: Option<u64>,
+    val_fraction: Option<f64>,
+) -> Result<(u64, f64)> {
+    let made = if separate_val {
+        None
+    } else {
+        clipscope::data::folder::split_settings(data)?
+    };
+    let (made_seed, made_fraction) = made.unwrap_or((0, 0.2));
+    Ok((seed.unwrap_or(made_seed), val_fraction.unwrap_or(made_fraction)))
+}
+
 /// `clipscope train`.
 pub fn train(a: &TrainArgs) -> Result<u8> {
     let Some(arch) = Arch::from_name(&a.model) else {
@@ -147,6 +165,8 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
     } else {
         resolve_pretrained(&a.pretrained, &a.model)?
     };
+    clipscope::util::check_run_folder(&a.output, a.resume, a.force).map_err(anyhow::Error::msg)?;
+    let (seed, val_fraction) = split_options(&a.data, a.val.is_some(), a.seed, a.val_fraction)?;
     let cfg = TrainConfig {
         arch,
         data: a.data.clone(),
@@ -159,10 +179,10 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
         optimizer,
         lr,
         weight_decay: wd,
-        seed: a.seed,
+        seed,
         output: a.output.clone(),
         resume: a.resume,
-        val_fraction: a.val_fraction,
+        val_fraction,
         crop_scale: (0.25, 1.0),
     };
     let stop = stop_on_ctrl_c();

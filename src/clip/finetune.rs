@@ -598,16 +598,7 @@ fn check_output(
             .map_err(|e| FinetuneError::Config(format!("--resume: {}: {e}", record.display())))?;
         return Ok(Some(r));
     }
-    let occupied = output.is_dir()
-        && std::fs::read_dir(output)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-    if occupied && !force {
-        return Err(FinetuneError::Config(format!(
-            "{} is not empty; give --resume to continue its run, --force to replace it, or another --output",
-            output.display()
-        )));
-    }
+    crate::util::check_run_folder(output, resume, force).map_err(FinetuneError::Config)?;
     Ok(None)
 }
 

@@ -179,6 +179,15 @@ pub fn load_split(
     }
     let manifest = root.join(MANIFEST);
     if manifest.is_file() {
+        let (made_seed, made_fraction) = read_split_settings(&manifest)?;
+        if (made_seed, made_fraction) != (seed, val_fraction) {
+            return Err(DataError::Manifest {
+                path: manifest,
+                message: format!(
+                    "this split was made with --seed {made_seed} --val-fraction {made_fraction}, not --seed {seed} --val-fraction {val_fraction}; give those (or leave both out), or delete the file for a new split"
+                ),
+            });
+        }
         return read_manifest(root, &manifest);
     }
     let all = scan_folder(root)?;
@@ -277,6 +286,30 @@ fn write_manifest(
     crate::util::write_atomic(path, text.as_bytes()).map_err(io(path))
 }
 
+/// The `--seed` and `--val-fraction` of the split manifest in `root`, if it has one (and
+/// no `train/` and `val/` folders, which take precedence).
+pub fn split_settings(root: &Path) -> Result<Option<(u64, f64)>, DataError> {
+    let manifest = root.join(MANIFEST);
+    if (root.join("train").is_dir() && root.join("val").is_dir()) || !manifest.is_file() {
+        return Ok(None);
+    }
+    read_split_settings(&manifest).map(Some)
+}
+
+fn read_split_settings(path: &Path) -> Result<(u64, f64), DataError> {
+    #[derive(Deserialize)]
+    struct Settings {
+        seed: u64,
+        val_fraction: f64,
+    }
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let s: Settings = serde_json::from_str(&text).map_err(|e| DataError::Manifest {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok((s.seed, s.val_fraction))
+}
+
 fn read_manifest(root: &Path, path: &Path) -> Result<Split, DataError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     let m: ManifestFile = serde_json::from_str(&text).map_err(|e| DataError::Manifest {
@@ -353,9 +386,12 @@ mod tests {
         assert_eq!(s1.val.samples.len(), 3 + 2);
         assert_eq!(s1.train.samples.len() + s1.val.samples.len(), 17);
         assert!(dir.path().join(MANIFEST).is_file());
-        // Another seed does not reshuffle: the manifest wins.
-        let s2 = load_split(dir.path(), None, 99, 0.5).unwrap();
+        // The same settings read the manifest back; others are refused, not ignored.
+        let s2 = load_split(dir.path(), None, 1, 0.3).unwrap();
         assert_eq!(s1.val.samples, s2.val.samples);
+        let err = load_split(dir.path(), None, 99, 0.5).unwrap_err().to_string();
+        assert!(err.contains("--seed 1 --val-fraction 0.3"), "{err}");
+        assert_eq!(split_settings(dir.path()).unwrap(), Some((1, 0.3)));
         assert_eq!(held_out(dir.path()).unwrap().samples, s1.val.samples);
     }
 

@@ -895,8 +895,8 @@ fn train_set(root: &Path) -> Result<Dataset, StudyError> {
     if root.join("train").is_dir() {
         return Ok(scan_folder(&root.join("train"))?);
     }
-    if root.join(crate::data::folder::MANIFEST).is_file() {
-        return Ok(crate::data::load_split(root, None, 0, 0.2)?.train);
+    if let Some((seed, fraction)) = crate::data::folder::split_settings(root)? {
+        return Ok(crate::data::load_split(root, None, seed, fraction)?.train);
     }
     Ok(scan_folder(root)?)
 }
