@@ -135,7 +135,10 @@ pub(super) fn split_options(
         clipscope::data::folder::split_settings(data)?
     };
     let (made_seed, made_fraction) = made.unwrap_or((0, 0.2));
-    Ok((seed.unwrap_or(made_seed), val_fraction.unwrap_or(made_fraction)))
+    Ok((
+        seed.unwrap_or(made_seed),
+        val_fraction.unwrap_or(made_fraction),
+    ))
 }
 
 /// `clipscope train`.

@@ -228,6 +228,10 @@ fn prepare(path: &Path, cfg: &PreprocessConfig, cache: Option<&EmbeddingCache>) 
             Ok(b) => b,
             Err(e) => return Prepared::Failed(e),
         };
+        // Before the cache, so that a lower limit also refuses pictures seen before.
+        if let Err(e) = crate::data::check_pixel_limit(path, &bytes) {
+            return Prepared::Failed(e);
+        }
         let key = cache.map(|_| ContentKey::of_image(&bytes));
         if let Some(hit) = cache.zip(key.as_ref()).and_then(|(c, k)| c.get(k)) {
             return Prepared::Cached(hit);

@@ -389,7 +389,9 @@ mod tests {
         // The same settings read the manifest back; others are refused, not ignored.
         let s2 = load_split(dir.path(), None, 1, 0.3).unwrap();
         assert_eq!(s1.val.samples, s2.val.samples);
-        let err = load_split(dir.path(), None, 99, 0.5).unwrap_err().to_string();
+        let err = load_split(dir.path(), None, 99, 0.5)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--seed 1 --val-fraction 0.3"), "{err}");
         assert_eq!(split_settings(dir.path()).unwrap(), Some((1, 0.3)));
         assert_eq!(held_out(dir.path()).unwrap().samples, s1.val.samples);

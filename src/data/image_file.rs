@@ -252,9 +252,7 @@ pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<DynamicImage, ImageErro
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    if let Ok((w, h)) = header_dimensions(bytes) {
-        check_pixels(path, w, h)?;
-    }
+    check_pixel_limit(path, bytes)?;
     if reader.format() == Some(image::ImageFormat::Jpeg) {
         if let Some(img) = decode_jpeg_like_pillow(bytes) {
             return Ok(img);
@@ -266,11 +264,21 @@ pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<DynamicImage, ImageErro
     })
 }
 
+/// Refuse bytes whose image header claims more pixels than `--max-pixels` allows (a
+/// header that cannot be read passes: decoding will name the problem).
+pub fn check_pixel_limit(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    match header_dimensions(bytes) {
+        Ok((w, h)) => check_pixels(path, w, h),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Width and height from the header alone.
 fn header_dimensions(bytes: &[u8]) -> image::ImageResult<(u32, u32)> {
-    ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()?
-        .into_dimensions()
+    // Without the decoder's own limits, which would refuse a bomb less clearly.
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
+    reader.no_limits();
+    reader.into_dimensions()
 }
 
 /// Decode a grey or colour JPEG with libjpeg-turbo's decoder (as vendored by mozjpeg),

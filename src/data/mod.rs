@@ -11,6 +11,6 @@ pub use folder::{
     display_name, held_out, load_split, scan_folder, DataError, Dataset, Sample, Split,
 };
 pub use image_file::{
-    collect_images, decode_image, input_limits, is_image_path, load_image, read_image_file,
-    set_input_limits, ImageError, InputLimits, IMAGE_EXTENSIONS,
+    check_pixel_limit, collect_images, decode_image, input_limits, is_image_path, load_image,
+    read_image_file, set_input_limits, ImageError, InputLimits, IMAGE_EXTENSIONS,
 };

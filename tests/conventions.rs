@@ -1,0 +1,444 @@
+//! The command line's conventions and hostile inputs, run as a user runs them: `-` for
+//! standard input, quoted labels, one-line errors and warnings in clipscope's style,
+//! formats that do what they say, and inputs that must be refused before they are read.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{assert_success, clipscope, fixtures, usage_error};
+use serde_json::Value;
+
+fn tiny() -> String {
+    fixtures().join("tiny-clip").display().to_string()
+}
+
+fn image(name: &str) -> String {
+    fixtures().join("images").join(name).display().to_string()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// classify on the tiny model with `extra` arguments, within a time limit: a hang fails.
+fn classify(extra: &[&str]) -> std::process::Output {
+    clipscope()
+        .arg("classify")
+        .args(extra)
+        .args(["--model-dir", &tiny()])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn named_pipes_and_devices_are_refused_without_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("x.jpg");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let fifo = fifo.display().to_string();
+    let out = classify(&[
+        &fifo,
+        "/dev/zero",
+        &image("chelsea.png"),
+        "--labels",
+        "cat,dog",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!(
+            "clipscope: error: {fifo}: not a regular file (a named pipe)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("/dev/zero: not a regular file (a device)"),
+        "{err}"
+    );
+    // The good file was still classified.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("% "));
+}
+
+#[test]
+fn a_folder_without_images_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("photos.jpg");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "no pictures here").unwrap();
+    let out = classify(&[
+        empty.to_str().unwrap(),
+        "--labels",
+        "cat,dog",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("photos.jpg: no image files in this folder"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["results"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("no image files"));
+}
+
+#[test]
+fn size_and_pixel_limits_refuse_before_decoding() {
+    let out = classify(&[
+        &image("chelsea.png"),
+        "--labels",
+        "cat",
+        "--max-file-size",
+        "1K",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out)
+            .contains("too large for an image (at most 1024; raise it with --max-file-size)"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = classify(&[
+        &image("chelsea.png"),
+        "--labels",
+        "cat",
+        "--max-pixels",
+        "100",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("pixels is more than the limit of 100"),
+        "{}",
+        stderr_of(&out)
+    );
+    // A decompression bomb: a tiny PNG whose header claims 100,000 x 100,000 pixels.
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.png");
+    std::fs::write(&bomb, png_claiming(100_000, 100_000)).unwrap();
+    let out = classify(&[bomb.to_str().unwrap(), "--labels", "cat"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("100000x100000 pixels is more than the limit"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = classify(&[
+        &image("chelsea.png"),
+        "--labels",
+        "cat",
+        "--max-file-size",
+        "12X",
+    ]);
+    usage_error(&out);
+}
+
+/// A PNG whose header claims `w` x `h` RGB pixels, with a few bytes of image data.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [
+        (b"IHDR", ihdr),
+        (b"IDAT", vec![0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]),
+        (b"IEND", vec![]),
+    ] {
+        png.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(&data);
+        png.extend(kind);
+        png.extend(&data);
+        png.extend(crc.sum().to_be_bytes());
+    }
+    png
+}
+
+#[test]
+fn dash_reads_an_image_or_the_labels_from_standard_input() {
+    let bytes = std::fs::read(image("chelsea.png")).unwrap();
+    let out = clipscope()
+        .args(["classify", "-", "--labels", "cat,dog", "--format", "json"])
+        .args(["--model-dir", &tiny()])
+        .write_stdin(bytes)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["results"][0]["image"], "-");
+    assert_eq!(v["results"][0]["predictions"].as_array().unwrap().len(), 2);
+
+    let out = clipscope()
+        .args([
+            "classify",
+            &image("chelsea.png"),
+            "--labels-file",
+            "-",
+            "--format",
+            "json",
+        ])
+        .args(["--model-dir", &tiny()])
+        .write_stdin("cat\na dog, with a ball\r\n\n")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let labels: Vec<&str> = v["results"][0]["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels.len(), 2);
+    assert!(labels.contains(&"a dog, with a ball"), "{labels:?}");
+
+    let out = clipscope()
+        .args(["classify", "-", "--inputs", "-", "--labels", "cat"])
+        .args(["--model-dir", &tiny()])
+        .write_stdin("x")
+        .output()
+        .unwrap();
+    assert!(usage_error(&out).contains("cannot hold both"));
+}
+
+#[test]
+fn labels_quote_commas_repeats_are_scored_once_and_articles_are_not_doubled() {
+    let out = classify(&[
+        &image("chelsea.png"),
+        "--labels",
+        r#"a cat,"dog, big",A cat"#,
+        "--format",
+        "json",
+    ]);
+    assert_success(&out);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("clipscope: warning: repeated labels scored once") && err.contains("A cat"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\x1b'),
+        "no colour when stderr is not a terminal: {err:?}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let preds = v["results"][0]["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 2);
+    let sum: f64 = preds
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-5);
+    // -q keeps warnings off stderr.
+    let out = classify(&["-q", &image("chelsea.png"), "--labels", "cat,cat"]);
+    assert_success(&out);
+    assert_eq!(stderr_of(&out), "");
+
+    let out = clipscope()
+        .args([
+            "embed",
+            "--text",
+            "a red car,car,the car",
+            "--template",
+            "a photo of a {}.",
+        ])
+        .args(["--model-dir", &tiny()])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prompts: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["prompt"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        prompts,
+        [
+            "a photo of a red car.",
+            "a photo of a car.",
+            "a photo of the car."
+        ]
+    );
+}
+
+#[test]
+fn missing_inputs_and_labels_name_every_way_to_give_them() {
+    let out = classify(&["--labels", "cat"]);
+    let err = usage_error(&out);
+    assert!(
+        err.starts_with("clipscope: error: no images:") && err.contains("--inputs"),
+        "{err}"
+    );
+    let out = classify(&[&image("chelsea.png")]);
+    let err = usage_error(&out);
+    assert!(
+        err.contains("--labels") && err.contains("--labels-file"),
+        "{err}"
+    );
+    let out = clipscope()
+        .args(["embed", "--model-dir", &tiny()])
+        .output()
+        .unwrap();
+    assert!(usage_error(&out).contains("--text"));
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("labels.txt");
+    std::fs::write(&binary, [0u8, 159, 146, 150]).unwrap();
+    let out = classify(&[
+        &image("chelsea.png"),
+        "--labels-file",
+        binary.to_str().unwrap(),
+    ]);
+    let err = usage_error(&out);
+    assert!(err.contains("labels.txt: binary data"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn every_format_the_help_lists_does_what_it_says() {
+    let out = clipscope()
+        .args([
+            "embed",
+            &image("chelsea.png"),
+            "--format",
+            "text",
+            "--model-dir",
+            &tiny(),
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        serde_json::from_str::<Value>(&text).is_err(),
+        "text is not JSON: {text}"
+    );
+    assert!(
+        text.contains("chelsea.png") && text.contains("-d  ["),
+        "{text}"
+    );
+
+    let out = clipscope()
+        .args([
+            "bench",
+            "--iters",
+            "1",
+            "--batch",
+            "1",
+            "--format",
+            "csv",
+            "--model-dir",
+            &tiny(),
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        csv.lines().next(),
+        Some("what,median_ms,per_item_ms"),
+        "{csv}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for (name, magic) in [
+        ("seen.jpg", &b"\xff\xd8\xff"[..]),
+        ("seen.png", b"\x89PNG"),
+        ("seen.bmp", b"BM"),
+    ] {
+        let path = dir.path().join(name);
+        let out = clipscope()
+            .args(["preprocess", &image("chelsea.png"), "--size", "32", "-o"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_success(&out);
+        assert!(std::fs::read(&path).unwrap().starts_with(magic), "{name}");
+    }
+    let out = clipscope()
+        .args(["preprocess", &image("chelsea.png"), "-o", "x.gifx"])
+        .output()
+        .unwrap();
+    assert!(usage_error(&out).contains(".gifx"));
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_argument_parser() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = clipscope().args(["completions", shell]).output().unwrap();
+        assert_success(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("classify"),
+            "{shell}"
+        );
+    }
+    let out = clipscope().arg("man").output().unwrap();
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH clipscope 1"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = clipscope()
+        .args(["man", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(dir.path().join("clipscope-classify.1").is_file());
+}
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("clipscope"))
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!stderr_of(&out).contains("panicked"), "{}", stderr_of(&out));
+    let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
+    let data = tempfile::tempdir().unwrap();
+    clipscope::data::synthetic::make_shapes(data.path(), 4, 32, 1).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let train = |extra: &[&str]| {
+        clipscope()
+            .args([
+                "train",
+                "--model",
+                "resnet18",
+                "--pretrained",
+                "none",
+                "--epochs",
+                "1",
+            ])
+            .args(["--image-size", "32", "--batch-size", "8", "--seed", "3"])
+            .arg("--data")
+            .arg(data.path())
+            .arg("--output")
+            .arg(run.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_success(&train(&[]));
+    let err = usage_error(&train(&[]));
+    assert!(
+        err.contains("is not empty; give --resume") && err.contains("--force"),
+        "{err}"
+    );
+    assert_success(&train(&["--force"]));
+    let err = usage_error(&train(&["--force", "--val-fraction", "0.5"]));
+    assert!(
+        err.contains("made with --seed 3 --val-fraction 0.2"),
+        "{err}"
+    );
+}
