@@ -76,6 +76,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a trained CNN checkpoint on held-out images.
     Eval(EvalArgs),
+    /// Classify images with a trained CNN checkpoint (from `train`); output as classify's.
+    Predict(PredictArgs),
     /// Fine-tune a CLIP model on an image folder (classification) or a captions file.
     Finetune(FinetuneArgs),
     /// The built-in demo CLIP: train it from scratch, or measure it.
@@ -466,6 +468,23 @@ pub struct TrainArgs {
     /// Start a new run in --output even though it holds one (its files are replaced).
     #[arg(long)]
     pub force: bool,
+}
+
+/// `clipscope predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A run folder written by `clipscope train`.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// Images, or folders to search for images (`-`: one image on standard input).
+    #[arg(value_name = "IMAGE_OR_DIR")]
+    pub inputs: Vec<PathBuf>,
+    /// Show only the N most probable classes per image.
+    #[arg(long, value_name = "N")]
+    pub top_k: Option<usize>,
+    /// Output format: text, json or csv (as classify's).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 /// `clipscope eval`.

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use clipscope::cnn::eval::{evaluate, EvalReport};
+use clipscope::clip::Prediction;
+use clipscope::cnn::eval::{evaluate, CnnClassifier, EvalReport};
 use clipscope::cnn::network::Arch;
 use clipscope::cnn::optim::OptimizerKind;
 use clipscope::cnn::train::{train as run_training, Pretrained, TrainConfig, TrainEvent};
@@ -16,9 +17,12 @@ use clipscope::data::fetch::{fetch_imagenette, ImagenetteSize};
 use clipscope::hub;
 
 use super::args::{
-    DataAction, EvalArgs, Format, ImagenetteSizeArg, OptimizerArg, ScenesLayout, TrainArgs,
+    DataAction, EvalArgs, Format, ImagenetteSizeArg, OptimizerArg, PredictArgs, ScenesLayout,
+    TrainArgs,
 };
+use super::output::{ClassifyReport, ImageResult};
 use super::EXIT_OK;
+use clipscope::data::{display_name, load_image};
 
 fn bar_style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template)
@@ -350,4 +354,99 @@ pub fn data(action: &DataAction) -> Result<u8> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Pictures per forward pass in `predict`.
+const PREDICT_BATCH: usize = 32;
+
+/// `clipscope predict`: a trained CNN's class probabilities for images, written as
+/// `classify` writes CLIP's.
+pub fn predict(a: &PredictArgs) -> Result<u8> {
+    if a.inputs.is_empty() {
+        bail!("no images: give image files or folders, or - for one image on standard input");
+    }
+    if a.top_k == Some(0) {
+        bail!("--top-k must be at least 1");
+    }
+    let mut paths = a.inputs.clone();
+    let stdin = super::input::stdin_image_inputs(&mut paths, false)?;
+    let cnn = CnnClassifier::load(&a.checkpoint)
+        .with_context(|| format!("cannot load the checkpoint in {}", a.checkpoint.display()))?;
+    let classes: Vec<String> = cnn
+        .meta()
+        .class_names
+        .iter()
+        .map(|c| display_name(c))
+        .collect();
+    let items = clipscope::data::collect_images(&paths);
+    let mut results = Vec::with_capacity(items.len());
+    for chunk in items.chunks(PREDICT_BATCH) {
+        let decoded: Vec<Result<(String, image::RgbImage), String>> = chunk
+            .iter()
+            .map(|item| {
+                let path = item.as_ref().map_err(|e| e.to_string())?;
+                let img = load_image(path).map_err(|e| e.to_string())?;
+                Ok((path.display().to_string(), cnn.crop(&img)))
+            })
+            .collect();
+        let crops: Vec<image::RgbImage> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .map(|d| d.1.clone())
+            .collect();
+        let mut probs = cnn.probabilities(&crops)?.into_iter();
+        for (item, d) in chunk.iter().zip(decoded) {
+            let name = |p: &std::path::Path| match &stdin {
+                Some(s) if s.path() == p => "-".to_string(),
+                _ => p.display().to_string(),
+            };
+            results.push(match (d, probs.next()) {
+                (Ok((path, _)), Some(row)) => ImageResult {
+                    image: name(std::path::Path::new(&path)),
+                    answer: None,
+                    predictions: Some(ranked(&classes, &row, a.top_k)),
+                    error: None,
+                },
+                (d, _) => ImageResult {
+                    image: item
+                        .as_ref()
+                        .map_or_else(|e| e.path().display().to_string(), |p| name(p)),
+                    answer: None,
+                    predictions: None,
+                    error: Some(d.err().unwrap_or_default()),
+                },
+            });
+        }
+    }
+    let failed = results.iter().any(|r| r.error.is_some());
+    super::report_failures(results.iter().filter_map(|r| r.error.as_deref()));
+    let report = ClassifyReport {
+        model: format!("{} ({})", a.checkpoint.display(), cnn.meta().config.model),
+        prompts: None,
+        abstain: None,
+        results,
+    };
+    super::output::write_classify(&report, a.format, &mut std::io::stdout().lock())?;
+    Ok(if failed {
+        super::EXIT_SOME_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+/// Classes with their probabilities, most probable first, the first `top_k` if given.
+fn ranked(classes: &[String], probs: &[f32], top_k: Option<usize>) -> Vec<Prediction> {
+    let mut preds: Vec<Prediction> = classes
+        .iter()
+        .zip(probs)
+        .map(|(c, &p)| Prediction {
+            label: c.clone(),
+            probability: f64::from(p),
+        })
+        .collect();
+    preds.sort_by(|x, y| y.probability.total_cmp(&x.probability));
+    if let Some(k) = top_k {
+        preds.truncate(k);
+    }
+    preds
 }

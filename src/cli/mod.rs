@@ -58,6 +58,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(a) => bench::run(&a)?,
         Command::Train(a) => cnn::train(&a)?,
         Command::Eval(a) => cnn::eval(&a)?,
+        Command::Predict(a) => cnn::predict(&a)?,
         Command::Finetune(a) => clip_train::finetune(&a)?,
         Command::Demo { action } => clip_train::demo(&action)?,
         Command::Data { action } => cnn::data(&action)?,
@@ -124,7 +125,7 @@ fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
 
 /// Report the inputs that failed on stderr, one line each, as ripgrep reports files it
 /// cannot read.
-fn report_failures<'a>(errors: impl Iterator<Item = &'a str>) {
+pub(crate) fn report_failures<'a>(errors: impl Iterator<Item = &'a str>) {
     for e in errors {
         eprintln!("{}", log::error_line(e));
     }
@@ -264,7 +265,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     );
     let report = ClassifyReport {
         model: clip.name().to_string(),
-        prompts: style.describe(),
+        prompts: Some(style.describe()),
         abstain: args.abstain,
         results,
     };

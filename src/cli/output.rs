@@ -13,8 +13,9 @@ use clipscope::util::bar;
 pub struct ClassifyReport {
     /// Model name.
     pub model: String,
-    /// How labels became prompts (a template, or `ensemble:NAME`).
-    pub prompts: String,
+    /// How labels became prompts (a template, or `ensemble:NAME`); none for a CNN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<String>,
     /// The abstain threshold (`--abstain`), when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abstain: Option<f64>,
@@ -125,7 +126,10 @@ pub fn write_classify(
             w.flush()?;
         }
         Format::Text => {
-            write!(out, "model {}  prompts {}", report.model, report.prompts)?;
+            write!(out, "model {}", report.model)?;
+            if let Some(p) = &report.prompts {
+                write!(out, "  prompts {p}")?;
+            }
             match report.abstain {
                 Some(p) => writeln!(out, "  abstain below {:.2}%", p * 100.0)?,
                 None => writeln!(out)?,
