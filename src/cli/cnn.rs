@@ -71,6 +71,16 @@ pub(super) fn set_on_ctrl_c(flag: Arc<AtomicBool>) {
     });
 }
 
+/// A line above the progress bar, or, off a terminal where no bar is drawn, an info
+/// line that `-v` shows.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        tracing::info!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// Draws training progress on `bar` (stderr) and writes one line per epoch to `out`.
 pub(super) fn train_progress<'a>(
     bar: &'a ProgressBar,
@@ -87,7 +97,7 @@ pub(super) fn train_progress<'a>(
             first_epoch,
             steps_per_epoch,
         } => {
-            bar.println(format!(
+            say(bar, format!(
                 "{} classes ({}), {train} training and {val} held-out images{}; epochs {first_epoch}..{epochs}",
                 classes.len(),
                 classes.join(", "),
@@ -95,7 +105,7 @@ pub(super) fn train_progress<'a>(
             ));
             bar.set_length(steps_per_epoch as u64);
         }
-        TrainEvent::Log(line) => bar.println(line),
+        TrainEvent::Log(line) => say(bar, line),
         TrainEvent::Step {
             epoch,
             step,
@@ -106,6 +116,14 @@ pub(super) fn train_progress<'a>(
         } => {
             bar.set_prefix(format!("{epoch}/{epochs}"));
             bar.set_position(step as u64);
+            // Off a terminal no bar is drawn: -v logs a tenth of an epoch at a time.
+            let tenth = (bar.length().unwrap_or(10) as usize / 10).max(1);
+            if bar.is_hidden() && step % tenth == 0 {
+                tracing::info!(
+                    "epoch {epoch}/{epochs} step {step}/{} loss {loss:.3} lr {lr:.2e} {images_per_sec:.1} img/s",
+                    bar.length().unwrap_or(0)
+                );
+            }
             bar.set_message(format!(
                 "loss {loss:.3} lr {lr:.2e} {images_per_sec:.1} img/s"
             ));
