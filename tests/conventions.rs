@@ -442,3 +442,49 @@ fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
         "{err}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn sigterm_during_training_leaves_a_checkpoint_that_resumes() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    clipscope::data::synthetic::make_shapes(data.path(), 6, 32, 2).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("clipscope"))
+        .args([
+            "train",
+            "--model",
+            "resnet18",
+            "--pretrained",
+            "none",
+            "--epochs",
+            "500",
+        ])
+        .args(["--image-size", "32", "--batch-size", "8"])
+        .arg("--data")
+        .arg(data.path())
+        .arg("--output")
+        .arg(run.path())
+        .args(["--force"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("epoch   1"), "{first}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("--resume")), "{rest:?}");
+    let out = clipscope()
+        .args(["eval", "--format", "json", "--checkpoint"])
+        .arg(run.path())
+        .arg("--data")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_success(&out);
+}
