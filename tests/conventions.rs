@@ -435,7 +435,11 @@ fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
         err.contains("is not empty; give --resume") && err.contains("--force"),
         "{err}"
     );
-    assert_success(&train(&["--force"]));
+    let out = train(&["--force", "--format", "json"]);
+    assert_success(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["epochs"].as_array().unwrap().len(), 1);
+    assert_eq!(v["stopped"], false);
     let err = usage_error(&train(&["--force", "--val-fraction", "0.5"]));
     assert!(
         err.contains("made with --seed 3 --val-fraction 0.2"),

@@ -468,6 +468,10 @@ pub struct TrainArgs {
     /// Start a new run in --output even though it holds one (its files are replaced).
     #[arg(long)]
     pub force: bool,
+    /// Output format on standard output: a line per epoch, or at the end one JSON
+    /// object with every epoch's metrics.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub format: SummaryFormat,
 }
 
 /// `clipscope predict`.
@@ -767,6 +771,10 @@ pub struct ImagenetteStudyArgs {
     /// Skip the linear probe and few-shot curve (they embed every training image).
     #[arg(long)]
     pub no_probe: bool,
+    /// Output format of the summary on standard output (the full report is in the
+    /// output folder's report.json either way).
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub format: SummaryFormat,
 }
 
 /// `clipscope compare`.
@@ -814,4 +822,8 @@ pub struct CompareArgs {
     /// Folder for report.json, report.md, predictions.csv and the plots.
     #[arg(long, value_name = "OUT_DIR")]
     pub output: PathBuf,
+    /// Output format of the summary on standard output (the full report is in the
+    /// output folder's report.json either way).
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub format: SummaryFormat,
 }

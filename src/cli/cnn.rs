@@ -18,7 +18,7 @@ use clipscope::hub;
 
 use super::args::{
     DataAction, EvalArgs, Format, ImagenetteSizeArg, OptimizerArg, PredictArgs, ScenesLayout,
-    TrainArgs,
+    SummaryFormat, TrainArgs,
 };
 use super::output::{ClassifyReport, ImageResult};
 use super::EXIT_OK;
@@ -212,16 +212,32 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
     };
     let stop = stop_on_ctrl_c();
     let bar = super::log::progress_bar(0);
-    let mut out = std::io::stdout();
+    // Epoch lines on standard output in text; in JSON one object at the end instead.
+    let mut out: Box<dyn Write> = match a.format {
+        SummaryFormat::Text => Box::new(std::io::stdout()),
+        SummaryFormat::Json => Box::new(std::io::sink()),
+    };
     let outcome = run_training(&cfg, &stop, &mut train_progress(&bar, cfg.epochs, &mut out))
         .with_context(|| format!("training on {} failed", cfg.data.display()))?;
     bar.finish_and_clear();
-    println!("checkpoint: {}", outcome.checkpoint.display());
-    if outcome.stopped {
-        println!("stopped; continue with --resume");
-        return Ok(130);
+    match a.format {
+        SummaryFormat::Text => {
+            println!("checkpoint: {}", outcome.checkpoint.display());
+            if outcome.stopped {
+                println!("stopped; continue with --resume");
+            }
+        }
+        SummaryFormat::Json => {
+            let summary = serde_json::json!({
+                "checkpoint": outcome.checkpoint,
+                "stopped": outcome.stopped,
+                "epochs": outcome.metrics,
+            });
+            serde_json::to_writer_pretty(std::io::stdout().lock(), &summary)?;
+            println!();
+        }
     }
-    Ok(EXIT_OK)
+    Ok(if outcome.stopped { 130 } else { EXIT_OK })
 }
 
 /// One row per true class (its images, top-1 and its row of the confusion matrix, one

@@ -9,7 +9,7 @@ use indicatif::ProgressStyle;
 use clipscope::hub::{self, ModelSource};
 use clipscope::study::{compare as run_study, write_outputs, CompareConfig, Report, StudyEvent};
 
-use super::args::CompareArgs;
+use super::args::{CompareArgs, SummaryFormat};
 use super::{EXIT_OK, EXIT_SOME_FAILED};
 
 /// Check a probability flag (`--abstain`).
@@ -133,7 +133,10 @@ pub fn compare(a: &CompareArgs) -> Result<u8> {
     bar.finish_and_clear();
     let report = report.context("the comparison failed")?;
     let files = write_outputs(&report, &a.output).context("cannot write the report")?;
-    summary(&report, &files, &mut std::io::stdout().lock())?;
+    match a.format {
+        SummaryFormat::Text => summary(&report, &files, &mut std::io::stdout().lock())?,
+        SummaryFormat::Json => print_summary_json(&report, &files)?,
+    }
     if report.skipped > 0 {
         eprintln!(
             "clipscope: warning: {} unreadable test files were skipped (for every model)",
@@ -142,6 +145,47 @@ pub fn compare(a: &CompareArgs) -> Result<u8> {
         return Ok(EXIT_SOME_FAILED);
     }
     Ok(EXIT_OK)
+}
+
+/// The summary table as JSON on standard output: per model its top-1 with the interval,
+/// macro F1 and speed, the prompt variants, the linear probe, and the files written.
+pub(super) fn print_summary_json(report: &Report, files: &[std::path::PathBuf]) -> Result<()> {
+    let models: Vec<serde_json::Value> = report
+        .models
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "kind": m.kind,
+                "top1": m.top1,
+                "top1_ci": m.top1_ci,
+                "macro_f1": m.macro_f1,
+                "ms_per_image": m.latency_ms_per_image,
+            })
+        })
+        .collect();
+    let probes: Vec<serde_json::Value> = report
+        .linear_probe
+        .iter()
+        .flatten()
+        .map(|p| serde_json::json!({"model": p.model, "top1": p.top1}))
+        .collect();
+    let prompts: Vec<serde_json::Value> = report
+        .prompt_variants
+        .iter()
+        .map(|v| serde_json::json!({"name": v.name, "top1": v.top1}))
+        .collect();
+    let summary = serde_json::json!({
+        "images": report.images.len(),
+        "classes": report.classes,
+        "models": models,
+        "prompt_variants": prompts,
+        "linear_probe": probes,
+        "files": files,
+    });
+    serde_json::to_writer_pretty(std::io::stdout().lock(), &summary)?;
+    println!();
+    Ok(())
 }
 
 /// A short table of the models and the files written.

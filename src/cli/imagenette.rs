@@ -15,7 +15,7 @@ use clipscope::study::imagenette::{
     run, ImagenetteError, ImagenetteEvent, ImagenetteOutcome, ImagenetteStudy,
 };
 
-use super::args::{ImagenetteSizeArg, ImagenetteStudyArgs, StudyAction};
+use super::args::{ImagenetteSizeArg, ImagenetteStudyArgs, StudyAction, SummaryFormat};
 use super::cnn::{imagenette_size, set_on_ctrl_c, train_progress};
 use super::EXIT_OK;
 
@@ -105,7 +105,12 @@ fn imagenette(a: &ImagenetteStudyArgs) -> Result<u8> {
             Ok(130)
         }
         ImagenetteOutcome::Done(report) => {
-            write_summary(&report, &cfg, &mut std::io::stdout().lock())?;
+            match a.format {
+                SummaryFormat::Text => write_summary(&report, &cfg, &mut std::io::stdout().lock())?,
+                SummaryFormat::Json => {
+                    super::compare::print_summary_json(&report, &[cfg.output.join("report.json")])?
+                }
+            }
             Ok(EXIT_OK)
         }
     }
