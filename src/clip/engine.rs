@@ -272,8 +272,11 @@ impl Clip {
     pub fn tokenize(&self, text: &str) -> Result<Tokens, ClipError> {
         let tokens = self.tokenizer.encode(text)?;
         if tokens.truncated {
+            // The start names the prompt; a 1 MB paste must not fill the screen.
+            let start: String = text.chars().take(60).collect();
+            let more = if text.chars().nth(60).is_some() { "…" } else { "" };
             tracing::warn!(
-                "prompt longer than {} tokens, truncated: {text:?}",
+                "prompt longer than {} tokens, cut to fit (end of text kept): {start:?}{more}",
                 self.config().text.max_positions
             );
         }
