@@ -276,7 +276,7 @@ impl Clip {
             let start: String = text.chars().take(60).collect();
             let more = if text.chars().nth(60).is_some() { "…" } else { "" };
             tracing::warn!(
-                "prompt longer than {} tokens, cut to fit (end of text kept): {start:?}{more}",
+                "prompt longer than {} tokens, cut to fit (its end-of-text token kept): {start:?}{more}",
                 self.config().text.max_positions
             );
         }
