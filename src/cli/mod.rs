@@ -8,9 +8,9 @@ mod cnn;
 mod compare;
 mod imagenette;
 mod jobs;
+mod models;
 pub mod output;
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -19,12 +19,12 @@ use clipscope::clip::pipeline::{self, ImageOutcome};
 use clipscope::clip::zeroshot::{self, parse_labels};
 use clipscope::clip::{preprocess, Clip, LabelSet, ModelFiles, PromptStyle};
 use clipscope::data::load_image;
-use clipscope::hub::{self, DownloadOptions, ModelSource, Registry};
+use clipscope::hub::{self, ModelSource, Registry};
 use clipscope::scale::{self, Precision};
 use clipscope::study::metrics::{answers, NONE_OF_THESE};
 
 use args::{
-    ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, ModelsAction, PrecisionArg,
+    ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, PrecisionArg,
     PreprocessArgs,
 };
 use output::{ClassifyReport, EmbedItem, EmbedReport, ImageResult};
@@ -52,7 +52,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Demo { action } => clip_train::demo(&action)?,
         Command::Data { action } => cnn::data(&action)?,
         Command::Study { action } => imagenette::study(&action)?,
-        Command::Models { action } => models(&action)?,
+        Command::Models { action } => models::models(&action)?,
     };
     Ok(ExitCode::from(code))
 }
@@ -75,9 +75,13 @@ pub fn load_model(args: &ModelArgs) -> Result<Clip> {
 pub fn load_model_and_files(args: &ModelArgs) -> Result<(Clip, ModelFiles)> {
     let device = clipscope::clip::parse_device(&args.device)?;
     let files = model_files(args)?;
-    let clip = files
-        .load(device)
-        .with_context(|| format!("cannot load model {}", files.name))?;
+    // A folder is named by the file at fault in the error itself.
+    let clip = match &args.model_dir {
+        Some(_) => files.load(device).context("cannot load the model")?,
+        None => files
+            .load(device)
+            .with_context(|| format!("cannot load model {}", files.name))?,
+    };
     Ok((clip, files))
 }
 
@@ -298,57 +302,6 @@ fn preprocess_cmd(args: &PreprocessArgs) -> Result<u8> {
     let crop = preprocess::center_crop_rgb(&img, size);
     crop.save_with_format(&args.output, image::ImageFormat::Png)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    Ok(EXIT_OK)
-}
-
-fn models(action: &ModelsAction) -> Result<u8> {
-    let registry = Registry::builtin()?;
-    let opts = DownloadOptions::from_env()?;
-    match action {
-        ModelsAction::List => {
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "{:<14} {:<9} {:>8}  DESCRIPTION",
-                "NAME", "STATUS", "SIZE"
-            )?;
-            for m in &registry.models {
-                let have = hub::is_cached(m, &opts);
-                let default = if m.name == registry.default {
-                    " (default)"
-                } else {
-                    ""
-                };
-                writeln!(
-                    out,
-                    "{:<14} {:<9} {:>5} MB  {}{}",
-                    m.name,
-                    if have { "cached" } else { "-" },
-                    m.size_mb,
-                    m.description,
-                    default
-                )?;
-            }
-            for c in &registry.cnn {
-                let have = hub::cnn_weights_path(c, &opts).is_file();
-                writeln!(
-                    out,
-                    "{:<14} {:<9} {:>5} MB  {} (CNN weights, train --pretrained imagenet)",
-                    c.name,
-                    if have { "cached" } else { "-" },
-                    c.size_mb,
-                    c.description
-                )?;
-            }
-            writeln!(out, "\ncache: {}", opts.cache_root.join("models").display())?;
-        }
-        ModelsAction::Download { name } => {
-            let entry = registry.find(name)?;
-            let dir = hub::ensure_model(entry, &opts, &mut hub::stderr_progress())
-                .with_context(|| format!("cannot download model {}", entry.name))?;
-            println!("{} is in {}", entry.name, dir.display());
-        }
-    }
     Ok(EXIT_OK)
 }
 

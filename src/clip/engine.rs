@@ -42,6 +42,26 @@ struct HfPreprocessor {
     image_std: Option<[f32; 3]>,
 }
 
+/// The weights file clipscope loads.
+const SAFETENSORS: &str = "model.safetensors";
+/// PyTorch's weights file, converted to safetensors before loading.
+const PYTORCH_BIN: &str = "pytorch_model.bin";
+
+/// A model folder must exist and be a folder (said before any file in it is missed).
+fn check_model_dir(dir: &Path) -> Result<(), ClipError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(ClipError::NotAModelDir {
+            dir: dir.to_path_buf(),
+            why: "is a file, not a folder",
+        }),
+        Err(_) => Err(ClipError::NotAModelDir {
+            dir: dir.to_path_buf(),
+            why: "no such folder",
+        }),
+    }
+}
+
 fn require(dir: &Path, file: &'static str) -> Result<PathBuf, ClipError> {
     let p = dir.join(file);
     if p.is_file() {
@@ -91,8 +111,35 @@ pub struct ModelFiles {
 
 impl ModelFiles {
     /// A Hugging Face style folder: `config.json`, `model.safetensors` and
-    /// `tokenizer.json` (and `preprocessor_config.json`, if any).
+    /// `tokenizer.json` (and `preprocessor_config.json`, if any). A folder with
+    /// `pytorch_model.bin` instead needs it converted first: see
+    /// [`ModelFiles::from_dir_with_weights`] (what `--model-dir` does).
     pub fn from_dir(dir: &Path, name: &str) -> Result<Self, ClipError> {
+        check_model_dir(dir)?;
+        let weights = match dir.join(SAFETENSORS) {
+            p if p.is_file() => p,
+            _ if dir.join(PYTORCH_BIN).is_file() => {
+                return Err(ClipError::Weights {
+                    path: dir.join(PYTORCH_BIN),
+                    message: "PyTorch weights need converting first: pass the folder to \
+                              clipscope with --model-dir, which converts them"
+                        .into(),
+                })
+            }
+            _ => {
+                return Err(ClipError::MissingFile {
+                    dir: dir.to_path_buf(),
+                    file: "model.safetensors or pytorch_model.bin",
+                })
+            }
+        };
+        Self::from_dir_with_weights(dir, name, &weights)
+    }
+
+    /// As [`ModelFiles::from_dir`], with the weights taken from `weights` (a safetensors
+    /// file converted from the folder's `pytorch_model.bin`).
+    pub fn from_dir_with_weights(dir: &Path, name: &str, weights: &Path) -> Result<Self, ClipError> {
+        check_model_dir(dir)?;
         let config_path = require(dir, "config.json")?;
         let config_json = read_text(&config_path)?;
         let config = ClipConfig::from_json(&config_json).map_err(|e| match e {
@@ -101,8 +148,9 @@ impl ModelFiles {
             }
             other => other,
         })?;
-        let weights = require(dir, "model.safetensors")?;
         let tokenizer_origin = require(dir, "tokenizer.json")?;
+        super::weights::check_file(weights, &config)?;
+        let weights = weights.to_path_buf();
         let tokenizer_json = std::fs::read(&tokenizer_origin).map_err(|source| ClipError::Io {
             path: tokenizer_origin.clone(),
             source,
@@ -134,6 +182,8 @@ impl ModelFiles {
         tokenizer_json: &'static [u8],
     ) -> Result<Self, ClipError> {
         let config = ClipConfig::from_json(config_json)?;
+        let origin = PathBuf::from(format!("{name}/model.safetensors"));
+        super::weights::check_bytes(weights, &origin, &config)?;
         Ok(Self {
             name: name.to_string(),
             preprocess: PreprocessConfig::openai(config.vision.image_size),
@@ -152,11 +202,22 @@ impl ModelFiles {
 
     /// The tokeniser.
     pub fn tokenizer(&self) -> Result<ClipTokenizer, ClipError> {
-        ClipTokenizer::from_bytes(
+        let tokenizer = ClipTokenizer::from_bytes(
             &self.tokenizer_json,
             self.config.text.max_positions,
             &self.tokenizer_origin,
-        )
+        )?;
+        let (have, want) = (tokenizer.vocab_size(), self.config.text.vocab_size);
+        if have != want {
+            return Err(ClipError::Tokenizer {
+                path: self.tokenizer_origin.clone(),
+                message: format!(
+                    "{have} tokens where config.json's text_config.vocab_size is {want}: \
+                     the tokenizer does not belong to these weights"
+                ),
+            });
+        }
+        Ok(tokenizer)
     }
 
     /// Where the weights are, for messages.
@@ -178,7 +239,7 @@ impl ModelFiles {
     fn weights_error(&self) -> impl Fn(candle_core::Error) -> ClipError + '_ {
         move |e| ClipError::Weights {
             path: self.weights_path(),
-            message: e.to_string(),
+            message: super::weights::candle_message(&e),
         }
     }
 
