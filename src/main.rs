@@ -38,7 +38,10 @@ fn main() -> ExitCode {
     match cli::run(command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("clipscope: error: {}", clipscope::util::error_line(e.as_ref()));
+            eprintln!(
+                "clipscope: error: {}",
+                clipscope::util::error_line(e.as_ref())
+            );
             ExitCode::from(cli::EXIT_ERROR)
         }
     }

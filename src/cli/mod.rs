@@ -23,10 +23,7 @@ use clipscope::hub::{self, ModelSource, Registry};
 use clipscope::scale::{self, Precision};
 use clipscope::study::metrics::{answers, NONE_OF_THESE};
 
-use args::{
-    ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, PrecisionArg,
-    PreprocessArgs,
-};
+use args::{ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, PrecisionArg, PreprocessArgs};
 use output::{ClassifyReport, EmbedItem, EmbedReport, ImageResult};
 
 /// Exit status when every input succeeded.

@@ -138,7 +138,11 @@ impl ModelFiles {
 
     /// As [`ModelFiles::from_dir`], with the weights taken from `weights` (a safetensors
     /// file converted from the folder's `pytorch_model.bin`).
-    pub fn from_dir_with_weights(dir: &Path, name: &str, weights: &Path) -> Result<Self, ClipError> {
+    pub fn from_dir_with_weights(
+        dir: &Path,
+        name: &str,
+        weights: &Path,
+    ) -> Result<Self, ClipError> {
         check_model_dir(dir)?;
         let config_path = require(dir, "config.json")?;
         let config_json = read_text(&config_path)?;

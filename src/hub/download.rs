@@ -171,7 +171,11 @@ impl Target<'_> {
     /// Download whatever is missing: resolve the revision from the hub's listing, fetch
     /// into the staging folder (resuming `.part` files), convert a PyTorch pickle, then
     /// move the files into place.
-    fn ensure(&self, opts: &DownloadOptions, progress: &mut ProgressFn<'_>) -> Result<(), HubError> {
+    fn ensure(
+        &self,
+        opts: &DownloadOptions,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<(), HubError> {
         if self.is_complete() {
             return Ok(());
         }
@@ -223,6 +227,7 @@ impl Target<'_> {
             std::fs::create_dir_all(parent).map_err(io_at(parent))?;
         }
         if !self.dir.exists() && std::fs::rename(staging, &self.dir).is_ok() {
+            remove_if_empty(staging.parent());
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
@@ -234,6 +239,7 @@ impl Target<'_> {
             }
         }
         let _ = std::fs::remove_dir_all(staging);
+        remove_if_empty(staging.parent());
         Ok(())
     }
 }
@@ -254,10 +260,15 @@ fn remove_if_nothing_to_resume(staging: &Path) {
         .unwrap_or(false);
     if !resumable {
         let _ = std::fs::remove_dir_all(staging);
-        if let Some(parent) = staging.parent() {
-            // Only succeeds when empty.
-            let _ = std::fs::remove_dir(parent);
-        }
+        remove_if_empty(staging.parent());
+    }
+}
+
+/// Remove `dir` if it is an empty folder (the shared `.partial` folder once unused).
+fn remove_if_empty(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        // remove_dir fails on a folder that is not empty, which is what is wanted.
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

@@ -40,7 +40,9 @@ impl Failure {
 /// An HTTP status in words, with the next step where there is one.
 fn status_message(code: u16) -> String {
     match code {
-        401 | 403 => format!("access denied (HTTP {code}); set HF_TOKEN to a token that may read it"),
+        401 | 403 => {
+            format!("access denied (HTTP {code}); set HF_TOKEN to a token that may read it")
+        }
         404 => "not found (HTTP 404)".to_string(),
         _ => format!("the server answered HTTP {code}"),
     }
@@ -144,7 +146,9 @@ pub fn fetch_file(
             Err(Failure::Status(416)) => (get(url, 0).map_err(|f| f.into_error(url, hint))?, 0),
             Err(f) => return Err(f.into_error(url, hint)),
         };
-        let total = expect.size.or_else(|| content_length(&resp).map(|n| n + start));
+        let total = expect
+            .size
+            .or_else(|| content_length(&resp).map(|n| n + start));
         let mut out = open_part(&part, start)?;
         let mut done = start;
         progress(done, total);

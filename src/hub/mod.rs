@@ -57,14 +57,21 @@ fn converted_weights(bin: &std::path::Path) -> Result<PathBuf, HubError> {
         .map_or(0, |d| d.as_nanos());
     let key = Sha256::digest(format!("{}\n{}\n{modified}", path.display(), meta.len()));
     let key: String = key.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let dir = DownloadOptions::from_env()?.cache_root.join("converted").join(key);
+    let dir = DownloadOptions::from_env()?
+        .cache_root
+        .join("converted")
+        .join(key);
     let dest = dir.join(listing::SAFETENSORS);
     if !dest.is_file() {
         std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
             path: dir.clone(),
             source,
         })?;
-        tracing::info!("converting {} to safetensors in {}", bin.display(), dir.display());
+        tracing::info!(
+            "converting {} to safetensors in {}",
+            bin.display(),
+            dir.display()
+        );
         crate::clip::weights::convert_pytorch_bin(bin, &dest)?;
     }
     Ok(dest)
