@@ -116,6 +116,7 @@ impl ModelFiles {
     /// [`ModelFiles::from_dir_with_weights`] (what `--model-dir` does).
     pub fn from_dir(dir: &Path, name: &str) -> Result<Self, ClipError> {
         check_model_dir(dir)?;
+        require(dir, "config.json")?;
         let weights = match dir.join(SAFETENSORS) {
             p if p.is_file() => p,
             _ if dir.join(PYTORCH_BIN).is_file() => {
