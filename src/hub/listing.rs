@@ -138,7 +138,7 @@ fn pr_refs(endpoint: &str, repo: &str) -> Vec<String> {
             Some((n, r.reference))
         })
         .collect();
-    prs.sort_by(|a, b| b.0.cmp(&a.0));
+    prs.sort_by_key(|p| std::cmp::Reverse(p.0));
     prs.into_iter().map(|(_, r)| r).take(MAX_PR_REFS).collect()
 }
 
