@@ -119,6 +119,27 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Wrapped {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_line_names_each_cause_once_on_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone (os error 2)\nmore");
+        let e = anyhow::Error::new(Wrapped {
+            path: "a.txt".into(),
+            source: io,
+        })
+        .context("cannot read labels");
+        assert_eq!(
+            error_line(e.as_ref()),
+            "cannot read labels: a.txt: gone (os error 2)"
+        );
+    }
+
     use super::*;
 
     #[test]
