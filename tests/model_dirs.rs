@@ -207,3 +207,67 @@ fn an_io_error_is_not_repeated() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }
+
+/// `train --pretrained FILE` on four shape classes: its stderr, checked to be one error
+/// line with exit status 2.
+fn train_error(weights: &Path) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    clipscope::data::synthetic::make_shapes(data.path(), 1, 16, 1).unwrap();
+    let out = clipscope()
+        .args(["train", "--epochs", "1", "--data"])
+        .arg(data.path())
+        .arg("--pretrained")
+        .arg(weights)
+        .arg("--output")
+        .arg(run.path().join("run"))
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = usage_error(&out);
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("candle_core::error"),
+        "{err}"
+    );
+    errors[0].to_string()
+}
+
+#[test]
+fn broken_cnn_weights_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let map = candle_nn::VarMap::new();
+    clipscope::cnn::ResNet18::new(&map, &candle_core::Device::Cpu, 1000, 0).unwrap();
+    let good = tmp.path().join("resnet18.safetensors");
+    map.save(&good).unwrap();
+
+    let truncated = tmp.path().join("truncated.safetensors");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let err = train_error(&truncated);
+    assert!(
+        err.contains("truncated.safetensors: not a readable safetensors file"),
+        "{err}"
+    );
+
+    let mut tensors = candle_core::safetensors::load(&good, &candle_core::Device::Cpu).unwrap();
+    let mut names: Vec<String> = tensors.keys().cloned().collect();
+    names.sort();
+    let first = names[0].clone();
+    let as_int = tensors[&first].to_dtype(candle_core::DType::I64).unwrap();
+    tensors.insert(first.clone(), as_int);
+    let int = tmp.path().join("int.safetensors");
+    candle_core::safetensors::save(&tensors, &int).unwrap();
+    let err = train_error(&int);
+    assert!(
+        err.contains(&format!("tensor {first} is I64, not a floating-point type")),
+        "{err}"
+    );
+
+    tensors.remove(&first);
+    let missing = tmp.path().join("missing.safetensors");
+    candle_core::safetensors::save(&tensors, &missing).unwrap();
+    let err = train_error(&missing);
+    assert!(err.contains(&format!("missing tensor {first}")), "{err}");
+}
