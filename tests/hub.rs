@@ -24,6 +24,8 @@ struct FakeHub {
     routes: HashMap<String, Vec<u8>>,
     /// (path, bytes sent before the connection is closed), for the first request only.
     cut: Option<(String, usize)>,
+    /// Answer every request with the whole file, as servers without Range support do.
+    ignore_range: bool,
 }
 
 /// Every request: the path and its Range header, if any.
@@ -110,6 +112,7 @@ impl FakeHub {
                 };
                 let from = range
                     .as_deref()
+                    .filter(|_| !self.ignore_range)
                     .and_then(|r| r.strip_prefix("bytes="))
                     .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok())
                     .unwrap_or(0);
@@ -485,5 +488,27 @@ fn models_download_fetches_cnn_weights_and_list_reports_them() {
     assert!(
         err.contains("resnet18") && err.contains("ViT-B/32"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_server_that_ignores_the_range_replaces_the_partial_file() {
+    let weights = tiny("model.safetensors");
+    let support = support();
+    let mut hub = FakeHub::default();
+    hub.listing(
+        "main",
+        &with(&support, &[("model.safetensors", &weights)]),
+        None,
+    );
+    hub.cut = Some((format!("/{REPO}/resolve/main/model.safetensors"), 500_000));
+    hub.ignore_range = true;
+    let (endpoint, _) = hub.serve();
+    let cache = tempfile::tempdir().unwrap();
+    assert!(ensure(&endpoint, cache.path(), "main").is_err());
+    let dir = ensure(&endpoint, cache.path(), "main").unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        weights
     );
 }

@@ -211,17 +211,17 @@ fn content_length(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// The `.part` file, opened to append from `start` (truncated to it).
+/// The `.part` file, cut to `start` bytes and opened to write from there.
 fn open_part(part: &Path, start: u64) -> Result<File, HubError> {
-    let file = OpenOptions::new()
+    use std::io::{Seek, SeekFrom};
+    let mut file = OpenOptions::new()
         .create(true)
+        .truncate(false)
         .write(true)
-        .truncate(start == 0)
         .open(part)
         .map_err(io_error(part))?;
     file.set_len(start).map_err(io_error(part))?;
-    let mut file = file;
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).map_err(io_error(part))?;
+    file.seek(SeekFrom::Start(start)).map_err(io_error(part))?;
     Ok(file)
 }
 
