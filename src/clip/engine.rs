@@ -14,6 +14,7 @@ use super::model::{l2_normalize, ClipModel};
 use super::preprocess::{batch_tensor, PreprocessConfig};
 use super::tokenizer::{id_batch, ClipTokenizer, Tokens};
 use super::train::Params;
+use super::weights::{PYTORCH_BIN, SAFETENSORS};
 use super::ClipError;
 
 /// Images per forward pass of the image tower (also the folder pipeline's batch).
@@ -41,11 +42,6 @@ struct HfPreprocessor {
     image_mean: Option<[f32; 3]>,
     image_std: Option<[f32; 3]>,
 }
-
-/// The weights file clipscope loads.
-const SAFETENSORS: &str = "model.safetensors";
-/// PyTorch's weights file, converted to safetensors before loading.
-const PYTORCH_BIN: &str = "pytorch_model.bin";
 
 /// A model folder must exist and be a folder (said before any file in it is missed).
 fn check_model_dir(dir: &Path) -> Result<(), ClipError> {

@@ -15,6 +15,11 @@ use safetensors::Dtype;
 use super::config::ClipConfig;
 use super::ClipError;
 
+/// The weights file clipscope loads.
+pub const SAFETENSORS: &str = "model.safetensors";
+/// PyTorch's weights file (older Hugging Face repositories), converted before loading.
+pub const PYTORCH_BIN: &str = "pytorch_model.bin";
+
 /// Check the safetensors file at `path` against `config`.
 pub fn check_file(path: &Path, config: &ClipConfig) -> Result<(), ClipError> {
     // SAFETY: the file is mapped read-only and only its header is read here; clipscope

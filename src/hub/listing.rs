@@ -15,10 +15,7 @@ use serde::Deserialize;
 use super::http::{self, Expected};
 use super::HubError;
 
-/// The weights file clipscope loads.
-pub const SAFETENSORS: &str = "model.safetensors";
-/// The PyTorch pickle that older repositories hold instead.
-pub const PYTORCH_BIN: &str = "pytorch_model.bin";
+pub use crate::clip::weights::{PYTORCH_BIN, SAFETENSORS};
 /// Pull-request refs looked at, newest first, before giving up on safetensors.
 const MAX_PR_REFS: usize = 20;
 
