@@ -37,7 +37,10 @@ fn main() -> ExitCode {
     match cli::run(command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{}", cli::log::error_line(&format!("{e:#}")));
+            eprintln!(
+                "{}",
+                cli::log::error_line(&clipscope::util::error_line(e.as_ref()))
+            );
             ExitCode::from(cli::EXIT_ERROR)
         }
     }

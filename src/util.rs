@@ -24,6 +24,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// An error and its causes on one line, `context: cause: cause`, for the user. A cause
+/// whose text the line already holds is left out (thiserror messages often include their
+/// source, which the chain then repeats), and so is anything after a message's first
+/// line (candle appends backtraces).
+pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        let text = text.lines().next().unwrap_or_default().trim();
+        if !text.is_empty() && !line.contains(text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(text);
+        }
+        next = e.source();
+    }
+    line
+}
+
 /// A horizontal bar of `fraction` (0..=1) in eighth-block characters, padded to `width`
 /// cells: the probability bars of the text output and of the app.
 pub fn bar(fraction: f64, width: usize) -> String {
@@ -98,6 +119,27 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Wrapped {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_line_names_each_cause_once_on_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone (os error 2)\nmore");
+        let e = anyhow::Error::new(Wrapped {
+            path: "a.txt".into(),
+            source: io,
+        })
+        .context("cannot read labels");
+        assert_eq!(
+            error_line(e.as_ref()),
+            "cannot read labels: a.txt: gone (os error 2)"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -129,12 +129,25 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ModelsAction {
     /// Show the known models and whether each is downloaded.
-    List,
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
     /// Download a model into the cache (no-op if already there).
     Download {
-        /// Model name, e.g. ViT-B/32.
+        /// Model name, e.g. ViT-B/32, or a CNN's (resnet18, vgg16) for its ImageNet weights.
         name: String,
     },
+}
+
+/// Formats of `models list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// A table that fits 100 columns.
+    Text,
+    /// JSON: the cache folder and one object per model.
+    Json,
 }
 
 /// Output formats.

@@ -116,27 +116,44 @@ fn imagenette(a: &ImagenetteStudyArgs) -> Result<u8> {
     }
 }
 
-/// A failed download, with the way to do without it.
+/// A failed download, with the way to do without it (the study's own, in place of the
+/// hub's generic next step when the server could not be reached).
 fn offline_hint(e: ImagenetteError, cfg: &ImagenetteStudy) -> anyhow::Error {
-    let hint = match &e {
-        ImagenetteError::Data(FetchError::Download(HubError::Download { .. })) => format!(
-            "offline, put {} (or the folder it unpacks to) into a folder and pass --data-dir DIR, \
-             or set CLIPSCOPE_DATA_URL to a mirror",
-            cfg.size.archive().0
+    let (hub, hint) = match &e {
+        ImagenetteError::Data(FetchError::Download(hub)) => (
+            hub,
+            format!(
+                "offline, put {} (or the folder it unpacks to) into a folder and pass \
+                 --data-dir DIR, or set CLIPSCOPE_DATA_URL to a mirror",
+                cfg.size.archive().0
+            ),
         ),
-        ImagenetteError::CnnWeights(HubError::Download { .. }) => {
-            "offline, pass --cnn-weights FILE (ResNet18 ImageNet weights in torchvision naming, \
-             safetensors), or set HF_ENDPOINT to a mirror"
-                .to_string()
-        }
-        ImagenetteError::Clip(HubError::Download { .. }) => {
+        ImagenetteError::CnnWeights(hub) => (
+            hub,
+            "offline, pass --cnn-weights FILE (ResNet18 ImageNet weights in torchvision \
+             naming, safetensors), or set HF_ENDPOINT to a mirror"
+                .to_string(),
+        ),
+        ImagenetteError::Clip(hub) => (
+            hub,
             "offline, pass --model-dir DIR (config.json, model.safetensors, tokenizer.json), \
              or set HF_ENDPOINT to a mirror"
-                .to_string()
+                .to_string(),
+        ),
+        _ => return anyhow!(e),
+    };
+    let what = match hub {
+        HubError::Download { .. } => e.to_string(),
+        HubError::Unreachable { url, reason, .. } => {
+            let prefix = match &e {
+                ImagenetteError::CnnWeights(_) => "ImageNet weights for resnet18: ",
+                _ => "",
+            };
+            format!("{prefix}cannot reach {url} ({reason})")
         }
         _ => return anyhow!(e),
     };
-    anyhow!("{e}; {hint}")
+    anyhow!("{what}; {hint}")
 }
 
 fn write_summary(report: &Report, cfg: &ImagenetteStudy, out: &mut dyn Write) -> Result<()> {

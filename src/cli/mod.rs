@@ -10,9 +10,9 @@ mod imagenette;
 mod input;
 mod jobs;
 pub mod log;
+mod models;
 pub mod output;
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -21,14 +21,11 @@ use clipscope::clip::pipeline::{self, ImageOutcome};
 use clipscope::clip::zeroshot::{self, dedupe_labels, parse_label_lines, parse_labels};
 use clipscope::clip::{preprocess, Clip, LabelSet, ModelFiles, PromptStyle};
 use clipscope::data::load_image;
-use clipscope::hub::{self, DownloadOptions, ModelSource, Registry};
+use clipscope::hub::{self, ModelSource, Registry};
 use clipscope::scale::{self, Precision};
 use clipscope::study::metrics::{answers, NONE_OF_THESE};
 
-use args::{
-    ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, ModelsAction, PrecisionArg,
-    PreprocessArgs,
-};
+use args::{ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, PrecisionArg, PreprocessArgs};
 use output::{ClassifyReport, EmbedItem, EmbedReport, ImageResult};
 
 /// Exit status when every input succeeded.
@@ -63,7 +60,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Demo { action } => clip_train::demo(&action)?,
         Command::Data { action } => cnn::data(&action)?,
         Command::Study { action } => imagenette::study(&action)?,
-        Command::Models { action } => models(&action)?,
+        Command::Models { action } => models::models(&action)?,
         Command::Completions { shell } => completions(shell)?,
         Command::Man { out_dir } => man(out_dir.as_deref())?,
     };
@@ -88,9 +85,13 @@ pub fn load_model(args: &ModelArgs) -> Result<Clip> {
 pub fn load_model_and_files(args: &ModelArgs) -> Result<(Clip, ModelFiles)> {
     let device = clipscope::clip::parse_device(&args.device)?;
     let files = model_files(args)?;
-    let clip = files
-        .load(device)
-        .with_context(|| format!("cannot load model {}", files.name))?;
+    // A folder is named by the file at fault in the error itself.
+    let clip = match &args.model_dir {
+        Some(_) => files.load(device).context("cannot load the model")?,
+        None => files
+            .load(device)
+            .with_context(|| format!("cannot load model {}", files.name))?,
+    };
     Ok((clip, files))
 }
 
@@ -429,57 +430,6 @@ fn output_image_format(path: &std::path::Path) -> Result<image::ImageFormat> {
             path.display()
         ),
     }
-}
-
-fn models(action: &ModelsAction) -> Result<u8> {
-    let registry = Registry::builtin()?;
-    let opts = DownloadOptions::from_env()?;
-    match action {
-        ModelsAction::List => {
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "{:<14} {:<9} {:>8}  DESCRIPTION",
-                "NAME", "STATUS", "SIZE"
-            )?;
-            for m in &registry.models {
-                let have = hub::is_cached(m, &opts);
-                let default = if m.name == registry.default {
-                    " (default)"
-                } else {
-                    ""
-                };
-                writeln!(
-                    out,
-                    "{:<14} {:<9} {:>5} MB  {}{}",
-                    m.name,
-                    if have { "cached" } else { "-" },
-                    m.size_mb,
-                    m.description,
-                    default
-                )?;
-            }
-            for c in &registry.cnn {
-                let have = hub::cnn_weights_path(c, &opts).is_file();
-                writeln!(
-                    out,
-                    "{:<14} {:<9} {:>5} MB  {} (CNN weights, train --pretrained imagenet)",
-                    c.name,
-                    if have { "cached" } else { "-" },
-                    c.size_mb,
-                    c.description
-                )?;
-            }
-            writeln!(out, "\ncache: {}", opts.cache_root.join("models").display())?;
-        }
-        ModelsAction::Download { name } => {
-            let entry = registry.find(name)?;
-            let dir = hub::ensure_model(entry, &opts, &mut log::download_progress())
-                .with_context(|| format!("cannot download model {}", entry.name))?;
-            println!("{} is in {}", entry.name, dir.display());
-        }
-    }
-    Ok(EXIT_OK)
 }
 
 fn tui(args: args::TuiArgs) -> Result<u8> {

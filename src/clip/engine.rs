@@ -14,6 +14,7 @@ use super::model::{l2_normalize, ClipModel};
 use super::preprocess::{batch_tensor, PreprocessConfig};
 use super::tokenizer::{id_batch, ClipTokenizer, Tokens};
 use super::train::Params;
+use super::weights::{PYTORCH_BIN, SAFETENSORS};
 use super::ClipError;
 
 /// Images per forward pass of the image tower (also the folder pipeline's batch).
@@ -40,6 +41,21 @@ pub struct Clip {
 struct HfPreprocessor {
     image_mean: Option<[f32; 3]>,
     image_std: Option<[f32; 3]>,
+}
+
+/// A model folder must exist and be a folder (said before any file in it is missed).
+fn check_model_dir(dir: &Path) -> Result<(), ClipError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(ClipError::NotAModelDir {
+            dir: dir.to_path_buf(),
+            why: "is a file, not a folder",
+        }),
+        Err(_) => Err(ClipError::NotAModelDir {
+            dir: dir.to_path_buf(),
+            why: "no such folder",
+        }),
+    }
 }
 
 fn require(dir: &Path, file: &'static str) -> Result<PathBuf, ClipError> {
@@ -91,8 +107,40 @@ pub struct ModelFiles {
 
 impl ModelFiles {
     /// A Hugging Face style folder: `config.json`, `model.safetensors` and
-    /// `tokenizer.json` (and `preprocessor_config.json`, if any).
+    /// `tokenizer.json` (and `preprocessor_config.json`, if any). A folder with
+    /// `pytorch_model.bin` instead needs it converted first: see
+    /// [`ModelFiles::from_dir_with_weights`] (what `--model-dir` does).
     pub fn from_dir(dir: &Path, name: &str) -> Result<Self, ClipError> {
+        check_model_dir(dir)?;
+        require(dir, "config.json")?;
+        let weights = match dir.join(SAFETENSORS) {
+            p if p.is_file() => p,
+            _ if dir.join(PYTORCH_BIN).is_file() => {
+                return Err(ClipError::Weights {
+                    path: dir.join(PYTORCH_BIN),
+                    message: "PyTorch weights need converting first: pass the folder to \
+                              clipscope with --model-dir, which converts them"
+                        .into(),
+                })
+            }
+            _ => {
+                return Err(ClipError::MissingFile {
+                    dir: dir.to_path_buf(),
+                    file: "model.safetensors or pytorch_model.bin",
+                })
+            }
+        };
+        Self::from_dir_with_weights(dir, name, &weights)
+    }
+
+    /// As [`ModelFiles::from_dir`], with the weights taken from `weights` (a safetensors
+    /// file converted from the folder's `pytorch_model.bin`).
+    pub fn from_dir_with_weights(
+        dir: &Path,
+        name: &str,
+        weights: &Path,
+    ) -> Result<Self, ClipError> {
+        check_model_dir(dir)?;
         let config_path = require(dir, "config.json")?;
         let config_json = read_text(&config_path)?;
         let config = ClipConfig::from_json(&config_json).map_err(|e| match e {
@@ -101,8 +149,9 @@ impl ModelFiles {
             }
             other => other,
         })?;
-        let weights = require(dir, "model.safetensors")?;
         let tokenizer_origin = require(dir, "tokenizer.json")?;
+        super::weights::check_file(weights, &config)?;
+        let weights = weights.to_path_buf();
         let tokenizer_json = std::fs::read(&tokenizer_origin).map_err(|source| ClipError::Io {
             path: tokenizer_origin.clone(),
             source,
@@ -134,6 +183,8 @@ impl ModelFiles {
         tokenizer_json: &'static [u8],
     ) -> Result<Self, ClipError> {
         let config = ClipConfig::from_json(config_json)?;
+        let origin = PathBuf::from(format!("{name}/model.safetensors"));
+        super::weights::check_bytes(weights, &origin, &config)?;
         Ok(Self {
             name: name.to_string(),
             preprocess: PreprocessConfig::openai(config.vision.image_size),
@@ -152,11 +203,22 @@ impl ModelFiles {
 
     /// The tokeniser.
     pub fn tokenizer(&self) -> Result<ClipTokenizer, ClipError> {
-        ClipTokenizer::from_bytes(
+        let tokenizer = ClipTokenizer::from_bytes(
             &self.tokenizer_json,
             self.config.text.max_positions,
             &self.tokenizer_origin,
-        )
+        )?;
+        let (have, want) = (tokenizer.vocab_size(), self.config.text.vocab_size);
+        if have != want {
+            return Err(ClipError::Tokenizer {
+                path: self.tokenizer_origin.clone(),
+                message: format!(
+                    "{have} tokens where config.json's text_config.vocab_size is {want}: \
+                     the tokenizer does not belong to these weights"
+                ),
+            });
+        }
+        Ok(tokenizer)
     }
 
     /// Where the weights are, for messages.
@@ -178,7 +240,7 @@ impl ModelFiles {
     fn weights_error(&self) -> impl Fn(candle_core::Error) -> ClipError + '_ {
         move |e| ClipError::Weights {
             path: self.weights_path(),
-            message: e.to_string(),
+            message: super::weights::candle_message(&e),
         }
     }
 
@@ -274,7 +336,11 @@ impl Clip {
         if tokens.truncated {
             // The start names the prompt; a 1 MB paste must not fill the screen.
             let start: String = text.chars().take(60).collect();
-            let more = if text.chars().nth(60).is_some() { "…" } else { "" };
+            let more = if text.chars().nth(60).is_some() {
+                "…"
+            } else {
+                ""
+            };
             tracing::warn!(
                 "prompt longer than {} tokens, cut to fit (its end-of-text token kept): {start:?}{more}",
                 self.config().text.max_positions

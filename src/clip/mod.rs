@@ -13,6 +13,7 @@ pub mod resample;
 pub mod templates;
 pub mod tokenizer;
 pub mod train;
+pub mod weights;
 pub mod zeroshot;
 
 use std::path::PathBuf;
@@ -37,6 +38,17 @@ pub enum ClipError {
     /// A `config.json` is not a CLIP configuration clipscope can build.
     #[error("model config: {0}")]
     Config(String),
+    /// A model folder does not exist or is not a folder.
+    #[error(
+        "{dir}: {why}; a model folder holds config.json, model.safetensors (or \
+         pytorch_model.bin) and tokenizer.json"
+    )]
+    NotAModelDir {
+        /// The folder given.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// A required file is missing from a model folder.
     #[error("{dir}: no {file} in the model folder")]
     MissingFile {

@@ -71,6 +71,11 @@ impl ClipTokenizer {
         Ok(Self { inner, context })
     }
 
+    /// The number of tokens in the vocabulary, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
     /// Tokenise one prompt. Prompts longer than the context are cut, keeping EOT last
     /// (as OpenAI's `tokenize(..., truncate=True)` does); `Tokens::truncated` says so.
     pub fn encode(&self, text: &str) -> Result<Tokens, ClipError> {

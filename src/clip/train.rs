@@ -304,6 +304,15 @@ struct WeightSpec {
     init: Init,
 }
 
+/// The name and shape of every weight a Hugging Face `CLIPModel` with this
+/// configuration holds (what a weights file is checked against before loading).
+pub fn weight_shapes(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
+    weight_specs(c)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect()
+}
+
 /// Every weight of a Hugging Face `CLIPModel` with its shape and initialisation.
 fn weight_specs(c: &ClipConfig) -> Vec<WeightSpec> {
     let mut out = Vec::new();

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::resnet::{self, ResNet18};
 use super::vgg::{self, Vgg16};
+use crate::clip::weights::candle_message;
 
 /// An architecture by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +153,14 @@ pub(super) fn load_named(
     aliases: &[(&str, &str)],
 ) -> std::result::Result<usize, String> {
     let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "{}: not a readable safetensors file ({}); it may be truncated or corrupt: \
+                 fetch it again",
+                path.display(),
+                candle_message(&e)
+            )
+        })?;
     let vars = map
         .data()
         .lock()
@@ -184,12 +192,20 @@ pub(super) fn load_named(
                 aliased().ok_or_else(|| format!("{}: missing tensor {name}", path.display()))?
             }
         };
+        if !t.dtype().is_float() {
+            return Err(format!(
+                "{}: tensor {name} is {:?}, not a floating-point type",
+                path.display(),
+                t.dtype()
+            ));
+        }
         let t = t
             .to_dtype(DType::F32)
             .and_then(|t| t.reshape(var.dims()))
             .and_then(|t| t.to_device(var.device()))
-            .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
-        var.set(&t).map_err(|e| format!("{name}: {e}"))?;
+            .map_err(|e| format!("{}: {name}: {}", path.display(), candle_message(&e)))?;
+        var.set(&t)
+            .map_err(|e| format!("{name}: {}", candle_message(&e)))?;
         loaded += 1;
     }
     Ok(loaded)

@@ -1,16 +1,18 @@
 //! Downloading model files from a Hugging Face style server into the user's cache.
 //!
 //! Files come from `{endpoint}/{repo}/resolve/{revision}/{file}` (the endpoint is
-//! `HF_ENDPOINT`, or huggingface.co), with a progress bar on stderr, written to a
-//! temporary file and renamed into place, so an interrupted download never leaves a
-//! truncated file that would be taken for a complete one.
+//! `HF_ENDPOINT`, or huggingface.co), the revision chosen from the hub's file listing
+//! ([`super::listing`]), with a progress bar on stderr. They grow as `.part` files in
+//! `models/.partial/NAME/` (resumed after an interruption), are checked against the size
+//! and sha256 the hub lists, and the folder `models/NAME/` appears only when every file
+//! is there, so a failed download never looks like a model.
 
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::http::fetch_file;
+use super::listing::{self, PYTORCH_BIN, SAFETENSORS};
 use super::{HubError, ModelEntry};
 
 /// Where downloads come from and go to.
@@ -54,22 +56,41 @@ pub fn model_cache_dir(entry: &ModelEntry, opts: &DownloadOptions) -> PathBuf {
 /// Reports download progress: the file being fetched, bytes so far, total if known.
 pub type ProgressFn<'a> = dyn FnMut(&str, u64, Option<u64>) + 'a;
 
-/// The model's folder, downloading whatever files are not there yet.
+/// The model's folder, downloading it into the cache if it is not there yet.
 pub fn ensure_model(
     entry: &ModelEntry,
     opts: &DownloadOptions,
     progress: &mut ProgressFn<'_>,
 ) -> Result<PathBuf, HubError> {
     let dir = model_cache_dir(entry, opts);
-    ensure_files(
-        &entry.repo,
-        &entry.revision,
-        &entry.files,
-        &dir,
-        opts,
-        progress,
-    )?;
+    let target = Target {
+        repo: &entry.repo,
+        revision: &entry.revision,
+        files: &entry.files,
+        dir: dir.clone(),
+        hint: clip_hint(&entry.repo, &dir),
+    };
+    target.ensure(opts, progress)?;
     Ok(dir)
+}
+
+/// The next step when a CLIP model cannot be downloaded.
+fn clip_hint(repo: &str, dir: &Path) -> String {
+    format!(
+        "to work offline, fetch config.json, model.safetensors (or pytorch_model.bin) and \
+         tokenizer.json of huggingface.co/{repo} elsewhere, then pass --model-dir DIR or copy \
+         them into {}; or set HF_ENDPOINT to a mirror",
+        dir.display()
+    )
+}
+
+/// The next step when a CNN's weights cannot be downloaded.
+fn cnn_hint(repo: &str, dir: &Path) -> String {
+    format!(
+        "to work offline, fetch model.safetensors of huggingface.co/{repo} elsewhere and copy \
+         it into {}; or set HF_ENDPOINT to a mirror; or train with --pretrained none",
+        dir.display()
+    )
 }
 
 /// The cache folder of a CNN's pretrained weights.
@@ -83,7 +104,7 @@ pub fn cnn_weights_path(entry: &super::CnnEntry, opts: &DownloadOptions) -> Path
         .files
         .first()
         .map(String::as_str)
-        .unwrap_or("model.safetensors");
+        .unwrap_or(SAFETENSORS);
     cnn_cache_dir(entry, opts).join(file)
 }
 
@@ -93,14 +114,15 @@ pub fn ensure_cnn_weights(
     opts: &DownloadOptions,
     progress: &mut ProgressFn<'_>,
 ) -> Result<PathBuf, HubError> {
-    ensure_files(
-        &entry.repo,
-        &entry.revision,
-        &entry.files,
-        &cnn_cache_dir(entry, opts),
-        opts,
-        progress,
-    )?;
+    let dir = cnn_cache_dir(entry, opts);
+    let target = Target {
+        repo: &entry.repo,
+        revision: &entry.revision,
+        files: &entry.files,
+        dir: dir.clone(),
+        hint: cnn_hint(&entry.repo, &dir),
+    };
+    target.ensure(opts, progress)?;
     Ok(cnn_weights_path(entry, opts))
 }
 
@@ -119,45 +141,148 @@ pub fn ensure_builtin_cnn_weights(
     )
 }
 
-/// Download the files of `repo` at `revision` that `dir` does not have yet.
-fn ensure_files(
-    repo: &str,
-    revision: &str,
-    files: &[String],
-    dir: &Path,
-    opts: &DownloadOptions,
-    progress: &mut ProgressFn<'_>,
-) -> Result<(), HubError> {
-    std::fs::create_dir_all(dir).map_err(|source| HubError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for file in files {
-        let dest = dir.join(file);
-        if dest.is_file() {
-            continue;
-        }
-        let url = format!(
-            "{}/{}/resolve/{}/{}",
-            opts.endpoint,
-            repo,
-            encode_revision(revision),
-            file
-        );
-        download_file(&url, &dest, &mut |done, total| progress(file, done, total))?;
+/// One folder of the cache to fill from a repository.
+struct Target<'a> {
+    repo: &'a str,
+    revision: &'a str,
+    files: &'a [String],
+    /// The folder in the cache.
+    dir: PathBuf,
+    /// The next step when the hub cannot be reached.
+    hint: String,
+}
+
+impl Target<'_> {
+    fn is_complete(&self) -> bool {
+        self.files.iter().all(|f| self.dir.join(f).is_file())
     }
-    Ok(())
+
+    /// Where the files grow until all are there: a folder of its own, so that the
+    /// model's folder exists only once it is complete.
+    fn staging(&self) -> PathBuf {
+        let name = self.dir.file_name().unwrap_or_default();
+        self.dir
+            .parent()
+            .unwrap_or(&self.dir)
+            .join(PARTIAL_DIR)
+            .join(name)
+    }
+
+    /// Download whatever is missing: resolve the revision from the hub's listing, fetch
+    /// into the staging folder (resuming `.part` files), convert a PyTorch pickle, then
+    /// move the files into place.
+    fn ensure(
+        &self,
+        opts: &DownloadOptions,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<(), HubError> {
+        if self.is_complete() {
+            return Ok(());
+        }
+        let plan = listing::plan(
+            &opts.endpoint,
+            self.repo,
+            self.revision,
+            self.files,
+            &self.hint,
+        )?;
+        let staging = self.staging();
+        std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
+        let fetched = self.fetch(&plan, &staging, opts, progress);
+        if fetched.is_err() {
+            remove_if_nothing_to_resume(&staging);
+            return fetched;
+        }
+        self.install(&staging)
+    }
+
+    fn fetch(
+        &self,
+        plan: &listing::Plan,
+        staging: &Path,
+        opts: &DownloadOptions,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<(), HubError> {
+        for file in &plan.files {
+            let dest = staging.join(&file.name);
+            if dest.is_file() {
+                continue;
+            }
+            let url = listing::file_url(&opts.endpoint, self.repo, &file.revision, &file.name);
+            fetch_file(&url, &dest, &file.expect, &self.hint, &mut |done, total| {
+                progress(&file.name, done, total)
+            })?;
+        }
+        if plan.needs_conversion() {
+            let bin = staging.join(PYTORCH_BIN);
+            crate::clip::weights::convert_pytorch_bin(&bin, &staging.join(SAFETENSORS))?;
+            std::fs::remove_file(&bin).map_err(io_at(&bin))?;
+        }
+        Ok(())
+    }
+
+    /// Move the complete files from `staging` into the model's folder.
+    fn install(&self, staging: &Path) -> Result<(), HubError> {
+        if let Some(parent) = self.dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+        }
+        if !self.dir.exists() && std::fs::rename(staging, &self.dir).is_ok() {
+            remove_if_empty(staging.parent());
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
+        for file in self.files {
+            let from = staging.join(file);
+            if from.is_file() {
+                let to = self.dir.join(file);
+                std::fs::rename(&from, &to).map_err(io_at(&to))?;
+            }
+        }
+        let _ = std::fs::remove_dir_all(staging);
+        remove_if_empty(staging.parent());
+        Ok(())
+    }
+}
+
+/// The folder under `models/` where unfinished downloads wait.
+pub const PARTIAL_DIR: &str = ".partial";
+
+/// After a failed download, remove the staging folder unless it holds a `.part` file
+/// with bytes in it that the next attempt can resume.
+fn remove_if_nothing_to_resume(staging: &Path) {
+    let resumable = std::fs::read_dir(staging)
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name().to_string_lossy().ends_with(".part")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            })
+        })
+        .unwrap_or(false);
+    if !resumable {
+        let _ = std::fs::remove_dir_all(staging);
+        remove_if_empty(staging.parent());
+    }
+}
+
+/// Remove `dir` if it is an empty folder (the shared `.partial` folder once unused).
+fn remove_if_empty(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        // remove_dir fails on a folder that is not empty, which is what is wanted.
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '_ {
+    move |source| HubError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Whether every file of a registry model is in the cache.
 pub fn is_cached(entry: &ModelEntry, opts: &DownloadOptions) -> bool {
     let dir = model_cache_dir(entry, opts);
     entry.files.iter().all(|f| dir.join(f).is_file())
-}
-
-/// Revisions such as `refs/pr/15` travel as one path segment.
-fn encode_revision(rev: &str) -> String {
-    rev.replace('/', "%2F")
 }
 
 /// A progress callback that draws an indicatif bar on stderr (hidden when stderr is not
@@ -188,64 +313,6 @@ pub fn stderr_progress() -> impl FnMut(&str, u64, Option<u64>) {
             }
         }
     }
-}
-
-/// Fetch `url` into `dest` through a temporary file in the same folder.
-pub fn download_file(
-    url: &str,
-    dest: &Path,
-    progress: &mut dyn FnMut(u64, Option<u64>),
-) -> Result<(), HubError> {
-    let fail = |message: String| HubError::Download {
-        url: url.to_string(),
-        message,
-    };
-    let mut req = ureq::get(url);
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        if !token.is_empty() {
-            req = req.header("Authorization", &format!("Bearer {token}"));
-        }
-    }
-    let mut resp = req.call().map_err(|e| fail(e.to_string()))?;
-    let total = resp
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let tmp = dest.with_extension("part");
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| HubError::Io { path, source }
-    };
-    let mut out = File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut reader = resp.body_mut().as_reader();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut written = 0u64;
-    progress(0, total);
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(fail(e.to_string()));
-            }
-        };
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).map_err(io_err(&tmp))?;
-        written += n as u64;
-        progress(written, total);
-    }
-    out.sync_all().map_err(io_err(&tmp))?;
-    drop(out);
-    if let Some(total) = total {
-        if written != total {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(fail(format!("received {written} of {total} bytes")));
-        }
-    }
-    std::fs::rename(&tmp, dest).map_err(io_err(dest))
 }
 
 /// Where a model comes from: a folder, or a registry name (`None`: the default).

@@ -1,15 +1,18 @@
 //! Models by name: the registry in `models/registry.toml`, the cache folder, downloads.
 
 mod download;
+mod http;
+pub mod listing;
 mod registry;
 
 use std::path::PathBuf;
 
 pub use download::{
-    cnn_weights_path, download_file, endpoint, ensure_builtin_cnn_weights, ensure_cnn_weights,
-    ensure_model, is_cached, model_cache_dir, resolve_model, stderr_progress, DownloadOptions,
-    ModelSource, ProgressFn,
+    cnn_weights_path, endpoint, ensure_builtin_cnn_weights, ensure_cnn_weights, ensure_model,
+    is_cached, model_cache_dir, resolve_model, stderr_progress, DownloadOptions, ModelSource,
+    ProgressFn, PARTIAL_DIR,
 };
+pub use http::{download_file, fetch_file, part_path, sha256_file, Expected};
 pub use registry::{CnnEntry, ModelEntry, Registry};
 
 /// The name of the built-in demo model (`--model demo`).
@@ -27,7 +30,51 @@ pub fn resolve_files(
         }
     }
     let (dir, name) = resolve_model(source, progress)?;
+    let bin = dir.join(listing::PYTORCH_BIN);
+    if !dir.join(listing::SAFETENSORS).is_file() && bin.is_file() {
+        let converted = converted_weights(&bin)?;
+        return Ok(crate::clip::ModelFiles::from_dir_with_weights(
+            &dir, &name, &converted,
+        )?);
+    }
     Ok(crate::clip::ModelFiles::from_dir(&dir, &name)?)
+}
+
+/// The safetensors conversion of a folder's `pytorch_model.bin`, made once under
+/// `CACHE/converted/` (keyed by the file's path, size and modification time) and reused.
+fn converted_weights(bin: &std::path::Path) -> Result<PathBuf, HubError> {
+    use sha2::{Digest, Sha256};
+    let io = |source| HubError::Io {
+        path: bin.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(bin).map_err(io)?;
+    let path = std::fs::canonicalize(bin).map_err(io)?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = Sha256::digest(format!("{}\n{}\n{modified}", path.display(), meta.len()));
+    let key: String = key.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let dir = DownloadOptions::from_env()?
+        .cache_root
+        .join("converted")
+        .join(key);
+    let dest = dir.join(listing::SAFETENSORS);
+    if !dest.is_file() {
+        std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        tracing::info!(
+            "converting {} to safetensors in {}",
+            bin.display(),
+            dir.display()
+        );
+        crate::clip::weights::convert_pytorch_bin(bin, &dest)?;
+    }
+    Ok(dest)
 }
 
 /// What the app opens when it is started with no model, picture or labels.
@@ -131,6 +178,37 @@ pub enum HubError {
         url: String,
         /// Why it failed.
         message: String,
+    },
+    /// The server could not be reached (offline, DNS, refused, timed out).
+    #[error("cannot reach {url} ({reason}); {hint}")]
+    Unreachable {
+        /// What was being fetched.
+        url: String,
+        /// What the connection said.
+        reason: String,
+        /// The next step: `--model-dir`, `HF_ENDPOINT`, the cache folder.
+        hint: String,
+    },
+    /// No revision of the repository holds weights clipscope can read.
+    #[error(
+        "{repo}: no revision has model.safetensors or pytorch_model.bin (tried {tried}); \
+         fetch the weights elsewhere and pass --model-dir DIR"
+    )]
+    NoWeights {
+        /// The repository.
+        repo: String,
+        /// The revisions looked at, each with why it did not do.
+        tried: String,
+    },
+    /// A file the model needs is in none of the revisions looked at.
+    #[error("{repo}: no {file} at revision {revision} or main")]
+    NoFile {
+        /// The repository.
+        repo: String,
+        /// The file.
+        file: String,
+        /// The revision that holds the weights.
+        revision: String,
     },
     /// The model's files are unusable.
     #[error(transparent)]

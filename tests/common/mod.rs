@@ -62,7 +62,44 @@ impl Reference {
     }
 }
 
-/// A minimal HTTP server for one folder, recording the paths asked for.
+/// The Hub's file listing (`/api/models/{repo}/revision/{rev}?blobs=true`) of the folder
+/// that `serve(dir, routes)` answers `/{repo}/resolve/{rev}/` from, with the sizes and,
+/// for weights, the sha256 that the Hub lists for files in LFS.
+fn hub_listing(dir: &Path, routes: &str, path: &str) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let rest = path
+        .strip_prefix("/api/models/")?
+        .strip_suffix("?blobs=true")?;
+    let (repo, rev) = rest.split_once("/revision/")?;
+    let files = format!("/{repo}/resolve/{rev}/");
+    let folder = dir.join(files.strip_prefix(routes)?);
+    let siblings: Vec<serde_json::Value> = std::fs::read_dir(folder)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).unwrap();
+            let name = e.file_name().to_string_lossy().to_string();
+            let mut s = serde_json::json!({"rfilename": name, "size": bytes.len()});
+            if name.ends_with(".safetensors") {
+                let sha: String = Sha256::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                s["lfs"] = serde_json::json!({"sha256": sha, "size": bytes.len()});
+            }
+            s
+        })
+        .collect();
+    Some(
+        serde_json::json!({ "siblings": siblings })
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+/// A minimal HTTP server for one folder, recording the paths of the files asked for. It
+/// also answers the Hub's file listing for the folder (not recorded).
 pub fn serve(dir: &Path, routes: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -81,15 +118,19 @@ pub fn serve(dir: &Path, routes: &'static str) -> (String, Arc<Mutex<Vec<String>
                 }
             }
             let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-            log.lock().unwrap().push(path.clone());
-            let body = path
-                .strip_prefix(routes)
-                .and_then(|f| std::fs::File::open(dir.join(f)).ok())
-                .map(|mut f| {
-                    let mut b = Vec::new();
-                    f.read_to_end(&mut b).unwrap();
-                    b
-                });
+            let listing = hub_listing(&dir, routes, &path);
+            if listing.is_none() {
+                log.lock().unwrap().push(path.clone());
+            }
+            let body = listing.or_else(|| {
+                path.strip_prefix(routes)
+                    .and_then(|f| std::fs::File::open(dir.join(f)).ok())
+                    .map(|mut f| {
+                        let mut b = Vec::new();
+                        f.read_to_end(&mut b).unwrap();
+                        b
+                    })
+            });
             let _ = match body {
                 Some(b) => write!(
                     stream,
