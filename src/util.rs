@@ -117,6 +117,22 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
+/// Refuse to start a new run in a folder that already holds files, unless the run is
+/// resumed or replacing it was asked for; the message names both ways out.
+pub fn check_run_folder(output: &Path, resume: bool, force: bool) -> Result<(), String> {
+    let occupied = output.is_dir()
+        && std::fs::read_dir(output)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+    if occupied && !resume && !force {
+        return Err(format!(
+            "{} is not empty; give --resume to continue its run, --force to replace it, or another --output",
+            output.display()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug, thiserror::Error)]
@@ -172,20 +188,4 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
-}
-
-/// Refuse to start a new run in a folder that already holds files, unless the run is
-/// resumed or replacing it was asked for; the message names both ways out.
-pub fn check_run_folder(output: &Path, resume: bool, force: bool) -> Result<(), String> {
-    let occupied = output.is_dir()
-        && std::fs::read_dir(output)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-    if occupied && !resume && !force {
-        return Err(format!(
-            "{} is not empty; give --resume to continue its run, --force to replace it, or another --output",
-            output.display()
-        ));
-    }
-    Ok(())
 }

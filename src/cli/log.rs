@@ -100,7 +100,7 @@ pub fn progress_bar(len: u64) -> indicatif::ProgressBar {
 }
 
 /// Download progress on stderr, silent under `-q`.
-pub fn download_progress() -> Box<dyn FnMut(&str, u64, Option<u64>)> {
+pub fn download_progress() -> Box<clipscope::hub::ProgressFn<'static>> {
     if quiet() {
         Box::new(|_: &str, _: u64, _: Option<u64>| {})
     } else {
