@@ -62,7 +62,7 @@ pub enum ImageError {
         source: std::io::Error,
     },
     /// The bytes are not an image in a format clipscope decodes, or are corrupt.
-    #[error("{path}: not a readable image: {source}")]
+    #[error("{}: not a readable image: {}", .path.display(), decode_reason(.source))]
     Decode {
         /// The file at fault.
         path: PathBuf,
@@ -83,6 +83,12 @@ pub enum ImageError {
     #[error("{path}: no such file or directory")]
     Missing {
         /// The path at fault.
+        path: PathBuf,
+    },
+    /// The file holds no bytes.
+    #[error("{path}: empty file (0 bytes)")]
+    Empty {
+        /// The file at fault.
         path: PathBuf,
     },
     /// A named pipe, device or socket: never read, as reading one may block forever or
@@ -141,6 +147,7 @@ impl ImageError {
             | Self::TooLarge { path, .. }
             | Self::Missing { path }
             | Self::NotAFile { path, .. }
+            | Self::Empty { path }
             | Self::NoImages { path }
             | Self::TooManyPixels { path, .. }
             | Self::Crashed { path, .. }
@@ -200,6 +207,28 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
     Ok(bytes)
 }
 
+/// The decoder's complaint on one line, in words a user can act on.
+fn decode_reason(e: &image::ImageError) -> String {
+    match e {
+        image::ImageError::Unsupported(u)
+            if matches!(
+                u.kind(),
+                image::error::UnsupportedErrorKind::Format(image::error::ImageFormatHint::Unknown)
+            ) =>
+        {
+            format!(
+                "not a picture in a format clipscope reads ({})",
+                "JPEG, PNG, GIF, BMP, TIFF, WebP, PNM, ICO, QOI"
+            )
+        }
+        other => other
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 /// What a file that is not a regular file is, for messages.
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     #[cfg(unix)]
@@ -241,6 +270,11 @@ fn check_pixels(path: &Path, width: u32, height: u32) -> Result<(), ImageError> 
 /// Decode the bytes of the image file `path` (named in errors), within memory limits.
 /// The bytes serve the JPEG decoder and, for other formats, the image crate.
 pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<DynamicImage, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|source| ImageError::Io {
