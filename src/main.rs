@@ -28,7 +28,8 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_env("CLIPSCOPE_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
         )
-        .with_writer(std::io::stderr)
+        // To stderr, but to a log file and the status bar while the app owns the terminal.
+        .with_writer(clipscope::tui::logsink::log_writer)
         .without_time()
         .with_target(false)
         .init();
