@@ -829,7 +829,12 @@ impl App {
                 self.show_help = false;
                 match self.latest_error() {
                     Some(_) => self.show_message = true,
-                    None => self.notify("no error to show", false),
+                    None => {
+                        let log = self.log_path.as_ref().map_or(String::new(), |p| {
+                            format!(" (the log is {})", p.display())
+                        });
+                        self.notify(format!("no error to show{log}"), false)
+                    }
                 }
             }
             Action::Export => self.export_to(Path::new(".")),

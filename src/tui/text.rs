@@ -74,6 +74,25 @@ pub fn elide_middle(text: &str, width: usize) -> String {
     format!("{start}…{end}")
 }
 
+/// `text` fitted to `width` characters: first each long path or URL in it is cut to
+/// its last component (`…/LICENSE.md:`), which keeps the file's name and the reason
+/// that follows; then, if still too long, the middle is elided.
+pub fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let shortened: Vec<String> = text
+        .split(' ')
+        .map(|word| match word.rfind('/') {
+            Some(i) if word.chars().count() > 24 && i + 1 < word.len() => {
+                format!("…/{}", &word[i + 1..])
+            }
+            _ => word.to_string(),
+        })
+        .collect();
+    elide_middle(&shortened.join(" "), width)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +123,8 @@ mod tests {
         assert!(short.ends_with("lookup address"));
         assert_eq!(elide_middle("short", 40), "short");
         assert_eq!(elide_middle("abcdef", 3), "abc");
+        let notice = "/work/photos/holiday/2024/LICENSE.md: not a readable image";
+        assert_eq!(fit(notice, 60), notice);
+        assert_eq!(fit(notice, 40), "…/LICENSE.md: not a readable image");
     }
 }

@@ -9,7 +9,7 @@ use ratatui::Frame;
 use super::action::Action;
 use super::app::{App, ModelState, Pane, PromptFor};
 use super::panes;
-use super::text::{elide_middle, printable};
+use super::text::{fit, printable};
 
 /// The smallest screen the app lays out; below it, a message says so.
 pub const MIN_WIDTH: u16 = 40;
@@ -176,8 +176,16 @@ fn message_paragraph(app: &App) -> Option<Paragraph<'static>> {
     } else {
         " Error (any key closes) "
     };
+    let mut lines = vec![Line::from(printable(message).into_owned())];
+    if let Some(path) = &app.log_path {
+        lines.push(Line::from(""));
+        lines.push(Line::from(format!(
+            "Every log line of this session: {}",
+            printable(&path.display().to_string())
+        )));
+    }
     Some(
-        Paragraph::new(printable(message).into_owned())
+        Paragraph::new(lines)
             .wrap(Wrap { trim: false })
             .block(Block::default().borders(Borders::ALL).title(title)),
     )
@@ -288,9 +296,9 @@ pub fn status_text(app: &App, width: u16) -> Vec<Span<'static>> {
             (Some(k), true) => {
                 let hint = format!(" ({k}: all)");
                 let keep = room.saturating_sub(hint.chars().count()).max(8);
-                format!("{}{hint}", elide_middle(&text, keep))
+                format!("{}{hint}", fit(&text, keep))
             }
-            _ => elide_middle(&text, room),
+            _ => fit(&text, room),
         };
         spans.push(Span::styled(text, style));
     }
@@ -335,15 +343,8 @@ fn help_paragraph(app: &App) -> Paragraph<'static> {
         "  Paste or drop an image path to open it; type labels to score them.",
     ));
     lines.push(Line::from(
-        "  Path prompt: Ctrl-U clears to the start, Ctrl-W deletes a word, Ctrl-A/Ctrl-E \
-         or Home/End move; typing / or ~ first starts a new path.",
+        "  Path prompt: Ctrl-U, Ctrl-W, Ctrl-A, Ctrl-E edit as in a shell.",
     ));
-    if let Some(path) = &app.log_path {
-        lines.push(Line::from(format!(
-            "  Log: {}",
-            printable(&path.display().to_string())
-        )));
-    }
     Paragraph::new(lines)
         .wrap(Wrap { trim: false })
         .block(Block::default().borders(Borders::ALL).title(" Help "))
