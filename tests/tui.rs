@@ -760,7 +760,10 @@ fn a_panic_puts_the_terminal_back_before_the_message_is_printed() {
     }
     let parser = pty.parser.lock().unwrap();
     assert!(!parser.screen().alternate_screen());
-    assert!(parser.screen().contents().contains(clipscope::tui::DEBUG_PANIC_VAR));
+    assert!(parser
+        .screen()
+        .contents()
+        .contains(clipscope::tui::DEBUG_PANIC_VAR));
 }
 
 /// Where `needle` first occurs in `haystack`.

@@ -18,9 +18,9 @@ use super::graphics::{centred, EscapePicture, Graphics, Prepared};
 use super::keymap::Keymap;
 use super::picker::{self, Picker, PickerOutcome};
 use super::results_state::{LoadedReport, ResultsEffect, ResultsState};
+use super::text::{paste_lines, paste_one_line};
 use super::theme::Theme;
 use super::train_state::TrainState;
-use super::text::{paste_lines, paste_one_line};
 use super::worker::{Configure, Request, Response};
 use crate::clip::zeroshot::{parse_labels, Prediction};
 use crate::clip::PromptStyle;
@@ -216,6 +216,8 @@ pub struct App {
     pub style: PromptStyle,
     /// Where log lines go while the app runs, if the log file could be created.
     pub log_path: Option<PathBuf>,
+    /// The model the worker was last asked for (the picker lists it).
+    pub source: Option<crate::hub::ModelSource>,
     /// The model's state.
     pub model: ModelState,
     /// How pictures are drawn.
@@ -292,7 +294,9 @@ impl PathPrompt {
     /// Type a key: `/` or `~` on the untouched pre-filled folder starts a new path.
     fn type_key(&mut self, key: KeyEvent) {
         let starts_path = matches!(key.code, KeyCode::Char('/' | '~'))
-            && !key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+            && !key
+                .modifiers
+                .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
         if self.untouched && starts_path {
             self.set_text(String::new());
         }
@@ -380,6 +384,7 @@ impl App {
             show_message: false,
             style: PromptStyle::default(),
             log_path: None,
+            source: None,
             model: ModelState::Loading("starting…".into()),
             graphics,
             theme: Theme::default(),
@@ -466,7 +471,10 @@ impl App {
             match folder_images(&path).into_iter().next() {
                 Some(first) => first,
                 None => {
-                    self.notify(format!("{}: no images in this folder", path.display()), true);
+                    self.notify(
+                        format!("{}: no images in this folder", path.display()),
+                        true,
+                    );
                     return None;
                 }
             }
@@ -823,16 +831,21 @@ impl App {
             }
             Action::PickModel => {
                 self.show_help = false;
-                self.picker = Some(Picker::new(picker::entries(&self.style)));
+                let mut entries = picker::entries(&self.style);
+                if let Some(crate::hub::ModelSource::Dir(dir)) = &self.source {
+                    picker::add_folder(&mut entries, dir);
+                }
+                self.picker = Some(Picker::new(entries));
             }
             Action::ShowMessage => {
                 self.show_help = false;
                 match self.latest_error() {
                     Some(_) => self.show_message = true,
                     None => {
-                        let log = self.log_path.as_ref().map_or(String::new(), |p| {
-                            format!(" (the log is {})", p.display())
-                        });
+                        let log = self
+                            .log_path
+                            .as_ref()
+                            .map_or(String::new(), |p| format!(" (the log is {})", p.display()));
                         self.notify(format!("no error to show{log}"), false)
                     }
                 }
@@ -986,7 +999,14 @@ impl App {
             p.paste(text);
         } else if self.pane == Pane::Classify && self.picker.is_none() {
             // Line breaks (CR, LF, CRLF) become lines; no control character gets in.
-            self.classify.editor.insert_str(paste_lines(text));
+            let lines = paste_lines(text);
+            let ratatui_textarea::DataCursor(row, col) = self.classify.editor.cursor();
+            let line = &self.classify.editor.lines()[row];
+            if lines.contains('\n') && col > 0 && col == line.chars().count() {
+                // A list pasted after a label starts on a line of its own.
+                self.classify.editor.insert_newline();
+            }
+            self.classify.editor.insert_str(lines);
             self.debounce_until = Some(now + DEBOUNCE);
         }
         None
@@ -1001,7 +1021,8 @@ impl App {
             self.style = style.clone();
             self.notify(format!("prompts: {}", style.describe()), false);
         }
-        if change.source.is_some() {
+        if let Some(source) = &change.source {
+            self.source = Some(source.clone());
             self.model = ModelState::Loading("loading model…".into());
             self.model_note = None;
         }
@@ -1024,10 +1045,12 @@ impl App {
             });
         let stem = super::export::stem_now();
         match super::export::export(dir, &stem, &self.history, current.as_ref()) {
-            Ok([csv, json]) => self.notify(
-                format!("exported {} and {}", csv.display(), json.display()),
-                false,
-            ),
+            Ok([csv, json]) => {
+                let json_ext = json
+                    .extension()
+                    .map_or(String::new(), |e| format!(".{}", e.to_string_lossy()));
+                self.notify(format!("exported {} and {json_ext}", csv.display()), false)
+            }
             Err(e) => self.notify(format!("export: {e}"), true),
         }
     }
@@ -1366,10 +1389,16 @@ mod tests {
         assert_eq!(a.labels(), ["cat", "dog", "red[2J car", "fox"]);
         assert!(no_control_in(a.classify.editor.lines()));
         // Labels from the command line are cleaned the same way.
-        let b = app("owl\rbat\x1b");
+        let mut b = app("owl\rbat\x1b");
         assert_eq!(b.labels(), ["owl", "bat"]);
+        // A list pasted after the last label starts a line of its own.
+        b.on_paste("cow\rhen\r", now);
+        assert_eq!(b.labels(), ["owl", "bat", "cow", "hen"]);
         // A control character typed as a key never reaches the editor.
-        a.on_key(KeyEvent::new(KeyCode::Char('\x1b'), KeyModifiers::NONE), now);
+        a.on_key(
+            KeyEvent::new(KeyCode::Char('\x1b'), KeyModifiers::NONE),
+            now,
+        );
         assert!(no_control_in(a.classify.editor.lines()));
     }
 
@@ -1392,7 +1421,12 @@ mod tests {
             panic!("one score request after the pause")
         };
         assert_eq!(labels.len(), MAX_LABELS);
-        assert!(a.notice.as_ref().unwrap().text.contains(&format!("of {n} labels")));
+        assert!(a
+            .notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains(&format!("of {n} labels")));
         let start = Instant::now();
         crate::tui::testing::screen(&mut a, 120, 40);
         let drawn = start.elapsed();
@@ -1480,11 +1514,19 @@ mod tests {
         assert!(a.open(dir.path().join("missing.png")).is_none());
         assert!(a.notice.as_ref().unwrap().text.contains("no such file"));
         assert!(a.open(dir.path().to_path_buf()).is_none());
-        assert!(a.notice.as_ref().unwrap().text.contains("no images in this folder"));
+        assert!(a
+            .notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("no images in this folder"));
         for n in ["b.png", "a.png"] {
             image::RgbImage::new(2, 2).save(dir.path().join(n)).unwrap();
         }
-        assert_eq!(a.open(dir.path().to_path_buf()), Some(dir.path().join("a.png")));
+        assert_eq!(
+            a.open(dir.path().to_path_buf()),
+            Some(dir.path().join("a.png"))
+        );
     }
 
     #[test]
@@ -1522,8 +1564,10 @@ mod tests {
         }
         let (_, reqs) = a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), now);
         assert!(a.picker.is_none());
-        assert!(matches!(&reqs[0], Request::Configure(c) if c.source.is_none()
-            && matches!(&c.style, Some(PromptStyle::Ensemble { name, .. }) if name == "imagenet7")));
+        assert!(
+            matches!(&reqs[0], Request::Configure(c) if c.source.is_none()
+            && matches!(&c.style, Some(PromptStyle::Ensemble { name, .. }) if name == "imagenet7"))
+        );
         assert!(matches!(&reqs[1], Request::Score { .. }), "scored again");
         // The first entry is a model: it is loaded by the worker, the app shows loading.
         a.on_key(ctrl('p'), now);
@@ -1576,8 +1620,11 @@ mod tests {
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(files.len(), 2);
-        for f in files {
-            assert!(notice.text.contains(&f.display().to_string()));
-        }
+        let csv = files
+            .iter()
+            .find(|f| f.extension().unwrap() == "csv")
+            .unwrap();
+        assert!(files.iter().any(|f| f.extension().unwrap() == "json"));
+        assert_eq!(notice.text, format!("exported {} and .json", csv.display()));
     }
 }

@@ -54,10 +54,22 @@ pub enum ExportError {
 /// The CSV: one row per label per classification (`source` is `session` or `current`).
 fn to_csv(history: &[ResultEntry], current: Option<&Current>) -> Result<Vec<u8>, ExportError> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["source", "image", "rank", "label", "probability", "latency_ms"])?;
-    let session = history
-        .iter()
-        .map(|e| ("session", e.path.as_path(), &e.predictions[..], Some(e.latency_ms)));
+    w.write_record([
+        "source",
+        "image",
+        "rank",
+        "label",
+        "probability",
+        "latency_ms",
+    ])?;
+    let session = history.iter().map(|e| {
+        (
+            "session",
+            e.path.as_path(),
+            &e.predictions[..],
+            Some(e.latency_ms),
+        )
+    });
     let now = current.map(|c| ("current", c.image, c.predictions, None));
     for (source, image, predictions, latency) in session.chain(now) {
         for (rank, p) in predictions.iter().enumerate() {
@@ -71,7 +83,8 @@ fn to_csv(history: &[ResultEntry], current: Option<&Current>) -> Result<Vec<u8>,
             ])?;
         }
     }
-    w.into_inner().map_err(|e| ExportError::Csv(e.into_error().into()))
+    w.into_inner()
+        .map_err(|e| ExportError::Csv(e.into_error().into()))
 }
 
 fn to_json(history: &[ResultEntry], current: Option<&Current>) -> Vec<u8> {

@@ -54,7 +54,10 @@ pub fn capture(path: Option<&Path>, to_app: UnboundedSender<String>) -> CaptureG
         }
         File::create(p).ok()
     });
-    let opened = file.is_some().then(|| path.map(Path::to_path_buf)).flatten();
+    let opened = file
+        .is_some()
+        .then(|| path.map(Path::to_path_buf))
+        .flatten();
     if let Ok(mut current) = CAPTURE.lock() {
         *current = Some(Capture { file, to_app });
     }
@@ -153,7 +156,10 @@ mod tests {
         LogWriter.write_all(b" INFO model ready\n").unwrap();
         drop(guard);
         let warning = rx.try_recv().unwrap();
-        assert!(warning.starts_with("WARN prompt too long: xxx"), "{warning:.40}");
+        assert!(
+            warning.starts_with("WARN prompt too long: xxx"),
+            "{warning:.40}"
+        );
         assert!(!warning.chars().any(char::is_control));
         assert!(rx.try_recv().is_err(), "info lines stay in the file");
         let logged = std::fs::read_to_string(&path).unwrap();

@@ -398,6 +398,7 @@ async fn event_loop(
     app.theme = theme::Theme::from_env();
     app.abstain = opts.abstain;
     app.style = opts.style.clone();
+    app.source = Some(opts.source.clone());
     app.log_path = log_capture.path.clone();
     app.effects
         .push(ResultsEffect::FindReports(PathBuf::from(".")));

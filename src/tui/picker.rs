@@ -123,7 +123,12 @@ pub fn entries_with(current: &PromptStyle, opts: Option<hub::DownloadOptions>) -
         PromptStyle::Template(DEFAULT_TEMPLATE.into()),
         PromptStyle::Template("{}".into()),
     ];
-    styles.extend(["imagenet7", "imagenet80"].map(|n| PromptStyle::ensemble(n)).into_iter().flatten());
+    styles.extend(
+        ["imagenet7", "imagenet80"]
+            .map(|n| PromptStyle::ensemble(n))
+            .into_iter()
+            .flatten(),
+    );
     if !styles.contains(current) {
         styles.push(current.clone());
     }
@@ -141,6 +146,26 @@ pub fn entries_with(current: &PromptStyle, opts: Option<hub::DownloadOptions>) -
         out.push(style_entry(text, style));
     }
     out
+}
+
+/// Offer the model folder `dir` (the one in use, given with `--model-dir`) after the
+/// other models, unless it is listed already.
+pub fn add_folder(entries: &mut Vec<Entry>, dir: &Path) {
+    let source = ModelSource::Dir(dir.to_path_buf());
+    if entries
+        .iter()
+        .any(|e| e.change.source.as_ref() == Some(&source))
+    {
+        return;
+    }
+    let at = entries
+        .iter()
+        .position(|e| e.change.source.is_none())
+        .unwrap_or(entries.len());
+    entries.insert(
+        at,
+        model_entry(format!("model  {}  (folder)", dir.display()), source),
+    );
 }
 
 impl Picker {
@@ -196,7 +221,9 @@ impl Picker {
         let block = Block::default()
             .borders(Borders::ALL)
             .title(format!(" Model and prompts (now: {}) ", printable(current)))
-            .title_bottom(Line::from(Span::raw(" ↑↓ move, Enter loads/uses, Esc closes ")));
+            .title_bottom(Line::from(Span::raw(
+                " ↑↓ move, Enter loads/uses, Esc closes ",
+            )));
         let list = List::new(items)
             .block(block)
             .highlight_style(theme.selected())
@@ -224,10 +251,22 @@ mod tests {
         assert!(texts[0].starts_with("model  demo"));
         let registry = Registry::builtin().unwrap();
         for m in &registry.models {
-            assert!(texts.iter().any(|t| t.contains(&m.name)), "{} missing", m.name);
+            assert!(
+                texts.iter().any(|t| t.contains(&m.name)),
+                "{} missing",
+                m.name
+            );
         }
-        for want in ["template  \"a photo of a {}.\"", "template  \"{}\"", "ensemble  imagenet80", "a sketch of {}"] {
-            assert!(texts.iter().any(|t| t.contains(want)), "{want} missing: {texts:?}");
+        for want in [
+            "template  \"a photo of a {}.\"",
+            "template  \"{}\"",
+            "ensemble  imagenet80",
+            "a sketch of {}",
+        ] {
+            assert!(
+                texts.iter().any(|t| t.contains(want)),
+                "{want} missing: {texts:?}"
+            );
         }
     }
 
@@ -239,7 +278,17 @@ mod tests {
         std::fs::write(mine.join("config.json"), "{}").unwrap();
         std::fs::create_dir_all(cache.path().join("models/empty")).unwrap();
         let found = other_cached_folders(cache.path(), &Registry::builtin().unwrap());
-        assert_eq!(found, [mine]);
+        assert_eq!(found, [mine.clone()]);
+        let mut all = entries_with(&PromptStyle::default(), None);
+        let n = all.len();
+        add_folder(&mut all, &mine);
+        add_folder(&mut all, &mine);
+        assert_eq!(all.len(), n + 1, "listed once");
+        let at = all
+            .iter()
+            .position(|e| e.text.contains("my-finetune"))
+            .unwrap();
+        assert!(all[at + 1].change.source.is_none(), "after the models");
     }
 
     #[test]
@@ -251,7 +300,10 @@ mod tests {
         let PickerOutcome::Chosen(e) = p.on_key(key(KeyCode::Enter)) else {
             panic!("Enter chooses")
         };
-        assert_eq!(e.change.source, Some(ModelSource::Named(Some("demo".into()))));
+        assert_eq!(
+            e.change.source,
+            Some(ModelSource::Named(Some("demo".into())))
+        );
         assert_eq!(p.on_key(key(KeyCode::Esc)), PickerOutcome::Closed);
     }
 }

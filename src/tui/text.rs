@@ -116,7 +116,8 @@ mod tests {
 
     #[test]
     fn eliding_keeps_both_ends() {
-        let msg = "downloading https://huggingface.co/openai/x/config.json: failed to lookup address";
+        let msg =
+            "downloading https://huggingface.co/openai/x/config.json: failed to lookup address";
         let short = elide_middle(msg, 40);
         assert_eq!(short.chars().count(), 40);
         assert!(short.starts_with("downloading"));

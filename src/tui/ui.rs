@@ -263,7 +263,9 @@ pub fn status_text(app: &App, width: u16) -> Vec<Span<'static>> {
         .first()
         .map(|k| k.to_string());
     let model = match &app.model {
-        ModelState::Loading(line) => Span::styled(printable(line).into_owned(), theme.status_busy()),
+        ModelState::Loading(line) => {
+            Span::styled(printable(line).into_owned(), theme.status_busy())
+        }
         ModelState::Ready { name, device } => {
             Span::raw(format!("{} on {device}", printable(&short_name(name))))
         }
@@ -282,7 +284,15 @@ pub fn status_text(app: &App, width: u16) -> Vec<Span<'static>> {
         spans.push(Span::styled(format!(" ({note})"), theme.status_busy()));
     }
     spans.push(Span::raw(format!("  │ {latency} │ {graphics} │ ")));
-    if let Some(n) = &app.notice {
+    // With no newer notice, a model's failure says why (cut to fit; the key shows all).
+    let failure = match (&app.notice, &app.model) {
+        (None, ModelState::Failed(why)) => Some(super::app::Notice {
+            text: format!("model: {why}"),
+            error: true,
+        }),
+        _ => None,
+    };
+    if let Some(n) = app.notice.as_ref().or(failure.as_ref()) {
         let style = if n.error {
             theme.status_error()
         } else {
@@ -441,11 +451,7 @@ mod tests {
 
     #[test]
     fn pasted_lines_are_labels_and_nothing_drawn_holds_a_control_character() {
-        let mut a = app_with_image(
-            "",
-            "small.png",
-            &[("cat\x1b[2J", 0.7), ("dog\u{9b}", 0.3)],
-        );
+        let mut a = app_with_image("", "small.png", &[("cat\x1b[2J", 0.7), ("dog\u{9b}", 0.3)]);
         a.on_paste("cat\rdog\r\nred\x1b[31m car\u{85}", Instant::now());
         a.notify_for_test("bad\x1b]0;title\x07.png: not a readable image");
         assert_no_controls(&mut a, 100, 24);
@@ -457,7 +463,10 @@ mod tests {
         let mut a = app_with_image("cat", "small.png", &[("cat", 1.0)]);
         insta::assert_snapshot!(screen(&mut a, 39, 9));
         let text = screen(&mut a, MIN_WIDTH, MIN_HEIGHT);
-        assert!(!text.contains("too small") && text.contains("Labels"), "{text}");
+        assert!(
+            !text.contains("too small") && text.contains("Labels"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -214,7 +214,9 @@ fn run(mut config: WorkerConfig, rx: Receiver<Request>, out: UnboundedSender<Res
         }
         let Some(clip) = clip.as_ref() else { continue };
         if embed_again {
-            image = current.as_ref().and_then(|(path, img)| embed(clip, path, img, &out));
+            image = current
+                .as_ref()
+                .and_then(|(path, img)| embed(clip, path, img, &out));
         }
         if let (Some((generation, labels)), Some((path, emb))) = (batch.score, image.as_ref()) {
             let _ = out.send(score(clip, &config.style, generation, path, emb, &labels));

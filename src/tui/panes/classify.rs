@@ -101,7 +101,8 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
         let hint = match (&app.classify.image_path, app.no_labels(), &app.model) {
             (None, _, _) => "No image yet.".to_string(),
             (_, true, _) => "Type some labels.".to_string(),
-            (_, _, ModelState::Failed(_)) => match app.keymap.keys_for(Action::ShowMessage).first() {
+            (_, _, ModelState::Failed(_)) => match app.keymap.keys_for(Action::ShowMessage).first()
+            {
                 Some(k) => format!("No model: it could not be loaded ({k} shows why)."),
                 None => "No model: it could not be loaded.".to_string(),
             },
