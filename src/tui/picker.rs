@@ -125,7 +125,7 @@ pub fn entries_with(current: &PromptStyle, opts: Option<hub::DownloadOptions>) -
     ];
     styles.extend(
         ["imagenet7", "imagenet80"]
-            .map(|n| PromptStyle::ensemble(n))
+            .map(PromptStyle::ensemble)
             .into_iter()
             .flatten(),
     );
@@ -278,7 +278,7 @@ mod tests {
         std::fs::write(mine.join("config.json"), "{}").unwrap();
         std::fs::create_dir_all(cache.path().join("models/empty")).unwrap();
         let found = other_cached_folders(cache.path(), &Registry::builtin().unwrap());
-        assert_eq!(found, [mine.clone()]);
+        assert_eq!(found, std::slice::from_ref(&mine));
         let mut all = entries_with(&PromptStyle::default(), None);
         let n = all.len();
         add_folder(&mut all, &mine);
