@@ -262,6 +262,13 @@ fn spawn_training(
 
 type Decoded = (PathBuf, Result<DecodedImage, String>);
 
+/// The log lines captured while the app runs: the file they go to, and the warnings
+/// for the status bar.
+struct Logs {
+    path: Option<PathBuf>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
 /// What the Results pane's background work sends back.
 enum ResultsMessage {
     Found(Vec<PathBuf>),
@@ -314,6 +321,13 @@ pub fn run(opts: TuiOptions) -> Result<(), TuiError> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    // From here until the app returns, log lines go to the log file and the status bar.
+    let (log_tx, log_rx) = unbounded_channel::<String>();
+    let log_capture = logsink::capture(logsink::default_log_path().as_deref(), log_tx);
+    let logs = Logs {
+        path: log_capture.path.clone(),
+        lines: log_rx,
+    };
     let _guard = TerminalGuard::enter()?;
     let (graphics, typed) = graphics::setup(opts.protocol, cell_size_from_window());
     let (output, written) = Output::stdout();
@@ -325,6 +339,7 @@ pub fn run(opts: TuiOptions) -> Result<(), TuiError> {
         graphics,
         typed,
         &written,
+        logs,
     ));
     let _ = terminal.backend_mut().flush();
     result
@@ -361,7 +376,9 @@ async fn event_loop(
     graphics: Graphics,
     typed: Vec<u8>,
     written: &std::sync::atomic::AtomicU64,
+    logs: Logs,
 ) -> Result<(), TuiError> {
+    let mut log_rx = logs.lines;
     let mut trace = Trace::from_env();
     trace.record(json!({
         "ev": "graphics",
@@ -376,9 +393,6 @@ async fn event_loop(
     let (train_tx, mut train_rx) = unbounded_channel::<TrainMessage>();
     let (prepared_tx, mut prepared_rx) = unbounded_channel();
     let (results_tx, mut results_rx) = unbounded_channel::<ResultsMessage>();
-    // From here until the app returns, log lines go to the log file and the status bar.
-    let (log_tx, mut log_rx) = unbounded_channel::<String>();
-    let log_capture = logsink::capture(logsink::default_log_path().as_deref(), log_tx);
     let encoder = graphics::encoder::spawn(graphics.clone(), prepared_tx);
     let mut training: Option<std::thread::JoinHandle<()>> = None;
     let worker = worker::spawn(
@@ -399,7 +413,7 @@ async fn event_loop(
     app.abstain = opts.abstain;
     app.style = opts.style.clone();
     app.source = Some(opts.source.clone());
-    app.log_path = log_capture.path.clone();
+    app.log_path = logs.path;
     app.effects
         .push(ResultsEffect::FindReports(PathBuf::from(".")));
     if let Some(report) = &opts.report {
