@@ -730,3 +730,100 @@ fn real_terminals_draw_pictures_right() {
     let status = cmd.status().expect("python3 runs");
     assert!(status.success(), "the terminal matrix failed: {status}");
 }
+
+#[test]
+fn a_panic_puts_the_terminal_back_before_the_message_is_printed() {
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let mut pty = Pty::spawn_with(
+        &[
+            "tui",
+            "--model-dir",
+            &model,
+            "--image-protocol",
+            "halfblocks",
+        ],
+        &[(clipscope::tui::DEBUG_PANIC_VAR, "1")],
+    );
+    let status = pty.wait_exit("the app did not end after its panic");
+    assert!(!status.success());
+    let raw = pty.output_since(0);
+    let entered = find(&raw, b"\x1b[?1049h").expect("entered the alternate screen");
+    let left = find(&raw, b"\x1b[?1049l").expect("left the alternate screen");
+    let message = find(&raw, b"panicked").expect("the panic message");
+    assert!(
+        entered < left && left < message,
+        "the screen is restored ({left}) before the message ({message})"
+    );
+    for restore in [&b"\x1b[?2004l"[..], b"\x1b[?25h"] {
+        let at = find(&raw, restore).expect("bracketed paste off, cursor shown");
+        assert!(at < message);
+    }
+    let parser = pty.parser.lock().unwrap();
+    assert!(!parser.screen().alternate_screen());
+    assert!(parser
+        .screen()
+        .contents()
+        .contains(clipscope::tui::DEBUG_PANIC_VAR));
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[test]
+fn the_worker_loads_another_model_on_its_own_thread_after_a_failure() {
+    use clipscope::clip::PromptStyle;
+    use clipscope::hub::ModelSource;
+    use clipscope::tui::worker::{spawn, Configure, WorkerConfig};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let missing = std::env::temp_dir().join("clipscope-no-such-model-dir");
+    let worker = spawn(
+        WorkerConfig {
+            source: ModelSource::Dir(missing.clone()),
+            device: "cpu".into(),
+            style: PromptStyle::default(),
+        },
+        tx,
+    );
+    let path = fixtures().join("images/chelsea.png");
+    let img = clipscope::data::load_image(&path).unwrap();
+    let requests = [
+        Request::SetImage {
+            path,
+            image: Arc::new(img),
+        },
+        Request::Configure(Configure {
+            source: Some(ModelSource::Dir(fixtures().join("tiny-clip"))),
+            style: Some(PromptStyle::Template("{}".into())),
+        }),
+        Request::Score {
+            generation: 7,
+            labels: vec!["cat".into(), "dog".into()],
+        },
+    ];
+    for r in requests {
+        worker.send(r).unwrap();
+    }
+    let (mut failed, mut ready, mut scored) = (None, false, None);
+    let start = Instant::now();
+    while scored.is_none() && start.elapsed() < Duration::from_secs(30) {
+        match rx.try_recv() {
+            Ok(Response::ModelFailed(e)) => failed = Some(e),
+            Ok(Response::ModelReady { .. }) => ready = true,
+            Ok(Response::Scores {
+                generation,
+                predictions,
+                ..
+            }) => scored = Some((generation, predictions.len())),
+            Ok(Response::Failed { message, .. }) => panic!("{message}"),
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    let failed = failed.expect("the first model failed");
+    assert!(failed.contains("clipscope-no-such-model-dir"), "{failed}");
+    assert!(ready, "the second model loaded");
+    assert_eq!(scored, Some((7, 2)));
+    worker.send(Request::Shutdown).unwrap();
+}

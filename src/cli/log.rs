@@ -83,7 +83,8 @@ pub fn init(verbose: u8, quiet: bool) {
     let filter = EnvFilter::try_from_env("CLIPSCOPE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // To stderr, but to a log file and the status bar while the app owns the terminal.
+        .with_writer(clipscope::tui::logsink::log_writer)
         .event_format(Style {
             colour: stderr_colour(),
         })

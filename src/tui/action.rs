@@ -28,6 +28,12 @@ pub enum Action {
     PrevImage,
     /// Clear the label editor.
     ClearLabels,
+    /// Choose the model, template or ensemble from a list.
+    PickModel,
+    /// Export this session's classifications and the probabilities on screen (CSV, JSON).
+    Export,
+    /// Show the latest error in full (a model that failed to load says why).
+    ShowMessage,
     /// Start a training run with the Train pane's options.
     StartTraining,
     /// Stop the training run (it saves a checkpoint first).
@@ -52,7 +58,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in the order the help overlay lists them.
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 25] = [
         Action::Quit,
         Action::Help,
         Action::Cancel,
@@ -65,6 +71,9 @@ impl Action {
         Action::NextImage,
         Action::PrevImage,
         Action::ClearLabels,
+        Action::PickModel,
+        Action::Export,
+        Action::ShowMessage,
         Action::StartTraining,
         Action::StopTraining,
         Action::NextView,
@@ -92,6 +101,9 @@ impl Action {
             Action::NextImage => "next_image",
             Action::PrevImage => "prev_image",
             Action::ClearLabels => "clear_labels",
+            Action::PickModel => "pick_model",
+            Action::Export => "export",
+            Action::ShowMessage => "show_message",
             Action::StartTraining => "start_training",
             Action::StopTraining => "stop_training",
             Action::NextView => "next_view",
@@ -116,12 +128,15 @@ impl Action {
             Action::ShowClassify => "Classify pane",
             Action::ShowTrain => "Train pane",
             Action::ShowResults => "Results pane",
-            Action::OpenImage => "open an image (Tab completes the path)",
+            Action::OpenImage => "open an image (Tab completes)",
             Action::NextImage => "next image in the folder",
             Action::PrevImage => "previous image in the folder",
             Action::ClearLabels => "clear the labels",
-            Action::StartTraining => "start training (Train pane options)",
-            Action::StopTraining => "stop training (saves a checkpoint)",
+            Action::PickModel => "model, template or ensemble",
+            Action::Export => "export results (CSV, JSON)",
+            Action::ShowMessage => "show the last error in full",
+            Action::StartTraining => "start training (Train options)",
+            Action::StopTraining => "stop training, save checkpoint",
             Action::NextView => "Results: next view",
             Action::PrevView => "Results: previous view",
             Action::NextRow => "Results: next model (or report)",

@@ -16,15 +16,23 @@ use super::action::Action;
 use super::graphics::encoder::{Done, Job};
 use super::graphics::{centred, EscapePicture, Graphics, Prepared};
 use super::keymap::Keymap;
+use super::picker::{self, Picker, PickerOutcome};
 use super::results_state::{LoadedReport, ResultsEffect, ResultsState};
+use super::text::{paste_lines, paste_one_line};
 use super::theme::Theme;
 use super::train_state::TrainState;
-use super::worker::{Request, Response};
+use super::worker::{Configure, Request, Response};
 use crate::clip::zeroshot::{parse_labels, Prediction};
+use crate::clip::PromptStyle;
 use crate::data::is_image_path;
 
 /// How long typing must pause before the labels are scored again.
 pub const DEBOUNCE: Duration = Duration::from_millis(120);
+
+/// The most labels scored at once: a pasted megabyte can hold tens of thousands of
+/// lines, and the text encoder would be busy for minutes; the rest are left out with a
+/// notice.
+pub const MAX_LABELS: usize = 1000;
 
 /// The panes, in tab order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +105,9 @@ pub struct PathPrompt {
     pub input: TextArea<'static>,
     /// Candidates shown after an ambiguous Tab.
     pub candidates: Vec<String>,
+    /// Whether the text is still the pre-filled folder, unedited: typing `/` or `~`
+    /// then starts a new path instead of appending to it.
+    pub untouched: bool,
 }
 
 /// One finished classification, for the Results pane.
@@ -167,6 +178,8 @@ pub struct ClassifyState {
     pub picture: Option<Picture>,
     /// The latest predictions (each names its label).
     pub predictions: Vec<Prediction>,
+    /// The image's place among its folder's images: (1-based position, count).
+    pub position: Option<(usize, usize)>,
 }
 
 /// The whole app.
@@ -195,6 +208,16 @@ pub struct App {
     pub show_help: bool,
     /// The open-image prompt, when open.
     pub prompt: Option<PathPrompt>,
+    /// The model and template picker, when open.
+    pub picker: Option<Picker>,
+    /// Whether the popup with the full latest error is open.
+    pub show_message: bool,
+    /// How labels become prompts (as the worker was last told).
+    pub style: PromptStyle,
+    /// Where log lines go while the app runs, if the log file could be created.
+    pub log_path: Option<PathBuf>,
+    /// The model the worker was last asked for (the picker lists it).
+    pub source: Option<crate::hub::ModelSource>,
     /// The model's state.
     pub model: ModelState,
     /// How pictures are drawn.
@@ -223,15 +246,100 @@ pub struct App {
 impl PathPrompt {
     /// A prompt for `purpose`, starting with `start` typed.
     fn new(purpose: PromptFor, start: String) -> Self {
-        let mut input = TextArea::new(vec![start]);
-        input.move_cursor(ratatui_textarea::CursorMove::End);
-        input.set_cursor_line_style(ratatui::style::Style::default());
         Self {
             purpose,
-            input,
+            input: one_line(start),
             candidates: Vec::new(),
+            untouched: true,
         }
     }
+
+    /// The text typed.
+    pub fn text(&self) -> String {
+        self.input.lines().join("")
+    }
+
+    /// Replace the text, cursor at the end.
+    fn set_text(&mut self, text: String) {
+        self.input = one_line(text);
+    }
+
+    /// A line-editing key (as in a shell); false if the key is not one.
+    fn edit(&mut self, key: &KeyEvent) -> bool {
+        use ratatui_textarea::CursorMove;
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match (key.code, ctrl) {
+            (KeyCode::Char('u'), true) => {
+                self.input.delete_line_by_head();
+            }
+            (KeyCode::Char('k'), true) => {
+                self.input.delete_line_by_end();
+            }
+            (KeyCode::Char('w'), true) | (KeyCode::Backspace, true) => {
+                self.input.delete_word();
+            }
+            (KeyCode::Char('a'), true) | (KeyCode::Home, _) => {
+                self.input.move_cursor(CursorMove::Head)
+            }
+            (KeyCode::Char('e'), true) | (KeyCode::End, _) => {
+                self.input.move_cursor(CursorMove::End)
+            }
+            // A one-line field: the editor's own new-line keys do nothing.
+            (KeyCode::Char('m' | 'j'), true) => {}
+            _ => return false,
+        }
+        true
+    }
+
+    /// Type a key: `/` or `~` on the untouched pre-filled folder starts a new path.
+    fn type_key(&mut self, key: KeyEvent) {
+        let starts_path = matches!(key.code, KeyCode::Char('/' | '~'))
+            && !key
+                .modifiers
+                .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+        if self.untouched && starts_path {
+            self.set_text(String::new());
+        }
+        if !self.edit(&key) {
+            if let KeyCode::Char(c) = key.code {
+                if c.is_control() {
+                    return;
+                }
+            }
+            self.input.input(key);
+        }
+        self.untouched = false;
+    }
+
+    /// Paste text: its first line, cleaned; a path from the root or home replaces the
+    /// untouched pre-filled folder.
+    fn paste(&mut self, text: &str) {
+        let line = paste_one_line(text);
+        if self.untouched && line.starts_with(['/', '~']) {
+            self.set_text(String::new());
+        }
+        self.input.insert_str(line);
+        self.untouched = false;
+    }
+}
+
+/// A one-line text field holding `text`, cursor at the end.
+fn one_line(text: String) -> TextArea<'static> {
+    let mut input = TextArea::new(vec![text]);
+    input.move_cursor(ratatui_textarea::CursorMove::End);
+    input.set_cursor_line_style(ratatui::style::Style::default());
+    input
+}
+
+/// What a typed path means: a path typed from the root or home after a pre-filled
+/// folder (`/photos//tmp/x.png`, `/photos/~/x.png`) is that path alone.
+pub fn typed_path(text: &str) -> PathBuf {
+    let restart = text
+        .match_indices("//")
+        .map(|(i, _)| i + 1)
+        .chain(text.match_indices("/~").map(|(i, _)| i + 1))
+        .max();
+    expand_path(restart.map_or(text, |i| &text[i..]))
 }
 
 /// Text area with the app's look.
@@ -251,8 +359,8 @@ fn editor(text: &str) -> TextArea<'static> {
 impl App {
     /// A new app with the labels given on the command line.
     pub fn new(keymap: Keymap, graphics: Graphics, labels: &str) -> Self {
-        // Commas and new lines both separate labels; show one a line.
-        let text = parse_labels(labels).join("\n");
+        // Commas and line breaks both separate labels; show one a line.
+        let text = parse_labels(&paste_lines(labels)).join("\n");
         Self {
             pane: Pane::Classify,
             classify: ClassifyState {
@@ -260,6 +368,7 @@ impl App {
                 image_path: None,
                 picture: None,
                 predictions: Vec::new(),
+                position: None,
             },
             history: Vec::new(),
             results: ResultsState::default(),
@@ -271,6 +380,11 @@ impl App {
             keymap,
             show_help: false,
             prompt: None,
+            picker: None,
+            show_message: false,
+            style: PromptStyle::default(),
+            log_path: None,
+            source: None,
             model: ModelState::Loading("starting…".into()),
             graphics,
             theme: Theme::default(),
@@ -301,6 +415,31 @@ impl App {
         parse_labels(&self.classify.editor.lines().join("\n"))
     }
 
+    /// Whether the editor holds no label (cheaper than parsing them, for every frame).
+    pub fn no_labels(&self) -> bool {
+        self.classify
+            .editor
+            .lines()
+            .iter()
+            .all(|l| l.split(',').all(|part| part.trim().is_empty()))
+    }
+
+    /// The latest error worth reading in full: the model's failure, else an error notice.
+    pub fn latest_error(&self) -> Option<&str> {
+        match (&self.model, &self.notice) {
+            (ModelState::Failed(message), _) => Some(message),
+            (_, Some(n)) if n.error => Some(&n.text),
+            _ => None,
+        }
+    }
+
+    /// A warning logged while the app runs (the log file has every line): shown in the
+    /// status bar.
+    pub fn on_log(&mut self, line: String) {
+        let error = line.starts_with("ERROR");
+        self.notify(line, error);
+    }
+
     /// Whether the shown predictions are for older labels than those in the editor
     /// (an update is pending or running): they are drawn dimmed.
     pub fn updating(&self) -> bool {
@@ -312,6 +451,12 @@ impl App {
         self.debounce_until
     }
 
+    /// Show an error notice (for tests of how notices are drawn).
+    #[cfg(test)]
+    pub(crate) fn notify_for_test(&mut self, text: &str) {
+        self.notify(text, true);
+    }
+
     fn notify(&mut self, text: impl Into<String>, error: bool) {
         self.notice = Some(Notice {
             text: text.into(),
@@ -319,10 +464,29 @@ impl App {
         });
     }
 
-    /// Ask for `path` to be opened.
+    /// Ask for `path` to be opened: an image, or a folder's first image. A path that
+    /// cannot be opened is a notice.
     pub fn open(&mut self, path: PathBuf) -> Option<PathBuf> {
-        if !path.is_file() {
+        let path = if path.is_dir() {
+            match folder_images(&path).into_iter().next() {
+                Some(first) => first,
+                None => {
+                    self.notify(
+                        format!("{}: no images in this folder", path.display()),
+                        true,
+                    );
+                    return None;
+                }
+            }
+        } else {
+            path
+        };
+        if !path.exists() {
             self.notify(format!("{}: no such file", path.display()), true);
+            return None;
+        }
+        if !path.is_file() {
+            self.notify(format!("{}: not a regular file", path.display()), true);
             return None;
         }
         self.decoding = Some(path.clone());
@@ -348,6 +512,7 @@ impl App {
             }
             Ok(decoded) => {
                 self.classify.picture = Some(self.new_picture(decoded.display));
+                self.classify.position = folder_position(&path);
                 self.classify.image_path = Some(path.clone());
                 self.classify.predictions.clear();
                 self.notice = None;
@@ -447,7 +612,14 @@ impl App {
     /// Score the current labels now (no debounce).
     fn score_now(&mut self, now: Instant) -> Option<Request> {
         self.debounce_until = None;
-        let labels = self.labels();
+        let mut labels = self.labels();
+        if labels.len() > MAX_LABELS {
+            self.notify(
+                format!("scoring the first {MAX_LABELS} of {} labels", labels.len()),
+                false,
+            );
+            labels.truncate(MAX_LABELS);
+        }
         if labels.is_empty() || self.classify.image_path.is_none() {
             self.classify.predictions.clear();
             self.in_flight = None;
@@ -529,6 +701,12 @@ impl App {
             self.should_quit = true;
             return (None, Vec::new());
         }
+        let key = match key.code {
+            // A line feed or carriage return read as a character is Enter.
+            KeyCode::Char('\n' | '\r') => KeyEvent::new(KeyCode::Enter, key.modifiers),
+            KeyCode::Char(c) if c.is_control() => return (None, Vec::new()), // never typed
+            _ => key,
+        };
         if self.prompt.is_some() {
             // The prompt owns the keyboard (Tab completes, Enter opens) but for Cancel.
             if self.keymap.action_for(&key, true) == Some(Action::Cancel) {
@@ -536,6 +714,24 @@ impl App {
                 return (None, Vec::new());
             }
             return (self.prompt_key(key), Vec::new());
+        }
+        if let Some(picker) = self.picker.as_mut() {
+            return match picker.on_key(key) {
+                PickerOutcome::Open => (None, Vec::new()),
+                PickerOutcome::Closed => {
+                    self.picker = None;
+                    (None, Vec::new())
+                }
+                PickerOutcome::Chosen(entry) => {
+                    self.picker = None;
+                    (None, self.reconfigure(entry.change, now))
+                }
+            };
+        }
+        if self.show_message {
+            // The message popup closes on any key.
+            self.show_message = false;
+            return (None, Vec::new());
         }
         let typing = !self.show_help
             && (self.pane == Pane::Classify
@@ -633,6 +829,28 @@ impl App {
                 self.classify.editor = editor("");
                 reqs.extend(self.score_now(now));
             }
+            Action::PickModel => {
+                self.show_help = false;
+                let mut entries = picker::entries(&self.style);
+                if let Some(crate::hub::ModelSource::Dir(dir)) = &self.source {
+                    picker::add_folder(&mut entries, dir);
+                }
+                self.picker = Some(Picker::new(entries));
+            }
+            Action::ShowMessage => {
+                self.show_help = false;
+                match self.latest_error() {
+                    Some(_) => self.show_message = true,
+                    None => {
+                        let log = self
+                            .log_path
+                            .as_ref()
+                            .map_or(String::new(), |p| format!(" (the log is {})", p.display()));
+                        self.notify(format!("no error to show{log}"), false)
+                    }
+                }
+            }
+            Action::Export => self.export_to(Path::new(".")),
         }
         (open, reqs)
     }
@@ -641,30 +859,27 @@ impl App {
         let prompt = self.prompt.as_mut()?;
         match key.code {
             KeyCode::Enter => {
-                let text = prompt.input.lines().join("");
+                let path = typed_path(&prompt.text());
                 let purpose = prompt.purpose;
                 self.prompt = None;
                 match purpose {
-                    PromptFor::Image => self.open(expand_path(&text)),
+                    PromptFor::Image => self.open(path),
                     PromptFor::Report => {
-                        self.open_report(expand_path(&text));
+                        self.open_report(path);
                         None
                     }
                 }
             }
             KeyCode::Tab => {
-                let text = prompt.input.lines().join("");
+                let text = typed_path(&prompt.text()).display().to_string();
                 let (completed, candidates) = complete_path(&text, prompt.purpose);
-                prompt.input = TextArea::new(vec![completed]);
-                prompt.input.move_cursor(ratatui_textarea::CursorMove::End);
-                prompt
-                    .input
-                    .set_cursor_line_style(ratatui::style::Style::default());
+                prompt.set_text(completed);
                 prompt.candidates = candidates;
+                prompt.untouched = false;
                 None
             }
             _ => {
-                prompt.input.input(key);
+                prompt.type_key(key);
                 None
             }
         }
@@ -769,22 +984,75 @@ impl App {
     /// Text pasted into the terminal: a path to an existing file opens it; anything
     /// else is typed into the focused editor.
     pub fn on_paste(&mut self, text: &str, now: Instant) -> Option<PathBuf> {
+        let one_line = paste_one_line(text.trim());
         let candidate = expand_path(
-            text.trim()
+            one_line
+                .trim()
                 .trim_matches(['\'', '"'])
                 .trim_start_matches("file://"),
         );
-        if candidate.is_file() {
+        if !text.trim().contains(['\r', '\n']) && candidate.is_file() {
             self.prompt = None;
             return self.open(candidate);
         }
         if let Some(p) = self.prompt.as_mut() {
-            p.input.insert_str(text.replace('\n', ""));
-        } else if self.pane == Pane::Classify {
-            self.classify.editor.insert_str(text);
+            p.paste(text);
+        } else if self.pane == Pane::Classify && self.picker.is_none() {
+            // Line breaks (CR, LF, CRLF) become lines; no control character gets in.
+            let lines = paste_lines(text);
+            let ratatui_textarea::DataCursor(row, col) = self.classify.editor.cursor();
+            let line = &self.classify.editor.lines()[row];
+            if lines.contains('\n') && col > 0 && col == line.chars().count() {
+                // A list pasted after a label starts on a line of its own.
+                self.classify.editor.insert_newline();
+            }
+            self.classify.editor.insert_str(lines);
             self.debounce_until = Some(now + DEBOUNCE);
         }
         None
+    }
+}
+
+impl App {
+    /// Tell the worker to load another model or use another prompt style, and score
+    /// again with it (the worker loads on its own thread; the status bar shows progress).
+    fn reconfigure(&mut self, change: Configure, now: Instant) -> Vec<Request> {
+        if let Some(style) = &change.style {
+            self.style = style.clone();
+            self.notify(format!("prompts: {}", style.describe()), false);
+        }
+        if let Some(source) = &change.source {
+            self.source = Some(source.clone());
+            self.model = ModelState::Loading("loading model…".into());
+            self.model_note = None;
+        }
+        let mut reqs = vec![Request::Configure(change)];
+        reqs.extend(self.score_now(now));
+        reqs
+    }
+
+    /// Export the session's classifications and the probabilities on screen into `dir`
+    /// (CSV and JSON, written atomically); the status bar names the files.
+    pub fn export_to(&mut self, dir: &Path) {
+        let current = self
+            .classify
+            .image_path
+            .as_deref()
+            .filter(|_| !self.classify.predictions.is_empty())
+            .map(|image| super::export::Current {
+                image,
+                predictions: &self.classify.predictions,
+            });
+        let stem = super::export::stem_now();
+        match super::export::export(dir, &stem, &self.history, current.as_ref()) {
+            Ok([csv, json]) => {
+                let json_ext = json
+                    .extension()
+                    .map_or(String::new(), |e| format!(".{}", e.to_string_lossy()));
+                self.notify(format!("exported {} and {json_ext}", csv.display()), false)
+            }
+            Err(e) => self.notify(format!("export: {e}"), true),
+        }
     }
 }
 
@@ -848,20 +1116,39 @@ pub fn complete_path(text: &str, purpose: PromptFor) -> (String, Vec<String>) {
     (completed, candidates)
 }
 
-/// The next or previous image file in `path`'s folder, in name order, wrapping around.
-pub fn neighbour(path: &Path, forward: bool) -> Option<PathBuf> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
+/// The image files in `dir`, in name order.
+pub fn folder_images(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && is_image_path(p))
         .collect();
     files.sort();
+    files
+}
+
+/// `path`'s folder and its images, and `path`'s index among them.
+fn place_in_folder(path: &Path) -> Option<(Vec<PathBuf>, usize)> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let files = folder_images(dir);
     let name = path.file_name()?;
     let i = files.iter().position(|p| p.file_name() == Some(name))?;
+    Some((files, i))
+}
+
+/// `path`'s place among its folder's images: (1-based position, count).
+pub fn folder_position(path: &Path) -> Option<(usize, usize)> {
+    place_in_folder(path).map(|(files, i)| (i + 1, files.len()))
+}
+
+/// The next or previous image file in `path`'s folder, in name order, wrapping around.
+pub fn neighbour(path: &Path, forward: bool) -> Option<PathBuf> {
+    let (files, i) = place_in_folder(path)?;
     if files.len() < 2 {
         return None;
     }
@@ -1084,5 +1371,260 @@ mod tests {
             neighbour(&banana, false).unwrap(),
             dir.path().join("apricot.jpg")
         );
+    }
+
+    fn ctrl(c: char) -> KeyEvent {
+        KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL)
+    }
+
+    fn no_control_in(lines: &[String]) -> bool {
+        lines.iter().all(|l| !l.chars().any(char::is_control))
+    }
+
+    #[test]
+    fn a_paste_with_carriage_returns_becomes_one_label_a_line() {
+        let mut a = app("");
+        let now = Instant::now();
+        a.on_paste("cat\rdog\r\nred\x1b[2J car\nfox\x07\u{9b}\x7f", now);
+        assert_eq!(a.labels(), ["cat", "dog", "red[2J car", "fox"]);
+        assert!(no_control_in(a.classify.editor.lines()));
+        // Labels from the command line are cleaned the same way.
+        let mut b = app("owl\rbat\x1b");
+        assert_eq!(b.labels(), ["owl", "bat"]);
+        // A list pasted after the last label starts a line of its own.
+        b.on_paste("cow\rhen\r", now);
+        assert_eq!(b.labels(), ["owl", "bat", "cow", "hen"]);
+        // A control character typed as a key never reaches the editor.
+        a.on_key(
+            KeyEvent::new(KeyCode::Char('\x1b'), KeyModifiers::NONE),
+            now,
+        );
+        assert!(no_control_in(a.classify.editor.lines()));
+    }
+
+    #[test]
+    fn a_megabyte_paste_is_taken_at_once_and_scores_a_bounded_label_set() {
+        let mut a = app("");
+        let t0 = Instant::now();
+        with_image(&mut a, t0);
+        let mut paste = String::new();
+        let mut n = 0;
+        while paste.len() < 1 << 20 {
+            paste.push_str(&format!("label number {n}\r"));
+            n += 1;
+        }
+        let start = Instant::now();
+        a.on_paste(&paste, t0);
+        let taken = start.elapsed();
+        assert_eq!(a.classify.editor.lines().len(), n + 1);
+        let Some(Request::Score { labels, .. }) = a.on_debounce(t0 + DEBOUNCE) else {
+            panic!("one score request after the pause")
+        };
+        assert_eq!(labels.len(), MAX_LABELS);
+        assert!(a
+            .notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains(&format!("of {n} labels")));
+        let start = Instant::now();
+        crate::tui::testing::screen(&mut a, 120, 40);
+        let drawn = start.elapsed();
+        assert!(
+            taken < Duration::from_secs(2) && drawn < Duration::from_secs(2),
+            "paste {taken:?}, frame {drawn:?}"
+        );
+    }
+
+    #[test]
+    fn a_thousand_keystrokes_send_one_score_request() {
+        let mut a = app("");
+        let t0 = Instant::now();
+        with_image(&mut a, t0);
+        let mut sent = Vec::new();
+        for i in 0..1000 {
+            let c = if i % 50 == 49 { '\n' } else { 'a' };
+            let (_, reqs) = a.on_key(key(c), t0 + Duration::from_micros(i));
+            sent.extend(reqs);
+            // The debounce timer fires only after a pause, never within the burst.
+            sent.extend(a.on_debounce(t0 + Duration::from_micros(i)));
+        }
+        assert!(sent.is_empty(), "nothing goes out while keys keep coming");
+        let req = a.on_debounce(t0 + Duration::from_millis(1) + DEBOUNCE);
+        assert!(matches!(req, Some(Request::Score { labels, .. }) if labels.len() == 20));
+        assert!(a.on_debounce(t0 + DEBOUNCE * 3).is_none(), "and only once");
+    }
+
+    #[test]
+    fn a_path_typed_from_the_root_or_home_replaces_the_prefilled_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.png");
+        image::RgbImage::new(4, 4).save(&img).unwrap();
+        let mut a = app("");
+        let now = Instant::now();
+        with_image(&mut a, now);
+        a.classify.image_path = Some(PathBuf::from("photos/cats/x.png"));
+        a.on_action(Action::OpenImage, now);
+        assert_eq!(a.prompt.as_ref().unwrap().text(), "photos/cats/");
+        for c in img.display().to_string().chars() {
+            a.on_key(key(c), now);
+        }
+        assert_eq!(a.prompt.as_ref().unwrap().text(), img.display().to_string());
+        let (open, _) = a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), now);
+        assert_eq!(open, Some(img.clone()));
+        // A pasted path does the same; a doubled slash typed later still means the root.
+        a.on_action(Action::OpenImage, now);
+        a.on_paste("~/pictures/x.png\r", now);
+        assert!(a.prompt.as_ref().unwrap().text().starts_with("~/"));
+        assert_eq!(typed_path("photos//tmp/x.png"), PathBuf::from("/tmp/x.png"));
+        assert_eq!(typed_path("photos/x.png"), PathBuf::from("photos/x.png"));
+    }
+
+    #[test]
+    fn the_path_prompt_has_the_usual_line_editing_keys() {
+        let mut a = app("");
+        let now = Instant::now();
+        a.on_action(Action::OpenImage, now);
+        let text = |a: &App| a.prompt.as_ref().unwrap().text();
+        for c in "photos/my cats".chars() {
+            a.on_key(key(c), now);
+        }
+        a.on_key(ctrl('w'), now);
+        assert_eq!(text(&a), "photos/my ");
+        a.on_key(ctrl('a'), now);
+        a.on_key(key('x'), now);
+        assert_eq!(text(&a), "xphotos/my ");
+        a.on_key(KeyEvent::new(KeyCode::End, KeyModifiers::NONE), now);
+        a.on_key(key('!'), now);
+        a.on_key(KeyEvent::new(KeyCode::Home, KeyModifiers::NONE), now);
+        a.on_key(KeyEvent::new(KeyCode::Delete, KeyModifiers::NONE), now);
+        assert_eq!(text(&a), "photos/my !");
+        a.on_key(ctrl('e'), now);
+        a.on_key(ctrl('u'), now);
+        assert_eq!(text(&a), "", "Ctrl-U clears to the start");
+        a.on_key(ctrl('m'), now);
+        assert_eq!(a.prompt.as_ref().unwrap().input.lines().len(), 1);
+        assert!(!a.should_quit && a.pane == Pane::Classify);
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_opened_is_a_notice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = app("");
+        assert!(a.open(dir.path().join("missing.png")).is_none());
+        assert!(a.notice.as_ref().unwrap().text.contains("no such file"));
+        assert!(a.open(dir.path().to_path_buf()).is_none());
+        assert!(a
+            .notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("no images in this folder"));
+        for n in ["b.png", "a.png"] {
+            image::RgbImage::new(2, 2).save(dir.path().join(n)).unwrap();
+        }
+        assert_eq!(
+            a.open(dir.path().to_path_buf()),
+            Some(dir.path().join("a.png"))
+        );
+    }
+
+    #[test]
+    fn the_folder_position_is_known_after_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["a.png", "b.png", "c.png", "notes.txt"] {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        assert_eq!(folder_position(&dir.path().join("b.png")), Some((2, 3)));
+        let mut a = app("");
+        let path = dir.path().join("c.png");
+        a.open(path.clone()).unwrap();
+        let img = DecodedImage::new(DynamicImage::new_rgb8(4, 4));
+        a.on_image_decoded(path, Ok(img), Instant::now());
+        assert_eq!(a.classify.position, Some((3, 3)));
+    }
+
+    #[test]
+    fn choosing_from_the_picker_reconfigures_the_worker_and_scores_again() {
+        let mut a = app("cat,dog");
+        let now = Instant::now();
+        with_image(&mut a, now);
+        a.model = ModelState::Ready {
+            name: "demo".into(),
+            device: "cpu".into(),
+        };
+        a.on_key(ctrl('p'), now);
+        let entries = &a.picker.as_ref().unwrap().entries;
+        let ensemble = entries
+            .iter()
+            .position(|e| e.text.contains("imagenet7"))
+            .unwrap();
+        for _ in 0..ensemble {
+            a.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE), now);
+        }
+        let (_, reqs) = a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), now);
+        assert!(a.picker.is_none());
+        assert!(
+            matches!(&reqs[0], Request::Configure(c) if c.source.is_none()
+            && matches!(&c.style, Some(PromptStyle::Ensemble { name, .. }) if name == "imagenet7"))
+        );
+        assert!(matches!(&reqs[1], Request::Score { .. }), "scored again");
+        // The first entry is a model: it is loaded by the worker, the app shows loading.
+        a.on_key(ctrl('p'), now);
+        let (_, reqs) = a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), now);
+        assert!(matches!(&reqs[0], Request::Configure(c) if c.source.is_some()));
+        assert!(matches!(a.model, ModelState::Loading(_)));
+        a.on_key(ctrl('p'), now);
+        a.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE), now);
+        assert!(a.picker.is_none());
+    }
+
+    #[test]
+    fn a_failed_model_is_shown_in_full_on_a_key_and_logs_reach_the_status_bar() {
+        let mut a = app("cat");
+        let now = Instant::now();
+        let why = "downloading https://huggingface.co/openai/clip-vit-base-patch32/resolve/refs%2Fpr%2F15/config.json: io: failed to lookup address information";
+        a.on_response(Response::ModelFailed(why.into()), now);
+        assert_eq!(a.latest_error(), Some(why));
+        a.on_key(KeyEvent::new(KeyCode::F(3), KeyModifiers::NONE), now);
+        assert!(a.show_message);
+        a.on_key(key('x'), now);
+        assert!(!a.show_message, "any key closes it");
+        assert_eq!(a.labels(), ["cat"], "and is not typed");
+        a.on_log("WARN prompt too long".into());
+        assert_eq!(a.notice.as_ref().unwrap().text, "WARN prompt too long");
+    }
+
+    #[test]
+    fn export_writes_the_session_and_names_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = app("cat");
+        a.export_to(dir.path());
+        assert!(a.notice.as_ref().unwrap().error, "nothing to export yet");
+        let t0 = Instant::now();
+        with_image(&mut a, t0);
+        a.on_response(
+            Response::Scores {
+                generation: 1,
+                path: "img.png".into(),
+                predictions: vec![pred("cat", 1.0)],
+                compute_ms: 1.0,
+            },
+            t0,
+        );
+        a.export_to(dir.path());
+        let notice = a.notice.clone().unwrap();
+        assert!(!notice.error, "{}", notice.text);
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 2);
+        let csv = files
+            .iter()
+            .find(|f| f.extension().unwrap() == "csv")
+            .unwrap();
+        assert!(files.iter().any(|f| f.extension().unwrap() == "json"));
+        assert_eq!(notice.text, format!("exported {} and .json", csv.display()));
     }
 }

@@ -10,11 +10,17 @@
 pub mod action;
 pub mod app;
 pub mod detect;
+pub mod export;
 pub mod graphics;
 pub mod keymap;
+pub mod logsink;
 pub mod panes;
+pub mod picker;
 pub mod results_state;
 pub mod screen;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod text;
 pub mod theme;
 pub mod trace;
 pub mod train_state;
@@ -106,15 +112,35 @@ pub enum TuiError {
     NotATerminal,
 }
 
-/// Leave raw mode and the alternate screen. Safe to call more than once.
-fn restore_terminal() {
-    let _ = disable_raw_mode();
-    let _ = execute!(
-        std::io::stdout(),
+/// Set to any value, the app panics on purpose right after its first frame: the tests
+/// use it to check that a panic puts the terminal back before the message is printed.
+pub const DEBUG_PANIC_VAR: &str = "CLIPSCOPE_TUI_DEBUG_PANIC";
+
+/// Write what puts the screen back: bracketed paste off, the main screen, the cursor.
+pub fn write_restore(out: &mut impl Write) -> std::io::Result<()> {
+    crossterm::queue!(
+        out,
         DisableBracketedPaste,
         LeaveAlternateScreen,
         crossterm::cursor::Show
-    );
+    )?;
+    out.flush()
+}
+
+/// Leave raw mode and the alternate screen. Safe to call more than once.
+fn restore_terminal() {
+    let _ = disable_raw_mode();
+    let _ = write_restore(&mut std::io::stdout());
+}
+
+/// Run `restore` before the panic hook that was in place (which prints the message),
+/// so that the message lands on the normal screen with the terminal in cooked mode.
+fn install_panic_hook(restore: fn()) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore();
+        previous(info);
+    }));
 }
 
 /// Puts the terminal back however the app ends: normally, by error, or by panic.
@@ -122,11 +148,7 @@ struct TerminalGuard;
 
 impl TerminalGuard {
     fn enter() -> std::io::Result<Self> {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            restore_terminal();
-            previous(info);
-        }));
+        install_panic_hook(restore_terminal);
         enable_raw_mode()?;
         let guard = TerminalGuard;
         execute!(
@@ -240,6 +262,13 @@ fn spawn_training(
 
 type Decoded = (PathBuf, Result<DecodedImage, String>);
 
+/// The log lines captured while the app runs: the file they go to, and the warnings
+/// for the status bar.
+struct Logs {
+    path: Option<PathBuf>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
 /// What the Results pane's background work sends back.
 enum ResultsMessage {
     Found(Vec<PathBuf>),
@@ -292,6 +321,13 @@ pub fn run(opts: TuiOptions) -> Result<(), TuiError> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    // From here until the app returns, log lines go to the log file and the status bar.
+    let (log_tx, log_rx) = unbounded_channel::<String>();
+    let log_capture = logsink::capture(logsink::default_log_path().as_deref(), log_tx);
+    let logs = Logs {
+        path: log_capture.path.clone(),
+        lines: log_rx,
+    };
     let _guard = TerminalGuard::enter()?;
     let (graphics, typed) = graphics::setup(opts.protocol, cell_size_from_window());
     let (output, written) = Output::stdout();
@@ -303,6 +339,7 @@ pub fn run(opts: TuiOptions) -> Result<(), TuiError> {
         graphics,
         typed,
         &written,
+        logs,
     ));
     let _ = terminal.backend_mut().flush();
     result
@@ -339,7 +376,9 @@ async fn event_loop(
     graphics: Graphics,
     typed: Vec<u8>,
     written: &std::sync::atomic::AtomicU64,
+    logs: Logs,
 ) -> Result<(), TuiError> {
+    let mut log_rx = logs.lines;
     let mut trace = Trace::from_env();
     trace.record(json!({
         "ev": "graphics",
@@ -372,6 +411,9 @@ async fn event_loop(
     let mut app = App::new(keymap, graphics, &opts.labels);
     app.theme = theme::Theme::from_env();
     app.abstain = opts.abstain;
+    app.style = opts.style.clone();
+    app.source = Some(opts.source.clone());
+    app.log_path = logs.path;
     app.effects
         .push(ResultsEffect::FindReports(PathBuf::from(".")));
     if let Some(report) = &opts.report {
@@ -382,6 +424,7 @@ async fn event_loop(
     if let Some(input) = &opts.input {
         open_first(&mut app, input, &decoded_tx);
     }
+    let debug_panic = std::env::var_os(DEBUG_PANIC_VAR).is_some();
     let mut layer = Layer::default();
     let mut events = EventStream::new();
     #[cfg(unix)]
@@ -395,6 +438,9 @@ async fn event_loop(
         if let Some(job) = screen::draw_frame(terminal, &mut app, &mut layer, &mut trace, written)?
         {
             let _ = encoder.send(job);
+        }
+        if debug_panic {
+            panic!("{DEBUG_PANIC_VAR} is set: a panic on purpose, to test the terminal restore");
         }
         let deadline = app
             .debounce_deadline()
@@ -431,6 +477,7 @@ async fn event_loop(
                 None => break,
             },
             Some(resp) = resp_rx.recv() => app.on_response(resp, Instant::now()),
+            Some(line) = log_rx.recv() => app.on_log(line),
             Some((path, result)) = decoded_rx.recv() => {
                 send(app.on_image_decoded(path, result, Instant::now()));
             }
@@ -476,4 +523,17 @@ async fn event_loop(
         let _ = handle.join();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restore_path_leaves_the_alternate_screen_and_shows_the_cursor() {
+        let mut out = Vec::new();
+        write_restore(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "\x1b[?2004l\x1b[?1049l\x1b[?25h");
+    }
 }

@@ -9,6 +9,12 @@ use ratatui::Frame;
 use super::action::Action;
 use super::app::{App, ModelState, Pane, PromptFor};
 use super::panes;
+use super::text::{fit, printable};
+
+/// The smallest screen the app lays out; below it, a message says so.
+pub const MIN_WIDTH: u16 = 40;
+/// See [`MIN_WIDTH`].
+pub const MIN_HEIGHT: u16 = 10;
 
 /// Where everything goes on a screen of a given size. The event loop computes it before
 /// drawing, to know where the picture goes and whether anything covers it.
@@ -27,6 +33,10 @@ pub struct ScreenLayout {
     pub image_area: Option<Rect>,
     /// The help overlay, when open.
     pub help: Option<Rect>,
+    /// The model picker or the message popup, when open.
+    pub popup: Option<Rect>,
+    /// The screen is smaller than [`MIN_WIDTH`] x [`MIN_HEIGHT`]: only a message is drawn.
+    pub too_small: bool,
 }
 
 impl ScreenLayout {
@@ -35,15 +45,29 @@ impl ScreenLayout {
     /// text), so it is left out while the help covers it.
     pub fn uncovered_image_area(&self) -> Option<Rect> {
         let area = self.image_area?;
-        match self.help {
-            Some(help) if help.intersects(area) => None,
-            _ => Some(area),
-        }
+        let covered = [self.help, self.popup]
+            .into_iter()
+            .flatten()
+            .any(|over| over.intersects(area));
+        (!covered).then_some(area)
     }
 }
 
 /// Lay out a screen of `area` for the app's state.
 pub fn layout(area: Rect, app: &App) -> ScreenLayout {
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        let nothing = Rect::new(area.x, area.y, 0, 0);
+        return ScreenLayout {
+            tabs: nothing,
+            body: area,
+            prompt: nothing,
+            status: nothing,
+            image_area: None,
+            help: None,
+            popup: None,
+            too_small: true,
+        };
+    }
     let prompt_h = if app.prompt.is_some() { 3 } else { 0 };
     let rows = Layout::vertical([
         Constraint::Length(1),
@@ -63,6 +87,15 @@ pub fn layout(area: Rect, app: &App) -> ScreenLayout {
             Pane::Train => None,
         },
         help: app.show_help.then(|| help_area(area, &help_paragraph(app))),
+        popup: match &app.picker {
+            Some(picker) => Some(picker.area(area)),
+            None => app
+                .show_message
+                .then(|| message_paragraph(app))
+                .flatten()
+                .map(|p| help_area(area, &p)),
+        },
+        too_small: false,
     }
 }
 
@@ -74,6 +107,10 @@ pub fn draw(f: &mut Frame, app: &mut App) {
 
 /// Draw the app into a layout made by [`layout`] for this frame's size.
 pub fn draw_layout(f: &mut Frame, app: &mut App, layout: &ScreenLayout) {
+    if layout.too_small {
+        draw_too_small(f, layout.body);
+        return;
+    }
     draw_tabs(f, app, layout.tabs);
     match app.pane {
         Pane::Classify => {
@@ -94,6 +131,73 @@ pub fn draw_layout(f: &mut Frame, app: &mut App, layout: &ScreenLayout) {
         f.render_widget(Clear, area);
         f.render_widget(help_paragraph(app), area);
     }
+    if let Some(picker) = &app.picker {
+        picker.draw(f, f.area(), app.theme, &current_model_and_style(app));
+    } else if let (Some(area), Some(message)) = (layout.popup, message_paragraph(app)) {
+        f.render_widget(Clear, area);
+        f.render_widget(message, area);
+    }
+}
+
+/// The message that replaces the app on a screen too small for it.
+fn draw_too_small(f: &mut Frame, area: Rect) {
+    let text = format!(
+        "terminal too small (need at least {MIN_WIDTH}x{MIN_HEIGHT}, have {}x{})",
+        area.width, area.height
+    );
+    let lines = Paragraph::new(text)
+        .wrap(Wrap { trim: true })
+        .alignment(Alignment::Center);
+    let height = (lines.line_count(area.width) as u16).min(area.height);
+    let at = Rect {
+        y: area.y + (area.height - height) / 2,
+        height,
+        ..area
+    };
+    f.render_widget(Clear, area);
+    f.render_widget(lines, at);
+}
+
+/// The model's name and the prompt style, for the picker's title.
+fn current_model_and_style(app: &App) -> String {
+    let model = match &app.model {
+        ModelState::Ready { name, .. } => short_name(name),
+        ModelState::Loading(_) => "loading".into(),
+        ModelState::Failed(_) => "failed".into(),
+    };
+    format!("{model}, {}", app.style.describe())
+}
+
+/// The full text of the latest error, wrapped in a box (closed by any key).
+fn message_paragraph(app: &App) -> Option<Paragraph<'static>> {
+    let message = app.latest_error()?;
+    let title = if matches!(app.model, ModelState::Failed(_)) {
+        " The model could not be loaded (any key closes) "
+    } else {
+        " Error (any key closes) "
+    };
+    let mut lines = vec![Line::from(printable(message).into_owned())];
+    if let Some(path) = &app.log_path {
+        lines.push(Line::from(""));
+        lines.push(Line::from(format!(
+            "Every log line of this session: {}",
+            printable(&path.display().to_string())
+        )));
+    }
+    Some(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::default().borders(Borders::ALL).title(title)),
+    )
+}
+
+/// A model folder is shown by its last component: the status bar is one line.
+fn short_name(name: &str) -> String {
+    std::path::Path::new(name)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .filter(|_| name.contains('/'))
+        .unwrap_or_else(|| name.to_string())
 }
 
 fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
@@ -147,18 +251,23 @@ fn draw_prompt(f: &mut Frame, app: &mut App, area: Rect) {
 
 /// The status bar's text: model, device, latency, how pictures are drawn (and why, when
 /// it is not the obvious way), and the latest notice.
-pub fn status_text(app: &App) -> Vec<Span<'static>> {
+///
+/// The notice (or a model's failure, which holds the start of what was tried and, at its
+/// end, why it failed) is cut in the middle to the room left in `width` columns, and
+/// the key that shows it in full is named.
+pub fn status_text(app: &App, width: u16) -> Vec<Span<'static>> {
     let theme = app.theme;
+    let message_key = app
+        .keymap
+        .keys_for(Action::ShowMessage)
+        .first()
+        .map(|k| k.to_string());
     let model = match &app.model {
-        ModelState::Loading(line) => Span::styled(line.clone(), theme.status_busy()),
+        ModelState::Loading(line) => {
+            Span::styled(printable(line).into_owned(), theme.status_busy())
+        }
         ModelState::Ready { name, device } => {
-            // A model folder is shown by its last component: the status bar is one line.
-            let short = std::path::Path::new(name)
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .filter(|_| name.contains('/'))
-                .unwrap_or_else(|| name.clone());
-            Span::raw(format!("{short} on {device}"))
+            Span::raw(format!("{} on {device}", printable(&short_name(name))))
         }
         ModelState::Failed(_) => Span::styled("model failed", theme.status_error()),
     };
@@ -175,20 +284,40 @@ pub fn status_text(app: &App) -> Vec<Span<'static>> {
         spans.push(Span::styled(format!(" ({note})"), theme.status_busy()));
     }
     spans.push(Span::raw(format!("  │ {latency} │ {graphics} │ ")));
-    if let Some(n) = &app.notice {
+    // With no newer notice, a model's failure says why (cut to fit; the key shows all).
+    let failure = match (&app.notice, &app.model) {
+        (None, ModelState::Failed(why)) => Some(super::app::Notice {
+            text: format!("model: {why}"),
+            error: true,
+        }),
+        _ => None,
+    };
+    if let Some(n) = app.notice.as_ref().or(failure.as_ref()) {
         let style = if n.error {
             theme.status_error()
         } else {
             theme.status()
         };
-        spans.push(Span::styled(n.text.clone(), style));
+        let used: usize = spans.iter().map(|s| s.width()).sum();
+        let room = usize::from(width).saturating_sub(used).max(12);
+        let text = printable(&n.text);
+        let cut = text.chars().count() > room;
+        let text = match (&message_key, cut && n.error) {
+            (Some(k), true) => {
+                let hint = format!(" ({k}: all)");
+                let keep = room.saturating_sub(hint.chars().count()).max(8);
+                format!("{}{hint}", fit(&text, keep))
+            }
+            _ => fit(&text, room),
+        };
+        spans.push(Span::styled(text, style));
     }
     spans
 }
 
 fn draw_status(f: &mut Frame, app: &App, area: Rect) {
     f.render_widget(
-        Paragraph::new(Line::from(status_text(app))).style(app.theme.status()),
+        Paragraph::new(Line::from(status_text(app, area.width))).style(app.theme.status()),
         area,
     );
 }
@@ -223,6 +352,9 @@ fn help_paragraph(app: &App) -> Paragraph<'static> {
     lines.push(Line::from(
         "  Paste or drop an image path to open it; type labels to score them.",
     ));
+    lines.push(Line::from(
+        "  Path prompt: Ctrl-U, Ctrl-W, Ctrl-A, Ctrl-E edit as in a shell.",
+    ));
     Paragraph::new(lines)
         .wrap(Wrap { trim: false })
         .block(Block::default().borders(Borders::ALL).title(" Help "))
@@ -240,5 +372,174 @@ fn help_area(screen: Rect, help: &Paragraph) -> Rect {
         y: screen.y + (screen.height - height) / 2,
         width,
         height,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+    use super::*;
+    use crate::clip::zeroshot::Prediction;
+    use crate::tui::app::DecodedImage;
+    use crate::tui::graphics::Graphics;
+    use crate::tui::keymap::Keymap;
+    use crate::tui::picker::{self, Picker};
+    use crate::tui::testing::{draw, screen};
+    use crate::tui::worker::Response;
+
+    /// A folder of fixture images, by a relative path so that snapshots hold no
+    /// machine's paths (tests run in the crate's folder).
+    const IMAGES: &str = "tests/fixtures/images";
+
+    fn app(labels: &str) -> App {
+        App::new(
+            Keymap::builtin("default").unwrap(),
+            Graphics::halfblocks(),
+            labels,
+        )
+    }
+
+    /// An app showing `name` from the fixture images, scored with `predictions`.
+    fn app_with_image(labels: &str, name: &str, predictions: &[(&str, f64)]) -> App {
+        let mut a = app(labels);
+        let now = Instant::now();
+        let path = a.open(PathBuf::from(IMAGES).join(name)).unwrap();
+        let img = crate::data::load_image(&path).unwrap();
+        a.on_image_decoded(path.clone(), Ok(DecodedImage::new(img)), now);
+        a.model = ModelState::Ready {
+            name: "demo".into(),
+            device: "cpu".into(),
+        };
+        a.on_response(
+            Response::Scores {
+                generation: 1,
+                path,
+                predictions: predictions
+                    .iter()
+                    .map(|(label, probability)| Prediction {
+                        label: label.to_string(),
+                        probability: *probability,
+                    })
+                    .collect(),
+                compute_ms: 1.0,
+            },
+            now,
+        );
+        a
+    }
+
+    fn press(a: &mut App, code: KeyCode, mods: KeyModifiers) {
+        a.on_key(KeyEvent::new(code, mods), Instant::now());
+    }
+
+    /// No cell of the screen holds a control character.
+    fn assert_no_controls(a: &mut App, width: u16, height: u16) {
+        let terminal = draw(a, width, height);
+        let buf = terminal.backend().buffer();
+        for cell in buf.content() {
+            assert!(
+                !cell.symbol().chars().any(char::is_control),
+                "control character in {:?}",
+                cell.symbol()
+            );
+        }
+    }
+
+    #[test]
+    fn pasted_lines_are_labels_and_nothing_drawn_holds_a_control_character() {
+        let mut a = app_with_image("", "small.png", &[("cat\x1b[2J", 0.7), ("dog\u{9b}", 0.3)]);
+        a.on_paste("cat\rdog\r\nred\x1b[31m car\u{85}", Instant::now());
+        a.notify_for_test("bad\x1b]0;title\x07.png: not a readable image");
+        assert_no_controls(&mut a, 100, 24);
+        insta::assert_snapshot!(screen(&mut a, 100, 24));
+    }
+
+    #[test]
+    fn a_small_window_says_how_large_it_must_be() {
+        let mut a = app_with_image("cat", "small.png", &[("cat", 1.0)]);
+        insta::assert_snapshot!(screen(&mut a, 39, 9));
+        let text = screen(&mut a, MIN_WIDTH, MIN_HEIGHT);
+        assert!(
+            !text.contains("too small") && text.contains("Labels"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_size_from_1x1_to_200x60_draws_without_panicking() {
+        let mut a = app_with_image("cat,dog", "tall.png", &[("cat", 0.6), ("dog", 0.4)]);
+        a.train.log_line("x".repeat(300));
+        let states: [fn(&mut App); 6] = [
+            |_| {},
+            |a| a.show_help = true,
+            |a| {
+                a.show_help = false;
+                a.picker = Some(Picker::new(picker::entries_with(&a.style, None)));
+            },
+            |a| {
+                a.picker = None;
+                a.pane = Pane::Train;
+            },
+            |a| a.pane = Pane::Results,
+            |a| {
+                a.pane = Pane::Classify;
+                a.on_action(crate::tui::action::Action::OpenImage, Instant::now());
+            },
+        ];
+        for (i, state) in states.iter().enumerate() {
+            state(&mut a);
+            // Every size for the first state; a coarser grid for the others.
+            let step = if i == 0 { 1 } else { 7 };
+            for w in (1..=200).step_by(step) {
+                for h in (1..=60).step_by(step) {
+                    draw(&mut a, w, h);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_folder_position_and_the_path_prompt() {
+        let mut a = app_with_image("cat", "chelsea.png", &[("cat", 1.0)]);
+        press(&mut a, KeyCode::Char('o'), KeyModifiers::CONTROL);
+        insta::assert_snapshot!(screen(&mut a, 100, 20));
+    }
+
+    #[test]
+    fn the_model_picker_lists_models_and_prompt_styles() {
+        let mut a = app_with_image("cat", "small.png", &[("cat", 1.0)]);
+        a.picker = Some(Picker::new(picker::entries_with(&a.style, None)));
+        insta::assert_snapshot!(screen(&mut a, 100, 24));
+    }
+
+    #[test]
+    fn a_model_that_failed_says_why_in_full() {
+        let mut a = app("cat");
+        let why = "cannot get the model: downloading https://huggingface.co/openai/clip-vit-base-patch32/resolve/refs%2Fpr%2F15/config.json: io: failed to lookup address information: Temporary failure in name resolution; fetch the model elsewhere and give --model-dir DIR";
+        a.on_response(Response::ModelFailed(why.into()), Instant::now());
+        let status = screen(&mut a, 100, 20);
+        let last = status.lines().last().unwrap();
+        assert!(
+            last.contains("model: cannot get") && last.ends_with("(F3: all)"),
+            "{last}"
+        );
+        press(&mut a, KeyCode::F(3), KeyModifiers::NONE);
+        insta::assert_snapshot!(screen(&mut a, 100, 20));
+    }
+
+    #[test]
+    fn the_train_log_wraps_and_shows_the_newest_line() {
+        let mut a = app("");
+        a.pane = Pane::Train;
+        for i in 0..6 {
+            a.train.log_line(format!(
+                "line {i}: epoch {i} finished, validation loss 0.{i}41, accuracy 0.8{i}, checkpoint saved to runs/imagenette/epoch-{i}.safetensors"
+            ));
+        }
+        insta::assert_snapshot!(screen(&mut a, 100, 30));
     }
 }

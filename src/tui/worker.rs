@@ -34,8 +34,61 @@ pub enum Request {
         /// Labels as typed.
         labels: Vec<String>,
     },
+    /// Load another model and/or score with another template or ensemble from now on;
+    /// the current image is embedded again with the new model.
+    Configure(Configure),
     /// Stop the worker.
     Shutdown,
+}
+
+/// A change of model or prompt style (the model picker's choice).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Configure {
+    /// The model to load instead, if any.
+    pub source: Option<ModelSource>,
+    /// The prompt style to use instead, if any.
+    pub style: Option<PromptStyle>,
+}
+
+/// What the worker does for one wake-up: every request queued while it was busy is
+/// folded into this, so that only the newest image, label set and configuration are
+/// worked on and a burst of edits leaves no backlog of stale jobs.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The newest model or style change (changes merge, newest wins).
+    pub configure: Option<Configure>,
+    /// The newest image.
+    pub image: Option<(PathBuf, Arc<DynamicImage>)>,
+    /// The newest score request: (generation, labels).
+    pub score: Option<(u64, Vec<String>)>,
+    /// Whether the worker should stop.
+    pub shutdown: bool,
+    /// How many queued requests were superseded and dropped.
+    pub superseded: usize,
+}
+
+/// Fold the queued requests into one [`Batch`], newest winning.
+pub fn coalesce(requests: impl IntoIterator<Item = Request>) -> Batch {
+    let mut batch = Batch::default();
+    for req in requests {
+        match req {
+            Request::SetImage { path, image } => {
+                batch.superseded += usize::from(batch.image.is_some());
+                batch.image = Some((path, image));
+            }
+            Request::Score { generation, labels } => {
+                batch.superseded += usize::from(batch.score.is_some());
+                batch.score = Some((generation, labels));
+            }
+            Request::Configure(change) => {
+                let merged = batch.configure.get_or_insert_with(Configure::default);
+                merged.source = change.source.or(merged.source.take());
+                merged.style = change.style.or(merged.style.take());
+            }
+            Request::Shutdown => batch.shutdown = true,
+        }
+    }
+    batch
 }
 
 /// What the worker tells the app.
@@ -130,54 +183,151 @@ fn load(config: &WorkerConfig, out: &UnboundedSender<Response>) -> Result<Clip, 
     Ok(clip)
 }
 
-fn run(config: WorkerConfig, rx: Receiver<Request>, out: UnboundedSender<Response>) {
-    let clip = match load(&config, &out) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            let _ = out.send(Response::ModelFailed(e));
-            None
-        }
-    };
+fn run(mut config: WorkerConfig, rx: Receiver<Request>, out: UnboundedSender<Response>) {
+    let mut clip = load_or_report(&config, &out);
+    // The image as decoded is kept, so that another model can embed it again.
+    let mut current: Option<(PathBuf, Arc<DynamicImage>)> = None;
     let mut image: Option<(PathBuf, Embedding)> = None;
     while let Ok(first) = rx.recv() {
-        // Take everything queued: only the newest image and the newest score matter.
-        let mut set_image = None;
-        let mut score = None;
-        for req in std::iter::once(first).chain(rx.try_iter()) {
-            match req {
-                Request::SetImage { path, image } => set_image = Some((path, image)),
-                Request::Score { generation, labels } => score = Some((generation, labels)),
-                Request::Shutdown => return,
+        // Take everything queued: only the newest of each kind matters.
+        let batch = coalesce(std::iter::once(first).chain(rx.try_iter()));
+        if batch.shutdown {
+            return;
+        }
+        if batch.superseded > 0 {
+            tracing::debug!("skipped {} superseded requests", batch.superseded);
+        }
+        let mut embed_again = false;
+        if let Some(change) = batch.configure {
+            if let Some(style) = change.style {
+                config.style = style;
             }
+            if let Some(source) = change.source {
+                config.source = source;
+                clip = load_or_report(&config, &out);
+                embed_again = true;
+            }
+        }
+        if let Some(new) = batch.image {
+            current = Some(new);
+            embed_again = true;
         }
         let Some(clip) = clip.as_ref() else { continue };
-        if let Some((path, img)) = set_image {
-            match clip.embed_images(&[img.as_ref()]) {
-                Ok(mut e) => image = e.pop().map(|e| (path, e)),
-                Err(e) => {
-                    image = None;
-                    let _ = out.send(Response::Failed {
-                        generation: 0,
-                        message: format!("{}: {e}", path.display()),
-                    });
-                }
-            }
+        if embed_again {
+            image = current
+                .as_ref()
+                .and_then(|(path, img)| embed(clip, path, img, &out));
         }
-        if let (Some((generation, labels)), Some((path, emb))) = (score, image.as_ref()) {
-            let start = Instant::now();
-            let response = match LabelSet::build(clip, &labels, &config.style) {
-                Ok(set) => Response::Scores {
-                    generation,
-                    path: path.clone(),
-                    predictions: zeroshot::classify(emb, &set, clip.logit_scale()),
-                    compute_ms: start.elapsed().as_secs_f64() * 1e3,
-                },
-                Err(e) => Response::Failed {
-                    generation,
-                    message: e.to_string(),
-                },
-            };
-            let _ = out.send(response);
+        if let (Some((generation, labels)), Some((path, emb))) = (batch.score, image.as_ref()) {
+            let _ = out.send(score(clip, &config.style, generation, path, emb, &labels));
         }
+    }
+}
+
+/// Load the configured model; a failure is reported and leaves no model.
+fn load_or_report(config: &WorkerConfig, out: &UnboundedSender<Response>) -> Option<Clip> {
+    load(config, out)
+        .map_err(|e| {
+            let _ = out.send(Response::ModelFailed(e));
+        })
+        .ok()
+}
+
+/// Embed the image; a failure is reported and leaves no embedding.
+fn embed(
+    clip: &Clip,
+    path: &std::path::Path,
+    img: &DynamicImage,
+    out: &UnboundedSender<Response>,
+) -> Option<(PathBuf, Embedding)> {
+    match clip.embed_images(&[img]) {
+        Ok(mut e) => e.pop().map(|e| (path.to_path_buf(), e)),
+        Err(e) => {
+            let _ = out.send(Response::Failed {
+                generation: 0,
+                message: format!("{}: {e}", path.display()),
+            });
+            None
+        }
+    }
+}
+
+/// Score `labels` against the image's embedding.
+fn score(
+    clip: &Clip,
+    style: &PromptStyle,
+    generation: u64,
+    path: &std::path::Path,
+    emb: &Embedding,
+    labels: &[String],
+) -> Response {
+    let start = Instant::now();
+    match LabelSet::build(clip, labels, style) {
+        Ok(set) => Response::Scores {
+            generation,
+            path: path.to_path_buf(),
+            predictions: zeroshot::classify(emb, &set, clip.logit_scale()),
+            compute_ms: start.elapsed().as_secs_f64() * 1e3,
+        },
+        Err(e) => Response::Failed {
+            generation,
+            message: e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score_req(generation: u64) -> Request {
+        Request::Score {
+            generation,
+            labels: vec![format!("label {generation}")],
+        }
+    }
+
+    #[test]
+    fn a_burst_of_requests_leaves_only_the_newest_of_each_kind() {
+        let image = Arc::new(DynamicImage::new_rgb8(2, 2));
+        let burst = (1..=1000).map(score_req).chain([
+            Request::SetImage {
+                path: "a.png".into(),
+                image: image.clone(),
+            },
+            Request::SetImage {
+                path: "b.png".into(),
+                image,
+            },
+            score_req(1001),
+        ]);
+        let batch = coalesce(burst);
+        assert_eq!(
+            batch.score,
+            Some((1001, vec!["label 1001".to_string()])),
+            "only the newest label set is scored"
+        );
+        assert_eq!(batch.image.unwrap().0, PathBuf::from("b.png"));
+        assert_eq!(batch.superseded, 1000 + 1);
+        assert!(!batch.shutdown);
+    }
+
+    #[test]
+    fn configuration_changes_merge_newest_first() {
+        let batch = coalesce([
+            Request::Configure(Configure {
+                source: Some(ModelSource::Named(Some("demo".into()))),
+                style: Some(PromptStyle::Template("{}".into())),
+            }),
+            Request::Configure(Configure {
+                source: None,
+                style: Some(PromptStyle::Template("a {}".into())),
+            }),
+            Request::Shutdown,
+        ]);
+        let change = batch.configure.unwrap();
+        assert_eq!(change.source, Some(ModelSource::Named(Some("demo".into()))));
+        assert_eq!(change.style, Some(PromptStyle::Template("a {}".into())));
+        assert!(batch.shutdown);
     }
 }

@@ -8,8 +8,10 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use ratatui::Frame;
 
-use crate::tui::app::App;
+use crate::tui::action::Action;
+use crate::tui::app::{App, ModelState};
 use crate::tui::graphics::Prepared;
+use crate::tui::text::printable;
 use crate::util::bar;
 
 /// Width of the probability bars, in cells.
@@ -47,13 +49,7 @@ pub fn draw(f: &mut Frame, app: &mut App, area: Rect, escape_picture: bool) {
 }
 
 fn draw_image(f: &mut Frame, app: &App, area: Rect, escape_picture: bool) {
-    let title = app
-        .classify
-        .image_path
-        .as_ref()
-        .and_then(|p| p.file_name())
-        .map(|n| format!(" {} ", n.to_string_lossy()))
-        .unwrap_or_else(|| " no image ".into());
+    let title = image_title(app);
     let block = Block::default().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
     f.render_widget(block, area);
@@ -76,6 +72,19 @@ fn draw_image(f: &mut Frame, app: &App, area: Rect, escape_picture: bool) {
     }
 }
 
+/// The image pane's title: the file's name and, when its folder holds more than one
+/// image, its place among them ("3 of 12"), as PgDn/PgUp step through them.
+fn image_title(app: &App) -> String {
+    let Some(name) = app.classify.image_path.as_ref().and_then(|p| p.file_name()) else {
+        return " no image ".into();
+    };
+    let name = name.to_string_lossy();
+    match app.classify.position {
+        Some((n, count)) if count > 1 => format!(" {} ({n} of {count}) ", printable(&name)),
+        _ => format!(" {} ", printable(&name)),
+    }
+}
+
 fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
     let updating = app.updating();
     let title = if updating {
@@ -89,10 +98,15 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
     let preds = &app.classify.predictions;
     let theme = app.theme;
     let lines: Vec<Line> = if preds.is_empty() {
-        let hint = match (&app.classify.image_path, app.labels().is_empty()) {
-            (None, _) => "No image yet.",
-            (_, true) => "Type some labels.",
-            _ => "Scoring…",
+        let hint = match (&app.classify.image_path, app.no_labels(), &app.model) {
+            (None, _, _) => "No image yet.".to_string(),
+            (_, true, _) => "Type some labels.".to_string(),
+            (_, _, ModelState::Failed(_)) => match app.keymap.keys_for(Action::ShowMessage).first()
+            {
+                Some(k) => format!("No model: it could not be loaded ({k} shows why)."),
+                None => "No model: it could not be loaded.".to_string(),
+            },
+            _ => "Scoring…".to_string(),
         };
         vec![Line::from(Span::styled(hint, theme.dim()))]
     } else {
@@ -120,7 +134,7 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
             if updating {
                 style = style.add_modifier(Modifier::DIM);
             }
-            let label: String = p.label.chars().take(label_w).collect();
+            let label: String = printable(&p.label).chars().take(label_w).collect();
             Line::from(vec![
                 Span::styled(format!("{label:<label_w$}"), style),
                 Span::styled(format!(" {:>6.2}% ", p.probability * 100.0), style),

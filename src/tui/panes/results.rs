@@ -664,17 +664,13 @@ mod tests {
     use std::time::Instant;
 
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-    use ratatui::backend::TestBackend;
-    use ratatui::layout::Position;
-    use ratatui::Terminal;
 
     use super::*;
     use crate::clip::zeroshot::Prediction;
     use crate::tui::app::{DecodedImage, Pane};
-    use crate::tui::graphics::{self, encoder::Done, Graphics};
+    use crate::tui::graphics::Graphics;
     use crate::tui::keymap::Keymap;
     use crate::tui::results_state::{find_reports, load_report, ResultsEffect};
-    use crate::tui::ui;
 
     /// The hand-made report of tests/fixtures/make_report_fixture.py, by a relative
     /// path (tests run in the crate's folder) so that snapshots hold no machine's paths.
@@ -718,35 +714,7 @@ mod tests {
         settle(app);
     }
 
-    /// Draw a frame (the picture prepared in line: the app does it on its encoder
-    /// thread) and return the screen's text.
-    fn screen(app: &mut App, width: u16, height: u16) -> String {
-        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-        let layout = ui::layout(
-            Rect::from((Position::ORIGIN, terminal.size().unwrap())),
-            app,
-        );
-        if let Some(job) = layout.image_area.and_then(|a| app.picture_job(a.as_size())) {
-            let result = graphics::prepare(&job.image, job.area, &app.graphics);
-            app.on_picture_prepared(Done {
-                picture: job.picture,
-                area: job.area,
-                result,
-                encode_ms: 0.0,
-            });
-        }
-        terminal.draw(|f| ui::draw(f, app)).unwrap();
-        let buf = terminal.backend().buffer();
-        (0..buf.area.height)
-            .map(|y| {
-                let line: String = (0..buf.area.width)
-                    .map(|x| buf[(x, y)].symbol().to_string())
-                    .collect();
-                line.trim_end().to_string()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
+    use crate::tui::testing::screen;
 
     #[test]
     fn the_models_view_lists_every_model_and_the_selected_ones_classes() {

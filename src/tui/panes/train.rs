@@ -5,10 +5,11 @@ use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Gauge, GraphType, Paragraph};
+use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Gauge, GraphType, Paragraph, Wrap};
 use ratatui::Frame;
 
 use crate::tui::app::App;
+use crate::tui::text::printable;
 use crate::tui::train_state::Field;
 
 /// Draw the pane.
@@ -110,19 +111,21 @@ fn draw_gauge(f: &mut Frame, app: &App, area: Rect) {
 }
 
 fn draw_log(f: &mut Frame, app: &App, area: Rect) {
-    let h = area.height.saturating_sub(2) as usize;
+    let block = Block::default().borders(Borders::ALL).title(" Log ");
+    let inner = block.inner(area);
     let lines: Vec<Line> = app
         .train
         .log
         .iter()
-        .rev()
-        .take(h)
-        .rev()
-        .map(|l| Line::from(l.clone()))
+        .map(|l| Line::from(printable(l).into_owned()))
         .collect();
+    // Long lines wrap; the view is scrolled so that the newest line is the last row.
+    let log = Paragraph::new(lines).wrap(Wrap { trim: false });
+    let rows = log.line_count(inner.width);
+    let scroll = rows.saturating_sub(usize::from(inner.height));
     f.render_widget(
-        // One row a line (cut at the edge), so the newest lines are always in view.
-        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Log ")),
+        log.scroll((u16::try_from(scroll).unwrap_or(u16::MAX), 0))
+            .block(block),
         area,
     );
 }
