@@ -492,3 +492,51 @@ fn sigterm_during_training_leaves_a_checkpoint_that_resumes() {
         .unwrap();
     assert_success(&out);
 }
+
+#[test]
+fn unusual_pictures_are_classified_and_broken_ones_refused_on_one_line() {
+    let odd = fixtures().join("odd");
+    let out = clipscope()
+        .args(["classify", "--no-cache", "--format", "json"])
+        .arg(&odd)
+        .arg(odd.join("no-extension"))
+        .args(["--labels", "red,blue,👍🏽 مرحبا שלום", "--model-dir", &tiny()])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let broken = ["empty.png", "text.png", "truncated.jpg"];
+    let mut probs = std::collections::HashMap::new();
+    for r in results {
+        let image = r["image"].as_str().unwrap();
+        let name = image.rsplit('/').next().unwrap();
+        match r["error"].as_str() {
+            Some(e) => {
+                assert!(broken.contains(&name), "{name} refused: {e}");
+                assert!(e.starts_with(image) && !e.contains('\n'), "{e:?}");
+            }
+            None => {
+                assert!(!broken.contains(&name), "{name} was classified");
+                assert_eq!(r["predictions"].as_array().unwrap().len(), 3);
+                probs.insert(
+                    name.to_string(),
+                    r["predictions"][0]["probability"].as_f64().unwrap(),
+                );
+            }
+        }
+    }
+    // The folder's 18 files with an image extension (upper-case .JPG included; the
+    // extensionless file is skipped by the walk) and the extensionless one given by name.
+    assert_eq!(results.len(), 19);
+    assert_eq!(probs.len(), 16, "{probs:?}");
+    // EXIF orientation is not applied, as Pillow's Image.open (the reference) does not.
+    assert_eq!(probs["exif-none.jpg"], probs["exif-rotate.jpg"]);
+    assert_eq!(
+        stderr_of(&out).lines().count(),
+        broken.len(),
+        "{}",
+        stderr_of(&out)
+    );
+}
