@@ -149,7 +149,9 @@ mod tests {
 
     #[test]
     fn the_binarys_warning_style_reaches_the_status_bar() {
-        assert!(is_warning("clipscope: warning: repeated labels scored once"));
+        assert!(is_warning(
+            "clipscope: warning: repeated labels scored once"
+        ));
         assert!(is_warning("clipscope: error: x"));
         assert!(!is_warning("clipscope: classifying 3 inputs"));
         assert!(!is_warning("clipscope: debug: x"));
