@@ -10,10 +10,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "clipscope", version, about, long_about = None)]
 pub struct Cli {
     /// More log output on stderr (-v: progress and timings, -vv: debug).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
     /// Only errors on stderr: no warnings, no progress bars.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
     /// Limits on input images.
     #[command(flatten)]
@@ -27,11 +33,17 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Refuse image files larger than this (bytes, or with K, M or G).
-    #[arg(long, global = true, value_name = "SIZE", default_value = "512M", value_parser = byte_size)]
+    #[arg(long, global = true, value_name = "SIZE", default_value = "512M", value_parser = byte_size, help_heading = "Global options")]
     pub max_file_size: u64,
     /// Refuse images whose header claims more pixels than this (width x height), such
     /// as decompression bombs.
-    #[arg(long, global = true, value_name = "N", default_value_t = 178_956_970)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        default_value_t = 178_956_970,
+        help_heading = "Global options"
+    )]
     pub max_pixels: u64,
 }
 
@@ -153,7 +165,7 @@ pub enum ListFormat {
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// A readable table.
+    /// Readable text: a table (for `embed`, a summary line per input).
     Text,
     /// JSON (the documented schema).
     Json,
@@ -173,8 +185,9 @@ pub enum SummaryFormat {
 /// Where the model comes from.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A model by name from the registry (downloaded to the cache on first use).
-    /// Default: ViT-B/32.
+    /// A model by name from the registry (downloaded to the cache on first use), or
+    /// `demo` (built in, offline: a toy for coloured shapes). Default: ViT-B/32 (for
+    /// `demo eval`: demo).
     #[arg(long, conflicts_with = "model_dir")]
     pub model: Option<String>,
     /// A Hugging Face style folder: config.json, model.safetensors, tokenizer.json.
@@ -373,7 +386,7 @@ pub struct TuiArgs {
     #[arg(value_name = "IMAGE_OR_DIR")]
     pub input: Option<PathBuf>,
     /// Labels to start with, separated by commas.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub labels: String,
     /// A model by name from the registry, or `demo`. Default: ViT-B/32 when it is in the
     /// cache, else the built-in demo model (no download on a first start).

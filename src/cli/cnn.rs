@@ -321,7 +321,7 @@ pub fn eval(a: &EvalArgs) -> Result<u8> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
-    .with_context(|| format!("cannot evaluate {}", a.checkpoint.display()))?;
+    .context("cannot evaluate")?;
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();
     match a.format {
@@ -355,7 +355,13 @@ pub fn data(action: &DataAction) -> Result<u8> {
             let mut progress = super::log::download_progress();
             let name = size.archive().0;
             let dir = fetch_imagenette(size, to, &mut |done, total| progress(name, done, total))
-                .context("cannot fetch Imagenette")?;
+                .with_context(|| {
+                    format!(
+                        "cannot fetch Imagenette (offline, put {name} from another machine into {} \
+                         and run this again, or set CLIPSCOPE_DATA_URL to a mirror)",
+                        to.display()
+                    )
+                })?;
             println!("Imagenette is in {}", dir.display());
         }
         DataAction::Scenes {
@@ -404,8 +410,7 @@ pub fn predict(a: &PredictArgs) -> Result<u8> {
     }
     let mut paths = a.inputs.clone();
     let stdin = super::input::stdin_image_inputs(&mut paths, false)?;
-    let cnn = CnnClassifier::load(&a.checkpoint)
-        .with_context(|| format!("cannot load the checkpoint in {}", a.checkpoint.display()))?;
+    let cnn = CnnClassifier::load(&a.checkpoint).context("cannot load the checkpoint")?;
     let classes: Vec<String> = cnn
         .meta()
         .class_names

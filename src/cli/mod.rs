@@ -109,6 +109,12 @@ fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
             bail!("no labels: give --labels \"cat,dog\" or --labels-file FILE (one a line)")
         }
     };
+    if let (true, Some(f)) = (labels.is_empty(), &args.labels_file) {
+        bail!(
+            "--labels-file {}: holds no labels; write one label a line",
+            f.display()
+        );
+    }
     if labels.is_empty() {
         bail!(
             "no labels given: --labels takes labels separated by commas (quote one that holds a comma: '\"cat, sitting\",dog'), --labels-file one a line"
@@ -245,7 +251,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     let (items, names) = jobs::expand(&paths, shard);
     let names = stdin_named(names, stdin.as_ref());
     tracing::info!(
-        "classifying {} inputs against {} labels with {}",
+        "classifying {} input(s) against {} labels with {}",
         items.len(),
         labels.len(),
         clip.name()
@@ -259,7 +265,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     let failed = results.iter().any(|r| r.error.is_some());
     report_failures(results.iter().filter_map(|r| r.error.as_deref()));
     tracing::info!(
-        "{} inputs in {:.2} s ({} failed)",
+        "{} input(s) in {:.2} s ({} failed)",
         results.len(),
         started.elapsed().as_secs_f64(),
         results.iter().filter(|r| r.error.is_some()).count()
@@ -375,6 +381,11 @@ fn merge(args: &MergeArgs) -> Result<u8> {
 fn preprocess_cmd(args: &PreprocessArgs) -> Result<u8> {
     let size = match (args.size, &args.model) {
         (Some(s), _) => s,
+        (None, Some(name)) if name == hub::DEMO_MODEL => {
+            clipscope::clip::config::ClipConfig::from_json(clipscope::clip::demo::DEMO_CONFIG_JSON)?
+                .vision
+                .image_size
+        }
         (None, Some(name)) => Registry::builtin()?.find(name)?.image_size,
         (None, None) => Registry::builtin()?.default_model()?.image_size,
     };

@@ -86,9 +86,20 @@ fn listing(registry: &Registry, opts: &DownloadOptions) -> Listing {
             path: path.display().to_string(),
         }
     });
+    let demo = std::iter::once(Row {
+        name: hub::DEMO_MODEL.to_string(),
+        kind: "clip",
+        default: false,
+        cached: true,
+        size_mb: 8,
+        repo: String::new(),
+        revision: String::new(),
+        description: "built in: a toy CLIP for coloured shapes, offline (models/demo)".into(),
+        path: "(built into the binary)".into(),
+    });
     Listing {
         cache: opts.cache_root.join("models").display().to_string(),
-        models: clip.chain(cnn).collect(),
+        models: demo.chain(clip).chain(cnn).collect(),
     }
 }
 
@@ -108,7 +119,11 @@ fn write_text(out: &mut impl Write, listing: &Listing) -> Result<()> {
             out,
             "{name:<13} {:<4} {:<6} {:>4} MB  {}",
             row.kind,
-            if row.cached { "cached" } else { "-" },
+            match (row.name == hub::DEMO_MODEL, row.cached) {
+                (true, _) => "built",
+                (false, true) => "cached",
+                (false, false) => "-",
+            },
             row.size_mb,
             fit(&row.description, DESCRIPTION_WIDTH)
         )?;
@@ -129,6 +144,10 @@ fn fit(text: &str, width: usize) -> String {
 
 /// Download a CLIP model or a CNN's weights by name.
 fn download(registry: &Registry, opts: &DownloadOptions, name: &str) -> Result<()> {
+    if name == hub::DEMO_MODEL {
+        println!("demo is built into clipscope: nothing to download (use --model demo)");
+        return Ok(());
+    }
     let mut progress = super::log::download_progress();
     if let Ok(entry) = registry.find(name) {
         let dir = hub::ensure_model(entry, opts, &mut progress)

@@ -206,9 +206,15 @@ pub fn save(
 /// Read `run_dir/checkpoint.json`.
 pub fn load_meta(run_dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
     let path = run_dir.join(CHECKPOINT_JSON);
-    let text = std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io {
-        path: path.clone(),
-        source,
+    let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => invalid(
+            run_dir,
+            format!("not a run folder of `clipscope train` (it has no {CHECKPOINT_JSON})"),
+        ),
+        _ => CheckpointError::Io {
+            path: path.clone(),
+            source,
+        },
     })?;
     serde_json::from_str(&text).map_err(|e| invalid(&path, e))
 }

@@ -137,11 +137,18 @@ pub fn fetch_archive(
     if is_unpacked(&tree) {
         return Ok(tree);
     }
+    let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let archive = dir.join(name);
     let have = archive.is_file() && md5_file(&archive).map_err(io(&archive))? == md5;
     if !have {
-        download_file(url, &archive, progress)?;
+        if let Err(e) = download_file(url, &archive, progress) {
+            if created {
+                // Only if still empty: a partial download stays to be resumed.
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e.into());
+        }
         let got = md5_file(&archive).map_err(io(&archive))?;
         if got != md5 {
             let _ = std::fs::remove_file(&archive);

@@ -79,7 +79,8 @@ fn clip_hint(repo: &str, dir: &Path) -> String {
     format!(
         "to work offline, fetch config.json, model.safetensors (or pytorch_model.bin) and \
          tokenizer.json of huggingface.co/{repo} elsewhere, then pass --model-dir DIR or copy \
-         them into {}; or set HF_ENDPOINT to a mirror",
+         them into {}; or set HF_ENDPOINT to a mirror; or try clipscope offline with \
+         --model demo (built in, coloured shapes only)",
         dir.display()
     )
 }
