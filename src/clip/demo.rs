@@ -34,6 +34,32 @@ const DEMO_WEIGHTS: &[u8] = include_bytes!("../../models/demo/model.safetensors"
 pub const DEMO_TOKENIZER: &[u8] = include_bytes!("../../models/demo/tokenizer.json");
 /// A picture to open the app on when nothing else is given.
 pub const DEMO_PICTURE: &[u8] = include_bytes!("../../models/demo/pictures/red-circle.png");
+
+/// Every bundled demo picture, `(file name, PNG bytes)`, the first being
+/// [`DEMO_PICTURE`]: the app's first start puts them in one folder to page through.
+pub const DEMO_PICTURES: [(&str, &[u8]); 6] = [
+    ("red-circle.png", DEMO_PICTURE),
+    (
+        "blue-square.png",
+        include_bytes!("../../models/demo/pictures/blue-square.png"),
+    ),
+    (
+        "blue-triangle.png",
+        include_bytes!("../../models/demo/pictures/blue-triangle.png"),
+    ),
+    (
+        "green-square.png",
+        include_bytes!("../../models/demo/pictures/green-square.png"),
+    ),
+    (
+        "red-triangle.png",
+        include_bytes!("../../models/demo/pictures/red-triangle.png"),
+    ),
+    (
+        "yellow-circle.png",
+        include_bytes!("../../models/demo/pictures/yellow-circle.png"),
+    ),
+];
 /// Labels that fit [`DEMO_PICTURE`] and the other demo pictures.
 pub const DEMO_LABELS: &str = "a red circle,a green square,a blue triangle,a yellow circle";
 

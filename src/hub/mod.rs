@@ -142,16 +142,19 @@ pub fn app_start_in(
     }
 }
 
-/// The bundled demo picture as a file under `cache_root/demo/` (None when it cannot be
-/// written: the app then opens with no picture rather than failing).
+/// The bundled demo pictures as files under `cache_root/demo/`, so that PgDn pages
+/// through them; the red circle's path (None when it cannot be written: the app then
+/// opens with no picture rather than failing).
 fn demo_picture(cache_root: &std::path::Path) -> Option<PathBuf> {
-    let path = cache_root.join("demo").join("red-circle.png");
-    let current = std::fs::read(&path).ok();
-    if current.as_deref() != Some(crate::clip::demo::DEMO_PICTURE) {
-        std::fs::create_dir_all(path.parent()?).ok()?;
-        std::fs::write(&path, crate::clip::demo::DEMO_PICTURE).ok()?;
+    let dir = cache_root.join("demo");
+    std::fs::create_dir_all(&dir).ok()?;
+    for (name, bytes) in crate::clip::demo::DEMO_PICTURES {
+        let path = dir.join(name);
+        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            crate::util::write_atomic(&path, bytes).ok()?;
+        }
     }
-    Some(path)
+    Some(dir.join(crate::clip::demo::DEMO_PICTURES[0].0))
 }
 
 /// What can go wrong finding or fetching a model.
@@ -249,6 +252,9 @@ mod tests {
             std::fs::read(&picture).unwrap(),
             crate::clip::demo::DEMO_PICTURE
         );
+        // Beside it the other bundled pictures, for PgDn.
+        let folder = std::fs::read_dir(picture.parent().unwrap()).unwrap();
+        assert_eq!(folder.count(), crate::clip::demo::DEMO_PICTURES.len());
         assert_eq!(
             start.labels.as_deref(),
             Some(crate::clip::demo::DEMO_LABELS)

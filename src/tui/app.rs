@@ -344,11 +344,12 @@ pub fn typed_path(text: &str) -> PathBuf {
 
 /// Text area with the app's look.
 fn editor(text: &str) -> TextArea<'static> {
-    let lines: Vec<String> = if text.is_empty() {
-        vec![String::new()]
-    } else {
-        text.split('\n').map(str::to_string).collect()
-    };
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    // The cursor starts on a line of its own: what is typed first is a new label, not
+    // the end of the last one.
+    if lines.last().is_some_and(|l| !l.is_empty()) {
+        lines.push(String::new());
+    }
     let mut ta = TextArea::new(lines);
     ta.set_cursor_line_style(ratatui::style::Style::default());
     ta.move_cursor(ratatui_textarea::CursorMove::Bottom);
@@ -1194,7 +1195,9 @@ mod tests {
     #[test]
     fn labels_from_the_command_line_are_one_a_line() {
         let a = app("cat, dog,,red car");
-        assert_eq!(a.classify.editor.lines(), ["cat", "dog", "red car"]);
+        // And the cursor on a line of its own, so typing adds a label.
+        assert_eq!(a.classify.editor.lines(), ["cat", "dog", "red car", ""]);
+        assert_eq!(a.classify.editor.cursor(), (3, 0));
         assert_eq!(a.labels(), ["cat", "dog", "red car"]);
     }
 
