@@ -407,7 +407,8 @@ pub struct TuiArgs {
     /// How to draw images. `auto` asks the terminal (skipped when not on a terminal).
     #[arg(long, value_enum)]
     pub image_protocol: Option<ImageProtocolArg>,
-    /// Key bindings: default or vim (a keymap.toml in the config folder overrides keys).
+    /// Key bindings: default, vim, or a keymap file such as keymaps/vim.toml (a keymap.toml
+    /// in the config folder, ~/.config/clipscope/ on Linux, overrides keys).
     #[arg(long)]
     pub keymap: Option<String>,
     /// Answer "none of these" when the top probability is below P (0 to 1); the
@@ -608,12 +609,7 @@ pub enum ScenesLayout {
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
     /// Image folder for classification: ROOT/<class>/*, or with train/ and val/ inside.
-    #[arg(
-        long,
-        value_name = "DIR",
-        required_unless_present = "captions",
-        conflicts_with = "captions"
-    )]
+    #[arg(long, value_name = "DIR", conflicts_with = "captions")]
     pub data: Option<PathBuf>,
     /// A separate validation folder (same class folders).
     #[arg(long, value_name = "DIR", requires = "data")]

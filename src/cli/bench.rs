@@ -111,9 +111,13 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
         }
         Format::Text => {
             println!(
-                "model {}  device {:?}  threads {}",
+                "model {}  device {}  threads {}",
                 clip.name(),
-                clip.device(),
+                if clip.device().is_cpu() {
+                    "cpu"
+                } else {
+                    "cuda"
+                },
                 candle_core::utils::get_num_threads()
             );
             for r in &rows {

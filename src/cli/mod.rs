@@ -85,6 +85,8 @@ pub fn load_model(args: &ModelArgs) -> Result<Clip> {
 pub fn load_model_and_files(args: &ModelArgs) -> Result<(Clip, ModelFiles)> {
     let device = clipscope::clip::parse_device(&args.device)?;
     let files = model_files(args)?;
+    tracing::debug!("model files: {files:?}");
+    let started = std::time::Instant::now();
     // A folder is named by the file at fault in the error itself.
     let clip = match &args.model_dir {
         Some(_) => files.load(device).context("cannot load the model")?,
@@ -92,6 +94,11 @@ pub fn load_model_and_files(args: &ModelArgs) -> Result<(Clip, ModelFiles)> {
             .load(device)
             .with_context(|| format!("cannot load model {}", files.name))?,
     };
+    tracing::info!(
+        "model {} loaded in {} ms",
+        files.name,
+        started.elapsed().as_millis()
+    );
     Ok((clip, files))
 }
 

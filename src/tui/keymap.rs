@@ -232,8 +232,22 @@ impl Keymap {
     }
 
     /// A built-in set, with `keymap.toml` from `config_dir` applied on top if present.
+    /// `name` may also be a keymap file (such as `keymaps/vim.toml`), applied on top of
+    /// the default set.
     pub fn load(name: &str, config_dir: Option<&Path>) -> Result<Self, KeymapError> {
-        let mut map = Self::builtin(name)?;
+        let file = Path::new(name);
+        let mut map = if name.ends_with(".toml") || file.is_file() {
+            let text = std::fs::read_to_string(file).map_err(|source| KeymapError::Io {
+                path: file.to_path_buf(),
+                source,
+            })?;
+            let mut map = Self::builtin("default")?;
+            map.apply(name, &text)?;
+            map.name = name.to_string();
+            map
+        } else {
+            Self::builtin(name)?
+        };
         if let Some(path) = config_dir
             .map(|d| d.join("keymap.toml"))
             .filter(|p| p.is_file())
@@ -274,6 +288,18 @@ impl Keymap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keymap_file_can_be_named_instead_of_a_builtin_set() {
+        let from_file = Keymap::load("keymaps/vim.toml", None).unwrap();
+        let builtin = Keymap::builtin("vim").unwrap();
+        let j = ev(KeyCode::Char('j'), KeyModifiers::NONE);
+        assert_eq!(
+            from_file.action_for(&j, false),
+            builtin.action_for(&j, false)
+        );
+        assert!(Keymap::load("keymaps/nope.toml", None).is_err());
+    }
 
     fn ev(code: KeyCode, mods: KeyModifiers) -> KeyEvent {
         KeyEvent::new(code, mods)

@@ -108,7 +108,7 @@ pub enum TuiError {
     #[error(transparent)]
     Keymap(#[from] keymap::KeymapError),
     /// The app needs a terminal.
-    #[error("the terminal app needs a terminal on stdin and stdout")]
+    #[error("the terminal app needs a terminal on stdin and stdout; for scripts use the headless commands (clipscope classify, embed, ...: see clipscope --help)")]
     NotATerminal,
 }
 
