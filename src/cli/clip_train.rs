@@ -117,11 +117,18 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
                 steps_per_epoch,
                 first_epoch,
             } => {
+                let plan = if first_epoch > epochs {
+                    format!(
+                        "{} epochs already done: nothing to train, the model is written again (WiSE-FT alpha {})",
+                        first_epoch - 1,
+                        cfg.wise_alpha
+                    )
+                } else {
+                    format!("epochs {first_epoch}..{epochs}")
+                };
                 log_line(
                     &progress,
-                    format!(
-                    "{train} training and {val} held-out examples; epochs {first_epoch}..{epochs}"
-                ),
+                    format!("{train} training and {val} held-out examples; {plan}"),
                 );
                 progress.set_length(steps_per_epoch as u64);
             }

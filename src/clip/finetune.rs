@@ -604,10 +604,27 @@ fn check_output(
 
 fn check_resumable(cfg: &FinetuneConfig, prior: &RunRecord) -> Result<(), FinetuneError> {
     let p = &prior.config;
-    if p.task != cfg.task || p.trainable != cfg.trainable || p.batch_size != cfg.batch_size {
-        return Err(FinetuneError::Config(
-            "--resume: the data, --trainable and --batch-size must be those of the run being resumed"
-                .into(),
+    let differs = |what: String| {
+        Err(FinetuneError::Config(format!(
+            "--resume: {what}; give the run's own, or start a new run in another --output"
+        )))
+    };
+    if p.task != cfg.task {
+        return differs(format!(
+            "the run was trained on {:?}, not {:?}",
+            p.task, cfg.task
+        ));
+    }
+    if p.trainable != cfg.trainable {
+        return differs(format!(
+            "the run was trained with --trainable {}, not {}",
+            p.trainable, cfg.trainable
+        ));
+    }
+    if p.batch_size != cfg.batch_size {
+        return differs(format!(
+            "the run was trained with --batch-size {}, not {}",
+            p.batch_size, cfg.batch_size
         ));
     }
     Ok(())
