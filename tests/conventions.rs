@@ -540,3 +540,34 @@ fn unusual_pictures_are_classified_and_broken_ones_refused_on_one_line() {
         stderr_of(&out)
     );
 }
+
+#[test]
+fn words_the_demo_model_never_saw_are_named() {
+    let picture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/demo/pictures/red-circle.png");
+    let out = clipscope()
+        .args([
+            "classify",
+            "--no-cache",
+            "--model",
+            "demo",
+            "--labels",
+            "cat,a red circle",
+        ])
+        .arg(&picture)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("never seen these words") && err.contains(": cat"),
+        "{err}"
+    );
+    assert!(!err.contains("circle"), "{err}");
+    let out = classify(&[&image("chelsea.png"), "--labels", "cat,dog"]);
+    assert!(
+        !stderr_of(&out).contains("never seen"),
+        "a real vocabulary: {}",
+        stderr_of(&out)
+    );
+}

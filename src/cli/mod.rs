@@ -137,6 +137,27 @@ fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
     Ok(labels)
 }
 
+/// Warn about label words the model has no embedding for (the demo model knows only
+/// shapes, colours and the like): such labels cannot be told apart.
+fn warn_unknown_words(clip: &Clip, labels: &[String]) -> Result<()> {
+    let mut unknown: Vec<String> = Vec::new();
+    for label in labels {
+        for w in clip.unknown_words(label)? {
+            if !unknown.contains(&w) {
+                unknown.push(w);
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        tracing::warn!(
+            "{} has never seen these words, so they carry no meaning to it: {}",
+            clip.name(),
+            unknown.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Report the inputs that failed on stderr, one line each, as ripgrep reports files it
 /// cannot read.
 pub(crate) fn report_failures<'a>(errors: impl Iterator<Item = &'a str>) {
@@ -239,6 +260,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     }
     let (clip, files) = load_model_and_files(&args.model)?;
     let opts = jobs::pipeline_options(&args.job, &clip, &files);
+    warn_unknown_words(&clip, &labels)?;
     let classifier = Classifier {
         labels: pipeline::label_set(&clip, &labels, &style, opts.cache.as_ref())?,
         scale: clip.logit_scale(),

@@ -330,6 +330,22 @@ impl Clip {
         self.model.logit_scale().exp()
     }
 
+    /// The words of `text` the model has no embedding for (every token of the word is
+    /// blank): the demo model knows only the words of its training captions, and scores
+    /// a label made of unknown words like any other such label.
+    pub fn unknown_words(&self, text: &str) -> Result<Vec<String>, ClipError> {
+        let mut unknown = Vec::new();
+        for word in text.split_whitespace() {
+            let tokens = self.tokenizer.encode(word)?;
+            let body = &tokens.ids[1..tokens.ids.len().saturating_sub(1)];
+            let blank = self.model.blank_tokens(body)?;
+            if !blank.is_empty() && blank.iter().all(|&b| b) && !unknown.iter().any(|w| w == word) {
+                unknown.push(word.to_string());
+            }
+        }
+        Ok(unknown)
+    }
+
     /// Tokenise a prompt; a prompt cut to fit the context is reported with a warning.
     pub fn tokenize(&self, text: &str) -> Result<Tokens, ClipError> {
         let tokens = self.tokenizer.encode(text)?;

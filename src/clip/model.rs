@@ -440,6 +440,22 @@ pub struct ClipModel {
 }
 
 impl ClipModel {
+    /// Which of `ids` have an all-zero token embedding: words a model never learnt (the
+    /// demo model zeroes the tokens its training captions never used).
+    pub fn blank_tokens(&self, ids: &[u32]) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = Tensor::new(ids, self.logit_scale.device())?;
+        let rows = self.text.token_embedding.forward(&t)?;
+        let norms = rows
+            .abs()?
+            .sum(1)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        Ok(norms.into_iter().map(|n| n == 0.0).collect())
+    }
+
     /// Build the model for inference from weights in Hugging Face `CLIPModel` layout.
     pub fn load(vb: VarBuilder, config: &ClipConfig) -> Result<Self> {
         Self::load_for(vb, config, Mode::Inference)
