@@ -25,6 +25,7 @@ pub fn write_outputs(report: &Report, out_dir: &Path) -> Result<Vec<PathBuf>, St
         path: out_dir.to_path_buf(),
         source,
     })?;
+    let earlier_plots = plots_of_earlier_report(out_dir);
     let mut written = Vec::new();
     let json = serde_json::to_vec_pretty(report)
         .map_err(|e| StudyError::Config(format!("cannot serialise the report: {e}")))?;
@@ -38,7 +39,28 @@ pub fn write_outputs(report: &Report, out_dir: &Path) -> Result<Vec<PathBuf>, St
     let md = markdown(report, &plot_files);
     written.push(write_file(out_dir, REPORT_MD, md.as_bytes())?);
     written.extend(plot_files.into_iter().map(|p| out_dir.join(p.file)));
+    // A report written again into the same folder leaves none of the last one's plots
+    // behind (another model's learning curves, say) to be mistaken for this one's.
+    for name in earlier_plots {
+        let path = out_dir.join(&name);
+        if !written.contains(&path) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     Ok(written)
+}
+
+/// The plot files an earlier report in `out_dir` links from its report.md (plain file
+/// names ending in .png; nothing else is ever removed).
+fn plots_of_earlier_report(out_dir: &Path) -> Vec<String> {
+    let Ok(md) = std::fs::read_to_string(out_dir.join(REPORT_MD)) else {
+        return Vec::new();
+    };
+    md.lines()
+        .filter_map(|l| l.strip_prefix("![")?.split_once("](")?.1.strip_suffix(')'))
+        .filter(|f| f.ends_with(".png") && !f.contains(['/', '\\']))
+        .map(str::to_string)
+        .collect()
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, StudyError> {
@@ -891,4 +913,21 @@ fn class_wins(report: &Report, clip: &ModelReport, cnn: &ModelReport) -> String 
         cnn.name,
         list(&cnn_wins)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_plots_an_earlier_report_linked_are_taken_for_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(REPORT_MD),
+            "# r\n\n![curves](learning-curves-a.png)\n\n![x](../elsewhere.png)\n![t](notes.txt)\nsee (b.png)\n",
+        )
+        .unwrap();
+        assert_eq!(plots_of_earlier_report(dir.path()), ["learning-curves-a.png"]);
+        assert!(plots_of_earlier_report(&dir.path().join("none")).is_empty());
+    }
 }
