@@ -6,6 +6,8 @@
 pub mod clip;
 pub mod cnn;
 pub mod data;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hub;
 pub mod scale;
 pub mod study;

@@ -975,7 +975,9 @@ impl Saver<'_> {
     }
 
     /// Checkpoint (the fine-tuned weights as they are, optimiser moments) and the model
-    /// folder (WiSE-FT's mix at `alpha`), then the run record last.
+    /// folder (WiSE-FT's mix at `alpha`), then the run record last. The checkpoint is
+    /// written beside the previous one and swapped in only when complete, with the run
+    /// record ready: a failed save (a full disk) leaves the previous checkpoint usable.
     fn save(
         &self,
         params: &Params,
@@ -985,23 +987,68 @@ impl Saver<'_> {
         record: &mut RunRecord,
         alpha: f64,
     ) -> Result<(), FinetuneError> {
-        let ckpt = self.output.join(CHECKPOINT_DIR);
-        std::fs::create_dir_all(&ckpt).map_err(io_err(&ckpt))?;
+        let staged = self.output.join(format!("{CHECKPOINT_DIR}.new"));
+        let record_tmp = self.output.join(format!("{RUN_JSON}.new"));
+        let result = self
+            .stage(
+                params,
+                head,
+                opt,
+                head_opt,
+                record,
+                alpha,
+                &staged,
+                &record_tmp,
+            )
+            .and_then(|()| self.swap_in(&staged, &record_tmp));
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&staged);
+            let _ = std::fs::remove_file(&record_tmp);
+            let kept = if self.output.join(CHECKPOINT_DIR).is_dir() {
+                "the previous checkpoint is intact: free some space and continue with --resume"
+            } else {
+                "the folder holds no checkpoint yet"
+            };
+            return Err(FinetuneError::Config(format!(
+                "{}: the checkpoint was not saved ({}); {kept}",
+                self.output.display(),
+                crate::util::error_line(&e)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every file of a save, with the checkpoint in `staged` and the run record in
+    /// `record_tmp`.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &self,
+        params: &Params,
+        head: Option<&Head>,
+        opt: &ClipOptimizer,
+        head_opt: Option<&Optimizer>,
+        record: &mut RunRecord,
+        alpha: f64,
+        staged: &Path,
+        record_tmp: &Path,
+    ) -> Result<(), FinetuneError> {
+        let _ = std::fs::remove_dir_all(staged);
+        std::fs::create_dir_all(staged).map_err(io_err(staged))?;
         self.tensors(
-            &ckpt.join("weights.safetensors"),
+            &staged.join("weights.safetensors"),
             &params.tensors(DType::F32)?,
         )?;
         let mut state = opt.state();
         if let Some(o) = head_opt {
             state.extend(o.state());
         }
-        self.tensors(&ckpt.join("optimizer.safetensors"), &state)?;
+        self.tensors(&staged.join("optimizer.safetensors"), &state)?;
         let mixed = params.interpolated(self.zero_shot, alpha)?;
         self.tensors(&self.output.join("model.safetensors"), &mixed)?;
         if let (Some(h), Some(w0), Some(info)) = (head, self.zero_shot_head, self.head_info) {
             let w = h.weight.as_tensor();
             self.tensors(
-                &ckpt.join(HEAD_SAFETENSORS),
+                &staged.join(HEAD_SAFETENSORS),
                 &HashMap::from([(HEAD_WEIGHT.to_string(), w.clone())]),
             )?;
             let mixed_head = interpolate(w0, w, alpha)?;
@@ -1019,7 +1066,26 @@ impl Saver<'_> {
         record.config.wise_alpha = alpha;
         let text = serde_json::to_string_pretty(record)
             .map_err(|e| FinetuneError::Config(e.to_string()))?;
-        self.write(&self.output.join(RUN_JSON), text.as_bytes())
+        self.write(record_tmp, text.as_bytes())
+    }
+
+    /// Renames only (no space needed): the staged checkpoint replaces the previous one,
+    /// then the run record that names its step.
+    fn swap_in(&self, staged: &Path, record_tmp: &Path) -> Result<(), FinetuneError> {
+        let ckpt = self.output.join(CHECKPOINT_DIR);
+        let old = self.output.join(format!("{CHECKPOINT_DIR}.old"));
+        let _ = std::fs::remove_dir_all(&old);
+        if ckpt.is_dir() {
+            std::fs::rename(&ckpt, &old).map_err(io_err(&ckpt))?;
+        }
+        if let Err(e) = std::fs::rename(staged, &ckpt) {
+            let _ = std::fs::rename(&old, &ckpt);
+            return Err(io_err(&ckpt)(e));
+        }
+        let record = self.output.join(RUN_JSON);
+        std::fs::rename(record_tmp, &record).map_err(io_err(&record))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
     }
 }
 

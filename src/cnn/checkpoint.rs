@@ -123,6 +123,17 @@ pub enum CheckpointError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// A save failed (a full disk, say); what was written of it is removed.
+    #[error("{run_dir}: the checkpoint was not saved ({source}); {kept}")]
+    NotSaved {
+        /// The run folder.
+        run_dir: PathBuf,
+        /// What failed.
+        #[source]
+        source: Box<CheckpointError>,
+        /// What the folder still holds.
+        kept: String,
+    },
     /// A file is malformed or does not fit.
     #[error("{path}: {message}")]
     Invalid {
@@ -142,14 +153,32 @@ fn invalid(path: &Path, message: impl ToString) -> CheckpointError {
 
 fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), CheckpointError> {
     let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(tensors, &tmp).map_err(|e| invalid(&tmp, e))?;
-    std::fs::File::open(&tmp)
+    let result = write_tensors(path, &tmp, tensors);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_tensors(
+    path: &Path,
+    tmp: &Path,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<(), CheckpointError> {
+    candle_core::safetensors::save(tensors, tmp).map_err(|e| match e {
+        candle_core::Error::Io(source) => CheckpointError::Io {
+            path: tmp.to_path_buf(),
+            source,
+        },
+        other => invalid(tmp, other),
+    })?;
+    std::fs::File::open(tmp)
         .and_then(|f| f.sync_all())
         .map_err(|source| CheckpointError::Io {
-            path: tmp.clone(),
+            path: tmp.to_path_buf(),
             source,
         })?;
-    std::fs::rename(&tmp, path).map_err(|source| CheckpointError::Io {
+    std::fs::rename(tmp, path).map_err(|source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -183,7 +212,44 @@ pub fn save(
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
-    save_tensors(&run_dir.join(&meta.weights), &weights)?;
+    let written = write_files(run_dir, meta, &weights, optimizer_state);
+    let old_files: [String; 2] = previous
+        .as_ref()
+        .map(|p| [p.weights.clone(), p.optimizer_state.clone()])
+        .unwrap_or_default();
+    let new_files = [meta.weights.clone(), meta.optimizer_state.clone()];
+    match written {
+        Ok(json_path) => {
+            remove_files_but(run_dir, &old_files, &new_files);
+            Ok(json_path)
+        }
+        Err(source) => {
+            // checkpoint.json still names the previous save's files: the new ones go.
+            remove_files_but(run_dir, &new_files, &old_files);
+            Err(CheckpointError::NotSaved {
+                run_dir: run_dir.to_path_buf(),
+                source: Box::new(source),
+                kept: match &previous {
+                    Some(p) => format!(
+                        "the previous checkpoint (epoch {}) is intact: free some space and \
+                         continue with --resume",
+                        p.epochs_done
+                    ),
+                    None => "the folder holds no checkpoint yet".to_string(),
+                },
+            })
+        }
+    }
+}
+
+/// Weights, optimiser state, then `checkpoint.json` naming them.
+fn write_files(
+    run_dir: &Path,
+    meta: &CheckpointMeta,
+    weights: &HashMap<String, Tensor>,
+    optimizer_state: &HashMap<String, Tensor>,
+) -> Result<PathBuf, CheckpointError> {
+    save_tensors(&run_dir.join(&meta.weights), weights)?;
     save_tensors(&run_dir.join(&meta.optimizer_state), optimizer_state)?;
     let json_path = run_dir.join(CHECKPOINT_JSON);
     let text = serde_json::to_string_pretty(meta).map_err(|e| invalid(&json_path, e))?;
@@ -193,14 +259,16 @@ pub fn save(
             source,
         }
     })?;
-    if let Some(prev) = previous {
-        for f in [prev.weights, prev.optimizer_state] {
-            if f != meta.weights && f != meta.optimizer_state {
-                let _ = std::fs::remove_file(run_dir.join(f));
-            }
+    Ok(json_path)
+}
+
+/// Remove the files named in `remove` from `run_dir`, except those named in `keep`.
+fn remove_files_but(run_dir: &Path, remove: &[String], keep: &[String]) {
+    for f in remove {
+        if !f.is_empty() && !keep.contains(f) {
+            let _ = std::fs::remove_file(run_dir.join(f));
         }
     }
-    Ok(json_path)
 }
 
 /// Read `run_dir/checkpoint.json`.
@@ -216,7 +284,12 @@ pub fn load_meta(run_dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
             source,
         },
     })?;
-    serde_json::from_str(&text).map_err(|e| invalid(&path, e))
+    parse_meta(&text, &path)
+}
+
+/// Parse the text of a `checkpoint.json` (named `path` in errors).
+pub fn parse_meta(text: &str, path: &Path) -> Result<CheckpointMeta, CheckpointError> {
+    serde_json::from_str(text).map_err(|e| invalid(path, e))
 }
 
 /// Load the trained model of a run folder.

@@ -927,7 +927,10 @@ mod tests {
             "# r\n\n![curves](learning-curves-a.png)\n\n![x](../elsewhere.png)\n![t](notes.txt)\nsee (b.png)\n",
         )
         .unwrap();
-        assert_eq!(plots_of_earlier_report(dir.path()), ["learning-curves-a.png"]);
+        assert_eq!(
+            plots_of_earlier_report(dir.path()),
+            ["learning-curves-a.png"]
+        );
         assert!(plots_of_earlier_report(&dir.path().join("none")).is_empty());
     }
 }
