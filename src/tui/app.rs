@@ -627,6 +627,8 @@ impl App {
             return None;
         }
         if matches!(self.model, ModelState::Failed(_)) {
+            // No model: old probabilities for other labels would mislead.
+            self.classify.predictions.clear();
             return None;
         }
         self.generation += 1;
@@ -661,6 +663,19 @@ impl App {
                 self.in_flight = None;
                 self.notify(format!("model: {message}"), true);
                 self.model = ModelState::Failed(message);
+            }
+            Response::ModelKept { name, device } => {
+                let kept = ModelState::Ready {
+                    name: name.clone(),
+                    device,
+                };
+                let why = match std::mem::replace(&mut self.model, kept) {
+                    ModelState::Failed(why) => why,
+                    _ => String::new(),
+                };
+                self.notify(format!("still using {name}; the model chosen: {why}"), true);
+                // Labels typed while the other model was tried are scored now.
+                self.debounce_until = Some(now);
             }
             Response::Scores {
                 generation,
@@ -1596,6 +1611,46 @@ mod tests {
         assert_eq!(a.labels(), ["cat"], "and is not typed");
         a.on_log("WARN prompt too long".into());
         assert_eq!(a.notice.as_ref().unwrap().text, "WARN prompt too long");
+    }
+
+    #[test]
+    fn a_model_that_fails_to_replace_another_leaves_it_scoring() {
+        let mut a = app("cat");
+        let t0 = Instant::now();
+        with_image(&mut a, t0);
+        a.on_response(
+            Response::ModelReady {
+                name: "demo".into(),
+                device: "cpu".into(),
+                load_ms: 1.0,
+            },
+            t0,
+        );
+        a.on_response(Response::ModelFailed("ViT-B/32: offline".into()), t0);
+        a.on_key(key('s'), t0);
+        assert!(
+            a.on_debounce(t0 + DEBOUNCE).is_none(),
+            "no model, no request"
+        );
+        assert!(a.classify.predictions.is_empty(), "no stale probabilities");
+        a.on_response(
+            Response::ModelKept {
+                name: "demo".into(),
+                device: "cpu".into(),
+            },
+            t0,
+        );
+        assert!(matches!(&a.model, ModelState::Ready { name, .. } if name == "demo"));
+        let text = &a.notice.as_ref().unwrap().text;
+        assert!(
+            text.contains("still using demo") && text.contains("offline"),
+            "{text}"
+        );
+        assert_eq!(a.latest_error(), Some(text.as_str()), "F3 shows why");
+        assert!(
+            matches!(a.on_debounce(t0), Some(Request::Score { labels, .. }) if labels == ["cat", "s"]),
+            "the labels typed meanwhile are scored"
+        );
     }
 
     #[test]

@@ -107,6 +107,14 @@ pub enum Response {
     },
     /// The model could not be loaded; the app stays usable but cannot score.
     ModelFailed(String),
+    /// Another model could not be loaded (a `ModelFailed` came first): the one in use
+    /// before is kept and goes on scoring.
+    ModelKept {
+        /// Its name.
+        name: String,
+        /// Its device.
+        device: String,
+    },
     /// Probabilities for a score request.
     Scores {
         /// The request's generation.
@@ -153,7 +161,11 @@ pub fn spawn(config: WorkerConfig, out: UnboundedSender<Response>) -> Sender<Req
     tx
 }
 
-fn load(config: &WorkerConfig, out: &UnboundedSender<Response>) -> Result<Clip, String> {
+/// Load the configured model, reporting progress; returns it with its name and device.
+fn load(
+    config: &WorkerConfig,
+    out: &UnboundedSender<Response>,
+) -> Result<(Clip, (String, String)), String> {
     let start = Instant::now();
     let _ = out.send(Response::Progress("loading model…".into()));
     let mut last_percent = u64::MAX;
@@ -175,16 +187,17 @@ fn load(config: &WorkerConfig, out: &UnboundedSender<Response>) -> Result<Clip, 
     let _ = out.send(Response::Progress(format!("loading {}…", files.name)));
     let device = parse_device(&config.device).map_err(|e| e.to_string())?;
     let clip = files.load(device).map_err(|e| e.to_string())?;
+    let device = format!("{:?}", clip.device()).to_lowercase();
     let _ = out.send(Response::ModelReady {
         name: files.name.clone(),
-        device: format!("{:?}", clip.device()).to_lowercase(),
+        device: device.clone(),
         load_ms: start.elapsed().as_secs_f64() * 1e3,
     });
-    Ok(clip)
+    Ok((clip, (files.name, device)))
 }
 
 fn run(mut config: WorkerConfig, rx: Receiver<Request>, out: UnboundedSender<Response>) {
-    let mut clip = load_or_report(&config, &out);
+    let (mut clip, mut loaded) = load_or_report(&config, &out).unzip();
     // The image as decoded is kept, so that another model can embed it again.
     let mut current: Option<(PathBuf, Arc<DynamicImage>)> = None;
     let mut image: Option<(PathBuf, Embedding)> = None;
@@ -203,9 +216,28 @@ fn run(mut config: WorkerConfig, rx: Receiver<Request>, out: UnboundedSender<Res
                 config.style = style;
             }
             if let Some(source) = change.source {
-                config.source = source;
-                clip = load_or_report(&config, &out);
-                embed_again = true;
+                let previous = std::mem::replace(&mut config.source, source);
+                match (load(&config, &out), clip.is_some()) {
+                    (Ok((new, ready)), _) => {
+                        clip = Some(new);
+                        loaded = Some(ready);
+                        embed_again = true;
+                    }
+                    (Err(e), false) => {
+                        let _ = out.send(Response::ModelFailed(e));
+                    }
+                    // A model that does not load leaves the one in use working.
+                    (Err(e), true) => {
+                        config.source = previous;
+                        let _ = out.send(Response::ModelFailed(e));
+                        if let Some((name, device)) = &loaded {
+                            let _ = out.send(Response::ModelKept {
+                                name: name.clone(),
+                                device: device.clone(),
+                            });
+                        }
+                    }
+                }
             }
         }
         if let Some(new) = batch.image {
@@ -225,7 +257,10 @@ fn run(mut config: WorkerConfig, rx: Receiver<Request>, out: UnboundedSender<Res
 }
 
 /// Load the configured model; a failure is reported and leaves no model.
-fn load_or_report(config: &WorkerConfig, out: &UnboundedSender<Response>) -> Option<Clip> {
+fn load_or_report(
+    config: &WorkerConfig,
+    out: &UnboundedSender<Response>,
+) -> Option<(Clip, (String, String))> {
     load(config, out)
         .map_err(|e| {
             let _ = out.send(Response::ModelFailed(e));
