@@ -698,6 +698,11 @@ pub struct DemoTrainArgs {
     /// Steps on easy pictures (large, centred, upright, clean) before the full mix.
     #[arg(long, default_value_t = 700)]
     pub easy_steps: usize,
+    /// Start the vision tower's position embeddings as a 2-D sine-cosine grid (still
+    /// learnt) instead of random values, so that patches know where they are from the
+    /// first step.
+    #[arg(long)]
+    pub sincos_positions: bool,
     /// Seed for the weights and the generated data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

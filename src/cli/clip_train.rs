@@ -227,6 +227,7 @@ fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
         seed: args.seed,
         eval_every: args.eval_every,
         easy_steps: args.easy_steps,
+        sincos_positions: args.sincos_positions,
     };
     let stop = stop_on_ctrl_c();
     let progress = bar("[{bar:30}] {pos}/{len} {msg}");
