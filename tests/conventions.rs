@@ -571,3 +571,88 @@ fn words_the_demo_model_never_saw_are_named() {
         stderr_of(&out)
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn symlink_loops_are_named_and_the_batch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let looped = dir.path().join("loop.jpg");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(image("small.png"), folder.join("small.png")).unwrap();
+    std::os::unix::fs::symlink(&folder, folder.join("again")).unwrap();
+    let looped = looped.display().to_string();
+    let out = classify(&[
+        &looped,
+        folder.to_str().unwrap(),
+        "--labels",
+        "cat,dog",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("clipscope: error: {looped}: "))
+                && l.contains("symbolic links")),
+        "{err}"
+    );
+    assert!(err.contains("loop"), "the folder's loop is named: {err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let classified = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["error"].is_null())
+        .count();
+    assert_eq!(
+        classified, 1,
+        "the one real picture is still classified: {v}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn an_unreadable_file_is_named_and_the_batch_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = dir.path().join("locked.png");
+    std::fs::copy(image("small.png"), &locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let locked = locked.display().to_string();
+    let args = [
+        "classify",
+        locked.as_str(),
+        &image("small.png"),
+        "--labels",
+        "cat,dog",
+        "--no-cache",
+        "--model-dir",
+        &tiny(),
+    ];
+    // Root reads anything: run as nobody there, as a user would meet the file.
+    // SAFETY: geteuid has no preconditions.
+    let out = if unsafe { libc::geteuid() } == 0 {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(assert_cmd::cargo::cargo_bin("clipscope"))
+            .args(args)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap()
+    } else {
+        clipscope().args(args).output().unwrap()
+    };
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("clipscope: error: {locked}: "))
+                && l.contains("ermission denied")),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("small.png"));
+}

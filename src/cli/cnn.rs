@@ -276,12 +276,17 @@ fn write_eval_csv(r: &EvalReport, out: &mut dyn Write) -> Result<()> {
 
 fn write_eval_text(r: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "checkpoint {}  data {}", r.checkpoint, r.data)?;
+    // With five classes or fewer, top-5 is 1 whatever the model: not worth a column.
+    let top5 = if r.per_class.len() > 5 {
+        format!("  top-5 {:.4}", r.top5)
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "n {}  top-1 {:.4}  top-5 {:.4}{}",
+        "n {}  top-1 {:.4}{top5}{}",
         r.n,
         r.top1,
-        r.top5,
         if r.skipped > 0 {
             format!("  ({} unreadable skipped)", r.skipped)
         } else {

@@ -722,7 +722,11 @@ mod tests {
         let row = |i: usize| &t[(i + 1) * dim..(i + 2) * dim];
         // Neighbours are closer than far patches, and no two patches coincide.
         let dist = |a: &[f32], b: &[f32]| -> f32 {
-            a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt()
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f32>()
+                .sqrt()
         };
         assert!(dist(row(0), row(1)) < dist(row(0), row(7)));
         assert!(dist(row(0), row(grid)) < dist(row(0), row(grid * 7)));
@@ -733,6 +737,9 @@ mod tests {
         }
         // Every patch's embedding has the same length: amplitude x sqrt(dim / 2).
         let norm = dist(row(5), &vec![0.0; dim]);
-        assert!((norm - 0.4 * (dim as f32 / 2.0).sqrt()).abs() < 1e-3, "{norm}");
+        assert!(
+            (norm - 0.4 * (dim as f32 / 2.0).sqrt()).abs() < 1e-3,
+            "{norm}"
+        );
     }
 }

@@ -384,7 +384,9 @@ pub fn collect_images(inputs: &[PathBuf]) -> Vec<Result<PathBuf, ImageError>> {
                     path: input.clone(),
                 }));
             }
-        } else if input.exists() {
+        } else if input.exists() || input.symlink_metadata().is_ok() {
+            // A link that leads nowhere (or round in a loop) is named as what it is when
+            // it is read, not reported missing.
             out.push(Ok(input.clone()));
         } else {
             out.push(Err(ImageError::Missing {
