@@ -388,6 +388,13 @@ fn completions_and_man_pages_come_from_the_argument_parser() {
         .unwrap();
     assert_success(&out);
     assert!(dir.path().join("clipscope-classify.1").is_file());
+    let dir = tempfile::tempdir().unwrap();
+    let out = clipscope().arg("man").arg(dir.path()).output().unwrap();
+    assert_success(&out);
+    assert!(
+        dir.path().join("clipscope.1").is_file(),
+        "a folder as argument"
+    );
 }
 
 #[test]

@@ -128,6 +128,9 @@ pub enum Command {
         /// Write clipscope.1 and clipscope-COMMAND.1 pages here instead of printing.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+        /// The same as --out-dir DIR.
+        #[arg(value_name = "DIR", conflicts_with = "out_dir")]
+        dir: Option<PathBuf>,
     },
     /// List or download the models clipscope knows by name.
     Models {

@@ -62,7 +62,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Study { action } => imagenette::study(&action)?,
         Command::Models { action } => models::models(&action)?,
         Command::Completions { shell } => completions(shell)?,
-        Command::Man { out_dir } => man(out_dir.as_deref())?,
+        Command::Man { out_dir, dir } => man(out_dir.or(dir).as_deref())?,
     };
     Ok(ExitCode::from(code))
 }
@@ -137,24 +137,10 @@ fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
     Ok(labels)
 }
 
-/// Warn about label words the model has no embedding for (the demo model knows only
-/// shapes, colours and the like): such labels cannot be told apart.
+/// Warn about label words the model has no embedding for: such labels cannot be told
+/// apart.
 fn warn_unknown_words(clip: &Clip, labels: &[String]) -> Result<()> {
-    let mut unknown: Vec<String> = Vec::new();
-    for label in labels {
-        for w in clip.unknown_words(label)? {
-            if !unknown.contains(&w) {
-                unknown.push(w);
-            }
-        }
-    }
-    if !unknown.is_empty() {
-        tracing::warn!(
-            "{} has never seen these words, so they carry no meaning to it: {}",
-            clip.name(),
-            unknown.join(", ")
-        );
-    }
+    clip.warn_unknown(&clip.unknown_words_in(labels)?);
     Ok(())
 }
 

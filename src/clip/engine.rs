@@ -346,6 +346,31 @@ impl Clip {
         Ok(unknown)
     }
 
+    /// The words of `labels` the model has no embedding for, each once, in order of
+    /// appearance (the demo model knows only shapes, colours and the like).
+    pub fn unknown_words_in(&self, labels: &[String]) -> Result<Vec<String>, ClipError> {
+        let mut unknown: Vec<String> = Vec::new();
+        for label in labels {
+            for w in self.unknown_words(label)? {
+                if !unknown.contains(&w) {
+                    unknown.push(w);
+                }
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// Warn that `words` carry no meaning to this model (nothing if there are none).
+    pub fn warn_unknown(&self, words: &[String]) {
+        if !words.is_empty() {
+            tracing::warn!(
+                "{} has never seen these words, so they carry no meaning to it: {}",
+                self.name(),
+                words.join(", ")
+            );
+        }
+    }
+
     /// Tokenise a prompt; a prompt cut to fit the context is reported with a warning.
     pub fn tokenize(&self, text: &str) -> Result<Tokens, ClipError> {
         let tokens = self.tokenizer.encode(text)?;

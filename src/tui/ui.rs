@@ -280,7 +280,9 @@ pub fn status_text(app: &App, width: u16) -> Vec<Span<'static>> {
         None => app.graphics.mode.name().to_string(),
     };
     let mut spans = vec![model];
-    if let (ModelState::Ready { .. }, Some(note)) = (&app.model, &app.model_note) {
+    // The model's note (what the demo model is) gives way to a notice.
+    if let (ModelState::Ready { .. }, Some(note), None) = (&app.model, &app.model_note, &app.notice)
+    {
         spans.push(Span::styled(format!(" ({note})"), theme.status_busy()));
     }
     spans.push(Span::raw(format!("  │ {latency} │ {graphics} │ ")));

@@ -201,6 +201,7 @@ fn run(mut config: WorkerConfig, rx: Receiver<Request>, out: UnboundedSender<Res
     // The image as decoded is kept, so that another model can embed it again.
     let mut current: Option<(PathBuf, Arc<DynamicImage>)> = None;
     let mut image: Option<(PathBuf, Embedding)> = None;
+    let mut warned_unknown: Vec<String> = Vec::new();
     while let Ok(first) = rx.recv() {
         // Take everything queued: only the newest of each kind matters.
         let batch = coalesce(std::iter::once(first).chain(rx.try_iter()));
@@ -252,6 +253,12 @@ fn run(mut config: WorkerConfig, rx: Receiver<Request>, out: UnboundedSender<Res
         }
         if let (Some((generation, labels)), Some((path, emb))) = (batch.score, image.as_ref()) {
             let _ = out.send(score(clip, &config.style, generation, path, emb, &labels));
+            // Said once per change (the warning reaches the status bar), not per key.
+            let unknown = clip.unknown_words_in(&labels).unwrap_or_default();
+            if unknown != warned_unknown {
+                clip.warn_unknown(&unknown);
+                warned_unknown = unknown;
+            }
         }
     }
 }
