@@ -642,7 +642,17 @@ fn an_unreadable_file_is_named_and_the_batch_goes_on() {
     ];
     // Root reads anything: run as nobody there, as a user would meet the file.
     // SAFETY: geteuid has no preconditions.
-    let out = if unsafe { libc::geteuid() } == 0 {
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root
+        && std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("SKIPPED: running as root without setpriv, every file is readable");
+        return;
+    }
+    let out = if as_root {
         std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(assert_cmd::cargo::cargo_bin("clipscope"))

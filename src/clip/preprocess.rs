@@ -102,10 +102,12 @@ pub fn crop_offset(len: usize, size: usize) -> usize {
         .max(0.0) as usize
 }
 
-/// The square RGB picture the model sees, before normalisation.
-///
-/// Images smaller than one pixel on a side cannot occur: decoders reject them.
+/// The square RGB picture the model sees, before normalisation. A picture with no
+/// pixels (which [`crate::data::decode_image`] refuses) gives a black square.
 pub fn center_crop_rgb(img: &DynamicImage, size: usize) -> RgbImage {
+    if img.width() == 0 || img.height() == 0 {
+        return RgbImage::new(size as u32, size as u32);
+    }
     let mut planar = to_planar8(img);
     let has_alpha = planar.channels.is_multiple_of(2);
     if has_alpha {

@@ -91,6 +91,17 @@ pub enum ImageError {
         /// The file at fault.
         path: PathBuf,
     },
+    /// The header declares a picture with no pixels (a width or height of 0), which
+    /// some formats (PNM) allow.
+    #[error("{path}: the picture is {width}x{height} pixels: nothing to classify")]
+    NoPixels {
+        /// The file at fault.
+        path: PathBuf,
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+    },
     /// A named pipe, device or socket: never read, as reading one may block forever or
     /// never end (`/dev/zero`).
     #[error("{path}: not a regular file ({kind}); give an image file or a folder")]
@@ -148,6 +159,7 @@ impl ImageError {
             | Self::Missing { path }
             | Self::NotAFile { path, .. }
             | Self::Empty { path }
+            | Self::NoPixels { path, .. }
             | Self::NoImages { path }
             | Self::TooManyPixels { path, .. }
             | Self::Crashed { path, .. }
@@ -292,10 +304,18 @@ pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<DynamicImage, ImageErro
             return Ok(img);
         }
     }
-    reader.decode().map_err(|source| ImageError::Decode {
+    let img = reader.decode().map_err(|source| ImageError::Decode {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(ImageError::NoPixels {
+            path: path.to_path_buf(),
+            width: img.width(),
+            height: img.height(),
+        });
+    }
+    Ok(img)
 }
 
 /// Refuse bytes whose image header claims more pixels than `--max-pixels` allows (a
@@ -395,4 +415,23 @@ pub fn collect_images(inputs: &[PathBuf]) -> Vec<Result<PathBuf, ImageError>> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_picture_with_no_pixels_is_refused_not_resized() {
+        // PNM allows a width of 0; found by the `image` fuzz target.
+        for bytes in [&b"P4\n0 7\n"[..], &b"P5\n3 0\n255\n"[..]] {
+            let err = decode_image(Path::new("x.pbm"), bytes).unwrap_err();
+            assert!(
+                matches!(err, ImageError::NoPixels { .. }) || err.to_string().contains("x.pbm"),
+                "{err}"
+            );
+        }
+        let crop = crate::clip::preprocess::center_crop_rgb(&DynamicImage::new_rgb8(0, 7), 4);
+        assert_eq!(crop.dimensions(), (4, 4));
+    }
 }
