@@ -38,12 +38,8 @@ pub fn image(data: &[u8]) {
 fn tokenizer() -> &'static ClipTokenizer {
     static TOKENIZER: OnceLock<ClipTokenizer> = OnceLock::new();
     TOKENIZER.get_or_init(|| {
-        ClipTokenizer::from_bytes(
-            crate::clip::demo::DEMO_TOKENIZER,
-            77,
-            Path::new("models/demo/tokenizer.json"),
-        )
-        .unwrap_or_else(|e| panic!("the embedded tokenizer loads: {e}"))
+        crate::clip::demo::tokenizer(77)
+            .unwrap_or_else(|e| panic!("the embedded tokenizer loads: {e}"))
     })
 }
 

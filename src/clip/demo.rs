@@ -73,6 +73,15 @@ pub fn files() -> Result<super::ModelFiles, ClipError> {
     )
 }
 
+/// The demo model's tokenizer (OpenAI's BPE), for prompts of up to `context` tokens.
+pub fn tokenizer(context: usize) -> Result<ClipTokenizer, ClipError> {
+    ClipTokenizer::from_bytes(
+        DEMO_TOKENIZER,
+        context,
+        Path::new("models/demo/tokenizer.json"),
+    )
+}
+
 /// The twelve colour-shape labels the demo model is judged on (template `{}`).
 pub fn benchmark_labels() -> Vec<(usize, usize, String)> {
     let mut out = Vec::new();
@@ -349,11 +358,7 @@ fn run_demo_training(
 ) -> Result<DemoOutcome, ClipError> {
     let device = Device::Cpu;
     let config = ClipConfig::from_json(DEMO_CONFIG_JSON)?;
-    let tokenizer = ClipTokenizer::from_bytes(
-        DEMO_TOKENIZER,
-        config.text.max_positions,
-        Path::new("models/demo/tokenizer.json"),
-    )?;
+    let tokenizer = tokenizer(config.text.max_positions)?;
     let pp = PreprocessConfig::openai(config.vision.image_size);
     let inputs = Inputs {
         tokenizer: &tokenizer,

@@ -987,23 +987,12 @@ impl Saver<'_> {
         record: &mut RunRecord,
         alpha: f64,
     ) -> Result<(), FinetuneError> {
-        let staged = self.output.join(format!("{CHECKPOINT_DIR}.new"));
-        let record_tmp = self.output.join(format!("{RUN_JSON}.new"));
         let result = self
-            .stage(
-                params,
-                head,
-                opt,
-                head_opt,
-                record,
-                alpha,
-                &staged,
-                &record_tmp,
-            )
-            .and_then(|()| self.swap_in(&staged, &record_tmp));
+            .stage(params, head, opt, head_opt, record, alpha)
+            .and_then(|()| self.swap_in());
         if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&staged);
-            let _ = std::fs::remove_file(&record_tmp);
+            let _ = std::fs::remove_dir_all(self.staged_checkpoint());
+            let _ = std::fs::remove_file(self.staged_record());
             let kept = if self.output.join(CHECKPOINT_DIR).is_dir() {
                 "the previous checkpoint is intact: free some space and continue with --resume"
             } else {
@@ -1018,9 +1007,17 @@ impl Saver<'_> {
         Ok(())
     }
 
-    /// Every file of a save, with the checkpoint in `staged` and the run record in
-    /// `record_tmp`.
-    #[allow(clippy::too_many_arguments)]
+    /// Where a save's checkpoint is written before it replaces the previous one.
+    fn staged_checkpoint(&self) -> PathBuf {
+        self.output.join(format!("{CHECKPOINT_DIR}.new"))
+    }
+
+    /// Where a save's run record is written before it replaces the previous one.
+    fn staged_record(&self) -> PathBuf {
+        self.output.join(format!("{RUN_JSON}.new"))
+    }
+
+    /// Every file of a save, with the checkpoint and the run record staged.
     fn stage(
         &self,
         params: &Params,
@@ -1029,9 +1026,8 @@ impl Saver<'_> {
         head_opt: Option<&Optimizer>,
         record: &mut RunRecord,
         alpha: f64,
-        staged: &Path,
-        record_tmp: &Path,
     ) -> Result<(), FinetuneError> {
+        let staged = &self.staged_checkpoint();
         let _ = std::fs::remove_dir_all(staged);
         std::fs::create_dir_all(staged).map_err(io_err(staged))?;
         self.tensors(
@@ -1066,12 +1062,13 @@ impl Saver<'_> {
         record.config.wise_alpha = alpha;
         let text = serde_json::to_string_pretty(record)
             .map_err(|e| FinetuneError::Config(e.to_string()))?;
-        self.write(record_tmp, text.as_bytes())
+        self.write(&self.staged_record(), text.as_bytes())
     }
 
     /// Renames only (no space needed): the staged checkpoint replaces the previous one,
     /// then the run record that names its step.
-    fn swap_in(&self, staged: &Path, record_tmp: &Path) -> Result<(), FinetuneError> {
+    fn swap_in(&self) -> Result<(), FinetuneError> {
+        let (staged, record_tmp) = (self.staged_checkpoint(), self.staged_record());
         let ckpt = self.output.join(CHECKPOINT_DIR);
         let old = self.output.join(format!("{CHECKPOINT_DIR}.old"));
         let _ = std::fs::remove_dir_all(&old);
