@@ -706,6 +706,10 @@ pub struct DemoTrainArgs {
     /// first step.
     #[arg(long)]
     pub sincos_positions: bool,
+    /// Add each caption again with its shape swapped for another, as a hard negative
+    /// (NegCLIP): colour alone then cannot match a picture to its caption.
+    #[arg(long)]
+    pub shape_negatives: bool,
     /// Seed for the weights and the generated data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

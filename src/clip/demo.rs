@@ -21,7 +21,7 @@ use super::train::{clip_logits, contrastive_loss, ClipOptimizer, Params};
 use super::ClipError;
 use crate::cnn::optim::cosine_lr;
 use crate::cnn::rng::Rng;
-use crate::data::scenes::{self, Sample, Scene, COLOURS, HELD_OUT, SHAPES};
+use crate::data::scenes::{self, Mentions, Sample, Scene, COLOURS, HELD_OUT, SHAPES};
 
 /// The demo model's architecture, in Hugging Face `config.json` form (the committed
 /// `models/demo/config.json`): a ViT on 64-pixel pictures in 8-pixel patches (4 blocks,
@@ -118,6 +118,9 @@ pub struct DemoTrainOptions {
     /// Start the vision position embeddings as a 2-D sine-cosine grid
     /// ([`sincos_positions`]) instead of random values.
     pub sincos_positions: bool,
+    /// Add each caption again with its shape swapped for another, as a negative
+    /// ([`scenes::with_shape`]): colour alone then cannot match a picture to its caption.
+    pub shape_negatives: bool,
 }
 
 impl Default for DemoTrainOptions {
@@ -132,6 +135,7 @@ impl Default for DemoTrainOptions {
             eval_every: 250,
             easy_steps: 700,
             sincos_positions: false,
+            shape_negatives: false,
         }
     }
 }
@@ -189,23 +193,34 @@ impl Inputs<'_> {
         Tensor::from_vec(data, (images.len(), 3, s, s), self.device)
     }
 
-    fn batch(&self, samples: &[Sample]) -> Result<PairBatch, ClipError> {
+    /// The pictures of `samples` and their captions, followed by `negatives`: more
+    /// captions with what they state, which need not describe any picture.
+    fn batch(
+        &self,
+        samples: &[Sample],
+        negatives: Vec<(String, Mentions)>,
+    ) -> Result<PairBatch, ClipError> {
         let images: Vec<&image::RgbImage> = samples.iter().map(|s| &s.image).collect();
-        let tokens = samples
+        let captions: Vec<(&str, &Mentions)> = samples
             .iter()
-            .map(|s| self.tokenizer.encode(&s.caption))
+            .map(|s| (s.caption.as_str(), &s.mentions))
+            .chain(negatives.iter().map(|(c, m)| (c.as_str(), m)))
+            .collect();
+        let tokens = captions
+            .iter()
+            .map(|(c, _)| self.tokenizer.encode(c))
             .collect::<Result<Vec<_>, _>>()?;
-        let n = samples.len();
-        let mut pos = vec![0f32; n * n];
+        let (n, m) = (samples.len(), captions.len());
+        let mut pos = vec![0f32; n * m];
         for (i, img) in samples.iter().enumerate() {
-            for (j, cap) in samples.iter().enumerate() {
-                pos[i * n + j] = f32::from(u8::from(cap.mentions.fits(&img.scene)));
+            for (j, (_, stated)) in captions.iter().enumerate() {
+                pos[i * m + j] = f32::from(u8::from(stated.fits(&img.scene)));
             }
         }
         Ok(PairBatch {
             pixels: self.pixels(&images)?,
             tokens,
-            positives: Tensor::from_vec(pos, (n, n), self.device)?,
+            positives: Tensor::from_vec(pos, (n, m), self.device)?,
         })
     }
 }
@@ -227,6 +242,20 @@ fn draw_samples(
             );
             let scene = scenes::random_scene_with(&mut rng, held_out, variety);
             scenes::sample_with(scene, &mut rng, variety)
+        })
+        .collect()
+}
+
+/// Each caption of `samples` that names a shape, with another shape drawn at random in
+/// its place (the same for `seed` and `step` on every machine).
+fn shape_negatives(samples: &[Sample], seed: u64, step: usize) -> Vec<(String, Mentions)> {
+    let mut rng = Rng::new(seed ^ 0x5EED_0F5A_FE5E ^ (step as u64).wrapping_mul(0x9E37_79B9));
+    samples
+        .iter()
+        .filter_map(|s| {
+            let current = s.mentions.shape?;
+            let other = (current + 1 + rng.below(SHAPES.len() - 1)) % SHAPES.len();
+            scenes::with_shape(&s.caption, &s.mentions, other)
         })
         .collect()
 }
@@ -393,7 +422,12 @@ fn run_demo_training(
             for step in 0..opts.steps {
                 let variety = if step < opts.easy_steps { 0.0 } else { 1.0 };
                 let samples = draw_samples(opts.seed, step, opts.batch_size, variety, &HELD_OUT);
-                if tx.send(inputs.batch(&samples)).is_err() {
+                let negatives = if opts.shape_negatives {
+                    shape_negatives(&samples, opts.seed, step)
+                } else {
+                    Vec::new()
+                };
+                if tx.send(inputs.batch(&samples, negatives)).is_err() {
                     break;
                 }
             }

@@ -80,10 +80,11 @@ impl Linear {
         let (inp, out) = self.weight.dims()?;
         let mut dims = x.dims().to_vec();
         let rows = x.elem_count() / inp.max(1);
-        let y = self
-            .weight
-            .apply(&x.reshape((rows, inp))?)?
-            .broadcast_add(&self.bias)?;
+        let x = x.reshape((rows, inp))?;
+        let y = match &self.weight {
+            Dense::Live(w) if ops::fusable(&x) => ops::dense(&x, w, &self.bias)?,
+            weight => weight.apply(&x)?.broadcast_add(&self.bias)?,
+        };
         if let Some(last) = dims.last_mut() {
             *last = out;
         }

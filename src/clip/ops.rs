@@ -1,5 +1,5 @@
-//! Fused CPU ops with backward passes for training CLIP: LayerNorm, softmax over the last
-//! axis, and QuickGELU.
+//! Fused CPU ops with backward passes for training CLIP: dense layers, LayerNorm, softmax
+//! over the last axis, and QuickGELU.
 //!
 //! candle's own fused LayerNorm and softmax have no backward pass, and the same
 //! arithmetic in separate differentiable ops costs a graph node, an allocation and a pass
@@ -308,6 +308,220 @@ impl CustomOp2 for QuickGeluGrad {
     }
 }
 
+/// A dense layer `x · Wᵀ + b` from `(x, W, b)`: `x` is `(rows, in)`, `W` PyTorch's
+/// `(out, in)`, `b` `(out)`.
+///
+/// One product with the bias as its starting value, instead of candle's matmul, bias
+/// broadcast and their backward passes (transposed copies of both operands, a strided sum
+/// over the rows, and a zero-filled gradient accumulator per node).
+struct Dense;
+
+/// `(rows, cols)` of a 2-D layout.
+fn dims2(l: &Layout) -> Result<(usize, usize)> {
+    l.shape().dims2()
+}
+
+/// A row-major `rows x cols` matrix or its transpose, as gemm's (row, column) strides.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl<'a> View<'a> {
+    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+}
+
+/// `dst = a · b`, or `dst += a · b` with `accumulate`; `dst` is row-major.
+fn gemm_into(dst: &mut [f32], a: View, b: View, accumulate: bool) -> Result<()> {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if a.cols != b.rows || dst.len() != m * n || a.data.len() < m * k || b.data.len() < k * n {
+        candle_core::bail!("dense: shapes do not fit ({m}x{k} by {}x{n})", b.rows);
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
+    }
+    // SAFETY: `a` and `b` are row-major `rows x cols` slices (checked long enough above)
+    // or transposed views of them, so every index gemm forms from these strides is in
+    // bounds; `dst` is exactly m·n, row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride,
+            a.row_stride,
+            b.data.as_ptr(),
+            b.col_stride,
+            b.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+    Ok(())
+}
+
+impl CustomOp3 for Dense {
+    fn name(&self) -> &'static str {
+        "clip-dense"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ((rows, inp), (out, w_in)) = (dims2(l1)?, dims2(l2)?);
+        if inp != w_in || l3.shape().elem_count() != out {
+            candle_core::bail!("dense: input width {inp}, weight {out}x{w_in}");
+        }
+        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * out).collect();
+        gemm_into(
+            &mut y,
+            View::new(x, rows, inp),
+            View::new(w, out, inp).t(),
+            true,
+        )?;
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = grad.apply_op2_no_bwd(
+            w,
+            &DenseProduct {
+                transpose_lhs: false,
+            },
+        )?;
+        let dw = grad.apply_op2_no_bwd(
+            x,
+            &DenseProduct {
+                transpose_lhs: true,
+            },
+        )?;
+        let db = grad.apply_op1_no_bwd(&ColumnSums)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `dy · W` (the input's gradient), or `dyᵀ · x` (the weight's) with `transpose_lhs`.
+struct DenseProduct {
+    transpose_lhs: bool,
+}
+
+impl CustomOp2 for DenseProduct {
+    fn name(&self) -> &'static str {
+        "clip-dense-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ((r1, c1), (r2, c2)) = (dims2(l1)?, dims2(l2)?);
+        let a = View::new(slice(s1, l1)?, r1, c1);
+        let a = if self.transpose_lhs { a.t() } else { a };
+        let b = View::new(slice(s2, l2)?, r2, c2);
+        let mut out = vec![0f32; a.rows * b.cols];
+        gemm_into(&mut out, a, b, false)?;
+        Ok((CpuStorage::F32(out), Shape::from((a.rows, b.cols))))
+    }
+}
+
+/// Sums of the columns of a 2-D tensor (the bias's gradient), accumulated in f64 over
+/// blocks of rows in parallel.
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "clip-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, cols) = dims2(l)?;
+        let data = slice(s, l)?;
+        let block = rows.div_ceil(16).max(1) * cols.max(1);
+        let total = data
+            .par_chunks(block)
+            .map(|chunk| {
+                let mut acc = vec![0f64; cols];
+                for row in chunk.chunks(cols.max(1)) {
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += f64::from(v);
+                    }
+                }
+                acc
+            })
+            .reduce(
+                || vec![0f64; cols],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        let out: Vec<f32> = total.into_iter().map(|v| v as f32).collect();
+        Ok((CpuStorage::F32(out), Shape::from(cols)))
+    }
+}
+
+/// Fused dense layer `x · Wᵀ + b` with a backward pass, for a 2-D `x` and PyTorch's
+/// `(out, in)` weight layout.
+pub fn dense(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Dense)
+}
+
 /// Fused QuickGELU with a backward pass.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(QuickGelu)
@@ -349,8 +563,8 @@ mod tests {
             .map(|t| Var::from_tensor(t).unwrap())
             .collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        let weights = rand(ts[0].dims(), 99);
         let (a, b) = (fused(&ts), composed(&ts));
+        let weights = rand(a.dims(), 99);
         assert!(
             max_diff(&a, &b) < 1e-5,
             "forward differs by {}",
@@ -397,6 +611,20 @@ mod tests {
             |t| softmax_last_dim(&t[0]).unwrap(),
             |t| candle_nn::ops::softmax(&t[0], D::Minus1).unwrap(),
             &[rand(&[2, 3, 7, 7], 4)],
+        );
+    }
+
+    #[test]
+    fn dense_matches_composed_ops() {
+        check(
+            |t| dense(&t[0], &t[1], &t[2]).unwrap(),
+            |t| {
+                t[0].matmul(&t[1].t().unwrap())
+                    .unwrap()
+                    .broadcast_add(&t[2])
+                    .unwrap()
+            },
+            &[rand(&[37, 24], 6), rand(&[11, 24], 7), rand(&[11], 8)],
         );
     }
 

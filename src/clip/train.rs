@@ -438,9 +438,13 @@ fn row_normalise(m: &Tensor) -> Result<Tensor> {
 /// match (the diagonal and any other captions that also describe an image), each row's
 /// target is spread evenly over its positives instead of the diagonal alone: with the
 /// identity it is exactly CLIP's loss.
+///
+/// With `positives`, the logits may also be `(n, m)` with `m > n`: the further captions
+/// are extra negatives (hard negatives), and a caption that describes no picture of the
+/// batch takes part only in the image-to-text term.
 pub fn contrastive_loss(logits: &Tensor, positives: Option<&Tensor>) -> Result<Tensor> {
     let (n, m) = logits.dims2()?;
-    if n != m {
+    if n != m && positives.is_none() {
         candle_core::bail!("contrastive loss needs a square logit matrix, got ({n}, {m})");
     }
     let eye;
@@ -452,7 +456,24 @@ pub fn contrastive_loss(logits: &Tensor, positives: Option<&Tensor>) -> Result<T
         }
     };
     let image_loss = soft_cross_entropy(logits, &row_normalise(pos)?)?;
-    let text_loss = soft_cross_entropy(&logits.t()?, &row_normalise(&pos.t()?)?)?;
+    let described: Vec<u32> = pos
+        .sum(0)?
+        .to_vec1::<f32>()?
+        .iter()
+        .enumerate()
+        .filter(|(_, &count)| count > 0.0)
+        .map(|(j, _)| j as u32)
+        .collect();
+    let (text_logits, text_pos) = if described.len() == m {
+        (logits.t()?, pos.t()?)
+    } else {
+        let keep = Tensor::new(described.as_slice(), logits.device())?;
+        (
+            logits.index_select(&keep, 1)?.t()?,
+            pos.index_select(&keep, 1)?.t()?,
+        )
+    };
+    let text_loss = soft_cross_entropy(&text_logits, &row_normalise(&text_pos)?)?;
     (image_loss + text_loss)? / 2.0
 }
 
@@ -594,6 +615,25 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(soft.is_finite() && soft != ours);
+    }
+
+    #[test]
+    fn extra_negative_captions_join_only_the_image_to_text_term() {
+        // Two pictures, three captions: the third describes neither.
+        let rows = [[2.0f64, 0.5, 1.0], [0.1, 1.5, 0.7]];
+        let logits = Tensor::new(&rows.map(|r| r.map(|v| v as f32)), &Device::Cpu).unwrap();
+        let pos = Tensor::new(&[[1.0f32, 0.0, 0.0], [0.0, 1.0, 0.0]], &Device::Cpu).unwrap();
+        let ours = contrastive_loss(&logits, Some(&pos))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let lse = |v: &[f64]| v.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let image = ((lse(&rows[0]) - rows[0][0]) + (lse(&rows[1]) - rows[1][1])) / 2.0;
+        let cols = [[rows[0][0], rows[1][0]], [rows[0][1], rows[1][1]]];
+        let text = ((lse(&cols[0]) - cols[0][0]) + (lse(&cols[1]) - cols[1][1])) / 2.0;
+        let want = (image + text) / 2.0;
+        assert!((f64::from(ours) - want).abs() < 1e-5, "{ours} vs {want}");
+        assert!(contrastive_loss(&logits, None).is_err());
     }
 
     #[test]

@@ -505,8 +505,18 @@ pub fn render_with(scene: &Scene, rng: &mut Rng, variety: f64) -> RgbImage {
     let place = Placement::random(scene, &shape, w as f64, h as f64, rng, variety);
     let sub = if rng.uniform() < 0.1 { 1 } else { 3 };
     let mut img = RgbImage::new(w, h);
+    // Every shape lies within 1.5 radii of its centre (a lopsided triangle's corner is
+    // the farthest, about 1.3): pixels beyond that plus a pixel's diagonal hold none of
+    // it, and skipping their samples leaves the picture exactly as it was.
+    let reach = 1.5 * place.radius + std::f64::consts::SQRT_2;
     for (x, y, px) in img.enumerate_pixels_mut() {
         let mut hits = 0;
+        let (dx, dy) = (x as f64 + 0.5 - place.cx, y as f64 + 0.5 - place.cy);
+        let sub = if dx * dx + dy * dy > reach * reach {
+            0
+        } else {
+            sub
+        };
         for sy in 0..sub {
             for sx in 0..sub {
                 let fx = x as f64 + (sx as f64 + 0.5) / sub as f64;
@@ -514,7 +524,7 @@ pub fn render_with(scene: &Scene, rng: &mut Rng, variety: f64) -> RgbImage {
                 hits += usize::from(place.covers(&shape, fx, fy));
             }
         }
-        let a = hits as f64 / (sub * sub) as f64;
+        let a = hits as f64 / (sub * sub).max(1) as f64;
         let b = bg.at(x, y);
         *px =
             Rgb([0, 1, 2].map(|c| (fg[c] * a + b[c] * (1.0 - a)).round().clamp(0.0, 255.0) as u8));
@@ -662,6 +672,28 @@ pub fn caption(scene: &Scene, rng: &mut Rng) -> (String, Mentions) {
     (text, m)
 }
 
+/// `caption` with its shape word replaced by `SHAPES[shape]`, and what it then states: a
+/// hard negative for the picture it described (NegCLIP, Yuksekgonul et al. 2023), which
+/// only the shape tells apart. `None` when the caption names no shape or already names
+/// this one.
+pub fn with_shape(caption: &str, mentions: &Mentions, shape: usize) -> Option<(String, Mentions)> {
+    let old = SHAPES[mentions.shape?];
+    let new = SHAPES.get(shape).filter(|&&n| n != old)?;
+    let text = caption
+        .split(' ')
+        .map(|w| match w.strip_prefix(old) {
+            Some(rest) if rest.is_empty() || rest == "." => format!("{new}{rest}"),
+            _ => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let stated = Mentions {
+        shape: Some(shape),
+        ..*mentions
+    };
+    Some((text, stated))
+}
+
 fn shape_only(scene: &Scene, shape: &str, rng: &mut Rng) -> (String, Mentions) {
     let a = article(shape);
     let text = match rng.below(5) {
@@ -742,6 +774,50 @@ pub fn write_scenes(dir: &Path, count: usize, layout: Layout, seed: u64) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_swapped_shape_changes_the_shape_word_and_what_is_stated() {
+        let mut rng = Rng::new(9);
+        for _ in 0..500 {
+            let s = sample(random_scene(&mut rng, &[]), &mut rng);
+            let other = (s.scene.shape + 1) % SHAPES.len();
+            match with_shape(&s.caption, &s.mentions, other) {
+                None => assert!(s.mentions.shape.is_none(), "{}", s.caption),
+                Some((text, m)) => {
+                    assert_eq!(m.shape, Some(other));
+                    assert_eq!(m.colour, s.mentions.colour);
+                    assert!(!m.fits(&s.scene));
+                    let words = |t: &str| {
+                        t.split([' ', '.'])
+                            .filter(|w| SHAPES.contains(w))
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(words(&text), [SHAPES[other]], "{} -> {text}", s.caption);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_shape_lies_within_one_and_a_half_radii() {
+        let mut rng = Rng::new(5);
+        for shape in 0..SHAPES.len() {
+            for _ in 0..200 {
+                let outline = Outline::random(shape, &mut rng);
+                for k in 0..720 {
+                    let a = k as f64 * std::f64::consts::TAU / 720.0;
+                    for r in [1.45, 1.5, 2.0, 4.0] {
+                        assert!(
+                            !outline.inside(r * a.cos(), r * a.sin()),
+                            "{} reaches {r} radii",
+                            SHAPES[shape]
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn held_out_combinations_never_appear() {
