@@ -69,13 +69,38 @@ def positives(meta, idx):
     return torch.from_numpy(ok.all(-1).astype(np.float32))
 
 
+def group_by_colour(meta, n):
+    colours = np.array([meta[i]["scene"][1] for i in range(n)])
+    return [np.flatnonzero(colours == c) for c in range(len(COLOURS))]
+
+
 def loss_fn(model, pixels, ids, pos):
     out = model(input_ids=ids, pixel_values=pixels)
     logits = out.logits_per_image
     li = -(torch.log_softmax(logits, 1) * (pos / pos.sum(1, keepdim=True))).sum(1).mean()
-    pt = pos.t()
-    lt = -(torch.log_softmax(logits.t(), 1) * (pt / pt.sum(1, keepdim=True))).sum(1).mean()
+    # Captions with no picture in the batch (swapped negatives) only serve as negatives.
+    keep = pos.sum(0) > 0
+    pt = pos.t()[keep]
+    lt = -(torch.log_softmax(logits.t()[keep], 1) * (pt / pt.sum(1, keepdim=True))).sum(1).mean()
     return (li + lt) / 2
+
+
+def swapped(meta_item, rng, new=None):
+    """The caption with its shape word swapped for another shape (a hard negative, as in
+    NegCLIP), and the mentions it then states; None when the caption names no shape."""
+    cap, ments = meta_item["caption"], list(meta_item["mentions"])
+    if ments[0] < 0:
+        return None
+    old = SHAPES[ments[0]]
+    if new is None:
+        new = int(rng.integers(len(SHAPES) - 1))
+        new = new + (new >= ments[0])
+    elif new == ments[0]:
+        return None
+    words = cap.split(" ")
+    words = [SHAPES[new] + w[len(old):] if w.rstrip(".") == old else w for w in words]
+    ments[0] = new
+    return " ".join(words), ments
 
 
 def bench_eval(model, tok, pix, meta, idx):
@@ -107,6 +132,13 @@ def main():
     ap.add_argument("--time-only", action="store_true")
     ap.add_argument("--easy", help="a dump drawn at variety 0, used for the first --easy-steps steps")
     ap.add_argument("--easy-steps", type=int, default=0)
+    ap.add_argument("--colours-per-batch", type=int, default=0,
+                    help="draw each batch from this many colours (0: any), so shape must tell pictures apart")
+    ap.add_argument("--swap-negatives", action="store_true",
+                    help="add each caption with its shape swapped as an extra negative caption")
+    ap.add_argument("--all-swaps", action="store_true", help="with --swap-negatives: every other shape")
+    ap.add_argument("--grouped-frac", type=float, default=1.0,
+                    help="share of steps whose batch is colour-grouped (with --colours-per-batch)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -127,6 +159,7 @@ def main():
     rng = np.random.default_rng(0)
     easy = load(args.easy) if args.easy else None
     t0 = None
+    by_colour = {}
     for step in range(args.steps):
         if step == 5:
             t0 = time.perf_counter()
@@ -136,9 +169,26 @@ def main():
             g["lr"] = lr
         p_, m_ = easy if easy is not None and step < args.easy_steps else (pix, meta)
         n_ = len(m_) if p_ is not pix else n - 3000
-        idx = rng.choice(n_, args.batch, replace=False)
-        loss = loss_fn(model, to_pixels(p_[idx]), tokenize(tok, [m_[i]["caption"] for i in idx]),
-                       positives(m_, idx))
+        if args.colours_per_batch and rng.random() < args.grouped_frac:
+            by = by_colour.setdefault(id(m_), group_by_colour(m_, n_))
+            cs = rng.choice(len(by), args.colours_per_batch, replace=False)
+            pool = np.concatenate([by[c] for c in cs])
+            idx = rng.choice(pool, args.batch, replace=False)
+        else:
+            idx = rng.choice(n_, args.batch, replace=False)
+        caps = [m_[i]["caption"] for i in idx]
+        pos = positives(m_, idx)
+        if args.swap_negatives:
+            if args.all_swaps:
+                extra = [x for x in (swapped(m_[i], rng, k) for i in idx for k in range(len(SHAPES))) if x is not None]
+            else:
+                extra = [x for x in (swapped(m_[i], rng) for i in idx) if x is not None]
+            scenes = np.array([m_[i]["scene"] for i in idx])
+            em = np.array([m for _, m in extra])
+            ok = ((em[None, :, :] < 0) | (em[None, :, :] == scenes[:, None, :])).all(-1)
+            pos = torch.cat([pos, torch.from_numpy(ok.astype(np.float32))], 1)
+            caps += [c for c, _ in extra]
+        loss = loss_fn(model, to_pixels(p_[idx]), tokenize(tok, caps), pos)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -113,3 +113,77 @@ fn missing_folders_are_one_line_errors_naming_the_flag() {
         assert!(err.contains("/nonexistent-demo-dir"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_short_demo_training_run_with_hard_negatives_writes_a_model_every_command_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo-run");
+    let out = clipscope()
+        .args([
+            "demo",
+            "train",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--easy-steps",
+            "1",
+        ])
+        .args([
+            "--eval-every",
+            "0",
+            "--shape-negatives",
+            "5",
+            "-q",
+            "--output",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out_dir.join(file).is_file(), "{file} missing");
+    }
+    let picture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/demo/pictures/red-circle.png");
+    let scored = clipscope()
+        .args([
+            "classify",
+            "--format",
+            "json",
+            "--labels",
+            "a red circle,a blue square",
+        ])
+        .arg("--model-dir")
+        .arg(&out_dir)
+        .arg(&picture)
+        .output()
+        .unwrap();
+    assert!(
+        scored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scored.stderr)
+    );
+}
+
+#[test]
+fn shape_negatives_beyond_the_other_five_shapes_are_refused() {
+    let out = clipscope()
+        .args([
+            "demo",
+            "train",
+            "--output",
+            "/tmp/unused-demo",
+            "--shape-negatives",
+            "6",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shape-negatives"), "{err}");
+}

@@ -687,7 +687,7 @@ pub struct DemoTrainArgs {
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
     /// Optimiser steps.
-    #[arg(long, default_value_t = 2600)]
+    #[arg(long, default_value_t = 2400)]
     pub steps: usize,
     /// Image-caption pairs per step.
     #[arg(long, default_value_t = 64)]
@@ -699,22 +699,22 @@ pub struct DemoTrainArgs {
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
     /// Steps on easy pictures (large, centred, upright, clean) before the full mix.
-    #[arg(long, default_value_t = 700)]
+    #[arg(long, default_value_t = 600)]
     pub easy_steps: usize,
     /// Start the vision tower's position embeddings as a 2-D sine-cosine grid (still
     /// learnt) instead of random values, so that patches know where they are from the
     /// first step.
     #[arg(long)]
     pub sincos_positions: bool,
-    /// Add each caption again with its shape swapped for another, as a hard negative
-    /// (NegCLIP): colour alone then cannot match a picture to its caption.
-    #[arg(long)]
-    pub shape_negatives: bool,
+    /// Add each caption again with its shape swapped for N other shapes (at most 5), as
+    /// hard negatives (NegCLIP): colour alone then cannot match a picture to its caption.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=5))]
+    pub shape_negatives: u8,
     /// Seed for the weights and the generated data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Evaluate on fresh pictures every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 300)]
     pub eval_every: usize,
     /// Replace a model already in --output.
     #[arg(long)]
@@ -725,7 +725,7 @@ pub struct DemoTrainArgs {
 #[derive(Debug, Subcommand)]
 pub enum DemoAction {
     /// Train the demo CLIP from scratch on generated captioned shapes (the defaults are
-    /// the shipped model's recipe: about 35 minutes on two cores).
+    /// the shipped model's recipe: about 45 minutes on two cores).
     Train(DemoTrainArgs),
     /// Measure a demo-style model: top-1 on the twelve colour-shape labels ("a red
     /// circle", ... with template {}) on freshly generated pictures, the held-out

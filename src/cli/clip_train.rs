@@ -228,7 +228,7 @@ fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
         eval_every: args.eval_every,
         easy_steps: args.easy_steps,
         sincos_positions: args.sincos_positions,
-        shape_negatives: args.shape_negatives,
+        shape_negatives: usize::from(args.shape_negatives),
     };
     let stop = stop_on_ctrl_c();
     let progress = bar("[{bar:30}] {pos}/{len} {msg}");

@@ -118,24 +118,25 @@ pub struct DemoTrainOptions {
     /// Start the vision position embeddings as a 2-D sine-cosine grid
     /// ([`sincos_positions`]) instead of random values.
     pub sincos_positions: bool,
-    /// Add each caption again with its shape swapped for another, as a negative
-    /// ([`scenes::with_shape`]): colour alone then cannot match a picture to its caption.
-    pub shape_negatives: bool,
+    /// Add each caption again with its shape swapped for this many other shapes, as
+    /// negatives ([`scenes::with_shape`]): colour alone then cannot match a picture to
+    /// its caption. 0: none.
+    pub shape_negatives: usize,
 }
 
 impl Default for DemoTrainOptions {
     fn default() -> Self {
         Self {
-            steps: 2600,
+            steps: 2400,
             batch_size: 64,
             lr: 1e-3,
             weight_decay: 0.1,
             warmup: 100,
             seed: 0,
-            eval_every: 250,
-            easy_steps: 700,
+            eval_every: 300,
+            easy_steps: 600,
             sincos_positions: false,
-            shape_negatives: false,
+            shape_negatives: 5,
         }
     }
 }
@@ -246,18 +247,29 @@ fn draw_samples(
         .collect()
 }
 
-/// Each caption of `samples` that names a shape, with another shape drawn at random in
-/// its place (the same for `seed` and `step` on every machine).
-fn shape_negatives(samples: &[Sample], seed: u64, step: usize) -> Vec<(String, Mentions)> {
+/// Each caption of `samples` that names a shape, again with `count` other shapes (drawn
+/// at random, all different) in its place: the same for `seed` and `step` on every
+/// machine.
+fn shape_negatives(
+    samples: &[Sample],
+    count: usize,
+    seed: u64,
+    step: usize,
+) -> Vec<(String, Mentions)> {
     let mut rng = Rng::new(seed ^ 0x5EED_0F5A_FE5E ^ (step as u64).wrapping_mul(0x9E37_79B9));
-    samples
-        .iter()
-        .filter_map(|s| {
-            let current = s.mentions.shape?;
-            let other = (current + 1 + rng.below(SHAPES.len() - 1)) % SHAPES.len();
-            scenes::with_shape(&s.caption, &s.mentions, other)
-        })
-        .collect()
+    let mut out = Vec::new();
+    for s in samples {
+        let Some(current) = s.mentions.shape else {
+            continue;
+        };
+        let mut others: Vec<usize> = (0..SHAPES.len()).filter(|&k| k != current).collect();
+        for i in 0..count.min(others.len()) {
+            let pick = i + rng.below(others.len() - i);
+            others.swap(i, pick);
+            out.extend(scenes::with_shape(&s.caption, &s.mentions, others[i]));
+        }
+    }
+    out
 }
 
 /// Pictures of given scenes, drawn from the stream for `seed`.
@@ -422,11 +434,7 @@ fn run_demo_training(
             for step in 0..opts.steps {
                 let variety = if step < opts.easy_steps { 0.0 } else { 1.0 };
                 let samples = draw_samples(opts.seed, step, opts.batch_size, variety, &HELD_OUT);
-                let negatives = if opts.shape_negatives {
-                    shape_negatives(&samples, opts.seed, step)
-                } else {
-                    Vec::new()
-                };
+                let negatives = shape_negatives(&samples, opts.shape_negatives, opts.seed, step);
                 if tx.send(inputs.batch(&samples, negatives)).is_err() {
                     break;
                 }
