@@ -228,6 +228,8 @@ pub struct App {
     pub last_latency_ms: Option<f64>,
     /// The latest notice.
     pub notice: Option<Notice>,
+    /// The latest error notice, kept for F3 after later notices replace it.
+    last_error: Option<String>,
     /// A standing note on the model, kept beside its name (what the demo model is).
     pub model_note: Option<String>,
     /// Set when the app should exit.
@@ -391,6 +393,7 @@ impl App {
             theme: Theme::default(),
             last_latency_ms: None,
             notice: None,
+            last_error: None,
             model_note: None,
             should_quit: false,
             picture_serial: 0,
@@ -425,12 +428,12 @@ impl App {
             .all(|l| l.split(',').all(|part| part.trim().is_empty()))
     }
 
-    /// The latest error worth reading in full: the model's failure, else an error notice.
+    /// The latest error worth reading in full: the model's failure, else the last error
+    /// notice, even once a later warning or message has taken its place in the status bar.
     pub fn latest_error(&self) -> Option<&str> {
-        match (&self.model, &self.notice) {
-            (ModelState::Failed(message), _) => Some(message),
-            (_, Some(n)) if n.error => Some(&n.text),
-            _ => None,
+        match &self.model {
+            ModelState::Failed(message) => Some(message),
+            _ => self.last_error.as_deref(),
         }
     }
 
@@ -459,10 +462,11 @@ impl App {
     }
 
     fn notify(&mut self, text: impl Into<String>, error: bool) {
-        self.notice = Some(Notice {
-            text: text.into(),
-            error,
-        });
+        let text = text.into();
+        if error {
+            self.last_error = Some(text.clone());
+        }
+        self.notice = Some(Notice { text, error });
     }
 
     /// Ask for `path` to be opened: an image, or a folder's first image. A path that
@@ -1646,7 +1650,14 @@ mod tests {
             text.contains("still using demo") && text.contains("offline"),
             "{text}"
         );
+        let text = text.clone();
         assert_eq!(a.latest_error(), Some(text.as_str()), "F3 shows why");
+        a.on_log("WARN demo has never seen these words: cats".into());
+        assert_eq!(
+            a.latest_error(),
+            Some(text.as_str()),
+            "F3 still shows why after a warning took the status bar"
+        );
         assert!(
             matches!(a.on_debounce(t0), Some(Request::Score { labels, .. }) if labels == ["cat", "s"]),
             "the labels typed meanwhile are scored"
