@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{assert_success, clipscope, fixtures, usage_error};
+use common::{assert_success, clipscope, demo_picture, fixtures, usage_error};
 use serde_json::Value;
 
 fn tiny() -> String {
@@ -550,8 +550,7 @@ fn unusual_pictures_are_classified_and_broken_ones_refused_on_one_line() {
 
 #[test]
 fn words_the_demo_model_never_saw_are_named() {
-    let picture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/demo/pictures/red-circle.png");
+    let picture = demo_picture("red-circle.png");
     let out = clipscope()
         .args([
             "classify",
@@ -579,6 +578,19 @@ fn words_the_demo_model_never_saw_are_named() {
     );
 }
 
+/// Assert that a batch failed only in part (exit 1) with a one-line error for `path` that
+/// says `why`; its stderr.
+fn failed_input(out: &std::process::Output, path: &str, why: &str) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(out));
+    let err = stderr_of(out);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("clipscope: error: {path}: ")) && l.contains(why)),
+        "{err}"
+    );
+    err
+}
+
 #[cfg(unix)]
 #[test]
 fn symlink_loops_are_named_and_the_batch_goes_on() {
@@ -598,14 +610,7 @@ fn symlink_loops_are_named_and_the_batch_goes_on() {
         "--format",
         "json",
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    let err = stderr_of(&out);
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with(&format!("clipscope: error: {looped}: "))
-                && l.contains("symbolic links")),
-        "{err}"
-    );
+    let err = failed_input(&out, &looped, "symbolic links");
     assert!(err.contains("loop"), "the folder's loop is named: {err}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let classified = v["results"]
@@ -663,13 +668,6 @@ fn an_unreadable_file_is_named_and_the_batch_goes_on() {
     } else {
         clipscope().args(args).output().unwrap()
     };
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    let err = stderr_of(&out);
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with(&format!("clipscope: error: {locked}: "))
-                && l.contains("ermission denied")),
-        "{err}"
-    );
+    failed_input(&out, &locked, "ermission denied");
     assert!(String::from_utf8_lossy(&out.stdout).contains("small.png"));
 }

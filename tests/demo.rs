@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::clipscope;
+use common::{assert_success, clipscope, demo_picture, usage_error};
 use serde_json::Value;
 
 const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
@@ -72,8 +72,7 @@ fn demo_labels_of_the_app_fit_its_picture() {
     // The app opens on red-circle.png with these labels: the first must win.
     let labels = clipscope::clip::demo::DEMO_LABELS;
     assert!(labels.starts_with("a red circle,"));
-    let picture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/demo/pictures/red-circle.png");
+    let picture = demo_picture("red-circle.png");
     let report = classify_demo(&["--labels".as_ref(), labels.as_ref(), picture.as_os_str()]);
     assert_eq!(
         report["results"][0]["predictions"][0]["label"],
@@ -140,16 +139,10 @@ fn a_short_demo_training_run_with_hard_negatives_writes_a_model_every_command_lo
         .arg(&out_dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for file in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(out_dir.join(file).is_file(), "{file} missing");
     }
-    let picture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/demo/pictures/red-circle.png");
     let scored = clipscope()
         .args([
             "classify",
@@ -160,14 +153,10 @@ fn a_short_demo_training_run_with_hard_negatives_writes_a_model_every_command_lo
         ])
         .arg("--model-dir")
         .arg(&out_dir)
-        .arg(&picture)
+        .arg(demo_picture("red-circle.png"))
         .output()
         .unwrap();
-    assert!(
-        scored.status.success(),
-        "{}",
-        String::from_utf8_lossy(&scored.stderr)
-    );
+    assert_success(&scored);
 }
 
 #[test]
@@ -183,7 +172,6 @@ fn shape_negatives_beyond_the_other_five_shapes_are_refused() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = usage_error(&out);
     assert!(err.contains("--shape-negatives"), "{err}");
 }

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cnn::conv::contiguous_f32 as slice;
+use crate::cnn::conv::{contiguous_f32 as slice, matmul, matmul_add, Mat};
 
 /// Whether the fused ops can run on `x`.
 pub fn fusable(x: &Tensor) -> bool {
@@ -316,87 +316,6 @@ impl CustomOp2 for QuickGeluGrad {
 /// over the rows, and a zero-filled gradient accumulator per node).
 struct Dense;
 
-/// `(rows, cols)` of a 2-D layout.
-fn dims2(l: &Layout) -> Result<(usize, usize)> {
-    l.shape().dims2()
-}
-
-/// A row-major `rows x cols` matrix or its transpose, as gemm's (row, column) strides.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: isize,
-    col_stride: isize,
-}
-
-impl<'a> View<'a> {
-    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self {
-            data,
-            rows,
-            cols,
-            row_stride: cols as isize,
-            col_stride: 1,
-        }
-    }
-
-    fn t(self) -> Self {
-        Self {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-}
-
-/// `dst = a · b`, or `dst += a · b` with `accumulate`; `dst` is row-major.
-fn gemm_into(dst: &mut [f32], a: View, b: View, accumulate: bool) -> Result<()> {
-    let (m, n, k) = (a.rows, b.cols, a.cols);
-    if a.cols != b.rows || dst.len() != m * n || a.data.len() < m * k || b.data.len() < k * n {
-        candle_core::bail!("dense: shapes do not fit ({m}x{k} by {}x{n})", b.rows);
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return Ok(());
-    }
-    // SAFETY: `a` and `b` are row-major `rows x cols` slices (checked long enough above)
-    // or transposed views of them, so every index gemm forms from these strides is in
-    // bounds; `dst` is exactly m·n, row-major.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride,
-            a.row_stride,
-            b.data.as_ptr(),
-            b.col_stride,
-            b.row_stride,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
-    Ok(())
-}
-
 impl CustomOp3 for Dense {
     fn name(&self) -> &'static str {
         "clip-dense"
@@ -411,18 +330,13 @@ impl CustomOp3 for Dense {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let ((rows, inp), (out, w_in)) = (dims2(l1)?, dims2(l2)?);
+        let ((rows, inp), (out, w_in)) = (l1.shape().dims2()?, l2.shape().dims2()?);
         if inp != w_in || l3.shape().elem_count() != out {
             candle_core::bail!("dense: input width {inp}, weight {out}x{w_in}");
         }
         let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * out).collect();
-        gemm_into(
-            &mut y,
-            View::new(x, rows, inp),
-            View::new(w, out, inp).t(),
-            true,
-        )?;
+        matmul_add(Mat::new(x, rows, inp), Mat::new(w, out, inp).t(), &mut y);
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
@@ -469,13 +383,19 @@ impl CustomOp2 for DenseProduct {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let ((r1, c1), (r2, c2)) = (dims2(l1)?, dims2(l2)?);
-        let a = View::new(slice(s1, l1)?, r1, c1);
+        let ((r1, c1), (r2, c2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        let (rows, inner) = if self.transpose_lhs {
+            (c1, r1)
+        } else {
+            (r1, c1)
+        };
+        if inner != r2 {
+            candle_core::bail!("dense gradient: shapes do not fit ({r1}x{c1}, {r2}x{c2})");
+        }
+        let a = Mat::new(slice(s1, l1)?, r1, c1);
         let a = if self.transpose_lhs { a.t() } else { a };
-        let b = View::new(slice(s2, l2)?, r2, c2);
-        let mut out = vec![0f32; a.rows * b.cols];
-        gemm_into(&mut out, a, b, false)?;
-        Ok((CpuStorage::F32(out), Shape::from((a.rows, b.cols))))
+        let out = matmul(a, Mat::new(slice(s2, l2)?, r2, c2), false);
+        Ok((CpuStorage::F32(out), Shape::from((rows, c2))))
     }
 }
 
@@ -489,7 +409,7 @@ impl CustomOp1 for ColumnSums {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (rows, cols) = dims2(l)?;
+        let (rows, cols) = l.shape().dims2()?;
         let data = slice(s, l)?;
         let block = rows.div_ceil(16).max(1) * cols.max(1);
         let total = data

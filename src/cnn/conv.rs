@@ -335,7 +335,7 @@ fn col2im(g: &Geometry, cols: &[f32]) -> Vec<f32> {
 
 /// A row-major or transposed view of a matrix in a slice: `(data, rows, cols, transposed)`.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
+pub(crate) struct Mat<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -344,7 +344,8 @@ struct Mat<'a> {
 }
 
 impl<'a> Mat<'a> {
-    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    /// The row-major `rows × cols` matrix in `data`.
+    pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self {
             data,
             rows,
@@ -353,7 +354,8 @@ impl<'a> Mat<'a> {
         }
     }
 
-    fn t(self) -> Self {
+    /// The transpose, as a view of the same data.
+    pub(crate) fn t(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -374,12 +376,16 @@ impl<'a> Mat<'a> {
 
 /// `a · b` into a new row-major matrix, on gemm's AVX-512/AVX2 kernels and rayon. A
 /// `scratch` result comes from the pool (for one used once, then recycled).
-fn matmul(a: Mat, b: Mat, scratch: bool) -> Vec<f32> {
+pub(crate) fn matmul(a: Mat, b: Mat, scratch: bool) -> Vec<f32> {
     let len = a.rows * b.cols;
     if len == 0 || a.cols == 0 {
         return vec![0f32; len];
     }
-    let fill = |dst: &mut [MaybeUninit<f32>]| gemm_into(a, b, dst);
+    // SAFETY: `dst` is exactly the m·n gemm_at asserts; it writes all of it without
+    // reading it.
+    let fill = |dst: &mut [MaybeUninit<f32>]| unsafe {
+        gemm_at(a, b, dst.as_mut_ptr().cast::<f32>(), dst.len(), false)
+    };
     if scratch {
         scratch_filled(len, fill)
     } else {
@@ -387,32 +393,47 @@ fn matmul(a: Mat, b: Mat, scratch: bool) -> Vec<f32> {
     }
 }
 
-/// Write `a · b` (non-empty) into `dst`, row-major.
-fn gemm_into(a: Mat, b: Mat, dst: &mut [MaybeUninit<f32>]) {
+/// `dst += a · b`, `dst` a row-major matrix of `a.rows × b.cols` (a dense layer's product
+/// onto its bias).
+pub(crate) fn matmul_add(a: Mat, b: Mat, dst: &mut [f32]) {
+    assert_eq!(dst.len(), a.rows * b.cols, "matmul_add: output size");
+    if !dst.is_empty() && a.cols > 0 {
+        // SAFETY: `dst` is initialised and exactly m·n long.
+        unsafe { gemm_at(a, b, dst.as_mut_ptr(), dst.len(), true) }
+    }
+}
+
+/// Write `a · b` (non-empty) into the row-major `len` floats at `dst`, or add it to them
+/// with `accumulate`.
+///
+/// # Safety
+/// `dst` must be valid for `len` writes, and with `accumulate` hold `len` initialised
+/// floats.
+unsafe fn gemm_at(a: Mat, b: Mat, dst: *mut f32, len: usize, accumulate: bool) {
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     assert!(a.data.len() >= a.rows * a.cols && b.data.len() >= b.rows * b.cols);
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    assert_eq!(dst.len(), m * n);
+    assert_eq!(len, m * n);
     let ((a_rs, a_cs), (b_rs, b_cs)) = (a.strides(), b.strides());
     // SAFETY: the asserts above keep every index gemm forms from the strides in bounds
     // (row-major or transposed views of slices at least rows·cols long); `dst` is
-    // exactly m·n, and gemm writes all of it without reading it (`read_dst` false).
+    // exactly m·n (the caller's contract), read only with `accumulate`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().cast::<f32>(),
+            dst,
             1,
             n as isize,
-            false,
+            accumulate,
             a.data.as_ptr(),
             a_cs,
             a_rs,
             b.data.as_ptr(),
             b_cs,
             b_rs,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,

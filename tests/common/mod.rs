@@ -148,8 +148,13 @@ pub fn serve(dir: &Path, routes: &'static str) -> (String, Arc<Mutex<Vec<String>
     (addr, seen)
 }
 
-/// The clipscope binary, kept off the user's cache and off the network: downloads go to
-/// an address where nothing listens unless a test points them at its own server.
+/// A picture bundled with the demo model (models/demo/pictures).
+pub fn demo_picture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/demo/pictures")
+        .join(name)
+}
+
 /// Assert that a command succeeded, showing its stderr if not.
 pub fn assert_success(out: &std::process::Output) {
     assert!(
@@ -170,6 +175,8 @@ pub fn usage_error(out: &std::process::Output) -> String {
     String::from_utf8(out.stderr.clone()).unwrap()
 }
 
+/// The clipscope binary, kept off the user's cache and off the network: downloads go to
+/// an address where nothing listens unless a test points them at its own server.
 pub fn clipscope() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("clipscope").unwrap();
     cmd.env(
