@@ -247,9 +247,14 @@ fn draw_samples(
         .collect()
 }
 
-/// Each caption of `samples` that names a shape, again with `count` other shapes (drawn
-/// at random, all different) in its place: the same for `seed` and `step` on every
+/// Each caption of `samples` that names a shape, again with up to `count` other shapes
+/// (drawn at random, all different) in its place: the same for `seed` and `step` on every
 /// machine.
+///
+/// A swap never yields a held-out combination ("a blue heart" when blue hearts are held
+/// out): no training picture shows one, so such a caption would only ever be a negative
+/// and the model would learn to score it low, which is what the held-out measurement
+/// must not be biased by.
 fn shape_negatives(
     samples: &[Sample],
     count: usize,
@@ -262,7 +267,14 @@ fn shape_negatives(
         let Some(current) = s.mentions.shape else {
             continue;
         };
-        let mut others: Vec<usize> = (0..SHAPES.len()).filter(|&k| k != current).collect();
+        let held_out = |k: usize| {
+            s.mentions
+                .colour
+                .is_some_and(|c| HELD_OUT.contains(&(k, c)))
+        };
+        let mut others: Vec<usize> = (0..SHAPES.len())
+            .filter(|&k| k != current && !held_out(k))
+            .collect();
         for i in 0..count.min(others.len()) {
             let pick = i + rng.below(others.len() - i);
             others.swap(i, pick);
@@ -759,6 +771,32 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_swaps_name_no_held_out_combination_and_keep_the_rest() {
+        let samples = draw_samples(3, 0, 256, 1.0, &HELD_OUT);
+        let negatives = shape_negatives(&samples, 5, 3, 0);
+        let named = |m: &Mentions| m.shape.zip(m.colour);
+        assert!(negatives
+            .iter()
+            .all(|(_, m)| named(m).is_none_or(|sc| !HELD_OUT.contains(&sc))));
+        // Every caption that names a shape gets all other shapes but held-out ones.
+        let expected: usize = samples
+            .iter()
+            .filter_map(|s| s.mentions.shape.map(|shape| (shape, s.mentions.colour)))
+            .map(|(shape, colour)| {
+                (0..SHAPES.len())
+                    .filter(|&k| k != shape)
+                    .filter(|&k| colour.is_none_or(|c| !HELD_OUT.contains(&(k, c))))
+                    .count()
+            })
+            .sum();
+        assert_eq!(negatives.len(), expected);
+        // The colours of held-out pairs do appear in swaps, with other shapes.
+        assert!(negatives
+            .iter()
+            .any(|(_, m)| m.colour == Some(HELD_OUT[0].1)));
+    }
 
     #[test]
     fn sincos_positions_tell_every_patch_apart_and_leave_the_class_token_at_zero() {

@@ -237,7 +237,15 @@ impl Attention {
         }
     }
 
+    /// `mask` is the causal mask, the only one CLIP uses (the text tower's).
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        if let (Mode::Training, Qkv::Split([q, k, v])) = (self.mode, &self.qkv) {
+            if ops::fusable(x) {
+                let (q, k, v) = (q.forward(x)?, k.forward(x)?, v.forward(x)?);
+                let y = ops::attention(&q, &k, &v, self.heads, self.scale, mask.is_some())?;
+                return self.out.forward(&y);
+            }
+        }
         let (b, l, d) = x.dims3()?;
         let (q, k, v) = self.project(x)?;
         let q = (q * self.scale)?;

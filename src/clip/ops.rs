@@ -1,5 +1,5 @@
 //! Fused CPU ops with backward passes for training CLIP: dense layers, LayerNorm, softmax
-//! over the last axis, and QuickGELU.
+//! over the last axis, QuickGELU, and multi-head attention.
 //!
 //! candle's own fused LayerNorm and softmax have no backward pass, and the same
 //! arithmetic in separate differentiable ops costs a graph node, an allocation and a pass
@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cnn::conv::{contiguous_f32 as slice, matmul, matmul_add, Mat};
+use crate::cnn::conv::{contiguous_f32 as slice, matmul, matmul_add, matmul_into, Mat};
 
 /// Whether the fused ops can run on `x`.
 pub fn fusable(x: &Tensor) -> bool {
@@ -447,6 +447,216 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(QuickGelu)
 }
 
+/// Scaled dot-product attention of `heads` heads on `(q, k, v)`, each `(B, L, D)` with
+/// the heads side by side in `D` (as the projections produce them), optionally causal.
+///
+/// One node instead of candle's eleven (head split and merge copies, scale, two batched
+/// products with their transposed copies backward, mask, softmax), and no `(B, heads, L,
+/// L)` tensor kept for the backward pass: the probabilities are recomputed per head there.
+/// Sequences run in parallel; each head's products are single-threaded gemm calls on
+/// strided views of the head's columns.
+struct Attention {
+    heads: usize,
+    scale: f32,
+    causal: bool,
+}
+
+/// One sequence's q, k and v, each an `(L, D)` block.
+struct Sequence<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    l: usize,
+    d: usize,
+}
+
+impl Sequence<'_> {
+    /// Head `h`'s columns of `x` (one of this sequence's blocks, or one shaped alike).
+    fn head<'x>(&self, x: &'x [f32], h: usize, width: usize) -> Mat<'x> {
+        Mat::with_row_stride(&x[h * width..], self.l, width, self.d)
+    }
+}
+
+impl Attention {
+    fn width(&self, d: usize) -> usize {
+        d / self.heads
+    }
+
+    /// Head `h`'s attention probabilities, `(L, L)` row-major in `p`, zeros where the mask
+    /// hides a key.
+    fn probabilities(&self, x: &Sequence, h: usize, p: &mut [f32]) {
+        let (l, width) = (x.l, self.width(x.d));
+        let (q, k) = (x.head(x.q, h, width), x.head(x.k, h, width));
+        matmul_into(q, k.t(), p, l, self.scale, false);
+        for (t, row) in p.chunks_mut(l.max(1)).enumerate() {
+            let n = if self.causal { t + 1 } else { l };
+            let (seen, hidden) = row.split_at_mut(n);
+            hidden.fill(0.0);
+            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for v in seen.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            seen.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+
+    /// The output of one sequence, all heads, into its `(L, D)` block `y`.
+    fn forward_sequence(&self, x: &Sequence, y: &mut [f32]) {
+        let (l, width) = (x.l, self.width(x.d));
+        let mut p = vec![0f32; l * l];
+        for h in 0..self.heads {
+            self.probabilities(x, h, &mut p);
+            let v = x.head(x.v, h, width);
+            matmul_into(Mat::new(&p, l, l), v, &mut y[h * width..], x.d, 1.0, false);
+        }
+    }
+
+    /// The gradients of one sequence's q, k and v (`grads`, zeroed `(L, D)` blocks) from
+    /// its output's gradient `dy`.
+    fn backward_sequence(&self, x: &Sequence, dy: &[f32], grads: [&mut [f32]; 3]) {
+        let [dq, dk, dv] = grads;
+        let (l, d, width) = (x.l, x.d, self.width(x.d));
+        let (mut p, mut ds) = (vec![0f32; l * l], vec![0f32; l * l]);
+        for h in 0..self.heads {
+            let at = h * width;
+            let (q, k, v, g) = (
+                x.head(x.q, h, width),
+                x.head(x.k, h, width),
+                x.head(x.v, h, width),
+                x.head(dy, h, width),
+            );
+            self.probabilities(x, h, &mut p);
+            let probs = Mat::new(&p, l, l);
+            matmul_into(probs.t(), g, &mut dv[at..], d, 1.0, false);
+            matmul_into(g, v.t(), &mut ds, l, 1.0, false);
+            // Softmax backward: dS = P ⊙ (dP - rowsum(dP ⊙ P)), with the scale of S.
+            for (pr, dr) in p.chunks(l.max(1)).zip(ds.chunks_mut(l.max(1))) {
+                let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                for (g, &pv) in dr.iter_mut().zip(pr) {
+                    *g = pv * (*g - dot) * self.scale;
+                }
+            }
+            let scores = Mat::new(&ds, l, l);
+            matmul_into(scores, k, &mut dq[at..], d, 1.0, false);
+            matmul_into(scores.t(), q, &mut dk[at..], d, 1.0, false);
+        }
+    }
+
+    /// Shapes of the three inputs: `(B, L, D)` each, `D` a multiple of the heads.
+    fn dims(&self, layouts: [&Layout; 3]) -> Result<(usize, usize, usize)> {
+        let dims = layouts[0].shape().dims3()?;
+        if layouts
+            .iter()
+            .any(|l| l.shape().dims() != layouts[0].shape().dims())
+            || self.heads == 0
+            || dims.2 % self.heads != 0
+        {
+            candle_core::bail!(
+                "attention: q, k, v must be (B, L, D) alike, D a multiple of the heads"
+            );
+        }
+        Ok(dims)
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "clip-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, l, d) = self.dims([l1, l2, l3])?;
+        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let block = (l * d).max(1);
+        let mut y = vec![0f32; b * l * d];
+        y.par_chunks_mut(block)
+            .zip(
+                q.par_chunks(block)
+                    .zip(k.par_chunks(block).zip(v.par_chunks(block))),
+            )
+            .for_each(|(y, (q, (k, v)))| {
+                self.forward_sequence(&Sequence { q, k, v, l, d }, y);
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (b, l, d) = q.dims3()?;
+        let block = (l * d).max(1);
+        let (sq, lq) = q.storage_and_layout();
+        let (sk, lk) = k.storage_and_layout();
+        let (sv, lv) = v.storage_and_layout();
+        let (sg, lg) = grad.storage_and_layout();
+        let (qs, ks, vs, gs) = (
+            slice(cpu(&sq)?, lq)?,
+            slice(cpu(&sk)?, lk)?,
+            slice(cpu(&sv)?, lv)?,
+            slice(cpu(&sg)?, lg)?,
+        );
+        let mut grads = [0; 3].map(|_| vec![0f32; b * l * d]);
+        let [dq, dk, dv] = &mut grads;
+        dq.par_chunks_mut(block)
+            .zip(dk.par_chunks_mut(block).zip(dv.par_chunks_mut(block)))
+            .enumerate()
+            .for_each(|(i, (dq, (dk, dv)))| {
+                let range = i * block..(i + 1) * block;
+                let (q, k, v) = (&qs[range.clone()], &ks[range.clone()], &vs[range.clone()]);
+                let x = Sequence { q, k, v, l, d };
+                self.backward_sequence(&x, &gs[range], [dq, dk, dv]);
+            });
+        let [dq, dk, dv] = grads.map(|g| Tensor::from_vec(g, (b, l, d), q.device()));
+        Ok((Some(dq?), Some(dk?), Some(dv?)))
+    }
+}
+
+/// The CPU storage under a tensor (custom ops' backward passes get tensors, not storage).
+fn cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(c),
+        _ => candle_core::bail!("fused op: CPU tensors only"),
+    }
+}
+
+/// Fused multi-head attention with a backward pass: `softmax(q kᵀ · scale [+ causal
+/// mask]) v` per head, on `(B, L, D)` tensors with the heads side by side in `D`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
+    q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        Attention {
+            heads,
+            scale: scale as f32,
+            causal,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,5 +765,52 @@ mod tests {
             |t| (&t[0] * candle_nn::ops::sigmoid(&(&t[0] * 1.702).unwrap()).unwrap()).unwrap(),
             &[rand(&[4, 33], 5)],
         );
+    }
+
+    /// candle's composed attention, as the model's unfused path computes it.
+    fn composed_attention(t: &[Tensor], heads: usize, causal: bool) -> Tensor {
+        let (b, l, d) = t[0].dims3().unwrap();
+        let split = |x: &Tensor| {
+            x.reshape((b, l, heads, d / heads))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let scale = ((d / heads) as f64).powf(-0.5);
+        let q = (split(&t[0]) * scale).unwrap();
+        let mut att = q.matmul(&split(&t[1]).t().unwrap()).unwrap();
+        if causal {
+            let mask: Vec<f32> = (0..l)
+                .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (1, 1, l, l), &Device::Cpu).unwrap();
+            att = att.broadcast_add(&mask).unwrap();
+        }
+        let att = candle_nn::ops::softmax(&att, D::Minus1).unwrap();
+        att.matmul(&split(&t[2]))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, l, d))
+            .unwrap()
+    }
+
+    #[test]
+    fn attention_matches_composed_ops() {
+        for (causal, l) in [(false, 9), (true, 6)] {
+            let inputs = [
+                rand(&[3, l, 12], 11),
+                rand(&[3, l, 12], 12),
+                rand(&[3, l, 12], 13),
+            ];
+            let scale = 3f64.powf(-0.5);
+            check(
+                |t| attention(&t[0], &t[1], &t[2], 4, scale, causal).unwrap(),
+                |t| composed_attention(t, 4, causal),
+                &inputs,
+            );
+        }
     }
 }

@@ -333,24 +333,31 @@ fn col2im(g: &Geometry, cols: &[f32]) -> Vec<f32> {
     out
 }
 
-/// A row-major or transposed view of a matrix in a slice: `(data, rows, cols, transposed)`.
+/// A strided view of a matrix in a slice: element `(r, c)` is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
-    /// Whether `data` holds the transpose (a `cols × rows` row-major matrix).
-    transposed: bool,
+    rs: usize,
+    cs: usize,
 }
 
 impl<'a> Mat<'a> {
     /// The row-major `rows × cols` matrix in `data`.
     pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::with_row_stride(data, rows, cols, cols)
+    }
+
+    /// `rows × cols` with rows `rs` apart in `data` (a block of columns of a wider
+    /// row-major matrix, such as one attention head's).
+    pub(crate) fn with_row_stride(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
         Self {
             data,
             rows,
             cols,
-            transposed: false,
+            rs,
+            cs: 1,
         }
     }
 
@@ -359,18 +366,17 @@ impl<'a> Mat<'a> {
         Self {
             rows: self.cols,
             cols: self.rows,
-            transposed: !self.transposed,
+            rs: self.cs,
+            cs: self.rs,
             ..self
         }
     }
 
-    /// (row stride, column stride) in elements.
-    fn strides(&self) -> (isize, isize) {
-        if self.transposed {
-            (1, self.rows as isize)
-        } else {
-            (self.cols as isize, 1)
-        }
+    /// Whether every element the view names lies in its slice.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
 }
 
@@ -381,10 +387,11 @@ pub(crate) fn matmul(a: Mat, b: Mat, scratch: bool) -> Vec<f32> {
     if len == 0 || a.cols == 0 {
         return vec![0f32; len];
     }
-    // SAFETY: `dst` is exactly the m·n gemm_at asserts; it writes all of it without
-    // reading it.
+    // SAFETY: `dst` is exactly the m·n row-major matrix gemm_at asserts; it writes all of
+    // it without reading it.
     let fill = |dst: &mut [MaybeUninit<f32>]| unsafe {
-        gemm_at(a, b, dst.as_mut_ptr().cast::<f32>(), dst.len(), false)
+        let out = Out::new(dst.as_mut_ptr().cast::<f32>(), dst.len(), b.cols);
+        gemm_at(a, b, out, Product::PARALLEL)
     };
     if scratch {
         scratch_filled(len, fill)
@@ -397,48 +404,121 @@ pub(crate) fn matmul(a: Mat, b: Mat, scratch: bool) -> Vec<f32> {
 /// onto its bias).
 pub(crate) fn matmul_add(a: Mat, b: Mat, dst: &mut [f32]) {
     assert_eq!(dst.len(), a.rows * b.cols, "matmul_add: output size");
-    if !dst.is_empty() && a.cols > 0 {
-        // SAFETY: `dst` is initialised and exactly m·n long.
-        unsafe { gemm_at(a, b, dst.as_mut_ptr(), dst.len(), true) }
+    let out = Out::new(dst.as_mut_ptr(), dst.len(), b.cols);
+    let product = Product {
+        accumulate: true,
+        ..Product::PARALLEL
+    };
+    // SAFETY: `dst` is initialised and exactly m·n long.
+    unsafe { gemm_at(a, b, out, product) }
+}
+
+/// `dst = scale · a · b`, or `dst += scale · a · b` with `accumulate`, on one thread
+/// (for small products inside a parallel loop); `dst` holds `a.rows × b.cols` with rows
+/// `dst_rs` apart.
+pub(crate) fn matmul_into(
+    a: Mat,
+    b: Mat,
+    dst: &mut [f32],
+    dst_rs: usize,
+    scale: f32,
+    accumulate: bool,
+) {
+    let view = Mat::with_row_stride(dst, a.rows, b.cols, dst_rs);
+    assert!(view.in_bounds(), "matmul_into: output too small");
+    let out = Out::new(dst.as_mut_ptr(), dst.len(), dst_rs);
+    let product = Product {
+        accumulate,
+        scale,
+        parallel: false,
+    };
+    // SAFETY: `dst` is initialised and holds every element of the strided output
+    // (asserted above).
+    unsafe { gemm_at(a, b, out, product) }
+}
+
+/// Where a product goes: `len` floats at `ptr`, rows `rs` apart.
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+    rs: usize,
+}
+
+impl Out {
+    fn new(ptr: *mut f32, len: usize, rs: usize) -> Self {
+        Self { ptr, len, rs }
     }
 }
 
-/// Write `a · b` (non-empty) into the row-major `len` floats at `dst`, or add it to them
-/// with `accumulate`.
+/// How a product is written: added to the output or over it, scaled, threaded.
+#[derive(Clone, Copy)]
+struct Product {
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+}
+
+impl Product {
+    const PARALLEL: Self = Self {
+        accumulate: false,
+        scale: 1.0,
+        parallel: true,
+    };
+}
+
+/// Write `scale · a · b` to `dst`, or add it with `accumulate`.
 ///
 /// # Safety
-/// `dst` must be valid for `len` writes, and with `accumulate` hold `len` initialised
-/// floats.
-unsafe fn gemm_at(a: Mat, b: Mat, dst: *mut f32, len: usize, accumulate: bool) {
+/// `dst` must be valid for writes of its `len` floats, and with `accumulate` hold them
+/// initialised.
+unsafe fn gemm_at(a: Mat, b: Mat, dst: Out, p: Product) {
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
-    assert!(a.data.len() >= a.rows * a.cols && b.data.len() >= b.rows * b.cols);
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "matmul: view outside its slice"
+    );
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    assert_eq!(len, m * n);
-    let ((a_rs, a_cs), (b_rs, b_cs)) = (a.strides(), b.strides());
-    // SAFETY: the asserts above keep every index gemm forms from the strides in bounds
-    // (row-major or transposed views of slices at least rows·cols long); `dst` is
-    // exactly m·n (the caller's contract), read only with `accumulate`.
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * dst.rs + n <= dst.len, "matmul: output too small");
+    if k == 0 {
+        if !p.accumulate {
+            for r in 0..m {
+                // SAFETY: row r's n floats lie within dst (asserted above).
+                unsafe { std::ptr::write_bytes(dst.ptr.add(r * dst.rs), 0, n) };
+            }
+        }
+        return;
+    }
+    let signed = |v: usize| v as isize;
+    // SAFETY: the asserts above keep every index gemm forms from the strides in bounds;
+    // `dst` is read only with `accumulate` (the caller's contract).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst,
+            dst.ptr,
             1,
-            n as isize,
-            accumulate,
+            signed(dst.rs),
+            p.accumulate,
             a.data.as_ptr(),
-            a_cs,
-            a_rs,
+            signed(a.cs),
+            signed(a.rs),
             b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
+            signed(b.cs),
+            signed(b.rs),
+            if p.accumulate { 1.0 } else { 0.0 },
+            p.scale,
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            if p.parallel {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }
