@@ -725,7 +725,7 @@ pub struct DemoTrainArgs {
 #[derive(Debug, Subcommand)]
 pub enum DemoAction {
     /// Train the demo CLIP from scratch on generated captioned shapes (the defaults are
-    /// the shipped model's recipe: about 45 minutes on two cores).
+    /// the shipped model's recipe: about half an hour on two cores).
     Train(DemoTrainArgs),
     /// Measure a demo-style model: top-1 on the twelve colour-shape labels ("a red
     /// circle", ... with template {}) on freshly generated pictures, the held-out

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build clipscope with the `cuda` feature on a machine with no GPU and no system CUDA
+# toolkit: NVIDIA's PyPI wheels carry nvcc, cicc, the CUDA headers and libcudart, which
+# is all candle's kernels and cudarc need at build time (cudarc loads the driver and
+# cuBLAS when the program runs, so a GPU machine needs only its driver and CUDA's
+# libraries).
+#
+#   deploy/cuda-build.sh                 # binary in target/cuda/release/clipscope
+#   CUDA_COMPUTE_CAP=80 deploy/cuda-build.sh   # for A100s (default 90: H100/H200)
+#
+# The wheels go to target/cuda-toolkit (about 300 MB, once). Pinned to CUDA 13.4, the
+# newest that cudarc 0.19 (candle 0.11's) knows.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+toolkit=${CUDA_WHEELS:-$root/target/cuda-toolkit}
+version=${CUDA_WHEEL_VERSION:-13.4.92}
+cuda=$toolkit/nvidia/cu13
+
+if [ ! -x "$cuda/bin/nvcc" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --target "$toolkit" \
+        "nvidia-cuda-nvcc==$version" "nvidia-cuda-runtime==$version"
+fi
+# The wheels ship only the versioned library; the linker looks for the plain name.
+ln -sf "$(basename "$(ls "$cuda"/lib/libcudart.so.* | head -n 1)")" "$cuda/lib/libcudart.so"
+
+export CUDA_HOME=$cuda CUDA_PATH=$cuda
+export PATH=$cuda/bin:$cuda/nvvm/bin:$PATH
+export LIBRARY_PATH=$cuda/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
+export LD_LIBRARY_PATH=$cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# No GPU to ask: say which architecture to compile the kernels for.
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+
+nvcc --version | tail -n 2
+cd "$root"
+cargo build --release --locked --features cuda --target-dir "$root/target/cuda" "$@"
+echo "built: $root/target/cuda/release/clipscope (CUDA $version, sm_$CUDA_COMPUTE_CAP)"
