@@ -195,14 +195,8 @@ impl CustomOp1 for Softmax {
         y.par_chunks_mut(d)
             .zip(x.par_chunks(d))
             .for_each(|(out, row)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &v) in out.iter_mut().zip(row) {
-                    *o = (v - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                out.iter_mut().for_each(|o| *o *= inv);
+                out.copy_from_slice(row);
+                softmax_in_place(out);
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -234,12 +228,31 @@ impl CustomOp2 for SoftmaxGrad {
         dx.par_chunks_mut(d)
             .zip(y.par_chunks(d).zip(dy.par_chunks(d)))
             .for_each(|(out, (ys, gs))| {
-                let dot: f32 = ys.iter().zip(gs).map(|(a, b)| a * b).sum();
-                for i in 0..d {
-                    out[i] = ys[i] * (gs[i] - dot);
-                }
+                out.copy_from_slice(gs);
+                softmax_grad_in_place(ys, out);
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Softmax of one row, in place.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// The gradient of a softmax row `y` with respect to its input, from the output's
+/// gradient `g`, in place: `g <- y * (g - sum(g * y))`.
+fn softmax_grad_in_place(y: &[f32], g: &mut [f32]) {
+    let dot: f32 = y.iter().zip(g.iter()).map(|(a, b)| a * b).sum();
+    for (gv, &yv) in g.iter_mut().zip(y) {
+        *gv = yv * (*gv - dot);
     }
 }
 
@@ -470,6 +483,19 @@ struct Sequence<'a> {
     d: usize,
 }
 
+/// The sequences of `(B, L, D)` q, k and v, in parallel, in order.
+fn sequences<'a>(
+    [q, k, v]: [&'a [f32]; 3],
+    l: usize,
+    d: usize,
+) -> impl IndexedParallelIterator<Item = Sequence<'a>> {
+    let block = (l * d).max(1);
+    q.par_chunks(block)
+        .zip(k.par_chunks(block))
+        .zip(v.par_chunks(block))
+        .map(move |((q, k), v)| Sequence { q, k, v, l, d })
+}
+
 impl Sequence<'_> {
     /// Head `h`'s columns of `x` (one of this sequence's blocks, or one shaped alike).
     fn head<'x>(&self, x: &'x [f32], h: usize, width: usize) -> Mat<'x> {
@@ -492,14 +518,7 @@ impl Attention {
             let n = if self.causal { t + 1 } else { l };
             let (seen, hidden) = row.split_at_mut(n);
             hidden.fill(0.0);
-            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for v in seen.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            seen.iter_mut().for_each(|v| *v *= inv);
+            softmax_in_place(seen);
         }
     }
 
@@ -532,12 +551,10 @@ impl Attention {
             let probs = Mat::new(&p, l, l);
             matmul_into(probs.t(), g, &mut dv[at..], d, 1.0, false);
             matmul_into(g, v.t(), &mut ds, l, 1.0, false);
-            // Softmax backward: dS = P ⊙ (dP - rowsum(dP ⊙ P)), with the scale of S.
+            // dS, with the scale of S = scale · Q Kᵀ; then dQ = dS K and dK = dSᵀ Q.
             for (pr, dr) in p.chunks(l.max(1)).zip(ds.chunks_mut(l.max(1))) {
-                let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                for (g, &pv) in dr.iter_mut().zip(pr) {
-                    *g = pv * (*g - dot) * self.scale;
-                }
+                softmax_grad_in_place(pr, dr);
+                dr.iter_mut().for_each(|g| *g *= self.scale);
             }
             let scores = Mat::new(&ds, l, l);
             matmul_into(scores, k, &mut dq[at..], d, 1.0, false);
@@ -577,17 +594,11 @@ impl CustomOp3 for Attention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, l, d) = self.dims([l1, l2, l3])?;
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let block = (l * d).max(1);
+        let qkv = [slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?];
         let mut y = vec![0f32; b * l * d];
-        y.par_chunks_mut(block)
-            .zip(
-                q.par_chunks(block)
-                    .zip(k.par_chunks(block).zip(v.par_chunks(block))),
-            )
-            .for_each(|(y, (q, (k, v)))| {
-                self.forward_sequence(&Sequence { q, k, v, l, d }, y);
-            });
+        y.par_chunks_mut((l * d).max(1))
+            .zip(sequences(qkv, l, d))
+            .for_each(|(y, x)| self.forward_sequence(&x, y));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -606,22 +617,20 @@ impl CustomOp3 for Attention {
         let (sk, lk) = k.storage_and_layout();
         let (sv, lv) = v.storage_and_layout();
         let (sg, lg) = grad.storage_and_layout();
-        let (qs, ks, vs, gs) = (
+        let qkv = [
             slice(cpu(&sq)?, lq)?,
             slice(cpu(&sk)?, lk)?,
             slice(cpu(&sv)?, lv)?,
-            slice(cpu(&sg)?, lg)?,
-        );
+        ];
+        let dy = slice(cpu(&sg)?, lg)?;
         let mut grads = [0; 3].map(|_| vec![0f32; b * l * d]);
         let [dq, dk, dv] = &mut grads;
         dq.par_chunks_mut(block)
-            .zip(dk.par_chunks_mut(block).zip(dv.par_chunks_mut(block)))
-            .enumerate()
-            .for_each(|(i, (dq, (dk, dv)))| {
-                let range = i * block..(i + 1) * block;
-                let (q, k, v) = (&qs[range.clone()], &ks[range.clone()], &vs[range.clone()]);
-                let x = Sequence { q, k, v, l, d };
-                self.backward_sequence(&x, &gs[range], [dq, dk, dv]);
+            .zip(dk.par_chunks_mut(block))
+            .zip(dv.par_chunks_mut(block))
+            .zip(sequences(qkv, l, d).zip(dy.par_chunks(block)))
+            .for_each(|(((dq, dk), dv), (x, dy))| {
+                self.backward_sequence(&x, dy, [dq, dk, dv]);
             });
         let [dq, dk, dv] = grads.map(|g| Tensor::from_vec(g, (b, l, d), q.device()));
         Ok((Some(dq?), Some(dk?), Some(dv?)))
