@@ -2,10 +2,10 @@
 """PyTorch + transformers fp32 side of `clipscope bench`, on the same model folder.
 
     python3 bench/bench_torch.py --model-dir DIR [--threads 2] [--iters 10]
-    python3 bench/bench_torch.py --model-dir DIR --classify IMAGE --labels a,b,c,d,e
+    python3 bench/bench_torch.py --model-dir DIR --classify IMAGE|FOLDER --labels a,b,c,d,e
     python3 bench/bench_torch.py --model-dir DIR --embed-folder DIR [--batch 16] [--workers 1]
 
-The first form times the image encoder at batch 1 and 16 and the text encoder on five
+--bf16 runs the encoders under torch.autocast("cpu", dtype=torch.bfloat16). The first form times the image encoder at batch 1 and 16 and the text encoder on five
 prompts (median of --iters runs after one warm-up), as `clipscope bench` does. The
 second is a whole one-shot classification (load, preprocess as OpenAI does, embed,
 softmax, print), for timing as a whole process with hyperfine. The third embeds every
@@ -30,7 +30,15 @@ def main():
     ap.add_argument("--labels")
     ap.add_argument("--embed-folder")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true", help="run under torch.autocast bf16")
     args = ap.parse_args()
+    import contextlib
+
+    def autocast():
+        if args.bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers import CLIPModel, CLIPTokenizerFast
@@ -60,14 +68,23 @@ def main():
         return
 
     if args.classify:
+        import os
+
         labels = args.labels.split(",")
+        if os.path.isdir(args.classify):
+            paths = sorted(os.path.join(args.classify, f) for f in os.listdir(args.classify))
+        else:
+            paths = [args.classify]
         with torch.no_grad():
-            px = tf(Image.open(args.classify)).unsqueeze(0)
+            px = torch.stack([tf(Image.open(p)) for p in paths])
             ids = tok([f"a photo of a {l}." for l in labels], padding=True, return_tensors="pt")
-            out = model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], pixel_values=px)
-            probs = out.logits_per_image.softmax(dim=-1)[0]
-        for l, p in sorted(zip(labels, probs.tolist()), key=lambda x: -x[1]):
-            print(f"{p * 100:6.2f}%  {l}")
+            with autocast():
+                out = model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], pixel_values=px)
+            probs = out.logits_per_image.float().softmax(dim=-1)
+        for path, row in zip(paths, probs.tolist()):
+            print(path)
+            for l, p in sorted(zip(labels, row), key=lambda x: -x[1]):
+                print(f"{p * 100:6.2f}%  {l}")
         return
 
     def median_ms(f):
@@ -80,15 +97,18 @@ def main():
         return statistics.median(ts)
 
     size = model.config.vision_config.image_size
-    print(f"model {args.model_dir}  torch {torch.__version__}  threads {torch.get_num_threads()}")
+    dtype = "bf16 autocast" if args.bf16 else "fp32"
+    print(f"model {args.model_dir}  torch {torch.__version__} {dtype}  threads {torch.get_num_threads()}")
     print(f"{'load model':<36} {load_ms:>10.1f} ms")
     with torch.no_grad():
         for b in [int(x) for x in args.batch.split(",")]:
             px = torch.randn(b, 3, size, size)
-            ms = median_ms(lambda: model.get_image_features(pixel_values=px))
+            with autocast():
+                ms = median_ms(lambda: model.get_image_features(pixel_values=px))
             print(f"{'image encoder, batch %d' % b:<36} {ms:>10.1f} ms {ms / b:>10.1f} ms/item")
         ids = tok([f"a photo of a {l}." for l in ["cat", "dog", "car", "tree", "house"]], padding=True, return_tensors="pt")
-        ms = median_ms(lambda: model.get_text_features(**ids))
+        with autocast():
+            ms = median_ms(lambda: model.get_text_features(**ids))
         print(f"{'text encoder, 5 prompts':<36} {ms:>10.1f} ms {ms / 5:>10.1f} ms/item")
 
 

@@ -219,3 +219,38 @@ fn failed_inputs_keep_their_places() {
     let all = embed_all(&clip, &[good, bad], &PipelineOptions::default()).unwrap();
     assert!(all[0].is_ok() && all[1].is_err());
 }
+
+#[test]
+fn half_precision_embeddings_stay_near_f32_and_are_cached_apart() {
+    use clipscope::clip::{ModelFiles, Precision};
+    let files = ModelFiles::from_dir(&fixtures().join("tiny-clip"), "tiny").unwrap();
+    let paths = fixture_images();
+    let decoded: Vec<_> = paths.iter().map(|p| load_image(p).unwrap()).collect();
+    let refs: Vec<_> = decoded.iter().collect();
+    let embed = |p: Precision| {
+        let clip = files.load_with(candle_core::Device::Cpu, p).unwrap();
+        assert_eq!(clip.precision(), p);
+        let images = clip.embed_images(&refs).unwrap();
+        let texts = clip
+            .embed_texts(&["a photo of a cat.".to_string()])
+            .unwrap();
+        (clip, images, texts)
+    };
+    let (f32_clip, want, want_text) = embed(Precision::F32);
+    let cache_root = tempfile::tempdir().unwrap();
+    let key = |c: &Clip| EmbeddingCache::open(cache_root.path(), &files, c).unwrap();
+    for p in [Precision::Bf16, Precision::F16] {
+        let (clip, got, got_text) = embed(p);
+        let pairs = got.iter().zip(&want).chain(got_text.iter().zip(&want_text));
+        for (g, w) in pairs {
+            let cos: f32 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+            assert!(cos > 0.999, "{p}: cosine {cos} against f32");
+        }
+        assert_ne!(got, want, "{p} rounds the weights");
+        assert_ne!(
+            key(&clip).dir(),
+            key(&f32_clip).dir(),
+            "{p} shares f32's cache"
+        );
+    }
+}

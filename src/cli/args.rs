@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clipscope::clip::Precision;
 
 /// Zero-shot image classification with OpenAI's CLIP.
 #[derive(Debug, Parser)]
@@ -199,6 +200,15 @@ pub struct ModelArgs {
     /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Number format of the dense layers: f32 (the reference's), bf16 (about twice as
+    /// fast on CPUs with AVX512-BF16; embeddings within 0.999 cosine of f32), or f16
+    /// (half the weights' memory, not faster on the CPU). See docs/benchmarks.md.
+    #[arg(long, default_value = "f32", value_name = "FORMAT", value_parser = parse_precision)]
+    pub precision: Precision,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse()
 }
 
 /// How labels become prompts.
@@ -279,7 +289,7 @@ pub struct ClassifyArgs {
 
 /// Floats in embedding files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PrecisionArg {
+pub enum NpyDtype {
     /// 32-bit floats, as computed.
     F32,
     /// 16-bit floats: half the size.
@@ -310,9 +320,9 @@ pub struct EmbedArgs {
     /// manifest.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Floats in the .npy files.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32, requires = "output")]
-    pub precision: PrecisionArg,
+    /// Floats in the .npy files. Default: f16 with `--precision f16`, else f32.
+    #[arg(long, value_enum, requires = "output")]
+    pub npy_dtype: Option<NpyDtype>,
     /// Large jobs: input lists, shards, resuming, the cache.
     #[command(flatten)]
     pub job: JobArgs,

@@ -287,6 +287,7 @@ fn demo_eval(
         model: model.model.clone(),
         model_dir: model.model_dir.clone(),
         device: model.device.clone(),
+        precision: model.precision,
     };
     if model.model.is_none() && model.model_dir.is_none() {
         model.model = Some(clipscope::hub::DEMO_MODEL.to_string());

@@ -25,7 +25,7 @@ use clipscope::hub::{self, ModelSource, Registry};
 use clipscope::scale::{self, Precision};
 use clipscope::study::metrics::{answers, NONE_OF_THESE};
 
-use args::{ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, PrecisionArg, PreprocessArgs};
+use args::{ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, NpyDtype, PreprocessArgs};
 use output::{ClassifyReport, EmbedItem, EmbedReport, ImageResult};
 
 /// Exit status when every input succeeded.
@@ -89,9 +89,11 @@ pub fn load_model_and_files(args: &ModelArgs) -> Result<(Clip, ModelFiles)> {
     let started = std::time::Instant::now();
     // A folder is named by the file at fault in the error itself.
     let clip = match &args.model_dir {
-        Some(_) => files.load(device).context("cannot load the model")?,
+        Some(_) => files
+            .load_with(device, args.precision)
+            .context("cannot load the model")?,
         None => files
-            .load(device)
+            .load_with(device, args.precision)
             .with_context(|| format!("cannot load model {}", files.name))?,
     };
     tracing::info!(
@@ -311,9 +313,12 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
     let (clip, files) = load_model_and_files(&args.model)?;
     let opts = jobs::pipeline_options(&args.job, &clip, &files);
     if let Some(out) = &args.output {
-        let precision = match args.precision {
-            PrecisionArg::F32 => Precision::F32,
-            PrecisionArg::F16 => Precision::F16,
+        let precision = match args.npy_dtype {
+            Some(NpyDtype::F32) => Precision::F32,
+            Some(NpyDtype::F16) => Precision::F16,
+            // Before --npy-dtype, `--precision f16` chose f16 files: it still does.
+            None if args.model.precision == clipscope::clip::Precision::F16 => Precision::F16,
+            None => Precision::F32,
         };
         let settings = serde_json::json!({ "precision": precision });
         let job = jobs::Job::new(&clip, paths, shard, settings, args.job.resume, &opts);

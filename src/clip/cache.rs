@@ -19,6 +19,7 @@ use std::time::UNIX_EPOCH;
 use sha2::{Digest, Sha256};
 
 use super::engine::{Clip, Embedding, ModelFiles, WeightsSource};
+use super::model::Precision;
 use super::ClipError;
 
 /// Part of every model key. Change it when a change to clipscope alters the embeddings
@@ -82,7 +83,11 @@ impl EmbeddingCache {
         let config = files.config_json().as_bytes().to_vec();
         let preprocess = serde_json::to_vec(clip.preprocess_config())
             .map_err(|e| ClipError::Config(e.to_string()))?;
-        let device = if clip.device().is_cpu() { "cpu" } else { "gpu" };
+        let mut device = String::from(if clip.device().is_cpu() { "cpu" } else { "gpu" });
+        // bf16 and f16 embeddings differ from f32's; f32's key is as it always was.
+        if clip.precision() != Precision::F32 {
+            device = format!("{device}-{}", clip.precision());
+        }
         let mut h = Sha256::new();
         for part in [
             CACHE_VERSION.as_bytes(),

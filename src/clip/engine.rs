@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use image::DynamicImage;
 
 use super::config::ClipConfig;
-use super::model::{l2_normalize, ClipModel};
+use super::model::{l2_normalize, ClipModel, Precision};
 use super::preprocess::{batch_tensor, PreprocessConfig};
 use super::tokenizer::{id_batch, ClipTokenizer, Tokens};
 use super::train::Params;
@@ -31,6 +31,7 @@ pub struct Clip {
     tokenizer: ClipTokenizer,
     preprocess: PreprocessConfig,
     device: Device,
+    precision: Precision,
     name: String,
     /// Normalised text embeddings by prompt: one edited label costs one encoding.
     text_cache: Mutex<HashMap<String, Embedding>>,
@@ -80,7 +81,7 @@ fn read_text(path: &Path) -> Result<String, ClipError> {
 /// Where a model's weights are.
 #[derive(Clone, Debug)]
 pub enum WeightsSource {
-    /// A safetensors file (memory-mapped when loaded).
+    /// A safetensors file (read tensor by tensor when loaded).
     File(PathBuf),
     /// A safetensors image compiled into the binary (the demo model).
     Static(&'static [u8]),
@@ -89,7 +90,7 @@ pub enum WeightsSource {
 /// The files of one CLIP model (a Hugging Face style folder, or the built-in demo), read
 /// and checked but not yet built into a network: what inference, fine-tuning and the
 /// study all start from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ModelFiles {
     /// The model's name (registry name, `demo`, or the folder).
     pub name: String,
@@ -103,6 +104,20 @@ pub struct ModelFiles {
     tokenizer_json: std::borrow::Cow<'static, [u8]>,
     /// Where `tokenizer_json` came from, for error messages.
     tokenizer_origin: PathBuf,
+}
+
+/// Names and sizes, not the megabytes of JSON and weights (`-vv` prints this).
+impl std::fmt::Debug for ModelFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelFiles")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("preprocess", &self.preprocess)
+            .field("weights", &self.weights_path())
+            .field("weights_bytes", &self.weights_bytes())
+            .field("tokenizer", &self.tokenizer_origin)
+            .finish()
+    }
 }
 
 impl ModelFiles {
@@ -255,25 +270,71 @@ impl ModelFiles {
 
     /// Build the model for inference.
     pub fn load(&self, device: Device) -> Result<Clip, ClipError> {
-        let tokenizer = self.tokenizer()?;
-        let vb = match &self.weights {
-            // SAFETY: the file is memory-mapped read-only; clipscope never writes to model
-            // files while a model is loaded.
-            WeightsSource::File(p) => unsafe {
-                VarBuilder::from_mmaped_safetensors(&[p], DType::F32, &device)
-            },
-            WeightsSource::Static(b) => VarBuilder::from_slice_safetensors(b, DType::F32, &device),
+        self.load_with(device, Precision::F32)
+    }
+
+    /// Build the model for inference with its dense layers in `precision`.
+    pub fn load_with(&self, device: Device, precision: Precision) -> Result<Clip, ClipError> {
+        if precision != Precision::F32 && !device.is_cpu() {
+            return Err(ClipError::Device(format!(
+                "--precision {precision} runs on the CPU only so far; use --precision f32 \
+                 with --device cuda"
+            )));
         }
-        .map_err(self.weights_error())?;
-        let model = ClipModel::load(vb, &self.config).map_err(self.weights_error())?;
+        if precision == Precision::Bf16 && !super::half::cpu_has_bf16() {
+            tracing::warn!(
+                "this CPU has no AVX512-BF16: --precision bf16 halves the weights' memory \
+                 but runs slower than f32"
+            );
+        }
+        if precision == Precision::F16 {
+            tracing::warn!(
+                "--precision f16 halves the weights' memory but runs slower than f32 on the CPU"
+            );
+        }
+        let started = std::time::Instant::now();
+        // Parsing the tokeniser's JSON (about 0.1 s for CLIP's) overlaps reading the
+        // weights, which waits on memory more than on the CPU.
+        let (tokenizer, model) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(|| {
+                let t = self.tokenizer();
+                tracing::debug!("tokenizer read in {:.0?}", started.elapsed());
+                t
+            });
+            let model = self.build(&device, precision);
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (tokenizer, model)
+        });
+        let (tokenizer, model) = (tokenizer?, model?);
+        tracing::debug!("model built in {:.0?}", started.elapsed());
+        // Every batch allocates and frees the same activation buffers; handing them back
+        // to the system each time cost a tenth of an encoder's time in page faults.
+        // After the load, so that the weights' one-off buffers are not kept.
+        crate::util::retain_freed_memory();
         Ok(Clip {
             model,
             tokenizer,
             preprocess: self.preprocess.clone(),
             device,
+            precision,
             name: self.name.clone(),
             text_cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The network for inference, its weights read from the file or the binary.
+    fn build(&self, device: &Device, precision: Precision) -> Result<ClipModel, ClipError> {
+        let vb = match &self.weights {
+            WeightsSource::File(p) => {
+                let file = super::weights::TensorFile::open(p)?;
+                VarBuilder::from_backend(Box::new(file), DType::F32, device.clone())
+            }
+            WeightsSource::Static(b) => VarBuilder::from_slice_safetensors(b, DType::F32, device)
+                .map_err(self.weights_error())?,
+        };
+        ClipModel::load(vb, &self.config, precision).map_err(self.weights_error())
     }
 
     /// Write `config.json`, `tokenizer.json` and `preprocessor_config.json` into `dir`
@@ -313,6 +374,11 @@ impl Clip {
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The dense layers' number format.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The architecture.

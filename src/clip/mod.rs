@@ -5,6 +5,7 @@ pub mod config;
 pub mod demo;
 mod engine;
 pub mod finetune;
+pub mod half;
 pub mod model;
 pub mod ops;
 pub mod pipeline;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 
 pub use cache::EmbeddingCache;
 pub use engine::{parse_device, Clip, Embedding, ModelFiles, WeightsSource, IMAGE_BATCH};
+pub use model::Precision;
 pub use pipeline::{PipelineOptions, PipelineStats};
 pub use preprocess::PreprocessConfig;
 pub use zeroshot::{LabelSet, Prediction, PromptStyle};

@@ -15,15 +15,71 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{Activation, ClipConfig, EncoderConfig, TextConfig, VisionConfig};
+use super::half::{HalfFormat, PackedHalf};
 use super::ops;
 
 type Result<T> = candle_core::Result<T>;
+
+/// The number format of the dense layers at inference (`--precision`): their weights
+/// are rounded to it once, and each product rounds the activations to it and sums in
+/// f32. Everything else (LayerNorm, softmax, attention, activations) stays f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// The reference's arithmetic (the default).
+    #[default]
+    F32,
+    /// bfloat16: fast on CPUs with AVX512-BF16, half the weights' memory.
+    Bf16,
+    /// IEEE half precision: half the weights' memory; no faster on the CPU.
+    F16,
+}
+
+impl Precision {
+    /// Every precision by name, as `--precision` takes them.
+    pub const NAMES: [&'static str; 3] = ["f32", "bf16", "f16"];
+
+    /// The name `--precision` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+
+    fn half(self) -> Option<HalfFormat> {
+        match self {
+            Self::F32 => None,
+            Self::Bf16 => Some(HalfFormat::Bf16),
+            Self::F16 => Some(HalfFormat::F16),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            "f16" | "fp16" => Ok(Self::F16),
+            _ => Err(format!("{s}: expected one of f32, bf16, f16")),
+        }
+    }
+}
 
 /// What a loaded model is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Embedding only: weights packed for speed, fused kernels, no gradients.
-    Inference,
+    Inference(Precision),
     /// Training: weights used as stored (so gradients reach them), ops with backward.
     Training,
 }
@@ -34,13 +90,21 @@ pub enum Mode {
 /// stored `(out, in)` variable for training.
 enum Dense {
     Packed(Tensor),
+    /// 16-bit weights for `--precision bf16|f16` (CPU only).
+    Half(PackedHalf),
     Live(Tensor),
 }
 
 impl Dense {
     fn new(weight: &Tensor, mode: Mode) -> Result<Self> {
         Ok(match mode {
-            Mode::Inference => Self::Packed(transposed(weight)?),
+            Mode::Inference(p) => match (p.half(), cpu_f32(weight)) {
+                (Some(format), Some(values)) => {
+                    let (out, inp) = weight.dims2()?;
+                    Self::Half(PackedHalf::pack(&values?, out, inp, format))
+                }
+                _ => Self::Packed(transposed(weight)?),
+            },
             Mode::Training => Self::Live(weight.clone()),
         })
     }
@@ -49,6 +113,7 @@ impl Dense {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Packed(w_t) => x.matmul(w_t),
+            Self::Half(w) => super::half::matmul(x, w),
             Self::Live(w) => x.matmul(&w.t()?),
         }
     }
@@ -56,6 +121,7 @@ impl Dense {
     fn dims(&self) -> Result<(usize, usize)> {
         match self {
             Self::Packed(w_t) => w_t.dims2(),
+            Self::Half(w) => Ok(w.dims()),
             Self::Live(w) => w.dims2().map(|(out, inp)| (inp, out)),
         }
     }
@@ -90,6 +156,12 @@ impl Linear {
         }
         y.reshape(dims)
     }
+}
+
+/// The values of a contiguous f32 CPU tensor (`None` elsewhere).
+fn cpu_f32(t: &Tensor) -> Option<Result<Vec<f32>>> {
+    let on_cpu = t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+    on_cpu.then(|| t.flatten_all()?.to_vec1::<f32>())
 }
 
 /// The transpose of a 2-D tensor, contiguous. On the CPU a tiled parallel copy: candle's
@@ -152,7 +224,7 @@ impl Norm {
 /// with a backward pass for training (composed ops off the CPU).
 fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
-        Mode::Inference => candle_nn::ops::softmax_last_dim(x),
+        Mode::Inference(_) => candle_nn::ops::softmax_last_dim(x),
         Mode::Training if ops::fusable(x) => ops::softmax_last_dim(x),
         Mode::Training => candle_nn::ops::softmax(x, D::Minus1),
     }
@@ -183,7 +255,7 @@ impl Attention {
             biases.push(vb.get(d, "bias")?);
         }
         let qkv = match mode {
-            Mode::Inference => Qkv::Fused(Linear::new(
+            Mode::Inference(_) => Qkv::Fused(Linear::new(
                 &Tensor::cat(&weights, 0)?,
                 Tensor::cat(&biases, 0)?,
                 mode,
@@ -466,8 +538,8 @@ impl ClipModel {
     }
 
     /// Build the model for inference from weights in Hugging Face `CLIPModel` layout.
-    pub fn load(vb: VarBuilder, config: &ClipConfig) -> Result<Self> {
-        Self::load_for(vb, config, Mode::Inference)
+    pub fn load(vb: VarBuilder, config: &ClipConfig, precision: Precision) -> Result<Self> {
+        Self::load_for(vb, config, Mode::Inference(precision))
     }
 
     /// Build the model for inference or training. For training, `vb` should hand out
