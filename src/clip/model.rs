@@ -311,10 +311,25 @@ impl Attention {
 
     /// `mask` is the causal mask, the only one CLIP uses (the text tower's).
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        if let (Mode::Training, Qkv::Split([q, k, v])) = (self.mode, &self.qkv) {
-            if ops::fusable(x) {
-                let (q, k, v) = (q.forward(x)?, k.forward(x)?, v.forward(x)?);
-                let y = ops::attention(&q, &k, &v, self.heads, self.scale, mask.is_some())?;
+        if ops::fusable(x) {
+            let causal = mask.is_some();
+            let y = match (self.mode, &self.qkv) {
+                (Mode::Training, Qkv::Split([q, k, v])) => {
+                    let (q, k, v) = (q.forward(x)?, k.forward(x)?, v.forward(x)?);
+                    Some(ops::attention(&q, &k, &v, self.heads, self.scale, causal)?)
+                }
+                // The same fused op for inference: one pass per head instead of head
+                // split copies, a scaled copy, two batched products, softmax and a merge.
+                (Mode::Inference(_), Qkv::Fused(qkv)) => {
+                    let d = x.dim(2)?;
+                    let qkv = qkv.forward(x)?;
+                    let part = |i: usize| qkv.narrow(2, i * d, d);
+                    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+                    Some(ops::attention(&q, &k, &v, self.heads, self.scale, causal)?)
+                }
+                _ => None,
+            };
+            if let Some(y) = y {
                 return self.out.forward(&y);
             }
         }
