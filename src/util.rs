@@ -98,6 +98,34 @@ pub fn trim_freed_memory() {
     }
 }
 
+/// The CPU's model name and the vector extensions that matter for speed, for benchmark
+/// headers: "AMD EPYC; avx2 avx512f avx512_bf16".
+pub fn cpu_summary() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let flags = field("flags").unwrap_or_default();
+    let wanted = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_bf16",
+    ];
+    let have: Vec<&str> = wanted
+        .into_iter()
+        .filter(|w| flags.split_whitespace().any(|f| f == *w))
+        .collect();
+    format!("{model}; {}", have.join(" "))
+}
+
 /// A zeroed buffer of `len` floats whose pages the kernel may back with huge pages:
 /// loading a model writes 600 MB of fresh memory, and with 4 KiB pages about a fifth of
 /// the load went to page faults. No-op elsewhere than Linux.

@@ -441,6 +441,7 @@ fn the_worker_skips_requests_superseded_while_it_was_busy() {
         WorkerConfig {
             source: ModelSource::Dir(fixtures().join("tiny-clip")),
             device: "cpu".into(),
+            precision: Default::default(),
             style: PromptStyle::default(),
         },
         tx,
@@ -783,6 +784,7 @@ fn the_worker_loads_another_model_on_its_own_thread_after_a_failure() {
         WorkerConfig {
             source: ModelSource::Dir(missing.clone()),
             device: "cpu".into(),
+            precision: Default::default(),
             style: PromptStyle::default(),
         },
         tx,

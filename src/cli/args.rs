@@ -197,8 +197,9 @@ pub struct ModelArgs {
     /// A Hugging Face style folder: config.json, model.safetensors, tokenizer.json.
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
-    /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
+    /// Compute device: auto (the first GPU in builds with the `cuda` feature when one is
+    /// usable, else the CPU), cpu, or cuda[:N] (builds with the `cuda` feature).
+    #[arg(long, default_value = "auto")]
     pub device: String,
     /// Number format of the dense layers: f32 (the reference's), bf16 (about twice as
     /// fast on CPUs with AVX512-BF16; embeddings within 0.999 cosine of f32), or f16
@@ -408,9 +409,14 @@ pub struct TuiArgs {
     /// A Hugging Face style model folder.
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
-    /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
+    /// Compute device: auto (default: a GPU in builds with the `cuda` feature when one
+    /// is usable, else the CPU), cpu, or cuda[:N].
     #[arg(long)]
     pub device: Option<String>,
+    /// Number format of the dense layers: f32, bf16 (faster on CPUs with AVX512-BF16),
+    /// or f16. See `clipscope classify --help`.
+    #[arg(long, default_value = "f32", value_name = "FORMAT", value_parser = parse_precision)]
+    pub precision: Precision,
     /// Prompt template; `{}` is replaced by the label.
     #[arg(long, conflicts_with = "ensemble")]
     pub template: Option<String>,

@@ -110,14 +110,15 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             w.flush()?;
         }
         Format::Text => {
+            let device = if clip.device().is_cpu() {
+                format!("cpu ({})", clipscope::util::cpu_summary())
+            } else {
+                "cuda".to_string()
+            };
             println!(
-                "model {}  device {}  threads {}",
+                "model {}  device {device}  precision {}  threads {}",
                 clip.name(),
-                if clip.device().is_cpu() {
-                    "cpu"
-                } else {
-                    "cuda"
-                },
+                clip.precision(),
                 candle_core::utils::get_num_threads()
             );
             for r in &rows {

@@ -542,11 +542,20 @@ impl Clip {
 }
 
 /// A compute device from its name: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with
-/// the `cuda` feature).
+/// the `cuda` feature), or `auto`: the first GPU when the build has CUDA and one is
+/// usable, else the CPU (with a warning when a CUDA build finds no GPU).
 pub fn parse_device(spec: &str) -> Result<Device, ClipError> {
     let bad = |why: &str| ClipError::Device(format!("{spec}: {why}"));
     match spec {
         "cpu" => Ok(Device::Cpu),
+        "auto" if !candle_core::utils::cuda_is_available() => Ok(Device::Cpu),
+        "auto" => Device::new_cuda(0).or_else(|e| {
+            tracing::warn!(
+                "no usable GPU ({}); running on the CPU",
+                super::weights::candle_message(&e)
+            );
+            Ok(Device::Cpu)
+        }),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
                 Some(n) => n.parse::<usize>().map_err(|_| bad("bad GPU number"))?,
@@ -558,6 +567,6 @@ pub fn parse_device(spec: &str) -> Result<Device, ClipError> {
                 ))
             })
         }
-        _ => Err(bad("expected cpu or cuda[:N]")),
+        _ => Err(bad("expected auto, cpu or cuda[:N]")),
     }
 }

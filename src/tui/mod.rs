@@ -81,8 +81,10 @@ pub struct TuiOptions {
     pub labels: String,
     /// The model.
     pub source: ModelSource,
-    /// `cpu` or `cuda[:N]`.
+    /// `auto`, `cpu` or `cuda[:N]`.
     pub device: String,
+    /// The dense layers' number format.
+    pub precision: crate::clip::Precision,
     /// How labels become prompts.
     pub style: PromptStyle,
     /// Graphics protocol.
@@ -399,6 +401,7 @@ async fn event_loop(
         WorkerConfig {
             source: opts.source.clone(),
             device: opts.device.clone(),
+            precision: opts.precision,
             style: opts.style.clone(),
         },
         resp_tx,

@@ -140,8 +140,10 @@ pub enum Response {
 pub struct WorkerConfig {
     /// Where the model comes from.
     pub source: ModelSource,
-    /// `cpu` or `cuda[:N]`.
+    /// `auto`, `cpu` or `cuda[:N]`.
     pub device: String,
+    /// The dense layers' number format.
+    pub precision: crate::clip::Precision,
     /// How labels become prompts.
     pub style: PromptStyle,
 }
@@ -186,7 +188,9 @@ fn load(
     .map_err(|e| e.to_string())?;
     let _ = out.send(Response::Progress(format!("loading {}…", files.name)));
     let device = parse_device(&config.device).map_err(|e| e.to_string())?;
-    let clip = files.load(device).map_err(|e| e.to_string())?;
+    let clip = files
+        .load_with(device, config.precision)
+        .map_err(|e| e.to_string())?;
     let device = format!("{:?}", clip.device()).to_lowercase();
     let _ = out.send(Response::ModelReady {
         name: files.name.clone(),

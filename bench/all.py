@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Every workload of docs/benchmarks.md, clipscope beside PyTorch, in one run.
+
+    cargo build --release --bins --examples
+    python3 tests/fixtures/make_fixtures.py --full /tmp/vit-b32
+    python3 bench/all.py /tmp/vit-b32 [--threads 2] [--rounds 3] [--skip folder,train]
+
+Prints the CPU (model and vector extensions), then one table: for each workload the
+median of interleaved rounds of each side (clipscope, then PyTorch, in every round), the
+ratio clipscope / PyTorch (time: below 1 is faster; images per second: above 1 is
+faster) and the issue's target. Workloads:
+
+- the image encoder at batch 1 and 16 and the text encoder on 5 prompts, f32
+  (`clipscope bench` against `bench/bench_torch.py`), and bf16 where the CPU has
+  AVX512-BF16 or AMX (`--precision bf16` against `torch.autocast`);
+- one-shot classification of 10 photos against 10 labels as a whole process (wall time
+  and peak resident memory, the latter against the weights file's size);
+- a folder job's cost per extra image, decoding included (`bench/folder.sh`: clipscope's
+  default pipeline against PyTorch's DataLoader with one worker);
+- a ResNet18 training step at 64 px, batch 32 (`bench/train_steps.sh`'s two programs).
+"""
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+LABELS = "cat,dog,astronaut,rocket,cup of coffee,camera,person,car,tree,house"
+
+
+def cpu():
+    info = open("/proc/cpuinfo").read()
+    model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
+    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split())
+    ext = [f for f in ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"] if f in flags]
+    return (model.group(1) if model else "unknown"), ext
+
+
+def run(cmd, env=None):
+    """Run `cmd`; its stdout, wall seconds and peak resident KiB."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    if status != 0:
+        sys.exit(f"failed ({status}): {' '.join(cmd)}")
+    return out, wall, usage.ru_maxrss
+
+
+def encoder_rows(text):
+    """`clipscope bench` / `bench_torch.py` lines: {workload: ms per item}."""
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"(image encoder, batch \d+|text encoder, 5 prompts)\s+([\d.]+) ms\s+([\d.]+) ms/item", line)
+        if m:
+            rows[m.group(1)] = float(m.group(3)) if "batch 16" in m.group(1) else float(m.group(2))
+    return rows
+
+
+def photos(work, n):
+    from PIL import Image
+
+    src = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
+    ims = [Image.open(os.path.join("tests/fixtures/images", s)).convert("RGB") for s in src]
+    sizes = [(640, 480), (800, 533), (500, 375), (1024, 683)]
+    d = os.path.join(work, f"photos{n}")
+    os.makedirs(d)
+    for i in range(n):
+        ims[i % len(ims)].resize(sizes[i % len(sizes)], Image.BICUBIC).save(f"{d}/photo{i:02d}.jpg", quality=90)
+    return d
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--skip", default="", help="comma-separated: bf16, oneshot, folder, train")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    bin = os.environ.get("CLIPSCOPE_BIN", "target/release/clipscope")
+    step_bin = os.environ.get("CLIPSCOPE_EXAMPLE", "target/release/examples/train_step")
+    t = str(args.threads)
+    env = dict(os.environ, RAYON_NUM_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t)
+    py = args.python
+    model, ext = cpu()
+    torch_version = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True).stdout.strip()
+    print(f"CPU: {model}; {os.cpu_count()} cores; {' '.join(ext)}")
+    print(f"threads {t}; PyTorch {torch_version}; {args.rounds} interleaved rounds, medians; load {os.getloadavg()[0]:.2f}")
+    table = []  # (workload, clipscope, pytorch, ratio, target)
+    med = statistics.median
+
+    precisions = [("f32", [], [])]
+    if "bf16" not in skip and ("avx512_bf16" in ext or "amx_bf16" in ext):
+        precisions.append(("bf16", ["--precision", "bf16"], ["--bf16"]))
+    for name, ours_flags, torch_flags in precisions:
+        ours, theirs = {}, {}
+        for _ in range(args.rounds):
+            out, _, _ = run([bin, "bench", "--model-dir", args.model_dir, "--batch", "1,16", "--iters", "10", *ours_flags], env)
+            for k, v in encoder_rows(out).items():
+                ours.setdefault(k, []).append(v)
+            out, _, _ = run([py, "bench/bench_torch.py", "--model-dir", args.model_dir, "--threads", t, "--iters", "10", *torch_flags], env)
+            for k, v in encoder_rows(out).items():
+                theirs.setdefault(k, []).append(v)
+        target = "<= 0.9" if name == "f32" else "<= 1.0 (AMX)"
+        for k in ours:
+            unit = "ms/image" if "batch 16" in k else "ms"
+            a, b = med(ours[k]), med(theirs[k])
+            label = f"{k} ({name}{', PyTorch autocast' if name == 'bf16' else ''})"
+            table.append((label, f"{a:.1f} {unit}", f"{b:.1f} {unit}", f"{a / b:.2f}", target))
+
+    work = tempfile.mkdtemp()
+    weights = os.path.getsize(os.path.join(args.model_dir, "model.safetensors"))
+    if "oneshot" not in skip:
+        folder = photos(work, 10)
+        ours_cmd = [bin, "classify", folder, "--labels", LABELS, "--model-dir", args.model_dir, "--no-cache"]
+        torch_cmd = [py, "bench/bench_torch.py", "--model-dir", args.model_dir, "--threads", t, "--classify", folder, "--labels", LABELS]
+        run(ours_cmd, env), run(torch_cmd, env)  # warm the page cache
+        walls, rss = {"c": [], "p": []}, {"c": [], "p": []}
+        for _ in range(args.rounds):
+            for side, cmd in (("c", ours_cmd), ("p", torch_cmd)):
+                _, wall, kib = run(cmd, env)
+                walls[side].append(wall)
+                rss[side].append(kib * 1024)
+        a, b = med(walls["c"]), med(walls["p"])
+        table.append(("one-shot classify, 10 photos x 10 labels, whole process", f"{a:.2f} s", f"{b:.2f} s", f"{a / b:.2f}", "<= 0.15"))
+        a, b = med(rss["c"]), med(rss["p"])
+        table.append(("peak memory of that run / weights file", f"{a / 2**20:.0f} MiB ({a / weights:.2f}x)", f"{b / 2**20:.0f} MiB ({b / weights:.2f}x)", f"{a / b:.2f}", "<= 1.3x the file"))
+
+    if "folder" not in skip:
+        out = subprocess.run(["bench/folder.sh", args.model_dir, "16", "48", t, py], capture_output=True, text=True, env=dict(env, RUNS=str(args.rounds))).stdout
+        rows = {}
+        for line in out.splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 5 and cells[3].replace(".", "").replace("-", "").isdigit():
+                rows[cells[0]] = (float(cells[3]), float(cells[4]))
+        a = rows.get("clipscope, decoding overlapped (default)")
+        b = rows.get("PyTorch, DataLoader 1 worker")
+        if a and b:
+            table.append(("folder job, cost per extra image (wall)", f"{a[0]:.1f} ms", f"{b[0]:.1f} ms", f"{a[0] / b[0]:.2f}", "<= 0.8"))
+            table.append(("folder job, CPU time per extra image", f"{a[1]:.1f} ms", f"{b[1]:.1f} ms", f"{a[1] / b[1]:.2f}", ""))
+
+    if "train" not in skip and os.path.exists(step_bin):
+        ours, theirs = [], []
+        pat = re.compile(r"^train step.*?([\d.]+) img/s", re.M)
+        for _ in range(args.rounds):
+            out, _, _ = run([step_bin, "32", "64", "15"], env)
+            ours += [float(x) for x in pat.findall(out)]
+            out, _, _ = run([py, "bench/train_step_torch.py", "32", "64", "15", t], env)
+            theirs += [float(x) for x in pat.findall(out)]
+        if ours and theirs:
+            a, b = med(ours), med(theirs)
+            table.append(("ResNet18 training step, 64 px, batch 32", f"{a:.1f} images/s", f"{b:.1f} images/s", f"{a / b:.2f}", ">= 0.9"))
+
+    print()
+    print("| workload | clipscope | PyTorch | ratio | target |")
+    print("|---|---:|---:|---:|---|")
+    for row in table:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
