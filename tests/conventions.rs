@@ -671,3 +671,48 @@ fn an_unreadable_file_is_named_and_the_batch_goes_on() {
     failed_input(&out, &locked, "ermission denied");
     assert!(String::from_utf8_lossy(&out.stdout).contains("small.png"));
 }
+
+#[test]
+fn every_listed_device_and_precision_works_and_a_wrong_one_is_named() {
+    let rocket = image("rocket.jpg");
+    let probability = |out: &std::process::Output| -> Value {
+        assert_success(out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let base = classify(&[&rocket, "--labels", "rocket,cat", "--format", "json"]);
+    let want = probability(&base);
+    for extra in [
+        ["--device", "auto"],
+        ["--device", "cpu"],
+        ["--precision", "f32"],
+        ["--precision", "bf16"],
+        ["--precision", "f16"],
+    ] {
+        let mut args = vec![
+            rocket.as_str(),
+            "--labels",
+            "rocket,cat",
+            "--format",
+            "json",
+        ];
+        args.extend(extra);
+        let got = probability(&classify(&args));
+        let top = |v: &Value| v["results"][0]["predictions"][0]["label"].clone();
+        assert_eq!(top(&got), top(&want), "{extra:?}");
+    }
+    let err = usage_error(&classify(&[
+        &rocket,
+        "--labels",
+        "a,b",
+        "--precision",
+        "f8",
+    ]));
+    assert!(err.contains("f8: expected one of f32, bf16, f16"), "{err}");
+    let out = classify(&[&rocket, "--labels", "a,b", "--device", "tpu"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("tpu: expected auto, cpu or cuda[:N]"),
+        "{}",
+        stderr_of(&out)
+    );
+}
