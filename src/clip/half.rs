@@ -9,7 +9,7 @@
 //! widens each panel to f32 (correct, half the weights' memory, not faster).
 //! LayerNorm, softmax, attention and activations stay f32.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The 16-bit formats a weight can be stored in.
@@ -101,10 +101,17 @@ impl PackedHalf {
         &self.data[p * self.pairs * NR * 2..][..self.pairs * NR * 2]
     }
 
-    /// `x · W` for `x` of `rows × inputs` (row-major), into `rows × outputs`.
-    pub fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
+    /// `x · W (+ bias)` for `x` of `rows × inputs` (row-major), into `rows × outputs`.
+    /// The bias is where the sums start: no second pass over the output.
+    pub fn matmul(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         assert_eq!(x.len(), rows * self.inputs, "input is rows x inputs");
-        let mut out = vec![0f32; rows * self.outputs];
+        let mut out = match bias {
+            Some(b) => {
+                assert_eq!(b.len(), self.outputs, "one bias per output");
+                b.repeat(rows)
+            }
+            None => vec![0f32; rows * self.outputs],
+        };
         if rows == 0 || self.outputs == 0 {
             return out;
         }
@@ -161,7 +168,8 @@ impl PackedHalf {
         for (p, c) in columns.iter().enumerate() {
             let w = NR.min(n - p * NR);
             for r in 0..rows {
-                out[r * n + p * NR..][..w].copy_from_slice(&c[r * NR..][..w]);
+                let dst = &mut out[r * n + p * NR..][..w];
+                dst.iter_mut().zip(&c[r * NR..]).for_each(|(o, v)| *o += v);
             }
         }
     }
@@ -313,31 +321,43 @@ fn column_mask(cols: usize) -> u16 {
     }
 }
 
-/// `x · W` as a candle op on a contiguous 2-D f32 CPU tensor.
-struct HalfMatmul<'a>(&'a PackedHalf);
+/// `x · W + bias` as a candle op on a contiguous 2-D f32 CPU tensor and the bias.
+struct HalfDense<'a>(&'a PackedHalf);
 
-impl CustomOp1 for HalfMatmul<'_> {
+impl CustomOp2 for HalfDense<'_> {
     fn name(&self) -> &'static str {
-        "half-matmul"
+        "half-dense"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (rows, inputs) = l.shape().dims2()?;
-        if inputs != self.0.inputs {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, inputs) = xl.shape().dims2()?;
+        let (want_in, outputs) = self.0.dims();
+        if inputs != want_in || bl.shape().elem_count() != outputs {
             candle_core::bail!(
-                "half-matmul: {inputs} inputs where the weight has {}",
-                self.0.inputs
+                "half-dense: {inputs} inputs and {} biases for a {want_in} x {outputs} weight",
+                bl.shape().elem_count()
             )
         }
-        let x = crate::cnn::conv::contiguous_f32(s, l)?;
-        let y = self.0.matmul(x, rows);
-        Ok((CpuStorage::F32(y), Shape::from((rows, self.0.outputs))))
+        let x = crate::cnn::conv::contiguous_f32(xs, xl)?;
+        let bias = crate::cnn::conv::contiguous_f32(bs, bl)?;
+        let y = self.0.matmul(x, rows, Some(bias));
+        Ok((CpuStorage::F32(y), Shape::from((rows, outputs))))
     }
 }
 
-/// `x · W` for a 2-D f32 CPU tensor `x` of shape `(rows, inputs)`.
-pub fn matmul(x: &Tensor, w: &PackedHalf) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&HalfMatmul(w))
+/// `x · W (+ bias)` for a 2-D f32 CPU tensor `x` of shape `(rows, inputs)`.
+pub fn dense(x: &Tensor, w: &PackedHalf, bias: Option<&Tensor>) -> Result<Tensor> {
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(w.outputs, candle_core::DType::F32, x.device())?,
+    };
+    x.contiguous()?.apply_op2_no_bwd(&bias, &HalfDense(w))
 }
 
 #[cfg(test)]
@@ -385,10 +405,17 @@ mod tests {
                 let packed = PackedHalf::pack(&w, n, k, f);
                 // The product of the rounded operands: what both paths must reproduce.
                 let want = product(&x, &w, rows, k, n, |v| f64::from(f.widen(f.round(v))));
-                let mut portable = vec![0f32; rows * n];
+                // Sums start from the bias.
+                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25).collect();
+                let want: Vec<f32> = want
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + bias[i % n])
+                    .collect();
+                let mut portable = bias.repeat(rows);
                 packed.matmul_portable(&x, rows, &mut portable);
                 for (got, name) in [
-                    (packed.matmul(&x, rows), "dispatched"),
+                    (packed.matmul(&x, rows, Some(&bias)), "dispatched"),
                     (portable, "portable"),
                 ] {
                     for (g, w) in got.iter().zip(&want) {
@@ -406,7 +433,7 @@ mod tests {
     fn bf16_products_stay_close_to_f32() {
         let (rows, k, n) = (8, 512, 64);
         let (x, w) = (values(rows * k, 3), values(n * k, 4));
-        let got = PackedHalf::pack(&w, n, k, HalfFormat::Bf16).matmul(&x, rows);
+        let got = PackedHalf::pack(&w, n, k, HalfFormat::Bf16).matmul(&x, rows, None);
         let exact = product(&x, &w, rows, k, n, f64::from);
         let err = got
             .iter()

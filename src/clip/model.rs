@@ -113,7 +113,7 @@ impl Dense {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Packed(w_t) => x.matmul(w_t),
-            Self::Half(w) => super::half::matmul(x, w),
+            Self::Half(w) => super::half::dense(x, w, None),
             Self::Live(w) => x.matmul(&w.t()?),
         }
     }
@@ -149,6 +149,7 @@ impl Linear {
         let x = x.reshape((rows, inp))?;
         let y = match &self.weight {
             Dense::Live(w) if ops::fusable(&x) => ops::dense(&x, w, &self.bias)?,
+            Dense::Half(w) => super::half::dense(&x, w, Some(&self.bias))?,
             weight => weight.apply(&x)?.broadcast_add(&self.bias)?,
         };
         if let Some(last) = dims.last_mut() {
