@@ -133,7 +133,7 @@ def main():
         table.append(("peak memory of that run / weights file", f"{a / 2**20:.0f} MiB ({a / weights:.2f}x)", f"{b / 2**20:.0f} MiB ({b / weights:.2f}x)", f"{a / b:.2f}", "<= 1.3x the file"))
 
     if "folder" not in skip:
-        out = subprocess.run(["bench/folder.sh", args.model_dir, "16", "48", t, py], capture_output=True, text=True, env=dict(env, RUNS=str(args.rounds))).stdout
+        out = subprocess.run(["bench/folder.sh", args.model_dir, "16", "80", t, py], capture_output=True, text=True, env=dict(env, RUNS=str(args.rounds))).stdout
         rows = {}
         for line in out.splitlines():
             cells = [c.strip() for c in line.strip("|").split("|")]
