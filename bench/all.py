@@ -75,11 +75,11 @@ def photos(work, n):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model_dir")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--python", default=sys.executable)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model_dir", help="a Hugging Face CLIP folder (tests/fixtures/make_fixtures.py --full DIR)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both sides (default: all cores)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per workload; medians are reported")
+    ap.add_argument("--python", default=sys.executable, help="a Python with torch, torchvision, transformers, pillow")
     ap.add_argument("--skip", default="", help="comma-separated: bf16, oneshot, folder, train")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))

@@ -308,7 +308,16 @@ fn resuming_or_merging_another_jobs_output_is_refused() {
         .arg(&out);
     let err = usage_error(&run(other_labels));
     assert!(
-        err.contains("another job's output") && err.contains("settings"),
+        err.contains("another job's output") && err.contains("the setting labels differs"),
+        "{err}"
+    );
+
+    // Nor are embeddings of another precision mixed in.
+    let mut other_precision = job.classify(&["--shard", "0/2", "--resume", "--precision", "bf16"]);
+    other_precision.arg("--output").arg(&out);
+    let err = usage_error(&run(other_precision));
+    assert!(
+        err.contains(r#"the setting model_precision differs ("unset" against "bf16")"#),
         "{err}"
     );
 

@@ -201,15 +201,19 @@ pub struct ModelArgs {
     /// usable, else the CPU), cpu, or cuda[:N] (builds with the `cuda` feature).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Number format of the dense layers: f32 (the reference's), bf16 (about twice as
-    /// fast on CPUs with AVX512-BF16; embeddings within 0.999 cosine of f32), or f16
-    /// (half the weights' memory, not faster on the CPU). See docs/benchmarks.md.
-    #[arg(long, default_value = "f32", value_name = "FORMAT", value_parser = parse_precision)]
+    /// Number format of the dense layers (CPU only so far): f32 (the reference's), bf16
+    /// (about twice as fast on CPUs with AVX512-BF16, slower on others; embeddings
+    /// measured within 0.9999 cosine of f32), or f16 (half the weights' memory, slower).
+    #[arg(long, default_value = "f32", value_name = "FORMAT", ignore_case = true, value_parser = precision_parser())]
     pub precision: Precision,
 }
 
-fn parse_precision(s: &str) -> Result<Precision, String> {
-    s.parse()
+/// `--precision`'s values, listed for the help and shell completions.
+fn precision_parser() -> impl clap::builder::TypedValueParser<Value = Precision> {
+    use clap::builder::TypedValueParser;
+    // Only the listed names reach the map, and each parses.
+    clap::builder::PossibleValuesParser::new(Precision::NAMES)
+        .map(|s| s.parse::<Precision>().unwrap_or_default())
 }
 
 /// How labels become prompts.
@@ -409,13 +413,14 @@ pub struct TuiArgs {
     /// A Hugging Face style model folder.
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
-    /// Compute device: auto (default: a GPU in builds with the `cuda` feature when one
-    /// is usable, else the CPU), cpu, or cuda[:N].
+    /// Compute device: auto (the first GPU in builds with the `cuda` feature when one is
+    /// usable, else the CPU), cpu, or cuda[:N] (builds with the `cuda` feature). Default:
+    /// auto.
     #[arg(long)]
     pub device: Option<String>,
-    /// Number format of the dense layers: f32, bf16 (faster on CPUs with AVX512-BF16),
-    /// or f16. See `clipscope classify --help`.
-    #[arg(long, default_value = "f32", value_name = "FORMAT", value_parser = parse_precision)]
+    /// Number format of the dense layers (CPU only so far): f32 (the reference's), bf16
+    /// (about twice as fast on CPUs with AVX512-BF16, slower on others), or f16 (slower).
+    #[arg(long, default_value = "f32", value_name = "FORMAT", ignore_case = true, value_parser = precision_parser())]
     pub precision: Precision,
     /// Prompt template; `{}` is replaced by the label.
     #[arg(long, conflicts_with = "ensemble")]

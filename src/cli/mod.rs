@@ -104,6 +104,14 @@ pub fn load_model_and_files(args: &ModelArgs) -> Result<(Clip, ModelFiles)> {
     Ok((clip, files))
 }
 
+/// Record the model's `--precision` in a job's settings, so that resuming or merging
+/// refuses to mix precisions. Only when not f32: f32 jobs' manifests stay as they were.
+fn with_model_precision(settings: &mut serde_json::Value, clip: &Clip) {
+    if clip.precision() != clipscope::clip::Precision::F32 {
+        settings["model_precision"] = clip.precision().as_str().into();
+    }
+}
+
 /// The files of the model named by `--model` / `--model-dir`, downloaded if needed.
 pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
     hub::resolve_files(&model_source(args), &mut log::download_progress())
@@ -256,22 +264,29 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
         abstain: args.abstain,
     };
     if let Some(out) = &args.output {
-        let settings = serde_json::json!({
+        let mut settings = serde_json::json!({
             "labels": labels,
             "prompts": style.describe(),
             "top_k": args.top_k,
             "abstain": args.abstain,
         });
+        with_model_precision(&mut settings, &clip);
         let job = jobs::Job::new(&clip, paths, shard, settings, args.job.resume, &opts);
         return job.classify_to_file(&classifier, out);
     }
     let (items, names) = jobs::expand(&paths, shard);
     let names = stdin_named(names, stdin.as_ref());
     tracing::info!(
-        "classifying {} input(s) against {} labels with {}",
+        "classifying {} input(s) against {} labels with {} ({}, {})",
         items.len(),
         labels.len(),
-        clip.name()
+        clip.name(),
+        if clip.device().is_cpu() {
+            "cpu"
+        } else {
+            "cuda"
+        },
+        clip.precision()
     );
     let started = std::time::Instant::now();
     let mut results = Vec::with_capacity(items.len());
@@ -320,7 +335,8 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
             None if args.model.precision == clipscope::clip::Precision::F16 => Precision::F16,
             None => Precision::F32,
         };
-        let settings = serde_json::json!({ "precision": precision });
+        let mut settings = serde_json::json!({ "precision": precision });
+        with_model_precision(&mut settings, &clip);
         let job = jobs::Job::new(&clip, paths, shard, settings, args.job.resume, &opts);
         return job.embed_to_dir(out, precision);
     }
@@ -479,6 +495,9 @@ fn tui(args: args::TuiArgs) -> Result<u8> {
         P::Iterm2 => ImageProtocol::Iterm2,
         P::Halfblocks => ImageProtocol::Halfblocks,
     };
+    // A wrong --device is said here, on one line, not in the app's status bar.
+    let device = args.device.unwrap_or_else(|| "auto".into());
+    clipscope::clip::parse_device(&device)?;
     let source = match args.model_dir {
         Some(dir) => ModelSource::Dir(dir),
         None => ModelSource::Named(args.model),
@@ -489,7 +508,7 @@ fn tui(args: args::TuiArgs) -> Result<u8> {
         labels: start.labels.unwrap_or(args.labels),
         source: start.source,
         notice: start.notice,
-        device: args.device.unwrap_or_else(|| "auto".into()),
+        device,
         precision: args.precision,
         style,
         protocol,

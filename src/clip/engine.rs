@@ -277,8 +277,8 @@ impl ModelFiles {
     pub fn load_with(&self, device: Device, precision: Precision) -> Result<Clip, ClipError> {
         if precision != Precision::F32 && !device.is_cpu() {
             return Err(ClipError::Device(format!(
-                "--precision {precision} runs on the CPU only so far; use --precision f32 \
-                 with --device cuda"
+                "cuda: --precision {precision} runs on the CPU only so far; add \
+                 --device cpu, or use --precision f32 on the GPU"
             )));
         }
         if precision == Precision::Bf16 && !super::half::cpu_has_bf16() {
@@ -558,12 +558,21 @@ pub fn parse_device(spec: &str) -> Result<Device, ClipError> {
         }),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().map_err(|_| bad("bad GPU number"))?,
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| bad("expected cuda:N with N a GPU number, e.g. cuda:0"))?,
                 None => 0,
             };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(bad(
+                    "this clipscope was built without CUDA: use --device cpu (or auto), or \
+                     build it with deploy/cuda-build.sh (see the README)",
+                ));
+            }
             Device::new_cuda(ordinal).map_err(|e| {
                 bad(&format!(
-                    "CUDA unavailable ({e}); build with --features cuda"
+                    "no usable GPU ({}): use --device cpu (or auto)",
+                    super::weights::candle_message(&e)
                 ))
             })
         }

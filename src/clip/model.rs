@@ -70,7 +70,7 @@ impl std::str::FromStr for Precision {
             "f32" | "fp32" => Ok(Self::F32),
             "bf16" => Ok(Self::Bf16),
             "f16" | "fp16" => Ok(Self::F16),
-            _ => Err(format!("{s}: expected one of f32, bf16, f16")),
+            _ => Err("expected f32, bf16 or f16".into()),
         }
     }
 }

@@ -98,7 +98,7 @@ impl Manifest {
         } else if self.model != other.model {
             differs("the model", &self.model, &other.model)
         } else if self.settings != other.settings {
-            differs("the settings", &self.settings, &other.settings)
+            Some(settings_difference(&self.settings, &other.settings))
         } else if self.list_hash != other.list_hash || self.list_len != other.list_len {
             Some(format!(
                 "the input list differs ({} inputs, digest {}, against {} inputs, digest {})",
@@ -118,6 +118,24 @@ impl Manifest {
             count: self.shards,
         }
     }
+}
+
+/// The first setting two jobs disagree on, named with both values as JSON.
+fn settings_difference(a: &serde_json::Value, b: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let (Value::Object(a), Value::Object(b)) = (a, b) else {
+        return format!("the settings differ ({a} against {b})");
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    let unset = Value::String("unset".into());
+    keys.into_iter()
+        .find(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let (x, y) = (a.get(k).unwrap_or(&unset), b.get(k).unwrap_or(&unset));
+            format!("the setting {k} differs ({x} against {y})")
+        })
+        .unwrap_or_else(|| "the settings differ".into())
 }
 
 #[cfg(test)]
