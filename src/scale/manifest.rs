@@ -165,7 +165,10 @@ mod tests {
         other.complete = true;
         assert_eq!(m.job_difference(&other), None);
         other.settings = serde_json::json!({"labels": ["dog"]});
-        assert!(m.job_difference(&other).unwrap().contains("settings"));
+        assert_eq!(
+            m.job_difference(&other).unwrap(),
+            r#"the setting labels differs (["cat"] against ["dog"])"#
+        );
         std::fs::write(&path, b"{").unwrap();
         assert!(Manifest::read(&path)
             .unwrap_err()
