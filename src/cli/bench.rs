@@ -110,11 +110,10 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             w.flush()?;
         }
         Format::Text => {
-            let device = if clip.device().is_cpu() {
-                format!("cpu ({})", clipscope::util::cpu_summary())
-            } else {
-                "cuda".to_string()
-            };
+            let mut device = clip.device_name().to_string();
+            if clip.device().is_cpu() {
+                device += &format!(" ({})", clipscope::util::cpu_summary());
+            }
             println!(
                 "model {}  device {device}  precision {}  threads {}",
                 clip.name(),

@@ -281,11 +281,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
         items.len(),
         labels.len(),
         clip.name(),
-        if clip.device().is_cpu() {
-            "cpu"
-        } else {
-            "cuda"
-        },
+        clip.device_name(),
         clip.precision()
     );
     let started = std::time::Instant::now();

@@ -376,6 +376,15 @@ impl Clip {
         &self.device
     }
 
+    /// `cpu` or `cuda`, for messages and benchmark headers.
+    pub fn device_name(&self) -> &'static str {
+        if self.device.is_cpu() {
+            "cpu"
+        } else {
+            "cuda"
+        }
+    }
+
     /// The dense layers' number format.
     pub fn precision(&self) -> Precision {
         self.precision

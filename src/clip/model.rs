@@ -66,12 +66,10 @@ impl std::str::FromStr for Precision {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "fp32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            "f16" | "fp16" => Ok(Self::F16),
-            _ => Err("expected f32, bf16 or f16".into()),
-        }
+        [Self::F32, Self::Bf16, Self::F16]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| "expected f32, bf16 or f16".into())
     }
 }
 
@@ -98,13 +96,19 @@ enum Dense {
 impl Dense {
     fn new(weight: &Tensor, mode: Mode) -> Result<Self> {
         Ok(match mode {
-            Mode::Inference(p) => match (p.half(), cpu_f32(weight)) {
-                (Some(format), Some(values)) => {
-                    let (out, inp) = weight.dims2()?;
-                    Self::Half(PackedHalf::pack(&values?, out, inp, format))
+            Mode::Inference(p) => {
+                let (out, inp) = weight.dims2()?;
+                let half = match p.half() {
+                    Some(format) => {
+                        with_cpu_values(weight, |v| PackedHalf::pack(v, out, inp, format))?
+                    }
+                    None => None,
+                };
+                match half {
+                    Some(packed) => Self::Half(packed),
+                    None => Self::Packed(transposed(weight)?),
                 }
-                _ => Self::Packed(transposed(weight)?),
-            },
+            }
             Mode::Training => Self::Live(weight.clone()),
         })
     }
@@ -159,29 +163,27 @@ impl Linear {
     }
 }
 
-/// The values of a contiguous f32 CPU tensor (`None` elsewhere).
-fn cpu_f32(t: &Tensor) -> Option<Result<Vec<f32>>> {
-    let on_cpu = t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
-    on_cpu.then(|| t.flatten_all()?.to_vec1::<f32>())
+/// `f` on the values of a contiguous f32 CPU tensor, borrowed; `None` for any other
+/// tensor (off the CPU, another dtype, a strided view).
+fn with_cpu_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 || !t.is_contiguous() {
+        return Ok(None);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    Ok(Some(f(crate::cnn::conv::contiguous_f32(cpu, layout)?)))
 }
 
 /// The transpose of a 2-D tensor, contiguous. On the CPU a tiled parallel copy: candle's
 /// strided copy took a third of a one-shot `classify` at load time.
 fn transposed(t: &Tensor) -> Result<Tensor> {
     let (rows, cols) = t.dims2()?;
-    if !t.device().is_cpu() || t.dtype() != DType::F32 || !t.is_contiguous() {
-        return t.t()?.contiguous();
+    match with_cpu_values(t, |v| crate::util::transpose(v, rows, cols))? {
+        Some(values) => Tensor::from_vec(values, (cols, rows), t.device()),
+        None => t.t()?.contiguous(),
     }
-    let data = t.flatten_all()?;
-    let (storage, layout) = data.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return t.t()?.contiguous();
-    };
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("weight not contiguous".into()))?;
-    let values = crate::util::transpose(&cpu.as_slice::<f32>()?[start..end], rows, cols);
-    Tensor::from_vec(values, (cols, rows), t.device())
 }
 
 fn linear(vb: &VarBuilder, inp: usize, out: usize, mode: Mode) -> Result<Linear> {
