@@ -9,7 +9,6 @@
 //! widens each panel to f32 (correct, half the weights' memory, not faster).
 //! LayerNorm, softmax, attention and activations stay f32.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The 16-bit formats a weight can be stored in.
@@ -104,7 +103,6 @@ impl PackedHalf {
     /// `x · W (+ bias)` for `x` of `rows × inputs` (row-major), into `rows × outputs`.
     /// The bias is where the sums start: no second pass over the output.
     pub fn matmul(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        assert_eq!(x.len(), rows * self.inputs, "input is rows x inputs");
         let mut out = match bias {
             Some(b) => {
                 assert_eq!(b.len(), self.outputs, "one bias per output");
@@ -112,17 +110,25 @@ impl PackedHalf {
             }
             None => vec![0f32; rows * self.outputs],
         };
+        self.matmul_onto(x, rows, &mut out);
+        out
+    }
+
+    /// `out += x · W`, `out` the row-major `rows x outputs` starting values (a bias,
+    /// a residual).
+    pub fn matmul_onto(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), rows * self.inputs, "input is rows x inputs");
+        assert_eq!(out.len(), rows * self.outputs, "output is rows x outputs");
         if rows == 0 || self.outputs == 0 {
-            return out;
+            return;
         }
         #[cfg(target_arch = "x86_64")]
         if self.format == HalfFormat::Bf16 && cpu_has_bf16() {
             // SAFETY: the CPU has AVX512F and AVX512-BF16 (checked just above).
-            unsafe { self.matmul_bf16_avx512(x, rows, &mut out) };
-            return out;
+            unsafe { self.matmul_bf16_avx512(x, rows, out) };
+            return;
         }
-        self.matmul_portable(x, rows, &mut out);
-        out
+        self.matmul_portable(x, rows, out);
     }
 
     /// Widen each panel chunk to f32 and multiply by activations rounded to the format.
@@ -319,45 +325,6 @@ fn column_mask(cols: usize) -> u16 {
     } else {
         (1u16 << cols) - 1
     }
-}
-
-/// `x · W + bias` as a candle op on a contiguous 2-D f32 CPU tensor and the bias.
-struct HalfDense<'a>(&'a PackedHalf);
-
-impl CustomOp2 for HalfDense<'_> {
-    fn name(&self) -> &'static str {
-        "half-dense"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (rows, inputs) = xl.shape().dims2()?;
-        let (want_in, outputs) = self.0.dims();
-        if inputs != want_in || bl.shape().elem_count() != outputs {
-            candle_core::bail!(
-                "half-dense: {inputs} inputs and {} biases for a {want_in} x {outputs} weight",
-                bl.shape().elem_count()
-            )
-        }
-        let x = crate::cnn::conv::contiguous_f32(xs, xl)?;
-        let bias = crate::cnn::conv::contiguous_f32(bs, bl)?;
-        let y = self.0.matmul(x, rows, Some(bias));
-        Ok((CpuStorage::F32(y), Shape::from((rows, outputs))))
-    }
-}
-
-/// `x · W (+ bias)` for a 2-D f32 CPU tensor `x` of shape `(rows, inputs)`.
-pub fn dense(x: &Tensor, w: &PackedHalf, bias: Option<&Tensor>) -> Result<Tensor> {
-    let bias = match bias {
-        Some(b) => b.contiguous()?,
-        None => Tensor::zeros(w.outputs, candle_core::DType::F32, x.device())?,
-    };
-    x.contiguous()?.apply_op2_no_bwd(&bias, &HalfDense(w))
 }
 
 #[cfg(test)]

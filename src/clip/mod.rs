@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod dense;
 mod engine;
 pub mod finetune;
 pub mod half;

@@ -15,7 +15,8 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{Activation, ClipConfig, EncoderConfig, TextConfig, VisionConfig};
-use super::half::{HalfFormat, PackedHalf};
+use super::dense::CpuDense;
+use super::half::HalfFormat;
 use super::ops;
 
 type Result<T> = candle_core::Result<T>;
@@ -82,50 +83,51 @@ pub enum Mode {
     Training,
 }
 
-/// A dense weight: packed as `(in, out)` and contiguous for inference (gemm is up to
-/// four times faster on a row-major right-hand side than on the transposed view that
-/// `candle_nn::Linear` multiplies by, with few rows as for one image or prompt), or the
-/// stored `(out, in)` variable for training.
+/// A dense weight: prepared once for inference on the CPU ([`CpuDense`], which also
+/// holds the bias), transposed to `(in, out)` for inference elsewhere (gemm-style
+/// kernels read a row-major right-hand side fastest), or the stored `(out, in)` variable
+/// for training.
 enum Dense {
+    Cpu(CpuDense),
     Packed(Tensor),
-    /// 16-bit weights for `--precision bf16|f16` (CPU only).
-    Half(PackedHalf),
     Live(Tensor),
 }
 
 impl Dense {
-    fn new(weight: &Tensor, mode: Mode) -> Result<Self> {
-        Ok(match mode {
-            Mode::Inference(p) => {
-                let (out, inp) = weight.dims2()?;
-                let half = match p.half() {
-                    Some(format) => {
-                        with_cpu_values(weight, |v| PackedHalf::pack(v, out, inp, format))?
-                    }
-                    None => None,
-                };
-                match half {
-                    Some(packed) => Self::Half(packed),
-                    None => Self::Packed(transposed(weight)?),
-                }
-            }
-            Mode::Training => Self::Live(weight.clone()),
+    /// `bias` is folded into a CPU inference layer; the other kinds leave it to
+    /// [`Linear`].
+    fn new(weight: &Tensor, bias: Option<&Tensor>, mode: Mode) -> Result<Self> {
+        let precision = match mode {
+            Mode::Inference(p) => p,
+            Mode::Training => return Ok(Self::Live(weight.clone())),
+        };
+        let (out, inp) = weight.dims2()?;
+        let bias = match bias {
+            Some(b) => with_cpu_values(b, <[f32]>::to_vec)?,
+            None => None,
+        };
+        let cpu = with_cpu_values(weight, |w| {
+            CpuDense::new(w, out, inp, bias, precision.half())
+        })?;
+        Ok(match cpu {
+            Some(dense) => Self::Cpu(dense),
+            None => Self::Packed(weight.t()?.contiguous()?),
         })
     }
 
-    /// `x · Wᵀ` for a 2-D `x` of shape `(rows, in)`.
+    /// `x · Wᵀ` for a 2-D `x` of shape `(rows, in)` (for a layer built without a bias).
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
+            Self::Cpu(d) => d.forward(x, None),
             Self::Packed(w_t) => x.matmul(w_t),
-            Self::Half(w) => super::half::dense(x, w, None),
             Self::Live(w) => x.matmul(&w.t()?),
         }
     }
 
     fn dims(&self) -> Result<(usize, usize)> {
         match self {
+            Self::Cpu(d) => Ok(d.dims()),
             Self::Packed(w_t) => w_t.dims2(),
-            Self::Half(w) => Ok(w.dims()),
             Self::Live(w) => w.dims2().map(|(out, inp)| (inp, out)),
         }
     }
@@ -141,25 +143,37 @@ impl Linear {
     /// From a PyTorch-layout weight `(out, in)` and bias `(out)`.
     fn new(weight: &Tensor, bias: Tensor, mode: Mode) -> Result<Self> {
         Ok(Self {
-            weight: Dense::new(weight, mode)?,
+            weight: Dense::new(weight, Some(&bias), mode)?,
             bias,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_onto(x, None)
+    }
+
+    /// `residual + x · Wᵀ + b`: on the CPU at inference one product onto the bias and
+    /// the residual.
+    fn forward_onto(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let (inp, out) = self.weight.dims()?;
         let mut dims = x.dims().to_vec();
         let rows = x.elem_count() / inp.max(1);
         let x = x.reshape((rows, inp))?;
-        let y = match &self.weight {
-            Dense::Live(w) if ops::fusable(&x) => ops::dense(&x, w, &self.bias)?,
-            Dense::Half(w) => super::half::dense(&x, w, Some(&self.bias))?,
-            weight => weight.apply(&x)?.broadcast_add(&self.bias)?,
-        };
         if let Some(last) = dims.last_mut() {
             *last = out;
         }
-        y.reshape(dims)
+        if let Dense::Cpu(d) = &self.weight {
+            return d.forward(&x, residual)?.reshape(dims);
+        }
+        let y = match &self.weight {
+            Dense::Live(w) if ops::fusable(&x) => ops::dense(&x, w, &self.bias)?,
+            weight => weight.apply(&x)?.broadcast_add(&self.bias)?,
+        };
+        let y = y.reshape(dims)?;
+        match residual {
+            Some(r) => r + y,
+            None => Ok(y),
+        }
     }
 }
 
@@ -174,16 +188,6 @@ fn with_cpu_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<
         return Ok(None);
     };
     Ok(Some(f(crate::cnn::conv::contiguous_f32(cpu, layout)?)))
-}
-
-/// The transpose of a 2-D tensor, contiguous. On the CPU a tiled parallel copy: candle's
-/// strided copy took a third of a one-shot `classify` at load time.
-fn transposed(t: &Tensor) -> Result<Tensor> {
-    let (rows, cols) = t.dims2()?;
-    match with_cpu_values(t, |v| crate::util::transpose(v, rows, cols))? {
-        Some(values) => Tensor::from_vec(values, (cols, rows), t.device()),
-        None => t.t()?.contiguous(),
-    }
 }
 
 fn linear(vb: &VarBuilder, inp: usize, out: usize, mode: Mode) -> Result<Linear> {
@@ -237,7 +241,7 @@ fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
 /// training, where each weight must stay its own variable.
 enum Qkv {
     Fused(Linear),
-    Split([Linear; 3]),
+    Split(Box<[Linear; 3]>),
 }
 
 struct Attention {
@@ -268,11 +272,11 @@ impl Attention {
                     .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
                 let [bq, bk, bv] = <[Tensor; 3]>::try_from(biases)
                     .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
-                Qkv::Split([
+                Qkv::Split(Box::new([
                     Linear::new(&wq, bq, mode)?,
                     Linear::new(&wk, bk, mode)?,
                     Linear::new(&wv, bv, mode)?,
-                ])
+                ]))
             }
         };
         Ok(Self {
@@ -312,12 +316,14 @@ impl Attention {
         }
     }
 
-    /// `mask` is the causal mask, the only one CLIP uses (the text tower's).
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `residual + attention(x)`. `mask` is the causal mask, the only one CLIP uses (the
+    /// text tower's).
+    fn forward_onto(&self, x: &Tensor, mask: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
         if ops::fusable(x) {
             let causal = mask.is_some();
             let y = match (self.mode, &self.qkv) {
-                (Mode::Training, Qkv::Split([q, k, v])) => {
+                (Mode::Training, Qkv::Split(parts)) => {
+                    let [q, k, v] = &**parts;
                     let (q, k, v) = (q.forward(x)?, k.forward(x)?, v.forward(x)?);
                     Some(ops::attention(&q, &k, &v, self.heads, self.scale, causal)?)
                 }
@@ -333,7 +339,7 @@ impl Attention {
                 _ => None,
             };
             if let Some(y) = y {
-                return self.out.forward(&y);
+                return self.out.forward_onto(&y, Some(residual));
             }
         }
         let (b, l, d) = x.dims3()?;
@@ -345,7 +351,7 @@ impl Attention {
         }
         let att = softmax_last(&att, self.mode)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
-        self.out.forward(&y)
+        self.out.forward_onto(&y, Some(residual))
     }
 }
 
@@ -373,7 +379,7 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+        let x = self.attn.forward_onto(&self.ln1.forward(x)?, mask, x)?;
         let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
         let h = match self.act {
             // One fused pass (with a backward pass) instead of three ops on the widest
@@ -382,7 +388,7 @@ impl Block {
             Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
             Activation::Gelu => h.gelu_erf()?,
         };
-        x + self.fc2.forward(&h)?
+        self.fc2.forward_onto(&h, Some(&x))
     }
 }
 
@@ -431,7 +437,7 @@ impl VisionTower {
             .get((d, c.num_channels, p, p), "patch_embedding.weight")?
             .reshape((d, c.num_channels * p * p))?;
         Ok(Self {
-            patch_embedding: Dense::new(&conv_w, mode)?,
+            patch_embedding: Dense::new(&conv_w, None, mode)?,
             patch_size: p,
             class_embedding: emb.get(d, "class_embedding")?,
             position_embedding: emb.get((c.num_positions(), d), "position_embedding.weight")?,
@@ -565,7 +571,7 @@ impl ClipModel {
     pub fn load_for(vb: VarBuilder, config: &ClipConfig, mode: Mode) -> Result<Self> {
         let p = config.projection_dim;
         let projection = |name: &str, hidden: usize| -> Result<Dense> {
-            Dense::new(&vb.get((p, hidden), name)?, mode)
+            Dense::new(&vb.get((p, hidden), name)?, None, mode)
         };
         let logit_scale = vb.get((), "logit_scale")?.to_dtype(DType::F32)?;
         Ok(Self {

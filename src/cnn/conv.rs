@@ -143,7 +143,7 @@ fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
 /// A vector of `len` floats, every one of which `fill` must write: large unfolded
 /// matrices and products skip zeroing memory that is overwritten at once (a pass over
 /// hundreds of MB per training step at 128 px).
-fn uninit_filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(crate) fn uninit_filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     filled(scratch::uninit(Vec::with_capacity(len), len), fill)
 }
 
