@@ -345,6 +345,25 @@ fn every_format_the_help_lists_does_what_it_says() {
         "{csv}"
     );
 
+    // JSON names where and how it ran, so saved results can be compared across machines.
+    let out = clipscope()
+        .args(["bench", "--iters", "1", "--batch", "1", "--format", "json"])
+        .args(["--precision", "bf16", "--model-dir", &tiny()])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["device"], "cpu", "{json}");
+    assert_eq!(json["precision"], "bf16", "{json}");
+    assert!(
+        json["cpu"].as_str().is_some_and(|c| !c.is_empty()),
+        "{json}"
+    );
+    assert!(
+        json["rows"].as_array().is_some_and(|r| !r.is_empty()),
+        "{json}"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     for (name, magic) in [
         ("seen.jpg", &b"\xff\xd8\xff"[..]),

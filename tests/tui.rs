@@ -431,21 +431,27 @@ fn the_train_pane_runs_a_training_and_shows_its_progress() {
     quit(&mut pty);
 }
 
+/// A model worker on the tiny fixture CLIP, on the CPU at `precision`, and its replies.
+fn tiny_worker(
+    precision: clipscope::clip::Precision,
+) -> (
+    std::sync::mpsc::Sender<Request>,
+    tokio::sync::mpsc::UnboundedReceiver<Response>,
+) {
+    use clipscope::tui::worker::{spawn, WorkerConfig};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = WorkerConfig {
+        source: clipscope::hub::ModelSource::Dir(fixtures().join("tiny-clip")),
+        device: "cpu".into(),
+        precision,
+        style: clipscope::clip::PromptStyle::default(),
+    };
+    (spawn(config, tx), rx)
+}
+
 #[test]
 fn the_worker_skips_requests_superseded_while_it_was_busy() {
-    use clipscope::clip::PromptStyle;
-    use clipscope::hub::ModelSource;
-    use clipscope::tui::worker::{spawn, WorkerConfig};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let worker = spawn(
-        WorkerConfig {
-            source: ModelSource::Dir(fixtures().join("tiny-clip")),
-            device: "cpu".into(),
-            precision: Default::default(),
-            style: PromptStyle::default(),
-        },
-        tx,
-    );
+    let (worker, mut rx) = tiny_worker(Default::default());
     // Queued while the model loads: only the newest score request is answered.
     let path = fixtures().join("images/chelsea.png");
     let img = clipscope::data::load_image(&path).unwrap();
@@ -489,6 +495,24 @@ fn the_worker_skips_requests_superseded_while_it_was_busy() {
         }
     }
     assert_eq!(scores, vec![(3, 3)]);
+    worker.send(Request::Shutdown).unwrap();
+}
+
+#[test]
+fn the_worker_names_a_reduced_precision_with_the_device() {
+    let (worker, mut rx) = tiny_worker(clipscope::clip::Precision::Bf16);
+    let start = Instant::now();
+    let mut device = None;
+    while device.is_none() && start.elapsed() < Duration::from_secs(20) {
+        match rx.try_recv() {
+            Ok(Response::ModelReady { device: d, .. }) => device = Some(d),
+            Ok(Response::ModelFailed(e)) => panic!("{e}"),
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    // The status bar shows this string after the model's name.
+    assert_eq!(device.as_deref(), Some("cpu, bf16"));
     worker.send(Request::Shutdown).unwrap();
 }
 

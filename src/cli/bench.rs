@@ -93,6 +93,9 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             "{}",
             serde_json::json!({
                 "model": clip.name(),
+                "device": clip.device_name(),
+                "precision": clip.precision().as_str(),
+                "cpu": clipscope::util::cpu_summary(),
                 "threads": candle_core::utils::get_num_threads(),
                 "rows": rows,
             })

@@ -14,7 +14,7 @@ use image::DynamicImage;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::clip::zeroshot::{self, Prediction};
-use crate::clip::{parse_device, Clip, Embedding, LabelSet, PromptStyle};
+use crate::clip::{parse_device, Clip, Embedding, LabelSet, Precision, PromptStyle};
 use crate::hub::{self, ModelSource};
 
 /// What the app asks of the worker.
@@ -192,6 +192,11 @@ fn load(
         .load_with(device, config.precision)
         .map_err(|e| e.to_string())?;
     let device = format!("{:?}", clip.device()).to_lowercase();
+    // The status bar names a reduced precision with the device ("cpu, bf16").
+    let device = match clip.precision() {
+        Precision::F32 => device,
+        reduced => format!("{device}, {reduced}"),
+    };
     let _ = out.send(Response::ModelReady {
         name: files.name.clone(),
         device: device.clone(),
