@@ -87,7 +87,7 @@ impl CpuDense {
             );
         }
         let x = contiguous_f32(xs, x)?;
-        let mut y = self.starting_values(rows, residual);
+        let mut y = starting_values(self.bias.as_deref(), residual, rows, self.outputs);
         match &self.weight {
             Weight::F32(w_t) => matmul_add(
                 Mat::new(x, rows, self.inputs),
@@ -98,20 +98,32 @@ impl CpuDense {
         }
         Ok(y)
     }
+}
 
-    /// Each output row's starting value: the bias, plus that row of the residual.
-    fn starting_values(&self, rows: usize, residual: Option<&[f32]>) -> Vec<f32> {
-        let n = self.outputs.max(1);
-        let bias = self.bias.as_deref();
-        // Blocks of rows big enough that a task is worth rayon's hand-off.
-        let block = (ROWS_PER_TASK_ELEMS / n).max(1) * n;
-        uninit_filled(rows * self.outputs, |y| {
-            y.par_chunks_mut(block).enumerate().for_each(|(i, chunk)| {
-                let res = residual.map(|r| &r[i * block..][..chunk.len()]);
-                fill_rows(chunk, bias, res, n);
-            });
-        })
-    }
+/// `rows × n` starting values of a product: each row the bias (or zeros), plus that
+/// row of the residual when given; written in parallel blocks of rows, never zeroed
+/// first.
+pub(crate) fn starting_values(
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    rows: usize,
+    n: usize,
+) -> Vec<f32> {
+    // Every value must be written: a short bias or residual would leave some unset.
+    assert!(bias.is_none_or(|b| b.len() == n), "one bias per output");
+    assert!(
+        residual.is_none_or(|r| r.len() == rows * n),
+        "a residual value per output"
+    );
+    let width = n.max(1);
+    // Blocks of rows big enough that a task is worth rayon's hand-off.
+    let block = (ROWS_PER_TASK_ELEMS / width).max(1) * width;
+    uninit_filled(rows * n, |y| {
+        y.par_chunks_mut(block).enumerate().for_each(|(i, chunk)| {
+            let res = residual.map(|r| &r[i * block..][..chunk.len()]);
+            fill_rows(chunk, bias, res, width);
+        });
+    })
 }
 
 /// About this many outputs per rayon task when writing the starting values.
@@ -183,17 +195,8 @@ impl CustomOp2 for Onto<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clip::half::tests::values;
     use candle_core::Device;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     /// `x · Wᵀ + b + r` in f64, `w` as `(out, in)`.
     fn reference(

@@ -100,22 +100,9 @@ impl PackedHalf {
         &self.data[p * self.pairs * NR * 2..][..self.pairs * NR * 2]
     }
 
-    /// `x · W (+ bias)` for `x` of `rows × inputs` (row-major), into `rows × outputs`.
-    /// The bias is where the sums start: no second pass over the output.
-    pub fn matmul(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        let mut out = match bias {
-            Some(b) => {
-                assert_eq!(b.len(), self.outputs, "one bias per output");
-                b.repeat(rows)
-            }
-            None => vec![0f32; rows * self.outputs],
-        };
-        self.matmul_onto(x, rows, &mut out);
-        out
-    }
-
-    /// `out += x · W`, `out` the row-major `rows x outputs` starting values (a bias,
-    /// a residual).
+    /// `out += x · W` for `x` of `rows × inputs` (row-major), `out` the row-major
+    /// `rows × outputs` starting values (a bias, a residual): the sums start there, with
+    /// no second pass over the output.
     pub fn matmul_onto(&self, x: &[f32], rows: usize, out: &mut [f32]) {
         assert_eq!(x.len(), rows * self.inputs, "input is rows x inputs");
         assert_eq!(out.len(), rows * self.outputs, "output is rows x outputs");
@@ -328,10 +315,12 @@ fn column_mask(cols: usize) -> u16 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// `n` reproducible values in [-0.5, 0.5) from `seed` (a linear congruential
+    /// sequence), for the dense-product tests here and in `dense`.
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {
@@ -381,10 +370,9 @@ mod tests {
                     .collect();
                 let mut portable = bias.repeat(rows);
                 packed.matmul_portable(&x, rows, &mut portable);
-                for (got, name) in [
-                    (packed.matmul(&x, rows, Some(&bias)), "dispatched"),
-                    (portable, "portable"),
-                ] {
+                let mut dispatched = bias.repeat(rows);
+                packed.matmul_onto(&x, rows, &mut dispatched);
+                for (got, name) in [(dispatched, "dispatched"), (portable, "portable")] {
                     for (g, w) in got.iter().zip(&want) {
                         assert!(
                             (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
@@ -400,7 +388,8 @@ mod tests {
     fn bf16_products_stay_close_to_f32() {
         let (rows, k, n) = (8, 512, 64);
         let (x, w) = (values(rows * k, 3), values(n * k, 4));
-        let got = PackedHalf::pack(&w, n, k, HalfFormat::Bf16).matmul(&x, rows, None);
+        let mut got = vec![0f32; rows * n];
+        PackedHalf::pack(&w, n, k, HalfFormat::Bf16).matmul_onto(&x, rows, &mut got);
         let exact = product(&x, &w, rows, k, n, f64::from);
         let err = got
             .iter()

@@ -348,7 +348,7 @@ impl CustomOp3 for Dense {
             candle_core::bail!("dense: input width {inp}, weight {out}x{w_in}");
         }
         let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * out).collect();
+        let mut y = super::dense::starting_values(Some(b), None, rows, out);
         matmul_add(Mat::new(x, rows, inp), Mat::new(w, out, inp).t(), &mut y);
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }

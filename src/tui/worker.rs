@@ -191,11 +191,10 @@ fn load(
     let clip = files
         .load_with(device, config.precision)
         .map_err(|e| e.to_string())?;
-    let device = format!("{:?}", clip.device()).to_lowercase();
     // The status bar names a reduced precision with the device ("cpu, bf16").
     let device = match clip.precision() {
-        Precision::F32 => device,
-        reduced => format!("{device}, {reduced}"),
+        Precision::F32 => clip.device_name().to_string(),
+        reduced => format!("{}, {reduced}", clip.device_name()),
     };
     let _ = out.send(Response::ModelReady {
         name: files.name.clone(),
