@@ -348,6 +348,10 @@ fn models_download_on_first_use_then_come_from_the_cache() {
         std::fs::read(fixtures().join("tiny-clip/model.safetensors")).unwrap()
     );
     assert!(!cached.with_extension("part").exists());
+    assert!(
+        !cache.path().join("prepared").exists(),
+        "weights of a few MB load fast enough unprepared"
+    );
 
     let second = run();
     assert_success(&second);

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clipscope::clip::preprocess::center_crop_rgb;
 use clipscope::clip::tokenizer::ClipTokenizer;
-use clipscope::clip::{zeroshot, Clip, ClipError, LabelSet, PromptStyle};
+use clipscope::clip::{prepared, zeroshot, Clip, ClipError, LabelSet, ModelFiles, PromptStyle};
 use clipscope::data::load_image;
 use common::{cosine, fixtures, load_tiny, Reference};
 
@@ -323,4 +323,121 @@ fn full_size_vit_b32_matches_transformers() {
         "full-size ViT-B/32 (seeded): min text cos {worst_text:.7}, min image cos {worst_image:.7}, max |dp| {worst_prob:.2e}"
     );
     assert!(worst_text > 0.99999 && worst_image > 0.99999 && worst_prob < 1e-3);
+}
+
+/// The tiny model's files with prepared weights kept under `store` (any size prepared).
+fn tiny_files_preparing(model: &std::path::Path, store: &std::path::Path) -> ModelFiles {
+    ModelFiles::from_dir(model, "tiny-clip")
+        .unwrap()
+        .with_prepared_dir(store.to_path_buf(), 0)
+}
+
+/// Image and text embeddings of a model, for bit-for-bit comparisons.
+fn embeddings(clip: &Clip) -> Vec<Vec<f32>> {
+    let image = load_image(&fixtures().join("images/astronaut.png")).unwrap();
+    let mut all = clip.embed_images(&[&image]).unwrap();
+    all.extend(
+        clip.embed_texts(&["a photo of a cat".into(), "an astronaut".into()])
+            .unwrap(),
+    );
+    all
+}
+
+#[test]
+fn prepared_weights_give_the_embeddings_of_the_weights_file_bit_for_bit() {
+    let store = tempfile::tempdir().unwrap();
+    let model = fixtures().join("tiny-clip");
+    let plain = embeddings(&load_tiny());
+    let path = prepared::store_path(store.path(), &model.join("model.safetensors")).unwrap();
+
+    // The first load makes the dense layers and writes them as the store.
+    let first = tiny_files_preparing(&model, store.path())
+        .load(candle_core::Device::Cpu)
+        .unwrap();
+    assert_eq!(embeddings(&first), plain);
+    let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+
+    // The next load maps them, and leaves the matching store as it was.
+    let mapped = tiny_files_preparing(&model, store.path())
+        .load(candle_core::Device::Cpu)
+        .unwrap();
+    assert_eq!(embeddings(&mapped), plain);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        written
+    );
+    drop((first, mapped));
+
+    // The values used are the store's: change one in place and the text embeddings move
+    // while the image embedding stays.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (header, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let info = meta.tensors()["text_model.encoder.layers.0.mlp.fc1.weight"].clone();
+    let at = 8 + header + info.data_offsets.0;
+    bytes[at..at + 4].copy_from_slice(&9.0f32.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let changed = embeddings(
+        &tiny_files_preparing(&model, store.path())
+            .load(candle_core::Device::Cpu)
+            .unwrap(),
+    );
+    assert_eq!(changed[0], plain[0]);
+    assert_ne!(changed[1..], plain[1..]);
+}
+
+#[test]
+fn a_damaged_or_stale_prepared_store_is_replaced_not_used() {
+    let store = tempfile::tempdir().unwrap();
+    let model = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("tiny-clip").join(f), model.path().join(f)).unwrap();
+    }
+    let plain = embeddings(&load_tiny());
+    let weights = model.path().join("model.safetensors");
+    let path = prepared::store_path(store.path(), &weights).unwrap();
+    let load = || {
+        tiny_files_preparing(model.path(), store.path())
+            .load(candle_core::Device::Cpu)
+            .unwrap()
+    };
+
+    // Not a safetensors file: ignored, then replaced by a whole store.
+    std::fs::create_dir_all(store.path()).unwrap();
+    std::fs::write(&path, b"not a store").unwrap();
+    assert_eq!(embeddings(&load()), plain);
+    assert!(std::fs::metadata(&path).unwrap().len() > 1000);
+
+    // A store made for other weights at the same path (a different size or time):
+    // stale. Rewrite the weights with one value changed, and the store follows them.
+    let bytes = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let name = "text_model.encoder.layers.0.mlp.fc1.weight";
+    let view = st.tensor(name).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let edited = tensors.iter_mut().find(|t| t.0 == name).unwrap();
+    // The fixture keeps its weights in f16.
+    assert_eq!(view.dtype(), safetensors::Dtype::F16);
+    edited.3[..2].copy_from_slice(&half::f16::from_f32(7.5).to_le_bytes());
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, t, s, d)| {
+            let v = safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    // A later modification time even on coarse clocks.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    safetensors::serialize_to_file(views, None, &weights).unwrap();
+    let fresh = ModelFiles::from_dir(model.path(), "edited")
+        .unwrap()
+        .load(candle_core::Device::Cpu)
+        .unwrap();
+    let want = embeddings(&fresh);
+    assert_ne!(want, plain, "the edit changes the text embeddings");
+    assert_eq!(embeddings(&load()), want);
+    assert_eq!(embeddings(&load()), want, "the replaced store is used");
 }

@@ -11,7 +11,10 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
 use super::half::{HalfFormat, PackedHalf};
+use super::prepared::MappedMatrix;
 use crate::cnn::conv::{contiguous_f32, matmul_add, uninit_filled, Mat};
 
 /// The weight as the CPU multiplies by it.
@@ -19,7 +22,9 @@ enum Weight {
     /// f32 `(in, out)`, transposed at load: gemm is up to four times faster on a
     /// row-major right-hand side than on the `(out, in)` view with few rows, as for one
     /// image or prompt.
-    F32(Vec<f32>),
+    F32(Arc<Vec<f32>>),
+    /// The same layout, memory-mapped from a prepared-weights file.
+    Mapped(MappedMatrix),
     /// Rounded to 16 bits and packed (`--precision bf16|f16`).
     Half(PackedHalf),
 }
@@ -44,7 +49,7 @@ impl CpuDense {
     ) -> Self {
         let weight = match half {
             Some(format) => Weight::Half(PackedHalf::pack(weight, outputs, inputs, format)),
-            None => Weight::F32(crate::util::transpose(weight, outputs, inputs)),
+            None => Weight::F32(Arc::new(crate::util::transpose(weight, outputs, inputs))),
         };
         Self {
             weight,
@@ -54,9 +59,32 @@ impl CpuDense {
         }
     }
 
+    /// An f32 layer on a mapped `(inputs, outputs)` weight from a prepared-weights file.
+    pub fn mapped(weight: MappedMatrix, bias: Option<Vec<f32>>) -> Result<Self> {
+        let (inputs, outputs) = weight.dims();
+        if bias.as_ref().is_some_and(|b| b.len() != outputs) {
+            candle_core::bail!("dense: a bias of the wrong length for {outputs} outputs");
+        }
+        Ok(Self {
+            weight: Weight::Mapped(weight),
+            bias,
+            inputs,
+            outputs,
+        })
+    }
+
     /// `(inputs, outputs)`.
     pub fn dims(&self) -> (usize, usize) {
         (self.inputs, self.outputs)
+    }
+
+    /// The transposed f32 weight this layer made at load, to save as prepared weights
+    /// (`None` for a mapped or 16-bit weight).
+    pub fn made_f32(&self) -> Option<Arc<Vec<f32>>> {
+        match &self.weight {
+            Weight::F32(w_t) => Some(Arc::clone(w_t)),
+            _ => None,
+        }
     }
 
     /// `x · Wᵀ + b (+ residual)` for a 2-D f32 CPU `x` of `(rows, inputs)`; `residual`
@@ -88,12 +116,16 @@ impl CpuDense {
         }
         let x = contiguous_f32(xs, x)?;
         let mut y = starting_values(self.bias.as_deref(), residual, rows, self.outputs);
-        match &self.weight {
-            Weight::F32(w_t) => matmul_add(
+        let f32_weight = |w_t: &[f32], y: &mut [f32]| {
+            matmul_add(
                 Mat::new(x, rows, self.inputs),
                 Mat::new(w_t, self.inputs, self.outputs),
-                &mut y,
-            ),
+                y,
+            )
+        };
+        match &self.weight {
+            Weight::F32(w_t) => f32_weight(w_t, &mut y),
+            Weight::Mapped(w_t) => f32_weight(w_t.values(), &mut y),
             Weight::Half(w) => w.matmul_onto(x, rows, &mut y),
         }
         Ok(y)

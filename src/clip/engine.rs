@@ -11,6 +11,7 @@ use image::DynamicImage;
 
 use super::config::ClipConfig;
 use super::model::{l2_normalize, ClipModel, Precision};
+use super::prepared::PreparedStore;
 use super::preprocess::{batch_tensor, PreprocessConfig};
 use super::tokenizer::{id_batch, ClipTokenizer, Tokens};
 use super::train::Params;
@@ -104,6 +105,8 @@ pub struct ModelFiles {
     tokenizer_json: std::borrow::Cow<'static, [u8]>,
     /// Where `tokenizer_json` came from, for error messages.
     tokenizer_origin: PathBuf,
+    /// Where prepared weights are kept, and the smallest weights file worth preparing.
+    prepared: Option<(PathBuf, u64)>,
 }
 
 /// Names and sizes, not the megabytes of JSON and weights (`-vv` prints this).
@@ -187,6 +190,7 @@ impl ModelFiles {
             config_json,
             tokenizer_json: tokenizer_json.into(),
             tokenizer_origin,
+            prepared: None,
         })
     }
 
@@ -208,7 +212,33 @@ impl ModelFiles {
             config_json: config_json.to_string(),
             tokenizer_json: tokenizer_json.into(),
             tokenizer_origin: PathBuf::from(format!("{name}/tokenizer.json")),
+            prepared: None,
         })
+    }
+
+    /// Keep prepared weights ([`super::prepared`]) under `dir` for weights files of at
+    /// least `min_bytes`: an f32 load on the CPU maps them instead of reading and
+    /// transposing the dense layers, and the first load writes them.
+    pub fn with_prepared_dir(mut self, dir: PathBuf, min_bytes: u64) -> Self {
+        self.prepared = Some((dir, min_bytes));
+        self
+    }
+
+    /// The prepared-weights store for a load on `device` in `precision`, if this model
+    /// keeps one.
+    fn prepared_store(&self, device: &Device, precision: Precision) -> Option<PreparedStore> {
+        let (Some((dir, min_bytes)), WeightsSource::File(weights)) =
+            (&self.prepared, &self.weights)
+        else {
+            return None;
+        };
+        if !device.is_cpu() || precision != Precision::F32 || self.weights_bytes() < *min_bytes {
+            return None;
+        }
+        // Without a store the model loads as it always did.
+        PreparedStore::open(dir, weights)
+            .inspect_err(|e| tracing::debug!("no prepared weights: {e}"))
+            .ok()
     }
 
     /// The text of `config.json`.
@@ -334,7 +364,26 @@ impl ModelFiles {
             WeightsSource::Static(b) => VarBuilder::from_slice_safetensors(b, DType::F32, device)
                 .map_err(self.weights_error())?,
         };
-        ClipModel::load(vb, &self.config, precision).map_err(self.weights_error())
+        let Some(store) = self.prepared_store(device, precision) else {
+            return ClipModel::load(vb, &self.config, precision).map_err(self.weights_error());
+        };
+        let model =
+            ClipModel::load_prepared(vb, &self.config, &store).map_err(self.weights_error())?;
+        if store.is_mapped() {
+            tracing::debug!("dense layers mapped from {}", store.path().display());
+            return Ok(model);
+        }
+        // A store that cannot be written costs the next load its speed, nothing else.
+        match store.save() {
+            Ok(Some(bytes)) => tracing::info!(
+                "prepared weights written to {} ({} MB): later loads map them",
+                store.path().display(),
+                bytes / 1_000_000
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}; later loads read the weights file again"),
+        }
+        Ok(model)
     }
 
     /// Write `config.json`, `tokenizer.json` and `preprocessor_config.json` into `dir`

@@ -10,6 +10,7 @@ pub mod half;
 pub mod model;
 pub mod ops;
 pub mod pipeline;
+pub mod prepared;
 pub mod preprocess;
 pub mod resample;
 pub mod templates;

@@ -18,6 +18,7 @@ use super::config::{Activation, ClipConfig, EncoderConfig, TextConfig, VisionCon
 use super::dense::CpuDense;
 use super::half::HalfFormat;
 use super::ops;
+use super::prepared::{MappedMatrix, PreparedStore};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -83,6 +84,22 @@ pub enum Mode {
     Training,
 }
 
+/// What building a model takes besides its tensors: the mode, and for inference on the
+/// CPU the prepared-weights store the dense layers come from (or are recorded in).
+#[derive(Clone, Copy)]
+struct Build<'a> {
+    mode: Mode,
+    prepared: Option<&'a PreparedStore>,
+}
+
+/// `prefix.name`, as VarBuilder names a tensor.
+fn tensor_name(vb: &VarBuilder, name: &str) -> String {
+    match vb.prefix() {
+        p if p.is_empty() => name.to_string(),
+        p => format!("{p}.{name}"),
+    }
+}
+
 /// A dense weight: prepared once for inference on the CPU ([`CpuDense`], which also
 /// holds the bias), transposed to `(in, out)` for inference elsewhere (gemm-style
 /// kernels read a row-major right-hand side fastest), or the stored `(out, in)` variable
@@ -115,6 +132,35 @@ impl Dense {
         })
     }
 
+    /// Layer `key`'s `(out, in)` weight, fetched by `weight` unless the store has it
+    /// prepared; a weight made here goes to the store to save.
+    fn load(
+        key: String,
+        (out, inp): (usize, usize),
+        weight: impl FnOnce() -> Result<Tensor>,
+        bias: Option<&Tensor>,
+        b: Build,
+    ) -> Result<Self> {
+        let store = match b.mode {
+            Mode::Inference(Precision::F32) => b.prepared,
+            _ => None,
+        };
+        if let Some(m) = store.and_then(|s| s.matrix(&key, inp, out)) {
+            let bias = match bias {
+                Some(t) => with_cpu_values(t, <[f32]>::to_vec)?,
+                None => None,
+            };
+            return Ok(Self::Cpu(CpuDense::mapped(m, bias)?));
+        }
+        let dense = Self::new(&weight()?, bias, b.mode)?;
+        if let (Some(store), Self::Cpu(d)) = (store, &dense) {
+            if let Some(w_t) = d.made_f32() {
+                store.record(key, w_t, inp, out);
+            }
+        }
+        Ok(dense)
+    }
+
     /// `x · Wᵀ` for a 2-D `x` of shape `(rows, in)` (for a layer built without a bias).
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -144,6 +190,20 @@ impl Linear {
     fn new(weight: &Tensor, bias: Tensor, mode: Mode) -> Result<Self> {
         Ok(Self {
             weight: Dense::new(weight, Some(&bias), mode)?,
+            bias,
+        })
+    }
+
+    /// Layer `key` with a weight fetched by `weight` (unless prepared) and `bias`.
+    fn load(
+        key: String,
+        dims: (usize, usize),
+        weight: impl FnOnce() -> Result<Tensor>,
+        bias: Tensor,
+        b: Build,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: Dense::load(key, dims, weight, Some(&bias), b)?,
             bias,
         })
     }
@@ -190,8 +250,14 @@ fn with_cpu_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<
     Ok(Some(f(crate::cnn::conv::contiguous_f32(cpu, layout)?)))
 }
 
-fn linear(vb: &VarBuilder, inp: usize, out: usize, mode: Mode) -> Result<Linear> {
-    Linear::new(&vb.get((out, inp), "weight")?, vb.get(out, "bias")?, mode)
+fn linear(vb: &VarBuilder, inp: usize, out: usize, b: Build) -> Result<Linear> {
+    Linear::load(
+        tensor_name(vb, "weight"),
+        (out, inp),
+        || vb.get((out, inp), "weight"),
+        vb.get(out, "bias")?,
+        b,
+    )
 }
 
 /// LayerNorm: candle's fused kernel for inference (it has no backward pass), clipscope's
@@ -253,38 +319,46 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, c: &EncoderConfig, mode: Mode) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &EncoderConfig, b: Build) -> Result<Self> {
         let d = c.hidden_size;
-        let (mut weights, mut biases) = (Vec::new(), Vec::new());
-        for name in ["q_proj", "k_proj", "v_proj"] {
-            let vb = vb.pp(name);
-            weights.push(vb.get((d, d), "weight")?);
-            biases.push(vb.get(d, "bias")?);
-        }
-        let qkv = match mode {
-            Mode::Inference(_) => Qkv::Fused(Linear::new(
-                &Tensor::cat(&weights, 0)?,
+        let names = ["q_proj", "k_proj", "v_proj"];
+        let biases = names
+            .iter()
+            .map(|name| vb.pp(name).get(d, "bias"))
+            .collect::<Result<Vec<_>>>()?;
+        let weights = || -> Result<Vec<Tensor>> {
+            names
+                .iter()
+                .map(|name| vb.pp(name).get((d, d), "weight"))
+                .collect()
+        };
+        let qkv = match b.mode {
+            // Query, key and value as one product (prepared under a name of their own).
+            Mode::Inference(_) => Qkv::Fused(Linear::load(
+                tensor_name(&vb, "qkv_proj.weight"),
+                (3 * d, d),
+                || Tensor::cat(&weights()?, 0),
                 Tensor::cat(&biases, 0)?,
-                mode,
+                b,
             )?),
             Mode::Training => {
-                let [wq, wk, wv] = <[Tensor; 3]>::try_from(weights)
+                let [wq, wk, wv] = <[Tensor; 3]>::try_from(weights()?)
                     .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
                 let [bq, bk, bv] = <[Tensor; 3]>::try_from(biases)
                     .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
                 Qkv::Split(Box::new([
-                    Linear::new(&wq, bq, mode)?,
-                    Linear::new(&wk, bk, mode)?,
-                    Linear::new(&wv, bv, mode)?,
+                    Linear::new(&wq, bq, b.mode)?,
+                    Linear::new(&wk, bk, b.mode)?,
+                    Linear::new(&wv, bv, b.mode)?,
                 ]))
             }
         };
         Ok(Self {
             qkv,
-            out: linear(&vb.pp("out_proj"), d, d, mode)?,
+            out: linear(&vb.pp("out_proj"), d, d, b)?,
             heads: c.num_heads,
             scale: ((d / c.num_heads) as f64).powf(-0.5),
-            mode,
+            mode: b.mode,
         })
     }
 
@@ -365,15 +439,15 @@ struct Block {
 }
 
 impl Block {
-    fn load(vb: VarBuilder, c: &EncoderConfig, mode: Mode) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &EncoderConfig, b: Build) -> Result<Self> {
         let (d, i) = (c.hidden_size, c.intermediate_size);
         let eps = c.layer_norm_eps;
         Ok(Self {
-            ln1: Norm::load(&vb.pp("layer_norm1"), d, eps, mode)?,
-            attn: Attention::load(vb.pp("self_attn"), c, mode)?,
-            ln2: Norm::load(&vb.pp("layer_norm2"), d, eps, mode)?,
-            fc1: linear(&vb.pp("mlp.fc1"), d, i, mode)?,
-            fc2: linear(&vb.pp("mlp.fc2"), i, d, mode)?,
+            ln1: Norm::load(&vb.pp("layer_norm1"), d, eps, b.mode)?,
+            attn: Attention::load(vb.pp("self_attn"), c, b)?,
+            ln2: Norm::load(&vb.pp("layer_norm2"), d, eps, b.mode)?,
+            fc1: linear(&vb.pp("mlp.fc1"), d, i, b)?,
+            fc2: linear(&vb.pp("mlp.fc2"), i, d, b)?,
             act: c.activation,
         })
     }
@@ -397,10 +471,10 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn load(vb: VarBuilder, c: &EncoderConfig, mode: Mode) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &EncoderConfig, b: Build) -> Result<Self> {
         let vb = vb.pp("layers");
         let blocks = (0..c.num_layers)
-            .map(|i| Block::load(vb.pp(i.to_string()), c, mode))
+            .map(|i| Block::load(vb.pp(i.to_string()), c, b))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { blocks })
     }
@@ -428,22 +502,30 @@ struct VisionTower {
 }
 
 impl VisionTower {
-    fn load(vb: VarBuilder, c: &VisionConfig, mode: Mode) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &VisionConfig, b: Build) -> Result<Self> {
         let d = c.encoder.hidden_size;
         let eps = c.encoder.layer_norm_eps;
         let emb = vb.pp("embeddings");
         let p = c.patch_size;
-        let conv_w = emb
-            .get((d, c.num_channels, p, p), "patch_embedding.weight")?
-            .reshape((d, c.num_channels * p * p))?;
+        let patch = c.num_channels * p * p;
+        let conv_w = || {
+            emb.get((d, c.num_channels, p, p), "patch_embedding.weight")?
+                .reshape((d, patch))
+        };
         Ok(Self {
-            patch_embedding: Dense::new(&conv_w, None, mode)?,
+            patch_embedding: Dense::load(
+                tensor_name(&emb, "patch_embedding.weight"),
+                (d, patch),
+                conv_w,
+                None,
+                b,
+            )?,
             patch_size: p,
             class_embedding: emb.get(d, "class_embedding")?,
             position_embedding: emb.get((c.num_positions(), d), "position_embedding.weight")?,
-            pre_ln: Norm::load(&vb.pp("pre_layrnorm"), d, eps, mode)?,
-            encoder: Encoder::load(vb.pp("encoder"), &c.encoder, mode)?,
-            post_ln: Norm::load(&vb.pp("post_layernorm"), d, eps, mode)?,
+            pre_ln: Norm::load(&vb.pp("pre_layrnorm"), d, eps, b.mode)?,
+            encoder: Encoder::load(vb.pp("encoder"), &c.encoder, b)?,
+            post_ln: Norm::load(&vb.pp("post_layernorm"), d, eps, b.mode)?,
         })
     }
 
@@ -476,28 +558,25 @@ impl VisionTower {
 
 /// The text tower: token and position embeddings, causal transformer, pooled at EOT.
 struct TextTower {
-    token_embedding: candle_nn::Embedding,
+    token_embedding: TokenEmbedding,
     position_embedding: Tensor,
     encoder: Encoder,
     final_ln: Norm,
 }
 
 impl TextTower {
-    fn load(vb: VarBuilder, c: &TextConfig, mode: Mode) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &TextConfig, b: Build) -> Result<Self> {
         let d = c.encoder.hidden_size;
         let emb = vb.pp("embeddings");
         Ok(Self {
-            token_embedding: candle_nn::Embedding::new(
-                emb.get((c.vocab_size, d), "token_embedding.weight")?,
-                d,
-            ),
+            token_embedding: TokenEmbedding::load(&emb, (c.vocab_size, d), b)?,
             position_embedding: emb.get((c.max_positions, d), "position_embedding.weight")?,
-            encoder: Encoder::load(vb.pp("encoder"), &c.encoder, mode)?,
+            encoder: Encoder::load(vb.pp("encoder"), &c.encoder, b)?,
             final_ln: Norm::load(
                 &vb.pp("final_layer_norm"),
                 d,
                 c.encoder.layer_norm_eps,
-                mode,
+                b.mode,
             )?,
         })
     }
@@ -522,6 +601,54 @@ impl TextTower {
             .collect();
         let rows = Tensor::from_vec(rows, b, ids.device())?;
         x.reshape((b * l, d))?.index_select(&rows, 0)
+    }
+}
+
+/// The token embedding: candle's, or its rows mapped from prepared weights (100 MB for
+/// CLIP's vocabulary, read into fresh memory otherwise).
+enum TokenEmbedding {
+    Tensor(candle_nn::Embedding),
+    Mapped(MappedMatrix),
+}
+
+impl TokenEmbedding {
+    fn load(emb: &VarBuilder, (vocab, d): (usize, usize), b: Build) -> Result<Self> {
+        let name = tensor_name(emb, "token_embedding.weight");
+        let store = match b.mode {
+            Mode::Inference(Precision::F32) => b.prepared,
+            _ => None,
+        };
+        if let Some(m) = store.and_then(|s| s.matrix(&name, vocab, d)) {
+            return Ok(Self::Mapped(m));
+        }
+        let table = emb.get((vocab, d), "token_embedding.weight")?;
+        if let Some(store) = store {
+            if let Some(values) = with_cpu_values(&table, <[f32]>::to_vec)? {
+                store.record(name, std::sync::Arc::new(values), vocab, d);
+            }
+        }
+        Ok(Self::Tensor(candle_nn::Embedding::new(table, d)))
+    }
+
+    /// `(..., d)` rows for token ids of any shape.
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let m = match self {
+            Self::Tensor(e) => return e.forward(ids),
+            Self::Mapped(m) => m,
+        };
+        let (vocab, d) = m.dims();
+        let table = m.values();
+        let mut rows = Vec::with_capacity(ids.elem_count() * d);
+        for id in ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()? {
+            let id = id as usize;
+            if id >= vocab {
+                candle_core::bail!("token id {id} outside a vocabulary of {vocab}");
+            }
+            rows.extend_from_slice(&table[id * d..][..d]);
+        }
+        let mut dims = ids.dims().to_vec();
+        dims.push(d);
+        Tensor::from_vec(rows, dims, ids.device())
     }
 }
 
@@ -566,19 +693,45 @@ impl ClipModel {
         Self::load_for(vb, config, Mode::Inference(precision))
     }
 
+    /// Build the model for inference in f32 on the CPU with its dense layers mapped from
+    /// `store` where it has them; the ones made from `vb` are recorded in it, to save.
+    pub fn load_prepared(
+        vb: VarBuilder,
+        config: &ClipConfig,
+        store: &PreparedStore,
+    ) -> Result<Self> {
+        let b = Build {
+            mode: Mode::Inference(Precision::F32),
+            prepared: Some(store),
+        };
+        Self::build(vb, config, b)
+    }
+
     /// Build the model for inference or training. For training, `vb` should hand out
     /// variables for the weights that are to learn (and plain tensors for frozen ones).
     pub fn load_for(vb: VarBuilder, config: &ClipConfig, mode: Mode) -> Result<Self> {
+        Self::build(
+            vb,
+            config,
+            Build {
+                mode,
+                prepared: None,
+            },
+        )
+    }
+
+    fn build(vb: VarBuilder, config: &ClipConfig, b: Build) -> Result<Self> {
         let p = config.projection_dim;
         let projection = |name: &str, hidden: usize| -> Result<Dense> {
-            Dense::new(&vb.get((p, hidden), name)?, None, mode)
+            let weight = || vb.get((p, hidden), name);
+            Dense::load(tensor_name(&vb, name), (p, hidden), weight, None, b)
         };
         let logit_scale = vb.get((), "logit_scale")?.to_dtype(DType::F32)?;
         Ok(Self {
             logit_scale_at_load: logit_scale.to_scalar::<f32>()?,
             logit_scale,
-            vision: VisionTower::load(vb.pp("vision_model"), &config.vision, mode)?,
-            text: TextTower::load(vb.pp("text_model"), &config.text, mode)?,
+            vision: VisionTower::load(vb.pp("vision_model"), &config.vision, b)?,
+            text: TextTower::load(vb.pp("text_model"), &config.text, b)?,
             visual_projection: projection(
                 "visual_projection.weight",
                 config.vision.encoder.hidden_size,

@@ -31,13 +31,20 @@ pub fn resolve_files(
     }
     let (dir, name) = resolve_model(source, progress)?;
     let bin = dir.join(listing::PYTORCH_BIN);
-    if !dir.join(listing::SAFETENSORS).is_file() && bin.is_file() {
+    let files = if !dir.join(listing::SAFETENSORS).is_file() && bin.is_file() {
         let converted = converted_weights(&bin)?;
-        return Ok(crate::clip::ModelFiles::from_dir_with_weights(
-            &dir, &name, &converted,
-        )?);
-    }
-    Ok(crate::clip::ModelFiles::from_dir(&dir, &name)?)
+        crate::clip::ModelFiles::from_dir_with_weights(&dir, &name, &converted)?
+    } else {
+        crate::clip::ModelFiles::from_dir(&dir, &name)?
+    };
+    // Without a cache folder the model still loads, only without prepared weights.
+    Ok(match DownloadOptions::from_env() {
+        Ok(o) => files.with_prepared_dir(
+            o.cache_root.join("prepared"),
+            crate::clip::prepared::MIN_SOURCE_BYTES,
+        ),
+        Err(_) => files,
+    })
 }
 
 /// The safetensors conversion of a folder's `pytorch_model.bin`, made once under
