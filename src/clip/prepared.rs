@@ -50,6 +50,21 @@ impl MappedMatrix {
         (self.inputs, self.outputs)
     }
 
+    /// Drop the matrix's pages from this process's resident set (the file keeps them;
+    /// a later read maps them again), once a copy has taken over.
+    pub fn release(&self) {
+        #[cfg(unix)]
+        // SAFETY: the map is read-only and file-backed, so DONTNEED discards no data: a
+        // read after it maps the same bytes from the page cache again.
+        unsafe {
+            let _ = self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.start,
+                self.inputs * self.outputs * 4,
+            );
+        }
+    }
+
     /// The values, row-major.
     pub fn values(&self) -> &[f32] {
         let bytes = &self.map[self.start..][..self.inputs * self.outputs * 4];
