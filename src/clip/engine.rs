@@ -381,7 +381,10 @@ impl ModelFiles {
                 bytes / 1_000_000
             ),
             Ok(None) => {}
-            Err(e) => tracing::warn!("{e}; later loads read the weights file again"),
+            Err(e) => tracing::warn!(
+                "prepared weights not written ({e}): loads read the whole weights file, \
+                 which is slower; set CLIPSCOPE_CACHE to a writable folder"
+            ),
         }
         Ok(model)
     }
