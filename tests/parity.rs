@@ -144,6 +144,41 @@ fn embeddings_and_probabilities_match_transformers() {
     }
 }
 
+/// Sharded jobs merge to the unsharded run's results only if an embedding does not
+/// depend on the batch it came in: alone, first, or later in a batch, bit for bit.
+#[test]
+fn an_input_embeds_to_the_same_bits_alone_or_in_any_batch() {
+    let clip = load_tiny();
+    let names = ["rocket.jpg", "chelsea.png", "coffee.png", "tall.png"];
+    let images: Vec<_> = names
+        .iter()
+        .map(|n| load_image(&fixtures().join("images").join(n)).unwrap())
+        .collect();
+    let together = clip
+        .embed_images(&images.iter().collect::<Vec<_>>())
+        .unwrap();
+    for (i, image) in images.iter().enumerate() {
+        let alone = clip.embed_images(&[image]).unwrap();
+        assert_eq!(alone[0], together[i], "{}", names[i]);
+    }
+    let prompts: Vec<String> = [
+        "a photo of a cat.",
+        "a rocket",
+        "a cup of coffee on a table",
+    ]
+    .iter()
+    .map(|t| t.to_string())
+    .collect();
+    let together = clip.embed_texts(&prompts).unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        // A fresh model each time: the text cache would answer from the batch's run.
+        let alone = load_tiny()
+            .embed_texts(std::slice::from_ref(prompt))
+            .unwrap();
+        assert_eq!(alone[0], together[i], "{prompt}");
+    }
+}
+
 #[test]
 fn padding_to_77_changes_nothing() {
     let clip = load_tiny();

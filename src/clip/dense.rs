@@ -1,5 +1,5 @@
-//! Dense layers for inference on the CPU: the weight prepared once at load (transposed
-//! f32, or 16-bit panels for `--precision bf16|f16`) and one product per call written
+//! Dense layers for inference on the CPU: the weight prepared once at load (f32 panels,
+//! [`super::panels`], or 16-bit panels for `--precision bf16|f16`) and one product per call written
 //! onto the layer's starting values, its bias and the residual the block adds to it.
 //!
 //! A product, a bias broadcast and a residual add are three passes over the output and
@@ -11,21 +11,21 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::half::{HalfFormat, PackedHalf};
+use super::panels;
 use super::prepared::MappedMatrix;
-use crate::cnn::conv::{contiguous_f32, matmul_add, uninit_filled, Mat};
+use crate::cnn::conv::{contiguous_f32, uninit_filled};
 
 /// The weight as the CPU multiplies by it.
 enum Weight {
-    /// f32 `(in, out)`, transposed at load: gemm is up to four times faster on a
-    /// row-major right-hand side than on the `(out, in)` view with few rows, as for one
-    /// image or prompt.
+    /// f32 in panels of 32 output columns ([`panels::pack`]), packed at load.
     F32(Arc<Vec<f32>>),
-    /// The same layout, memory-mapped from a prepared-weights file.
-    Mapped(Promoted),
+    /// The same layout, memory-mapped from a prepared-weights file: the panels stream
+    /// front to back, as fast from the page cache's pages as from huge pages (paired
+    /// `clipscope bench` runs), so the weight is never copied.
+    Mapped(MappedMatrix),
     /// Rounded to 16 bits and packed (`--precision bf16|f16`).
     Half(PackedHalf),
 }
@@ -50,7 +50,7 @@ impl CpuDense {
     ) -> Self {
         let weight = match half {
             Some(format) => Weight::Half(PackedHalf::pack(weight, outputs, inputs, format)),
-            None => Weight::F32(Arc::new(crate::util::transpose(weight, outputs, inputs))),
+            None => Weight::F32(Arc::new(panels::pack(weight, outputs, inputs))),
         };
         Self {
             weight,
@@ -60,18 +60,18 @@ impl CpuDense {
         }
     }
 
-    /// An f32 layer on a mapped `(inputs, outputs)` weight from a prepared-weights file.
+    /// An f32 layer on a mapped `(inputs, outputs)` weight in panels from a
+    /// prepared-weights file.
     pub fn mapped(weight: MappedMatrix, bias: Option<Vec<f32>>) -> Result<Self> {
         let (inputs, outputs) = weight.dims();
         if bias.as_ref().is_some_and(|b| b.len() != outputs) {
             candle_core::bail!("dense: a bias of the wrong length for {outputs} outputs");
         }
+        if weight.values().len() != panels::packed_len(inputs, outputs) {
+            candle_core::bail!("dense: a mapped weight that is not {inputs} x {outputs} in panels");
+        }
         Ok(Self {
-            weight: Weight::Mapped(Promoted {
-                map: weight,
-                uses: AtomicU32::new(0),
-                owned: OnceLock::new(),
-            }),
+            weight: Weight::Mapped(weight),
             bias,
             inputs,
             outputs,
@@ -83,11 +83,11 @@ impl CpuDense {
         (self.inputs, self.outputs)
     }
 
-    /// The transposed f32 weight this layer made at load, to save as prepared weights
-    /// (`None` for a mapped or 16-bit weight).
+    /// The f32 panels this layer made at load, to save as prepared weights (`None` for
+    /// a mapped or 16-bit weight).
     pub fn made_f32(&self) -> Option<Arc<Vec<f32>>> {
         match &self.weight {
-            Weight::F32(w_t) => Some(Arc::clone(w_t)),
+            Weight::F32(w) => Some(Arc::clone(w)),
             _ => None,
         }
     }
@@ -121,57 +121,15 @@ impl CpuDense {
         }
         let x = contiguous_f32(xs, x)?;
         let mut y = starting_values(self.bias.as_deref(), residual, rows, self.outputs);
-        let f32_weight = |w_t: &[f32], y: &mut [f32]| {
-            matmul_add(
-                Mat::new(x, rows, self.inputs),
-                Mat::new(w_t, self.inputs, self.outputs),
-                y,
-            )
+        let f32_weight = |w: &[f32], y: &mut [f32]| {
+            panels::matmul_onto(w, self.inputs, self.outputs, x, rows, y)
         };
         match &self.weight {
-            Weight::F32(w_t) => f32_weight(w_t, &mut y),
-            Weight::Mapped(w_t) => f32_weight(w_t.values(), &mut y),
+            Weight::F32(w) => f32_weight(w, &mut y),
+            Weight::Mapped(w) => f32_weight(w.values(), &mut y),
             Weight::Half(w) => w.matmul_onto(x, rows, &mut y),
         }
         Ok(y)
-    }
-}
-
-/// A mapped weight that moves into the process's own memory once its layer has been
-/// used [`PROMOTE_AFTER`] times.
-///
-/// Mapped weights make a load nearly free, but products that stream the whole weight
-/// (a single image or a few prompts: few rows) ran 10-17% slower from the page cache's
-/// pages than from an allocation with huge pages (paired `clipscope bench --batch 1`
-/// runs). A one-shot run uses each layer once and never pays for the copy; a folder job,
-/// the app or a benchmark copies each weight once, early, and runs at full speed after.
-struct Promoted {
-    map: MappedMatrix,
-    uses: AtomicU32,
-    owned: OnceLock<Vec<f32>>,
-}
-
-/// Uses of a mapped layer after which its weight is copied into owned memory.
-const PROMOTE_AFTER: u32 = 3;
-
-impl Promoted {
-    /// The values, from the map or, once promoted, from owned memory.
-    fn values(&self) -> &[f32] {
-        if let Some(owned) = self.owned.get() {
-            return owned;
-        }
-        if self.uses.fetch_add(1, Ordering::Relaxed) + 1 < PROMOTE_AFTER {
-            return self.map.values();
-        }
-        self.owned.get_or_init(|| {
-            let mapped = self.map.values();
-            // zeroed_floats asks for huge pages, which the speed comes from.
-            let mut owned = crate::util::zeroed_floats(mapped.len());
-            owned.copy_from_slice(mapped);
-            // Nothing reads the mapped pages any more: out of the resident set.
-            self.map.release();
-            owned
-        })
     }
 }
 

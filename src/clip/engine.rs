@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use image::DynamicImage;
 
 use super::config::ClipConfig;
-use super::model::{l2_normalize, ClipModel, Precision};
+use super::model::{ClipModel, Precision};
 use super::prepared::PreparedStore;
 use super::preprocess::{batch_tensor, PreprocessConfig};
 use super::tokenizer::{id_batch, ClipTokenizer, Tokens};
@@ -519,8 +519,8 @@ impl Clip {
 
     /// Normalised embeddings of preprocessed pixels `(B, 3, S, S)`.
     pub fn embed_pixels(&self, pixels: &Tensor) -> Result<Vec<Embedding>, ClipError> {
-        let f = l2_normalize(&self.model.image_features(pixels)?)?;
-        Ok(f.to_vec2::<f32>()?)
+        let f = self.model.image_features(pixels)?;
+        Ok(f.to_vec2::<f32>()?.into_iter().map(normalized).collect())
     }
 
     /// Normalised embeddings of decoded images, preprocessed as OpenAI's CLIP does.
@@ -597,9 +597,22 @@ impl Clip {
             self.config().text.max_positions,
             &self.device,
         )?;
-        let f = l2_normalize(&self.model.text_features(&ids, &eot)?)?;
-        Ok(f.to_vec2::<f32>()?)
+        let f = self.model.text_features(&ids, &eot)?;
+        Ok(f.to_vec2::<f32>()?.into_iter().map(normalized).collect())
     }
+}
+
+/// `v / |v|`, the norm summed in f64 row by row: candle's sum over the last axis takes
+/// another path for a single row than for several, so a batch of one came out a unit in
+/// the last place apart from the same image in a larger batch.
+fn normalized(mut v: Embedding) -> Embedding {
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt() as f32;
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
 }
 
 /// A compute device from its name: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with

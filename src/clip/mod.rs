@@ -9,6 +9,7 @@ pub mod finetune;
 pub mod half;
 pub mod model;
 pub mod ops;
+pub mod panels;
 pub mod pipeline;
 pub mod prepared;
 pub mod preprocess;

@@ -145,7 +145,7 @@ impl Dense {
             Mode::Inference(Precision::F32) => b.prepared,
             _ => None,
         };
-        if let Some(m) = store.and_then(|s| s.matrix(&key, inp, out)) {
+        if let Some(m) = store.and_then(|s| s.panels(&key, inp, out)) {
             let bias = match bias {
                 Some(t) => with_cpu_values(t, <[f32]>::to_vec)?,
                 None => None,
@@ -154,8 +154,8 @@ impl Dense {
         }
         let dense = Self::new(&weight()?, bias, b.mode)?;
         if let (Some(store), Self::Cpu(d)) = (store, &dense) {
-            if let Some(w_t) = d.made_f32() {
-                store.record(key, w_t, inp, out);
+            if let Some(w) = d.made_f32() {
+                store.record_panels(key, w, inp, out);
             }
         }
         Ok(dense)
@@ -288,7 +288,10 @@ impl Norm {
                 bias,
                 self.inner.eps() as f32,
             ),
-            _ => self.inner.forward(x),
+            // candle's fused LayerNorm takes only contiguous input and quietly falls
+            // back to separate ops otherwise, with other rounding: the pooled class
+            // tokens of a batch are strided, one image's are not.
+            _ => self.inner.forward(&x.contiguous()?),
         }
     }
 }

@@ -1,9 +1,9 @@
-//! Prepared weights: the dense layers' weights as the CPU multiplies by them (f32,
-//! transposed to `(in, out)`), kept in a file under the cache folder and memory-mapped
+//! Prepared weights: the dense layers' weights as the CPU multiplies by them (f32 in
+//! panels of 32 output columns, [`super::panels`]), kept in a file under the cache folder and memory-mapped
 //! by later loads.
 //!
 //! Building a model from `model.safetensors` reads every dense weight and transposes it
-//! into fresh memory: for ViT-B/32 about 490 MB, most of a 0.4 s load, and the kernel's
+//! into panels in fresh memory: for ViT-B/32 about 490 MB, most of a 0.4 s load, and the kernel's
 //! zeroing of fresh pages alone can take a second on a busy virtual machine. Mapped
 //! prepared weights are the page cache's own pages: nothing is read, copied or zeroed,
 //! and the weights are resident once, as file pages shared by every process that maps
@@ -28,18 +28,20 @@ use sha2::{Digest, Sha256};
 use super::ClipError;
 
 /// Recorded in every store; change it when the layout of a prepared weight changes.
-pub const FORMAT: &str = "clipscope-prepared-1";
+pub const FORMAT: &str = "clipscope-prepared-2";
 
 /// Weights files below this size are not prepared: they load in milliseconds.
 pub const MIN_SOURCE_BYTES: u64 = 32 << 20;
 
-/// A mapped row-major f32 matrix of a prepared-weights file: a dense layer's
-/// `(inputs, outputs)` weight, or the token embedding's `(vocabulary, width)` table.
+/// A mapped f32 matrix of a prepared-weights file: a dense layer's `(inputs, outputs)`
+/// weight in panels, or the token embedding's row-major `(vocabulary, width)` table.
 #[derive(Clone)]
 pub struct MappedMatrix {
     map: Arc<Mmap>,
     /// Offset of the first value, in bytes, checked to be f32-aligned.
     start: usize,
+    /// Values stored: `inputs × outputs`, or whole panels' worth.
+    len: usize,
     inputs: usize,
     outputs: usize,
 }
@@ -50,27 +52,12 @@ impl MappedMatrix {
         (self.inputs, self.outputs)
     }
 
-    /// Drop the matrix's pages from this process's resident set (the file keeps them;
-    /// a later read maps them again), once a copy has taken over.
-    pub fn release(&self) {
-        #[cfg(unix)]
-        // SAFETY: the map is read-only and file-backed, so DONTNEED discards no data: a
-        // read after it maps the same bytes from the page cache again.
-        unsafe {
-            let _ = self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                self.start,
-                self.inputs * self.outputs * 4,
-            );
-        }
-    }
-
-    /// The values, row-major.
+    /// The values as stored: row-major, or panel by panel.
     pub fn values(&self) -> &[f32] {
-        let bytes = &self.map[self.start..][..self.inputs * self.outputs * 4];
+        let bytes = &self.map[self.start..][..self.len * 4];
         // SAFETY: `start` was checked to be 4-byte aligned in a page-aligned map and the
         // range to lie in it when the matrix was made; any bits are a valid f32.
-        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), self.inputs * self.outputs) }
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), self.len) }
     }
 }
 
@@ -155,28 +142,58 @@ impl PreparedStore {
         self.mapped.is_some()
     }
 
-    /// Layer `name`'s weight as an `(inputs, outputs)` matrix, if the store has one of
+    /// Tensor `name` as a row-major `(rows, cols)` matrix, if the store has one of that
+    /// shape.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Option<MappedMatrix> {
+        self.find(name, &[rows, cols], (rows, cols))
+    }
+
+    /// Layer `name`'s `(inputs, outputs)` weight in panels, if the store has one of
     /// that shape.
-    pub fn matrix(&self, name: &str, inputs: usize, outputs: usize) -> Option<MappedMatrix> {
+    pub fn panels(&self, name: &str, inputs: usize, outputs: usize) -> Option<MappedMatrix> {
+        self.find(name, &panel_shape(inputs, outputs), (inputs, outputs))
+    }
+
+    fn find(
+        &self,
+        name: &str,
+        want: &[usize],
+        (inputs, outputs): (usize, usize),
+    ) -> Option<MappedMatrix> {
         let mapped = self.mapped.as_ref()?;
         let (start, shape) = mapped.index.get(name)?;
-        (shape.as_slice() == [inputs, outputs]).then(|| MappedMatrix {
+        (shape.as_slice() == want).then(|| MappedMatrix {
             map: Arc::clone(&mapped.map),
             start: *start,
+            len: want.iter().product(),
             inputs,
             outputs,
         })
     }
 
-    /// Remember a transposed `(inputs, outputs)` weight the load made, to save.
-    pub fn record(&self, name: String, w_t: Arc<Vec<f32>>, inputs: usize, outputs: usize) {
-        debug_assert_eq!(w_t.len(), inputs * outputs);
+    /// Remember a row-major `(rows, cols)` matrix the load made, to save.
+    pub fn record(&self, name: String, values: Arc<Vec<f32>>, rows: usize, cols: usize) {
+        self.remember(name, values, vec![rows, cols]);
+    }
+
+    /// Remember an `(inputs, outputs)` weight in panels the load made, to save.
+    pub fn record_panels(
+        &self,
+        name: String,
+        values: Arc<Vec<f32>>,
+        inputs: usize,
+        outputs: usize,
+    ) {
+        self.remember(name, values, panel_shape(inputs, outputs).to_vec());
+    }
+
+    fn remember(&self, name: String, values: Arc<Vec<f32>>, shape: Vec<usize>) {
+        debug_assert_eq!(values.len(), shape.iter().product::<usize>());
         let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
         made.push(Made {
             name,
-            w_t,
-            inputs,
-            outputs,
+            values,
+            shape,
         });
     }
 
@@ -199,9 +216,9 @@ impl PreparedStore {
             .map(|m| {
                 // SAFETY: the bytes of live f32 values, little-endian on this machine.
                 let bytes = unsafe {
-                    std::slice::from_raw_parts(m.w_t.as_ptr().cast::<u8>(), m.w_t.len() * 4)
+                    std::slice::from_raw_parts(m.values.as_ptr().cast::<u8>(), m.values.len() * 4)
                 };
-                let view = TensorView::new(Dtype::F32, vec![m.inputs, m.outputs], bytes);
+                let view = TensorView::new(Dtype::F32, m.shape.clone(), bytes);
                 view.map(|v| (m.name.as_str(), v))
             })
             .collect::<Result<Vec<_>, _>>()
@@ -230,9 +247,17 @@ impl PreparedStore {
 /// A weight the load made, to save.
 struct Made {
     name: String,
-    w_t: Arc<Vec<f32>>,
-    inputs: usize,
-    outputs: usize,
+    values: Arc<Vec<f32>>,
+    shape: Vec<usize>,
+}
+
+/// How a weight in panels is stored: `[panels, inputs, 32]`.
+fn panel_shape(inputs: usize, outputs: usize) -> [usize; 3] {
+    [
+        outputs.div_ceil(super::panels::PANEL),
+        inputs,
+        super::panels::PANEL,
+    ]
 }
 
 /// Where the store of `weights` lives under `dir`: named by the SHA-256 of the weights

@@ -434,6 +434,22 @@ pub(crate) fn matmul_into(
     unsafe { gemm_at(a, b, out, product) }
 }
 
+/// `dst += a · b` on one thread, `dst` a raw output of `len` floats with rows `dst_rs`
+/// apart, for parallel tasks that each write their own columns of one output.
+///
+/// # Safety
+/// `dst` must be valid for reads and writes of `len` initialised floats, and no other
+/// thread may touch the elements this product writes while it runs.
+pub(crate) unsafe fn matmul_add_at(a: Mat, b: Mat, dst: *mut f32, len: usize, dst_rs: usize) {
+    let product = Product {
+        accumulate: true,
+        scale: 1.0,
+        parallel: false,
+    };
+    // SAFETY: the caller's contract; gemm_at asserts the strided output lies in `len`.
+    unsafe { gemm_at(a, b, Out::new(dst, len, dst_rs), product) }
+}
+
 /// Where a product goes: `len` floats at `ptr`, rows `rs` apart.
 struct Out {
     ptr: *mut f32,

@@ -1,0 +1,359 @@
+//! f32 dense weights packed in panels of 32 output columns, and the product by them.
+//!
+//! A panel holds 32 columns of the `(inputs, outputs)` weight input by input,
+//! `[panel][input][32]`, so a product streams each panel front to back: 128 contiguous
+//! bytes per input, whatever the layer's width. gemm reads a transposed `(in, out)`
+//! weight a few lines per input with a stride of the layer's width, which with one
+//! image's 50 tokens ran at 115-170 GFLOP/s on the development machine's two cores and
+//! depended on the weight's pages being huge; the kernel here ran the same products at
+//! 170-215 GFLOP/s from any pages (`docs/benchmarks.md`, "Panel kernel").
+//!
+//! On CPUs with AVX-512 a micro-kernel multiplies up to 12 rows of activations by a
+//! whole panel at a time, 24 accumulators, the activations read in place (no packing
+//! pass); each output's sum runs in the same order whatever the number of rows. CPUs
+//! without AVX-512 run gemm once per panel instead.
+
+use rayon::prelude::*;
+
+use crate::cnn::conv::{matmul_add_at, Mat};
+
+/// Output columns per panel: two AVX-512 registers of f32.
+pub const PANEL: usize = 32;
+
+/// Rows of activations per micro-tile: 12 x 2 accumulators leave registers for the
+/// panel's two vectors.
+const MR: usize = 12;
+
+/// Inputs summed in registers before the sums are added to the output: partial sums
+/// of this length keep rounding error near gemm's (the full-size parity test's
+/// probabilities moved 5.8e-6 from the reference with one sum over all inputs, 2.0e-6
+/// with gemm).
+const KC: usize = 256;
+
+/// Below this many multiply-adds a product runs on one thread: handing panels to
+/// rayon's workers costs more than it saves (a projection of one embedding).
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// Floats a packed `(inputs, outputs)` weight takes: whole panels, the last padded.
+pub fn packed_len(inputs: usize, outputs: usize) -> usize {
+    outputs.div_ceil(PANEL) * inputs * PANEL
+}
+
+/// Pack PyTorch's row-major `(outputs, inputs)` weight into panels; the last panel's
+/// missing columns are zeros.
+pub fn pack(weight: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
+    assert_eq!(weight.len(), outputs * inputs, "weight is outputs x inputs");
+    // Huge pages where the system gives them; every value is written below.
+    let mut packed = crate::util::zeroed_floats(packed_len(inputs, outputs));
+    if inputs == 0 {
+        return packed;
+    }
+    packed
+        .par_chunks_mut(inputs * PANEL)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for j in 0..PANEL.min(outputs - p * PANEL) {
+                let row = &weight[(p * PANEL + j) * inputs..][..inputs];
+                for (k, &v) in row.iter().enumerate() {
+                    panel[k * PANEL + j] = v;
+                }
+            }
+        });
+    packed
+}
+
+/// `out += x · W` for the packed `(inputs, outputs)` weight `w`, `x` row-major
+/// `rows × inputs`, `out` row-major `rows × outputs` holding the starting values (a
+/// bias, a residual).
+pub fn matmul_onto(
+    w: &[f32],
+    inputs: usize,
+    outputs: usize,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(w.len(), packed_len(inputs, outputs), "packed weight size");
+    assert_eq!(x.len(), rows * inputs, "input is rows x inputs");
+    assert_eq!(out.len(), rows * outputs, "output is rows x outputs");
+    if rows == 0 || outputs == 0 || inputs == 0 {
+        return;
+    }
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    // One kernel for every size: an image's embedding must not depend on the batch it
+    // came in (sharded jobs merge to the unsharded run's results), and switching to
+    // gemm above some size would change its summation order.
+    let use_kernel = has_kernel();
+    let panel = move |p: usize| {
+        let cols = PANEL.min(outputs - p * PANEL);
+        let w = &w[p * inputs * PANEL..][..inputs * PANEL];
+        // SAFETY: each panel writes only its own columns of `out`, which is rows ×
+        // outputs long (asserted above); no two calls share a column.
+        let dst = unsafe { out_ptr.at(p * PANEL) };
+        if use_kernel {
+            // SAFETY: the CPU has AVX-512 (has_kernel); the sizes are those asserted.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                panel_avx512(x, rows, inputs, w, cols, dst, outputs)
+            };
+        } else {
+            // SAFETY: as above; from this panel's first column of row 0, `cols` columns
+            // of each of `rows` rows `outputs` apart lie in `out`.
+            unsafe {
+                matmul_add_at(
+                    Mat::new(x, rows, inputs),
+                    Mat::with_row_stride(w, inputs, cols, PANEL),
+                    dst,
+                    (rows - 1) * outputs + cols,
+                    outputs,
+                )
+            };
+        }
+    };
+    let panels = outputs.div_ceil(PANEL);
+    if rows * inputs * outputs < PARALLEL_MIN_WORK {
+        (0..panels).for_each(panel);
+    } else {
+        (0..panels).into_par_iter().for_each(panel);
+    }
+}
+
+/// Whether the AVX-512 micro-kernel can run here.
+fn has_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The output, shared by the panels' tasks, each writing only its own columns.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: tasks write disjoint columns (see matmul_onto).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The address `offset` floats in.
+    ///
+    /// # Safety
+    /// `offset` must lie within the output.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// One panel's `cols` columns of all rows: the rows in tiles of at most [`MR`], split
+/// evenly (50 rows as 5 × 10, not 4 × 12 + 2).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `x` holds `rows × inputs` values, `w` one panel of
+/// `inputs × PANEL`, and `dst` addresses `rows` rows of at least `cols` writable,
+/// initialised floats, `ldc` apart.
+#[cfg(target_arch = "x86_64")]
+unsafe fn panel_avx512(
+    x: &[f32],
+    rows: usize,
+    inputs: usize,
+    w: &[f32],
+    cols: usize,
+    dst: *mut f32,
+    ldc: usize,
+) {
+    let tiles = rows.div_ceil(MR);
+    let mut start = 0;
+    for t in 1..=tiles {
+        let end = t * rows / tiles;
+        let a = x[start * inputs..].as_ptr();
+        let c = dst.wrapping_add(start * ldc);
+        // SAFETY: the tile's rows lie in x and dst (the caller's contract).
+        unsafe { tile_dispatch(end - start, a, inputs, w.as_ptr(), cols, c, ldc) };
+        start = end;
+    }
+}
+
+/// The micro-kernel for `rows` (1 to [`MR`]) rows, chosen at compile time so the
+/// accumulators stay in registers.
+///
+/// # Safety
+/// As [`tile`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_dispatch(
+    rows: usize,
+    a: *const f32,
+    k: usize,
+    b: *const f32,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the caller's contract, with `rows` rows.
+    unsafe {
+        match rows {
+            1 => tile::<1>(a, k, b, cols, c, ldc),
+            2 => tile::<2>(a, k, b, cols, c, ldc),
+            3 => tile::<3>(a, k, b, cols, c, ldc),
+            4 => tile::<4>(a, k, b, cols, c, ldc),
+            5 => tile::<5>(a, k, b, cols, c, ldc),
+            6 => tile::<6>(a, k, b, cols, c, ldc),
+            7 => tile::<7>(a, k, b, cols, c, ldc),
+            8 => tile::<8>(a, k, b, cols, c, ldc),
+            9 => tile::<9>(a, k, b, cols, c, ldc),
+            10 => tile::<10>(a, k, b, cols, c, ldc),
+            11 => tile::<11>(a, k, b, cols, c, ldc),
+            12 => tile::<12>(a, k, b, cols, c, ldc),
+            _ => unreachable!("tiles have 1 to {MR} rows"),
+        }
+    }
+}
+
+/// `c[r][..cols] += a[r] · b` for `R` rows of `a`, `k` apart, and one panel `b`.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `a` must hold `R` rows of `k` values, `k` apart; `b` one
+/// panel of `k × PANEL`; `c` `R` rows of `cols` initialised floats, `ldc` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const R: usize>(
+    a: *const f32,
+    k: usize,
+    b: *const f32,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    // Lanes of each half that hold real columns (the last panel may be partial);
+    // masked lanes are neither read nor written, nor can they fault.
+    let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
+    let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(16)));
+    for k0 in (0..k).step_by(KC) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for kk in k0..k.min(k0 + KC) {
+            // SAFETY: input kk's 32 values of the panel, and row r's input kk, lie in
+            // b and a (the caller's contract).
+            unsafe {
+                let b0 = _mm512_loadu_ps(b.add(kk * PANEL));
+                let b1 = _mm512_loadu_ps(b.add(kk * PANEL + 16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * k + kk));
+                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let row = c.wrapping_add(r * ldc);
+            // SAFETY: masked to this row's `cols` columns (the caller's contract).
+            unsafe {
+                let c0 = _mm512_maskz_loadu_ps(m0, row);
+                let c1 = _mm512_maskz_loadu_ps(m1, row.wrapping_add(16));
+                _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(c0, acc[0]));
+                _mm512_mask_storeu_ps(row.wrapping_add(16), m1, _mm512_add_ps(c1, acc[1]));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::half::tests::values;
+    use crate::cnn::conv::matmul_into;
+
+    /// `start + x · Wᵀ` in f64 for `w` as `(out, in)`.
+    fn reference(x: &[f32], w: &[f32], start: &[f32], rows: usize, k: usize, n: usize) -> Vec<f32> {
+        (0..rows * n)
+            .map(|i| {
+                let (row, col) = (i / n, i % n);
+                let dot: f64 = (0..k)
+                    .map(|j| f64::from(x[row * k + j]) * f64::from(w[col * k + j]))
+                    .sum();
+                (dot + f64::from(start[i])) as f32
+            })
+            .collect()
+    }
+
+    fn worst(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
+    #[test]
+    fn packed_products_match_the_sum_in_f64_for_every_tile_and_panel_shape() {
+        // Rows: one, a partial tile, tiles split evenly, many tiles; columns: a partial
+        // panel alone, whole panels, whole and partial; inputs past one partial sum.
+        let shapes = [
+            (1, 5, 7),
+            (3, 17, 32),
+            (13, 40, 50),
+            (50, 64, 96),
+            (50, 33, 100),
+            (130, 24, 40),
+            (2100, 520, 33),
+        ];
+        for (rows, k, n) in shapes {
+            let (x, w, start) = (values(rows * k, 1), values(n * k, 2), values(rows * n, 3));
+            let packed = pack(&w, n, k);
+            assert_eq!(packed.len(), packed_len(k, n));
+            let mut out = start.clone();
+            matmul_onto(&packed, k, n, &x, rows, &mut out);
+            let want = reference(&x, &w, &start, rows, k, n);
+            let err = worst(&out, &want);
+            assert!(err < 1e-4, "{rows}x{k}x{n}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_kernel_and_gemm_agree_on_the_same_product() {
+        // Large enough for the parallel path.
+        let (rows, k, n) = (50, 96, 80);
+        let (x, w) = (values(rows * k, 4), values(n * k, 5));
+        let packed = pack(&w, n, k);
+        let mut kernel = vec![0.5; rows * n];
+        matmul_onto(&packed, k, n, &x, rows, &mut kernel);
+        let mut by_gemm = vec![0.5; rows * n];
+        for p in 0..n.div_ceil(PANEL) {
+            let cols = PANEL.min(n - p * PANEL);
+            matmul_into(
+                Mat::new(&x, rows, k),
+                Mat::with_row_stride(&packed[p * k * PANEL..], k, cols, PANEL),
+                &mut by_gemm[p * PANEL..],
+                n,
+                1.0,
+                true,
+            );
+        }
+        assert!(worst(&kernel, &by_gemm) < 1e-5);
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_alone_or_in_any_batch() {
+        if !has_kernel() {
+            // gemm (per panel) chooses its blocking by size; only the kernel promises this.
+            eprintln!("skipped: no AVX-512 here");
+            return;
+        }
+        // Up to 4 MB of activations and beyond (where gemm would block differently).
+        for (rows, k, n) in [(50, 48, 144), (130, 300, 40), (700, 1600, 40)] {
+            let (x, w) = (values(rows * k, 6), values(n * k, 7));
+            let packed = pack(&w, n, k);
+            let mut all = vec![0.25; rows * n];
+            matmul_onto(&packed, k, n, &x, rows, &mut all);
+            for r in [0, 7, rows / 2, rows - 1] {
+                let mut one = vec![0.25; n];
+                matmul_onto(&packed, k, n, &x[r * k..][..k], 1, &mut one);
+                assert_eq!(one, all[r * n..][..n], "{rows}x{k}x{n}, row {r}");
+            }
+        }
+    }
+}
