@@ -241,15 +241,8 @@ mod tests {
         k: usize,
         n: usize,
     ) -> Vec<f32> {
-        (0..rows * n)
-            .map(|i| {
-                let (row, col) = (i / n, i % n);
-                let dot: f64 = (0..k)
-                    .map(|j| f64::from(x[row * k + j]) * f64::from(w[col * k + j]))
-                    .sum();
-                (dot + f64::from(b[col]) + f64::from(r[i])) as f32
-            })
-            .collect()
+        let start: Vec<f32> = r.iter().enumerate().map(|(i, r)| r + b[i % n]).collect();
+        crate::clip::panels::tests::reference(x, w, &start, rows, k, n)
     }
 
     #[test]

@@ -263,13 +263,20 @@ unsafe fn tile<const R: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clip::half::tests::values;
     use crate::cnn::conv::matmul_into;
 
     /// `start + x · Wᵀ` in f64 for `w` as `(out, in)`.
-    fn reference(x: &[f32], w: &[f32], start: &[f32], rows: usize, k: usize, n: usize) -> Vec<f32> {
+    pub(crate) fn reference(
+        x: &[f32],
+        w: &[f32],
+        start: &[f32],
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f32> {
         (0..rows * n)
             .map(|i| {
                 let (row, col) = (i / n, i % n);
