@@ -3,10 +3,11 @@
 //! A panel holds 32 columns of the `(inputs, outputs)` weight input by input,
 //! `[panel][input][32]`, so a product streams each panel front to back: 128 contiguous
 //! bytes per input, whatever the layer's width. gemm reads a transposed `(in, out)`
-//! weight a few lines per input with a stride of the layer's width, which with one
-//! image's 50 tokens ran at 115-170 GFLOP/s on the development machine's two cores and
-//! depended on the weight's pages being huge; the kernel here ran the same products at
-//! 170-215 GFLOP/s from any pages (`docs/benchmarks.md`, "Panel kernel").
+//! weight a few lines per input with a stride of the layer's width and depends on the
+//! weight's pages being huge for it; with one image's 50 tokens the kernel here ran
+//! ViT-B/32's products 1.2-2.1 times as fast as gemm, at 800 rows about as fast, and
+//! with 3072 inputs at 800 rows at 0.83 of gemm's rate (`examples/panel_bench.rs`,
+//! numbers in `docs/benchmarks.md`).
 //!
 //! On CPUs with AVX-512 a micro-kernel multiplies up to 12 rows of activations by a
 //! whole panel at a time, 24 accumulators, the activations read in place (no packing
