@@ -23,12 +23,14 @@ pub const PANEL: usize = 32;
 
 /// Rows of activations per micro-tile: 12 x 2 accumulators leave registers for the
 /// panel's two vectors.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MR: usize = 12;
 
 /// Inputs summed in registers before the sums are added to the output: partial sums
 /// of this length keep rounding error near gemm's (the full-size parity test's
 /// probabilities moved 5.8e-6 from the reference with one sum over all inputs, 2.0e-6
 /// with gemm).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const KC: usize = 256;
 
 /// Below this many multiply-adds a product runs on one thread: handing panels to
