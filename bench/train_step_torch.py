@@ -27,7 +27,7 @@ for i in range(steps + 2):
     times.append(t3 - t)
 print("mean forward {:.1f} ms, backward {:.1f} ms, optimizer {:.1f} ms".format(*(p / steps * 1e3 for p in phases)))
 med = sorted(times[2:])[len(times[2:]) // 2]
-print(f"train step b{batch} {size}px: median {med * 1e3:.1f} ms, {batch / med:.1f} img/s")
+print(f"train step b{batch} {size}px: median {med * 1e3:.1f} ms, {batch / med:.1f} img/s (fastest {min(times[2:]) * 1e3:.1f} ms)")
 model.eval()
 ev = []
 with torch.no_grad():
@@ -36,7 +36,7 @@ with torch.no_grad():
         model(x)
         ev.append(time.perf_counter() - t)
 med = sorted(ev)[len(ev) // 2]
-print(f"eval forward b{batch} {size}px: median {med * 1e3:.1f} ms, {batch / med:.1f} img/s")
+print(f"eval forward b{batch} {size}px: median {med * 1e3:.1f} ms, {batch / med:.1f} img/s (fastest {min(ev) * 1e3:.1f} ms)")
 if "CONVS" not in __import__("os").environ:
     sys.exit(0)
 s = size // 4

@@ -126,6 +126,24 @@ pub fn cpu_summary() -> String {
     format!("{model}; {}", have.join(" "))
 }
 
+/// One output buffer shared by parallel tasks that each write their own disjoint part of
+/// it (rows, columns or panels of a matrix product).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+
+// SAFETY: a SharedOut only hands out addresses; the tasks that write through them touch
+// disjoint elements (each caller's contract).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The address `offset` floats in (writing through it is the caller's business).
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// A zeroed buffer of `len` floats whose pages the kernel may back with huge pages:
 /// loading a model writes 600 MB of fresh memory, and with 4 KiB pages about a fifth of
 /// the load went to page faults. No-op elsewhere than Linux.

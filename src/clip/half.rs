@@ -188,7 +188,7 @@ impl PackedHalf {
                     unsafe { pack_row_bf16(row, &mut tile[r..]) };
                 }
             });
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
         let a = &a;
         (0..n.div_ceil(NR)).into_par_iter().for_each(move |p| {
             let panel = self.panel(p);
@@ -246,19 +246,6 @@ unsafe fn pack_row_bf16(row: &[f32], dst: &mut [u32]) {
         let hi = pair.get(1).map_or(0, |&v| HalfFormat::Bf16.round(v));
         dst[p * MR] = u32::from(lo) | (u32::from(hi) << 16);
         p += 1;
-    }
-}
-
-/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint elements (see the callers).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 

@@ -82,7 +82,7 @@ pub fn matmul_onto(
     if rows == 0 || outputs == 0 || inputs == 0 {
         return;
     }
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
     // One kernel for every size: an image's embedding must not depend on the batch it
     // came in (sharded jobs merge to the unsharded run's results), and switching to
     // gemm above some size would change its summation order.
@@ -90,9 +90,9 @@ pub fn matmul_onto(
     let panel = move |p: usize| {
         let cols = PANEL.min(outputs - p * PANEL);
         let w = &w[p * inputs * PANEL..][..inputs * PANEL];
-        // SAFETY: each panel writes only its own columns of `out`, which is rows ×
-        // outputs long (asserted above); no two calls share a column.
-        let dst = unsafe { out_ptr.at(p * PANEL) };
+        // Each panel writes only its own columns of `out`, which is rows × outputs long
+        // (asserted above); no two calls share a column.
+        let dst = out_ptr.at(p * PANEL);
         if use_kernel {
             // SAFETY: the CPU has AVX-512 (has_kernel); the sizes are those asserted.
             #[cfg(target_arch = "x86_64")]
@@ -130,26 +130,6 @@ fn has_kernel() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
-    }
-}
-
-/// The output, shared by the panels' tasks, each writing only its own columns.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-// SAFETY: tasks write disjoint columns (see matmul_onto).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The address `offset` floats in.
-    ///
-    /// # Safety
-    /// `offset` must lie within the output.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: the caller's contract.
-        unsafe { self.0.add(offset) }
     }
 }
 

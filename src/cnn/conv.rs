@@ -372,6 +372,20 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// Columns `range` of the view (a block of the inner dimension of `self · b`).
+    fn columns(self, range: std::ops::Range<usize>) -> Self {
+        Self {
+            data: &self.data[(range.start * self.cs).min(self.data.len())..],
+            cols: range.len(),
+            ..self
+        }
+    }
+
+    /// Rows `range` of the view.
+    fn rows(self, range: std::ops::Range<usize>) -> Self {
+        self.t().columns(range).t()
+    }
+
     /// Whether every element the view names lies in its slice.
     fn in_bounds(&self) -> bool {
         self.rows == 0
@@ -398,6 +412,97 @@ pub(crate) fn matmul(a: Mat, b: Mat, scratch: bool) -> Vec<f32> {
     } else {
         uninit_filled(len, fill)
     }
+}
+
+/// Products of at most this many rows are split in column blocks (see
+/// `matmul_short_wide`).
+const SHORT_ROWS: usize = 128;
+/// Columns per block of a short, wide product.
+const COLUMN_BLOCK: usize = 256;
+
+/// `a · b` into a new row-major matrix, for a product of few rows and many columns (a
+/// convolution's forward pass with few output channels over a whole batch: ResNet18's
+/// stem at 64 px is `64 × 147 × 32768`). gemm threads such a product poorly (70-100
+/// GFLOP/s on 2 cores); blocks of `COLUMN_BLOCK` columns, one single-threaded product
+/// each, reach 110-170 (`examples/gemm_shapes.rs`). Each output still sums its inner
+/// dimension in gemm's order for one thread.
+pub(crate) fn matmul_short_wide(a: Mat, b: Mat) -> Vec<f32> {
+    let (m, n) = (a.rows, b.cols);
+    if m > SHORT_ROWS || n < 8 * COLUMN_BLOCK || a.cols == 0 {
+        return matmul(a, b, false);
+    }
+    uninit_filled(m * n, |dst| {
+        let out = crate::util::SharedOut(dst.as_mut_ptr().cast::<f32>());
+        (0..n.div_ceil(COLUMN_BLOCK))
+            .into_par_iter()
+            .for_each(|block| {
+                let cols = block * COLUMN_BLOCK..((block + 1) * COLUMN_BLOCK).min(n);
+                let start = cols.start;
+                let product = Product {
+                    parallel: false,
+                    ..Product::PARALLEL
+                };
+                // SAFETY: each block writes only its own columns of the m × n output
+                // (rows n apart), which gemm_at asserts lie within it; nothing reads them.
+                unsafe {
+                    let dst = Out::new(out.at(start), m * n - start, n);
+                    gemm_at(a, b.columns(cols), dst, product)
+                }
+            });
+    })
+}
+
+/// Inner dimensions up to this long go to one threaded gemm call; longer ones are split in
+/// blocks of this length (see `matmul_long_inner`).
+const INNER_BLOCK: usize = 2048;
+/// At most this many floats of partial results (32 MB) for one split product.
+const PARTIAL_MAX: usize = 8 << 20;
+
+/// `a · b` into a new row-major matrix, for a small result of a long inner dimension (a
+/// convolution's weight gradient sums over every output position of the batch: the stem
+/// of ResNet18 at 64 px is `147 × 32768 × 64`). gemm threads such a product over the few
+/// rows and columns of its result and runs at a third of its speed; here each block of
+/// `INNER_BLOCK` (or more) inner indices is one single-threaded product, and the partial
+/// results are summed in block order, so the result does not depend on the number of
+/// threads.
+pub(crate) fn matmul_long_inner(a: Mat, b: Mat) -> Vec<f32> {
+    let (len, k) = (a.rows * b.cols, a.cols);
+    if k <= INNER_BLOCK || len == 0 {
+        return matmul(a, b, false);
+    }
+    // Longer blocks when the partial results would pass PARTIAL_MAX floats (VGG16's
+    // large layers), still a function of the shapes alone.
+    let block = INNER_BLOCK.max((k * len).div_ceil(PARTIAL_MAX));
+    let blocks = k.div_ceil(block);
+    let mut partial = vec![0f32; blocks * len];
+    partial
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(i, out)| {
+            let inner = i * block..((i + 1) * block).min(k);
+            matmul_into(
+                a.columns(inner.clone()),
+                b.rows(inner),
+                out,
+                b.cols,
+                1.0,
+                false,
+            );
+        });
+    let (first, rest) = partial.split_at_mut(len);
+    const SUM_CHUNK: usize = 4096;
+    first
+        .par_chunks_mut(SUM_CHUNK)
+        .enumerate()
+        .for_each(|(c, sum)| {
+            for block in rest.chunks_exact(len) {
+                for (s, p) in sum.iter_mut().zip(&block[c * SUM_CHUNK..]) {
+                    *s += p;
+                }
+            }
+        });
+    partial.truncate(len);
+    partial
 }
 
 /// `dst += a · b`, `dst` a row-major matrix of `a.rows × b.cols` (a dense layer's product
@@ -610,10 +715,9 @@ impl CustomOp2 for Conv {
         let (g, cout) = geometry(xl.shape(), wl.shape(), self.stride, self.pad)?;
         let (x, w) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
         let cols = patches(&g, x);
-        let y = matmul(
+        let y = matmul_short_wide(
             Mat::new(w, cout, g.rows()),
             Mat::new(&cols, g.rows(), g.cols()),
-            false,
         );
         match (&self.keep, cols) {
             (Some(keep), std::borrow::Cow::Owned(cols)) if cols.len() <= KEEP_PATCHES_MAX => {
@@ -669,10 +773,9 @@ impl CustomOp2 for ConvGradWeight<'_> {
         };
         // dWᵀ = cols · dYᵀ: gemm then packs the large patch matrix along its rows, which
         // is four times faster here than dY · colsᵀ (that gathers it down its columns).
-        let dwt = matmul(
+        let dwt = matmul_long_inner(
             Mat::new(&cols, g.rows(), g.cols()),
             Mat::new(dy, cout, g.cols()).t(),
-            false,
         );
         recycle(cols);
         let dw = crate::util::transpose(&dwt, g.rows(), cout);
@@ -778,6 +881,10 @@ mod tests {
             (5, 1, 2, 1),
             (7, 1, 3, 2),
             (7, 2, 3, 1),
+            // Outputs wide enough for column blocks and an inner dimension long enough to
+            // be split in the weight gradient (2 × 40 × 40 positions).
+            (3, 1, 1, 40),
+            (7, 2, 3, 80),
         ];
         for ((k, stride, pad, h), train) in cases.into_iter().flat_map(|c| [(c, true), (c, false)])
         {
@@ -803,6 +910,43 @@ mod tests {
                 let t = v.as_tensor();
                 let d = max_abs_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
                 assert!(d < 1e-3, "gradient k{k} s{stride}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_inner_product_matches_one_gemm_and_not_the_thread_count() {
+        // Inner lengths of one block, a block and a bit, and several with a partial last;
+        // `b` read as the transpose of a row-major matrix, as the weight gradient does.
+        for (m, k, n) in [
+            (5, INNER_BLOCK, 3),
+            (7, INNER_BLOCK + 1, 4),
+            (3, 3 * INNER_BLOCK + 17, 9),
+        ] {
+            let a = random(&[m, k], 4);
+            let bt = random(&[n, k], 5);
+            let (a, b) = (Mat::new(&a, m, k), Mat::new(&bt, n, k).t());
+            let exact: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    (0..k)
+                        .map(|j| f64::from(a.data[i / n * k + j]) * f64::from(bt[i % n * k + j]))
+                        .sum()
+                })
+                .collect();
+            let on = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| matmul_long_inner(a, b))
+            };
+            let (one, three) = (on(1), on(3));
+            assert_eq!(one, three, "{m}x{k}x{n}: the result depends on the threads");
+            for (got, want) in one.iter().zip(&exact) {
+                assert!(
+                    (f64::from(*got) - want).abs() < 1e-3,
+                    "{m}x{k}x{n}: {got} vs {want}"
+                );
             }
         }
     }
