@@ -171,18 +171,7 @@ impl BatchNorm2d {
     pub fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let c = x.dim(0)?;
         if !train {
-            // Fold the running statistics into one scale and shift per channel.
-            // Detached (see `for_mode`): evaluation records no graph.
-            let per_channel = |t: &Tensor| for_mode(t, false).reshape((c, 1, 1, 1));
-            let mean = per_channel(self.running_mean.as_tensor())?;
-            let var = per_channel(self.running_var.as_tensor())?;
-            let scale = (var + self.eps)?
-                .sqrt()?
-                .recip()?
-                .mul(&per_channel(&self.weight)?)?;
-            let shift = (per_channel(&self.bias)? - mean.mul(&scale)?)?;
-            let y = x.broadcast_mul(&scale)?.broadcast_add(&shift)?;
-            return if relu { y.relu() } else { Ok(y) };
+            return x.contiguous()?.apply_op1(self.folded(c, relu)?);
         }
         let stats = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let y = x.contiguous()?.apply_op3(
@@ -205,6 +194,79 @@ impl BatchNorm2d {
         self.running_mean.set(&new_mean)?;
         self.running_var.set(&new_var)?;
         Ok(y)
+    }
+}
+
+impl BatchNorm2d {
+    /// The running statistics, weight and bias folded into one scale and shift per
+    /// channel, for evaluation.
+    fn folded(&self, c: usize, relu: bool) -> Result<BatchNormEval> {
+        let values = |t: &Tensor| t.detach().to_dtype(DType::F64)?.to_vec1::<f64>();
+        let (mean, var) = (
+            values(self.running_mean.as_tensor())?,
+            values(self.running_var.as_tensor())?,
+        );
+        let (weight, bias) = (values(&self.weight)?, values(&self.bias)?);
+        if [mean.len(), var.len(), weight.len(), bias.len()] != [c; 4] {
+            candle_core::bail!("batch norm: {c} channels in, parameters for {}", mean.len());
+        }
+        let scale: Vec<f64> = (0..c)
+            .map(|i| weight[i] / (var[i] + self.eps).sqrt())
+            .collect();
+        Ok(BatchNormEval {
+            shift: (0..c)
+                .map(|i| (bias[i] - mean[i] * scale[i]) as f32)
+                .collect(),
+            scale: scale.into_iter().map(|v| v as f32).collect(),
+            relu,
+        })
+    }
+}
+
+/// Evaluation-mode batch norm (and ReLU) of contiguous channel-major data: `x · scale +
+/// shift` per channel in one pass (candle's broadcast multiply, add and ReLU made three).
+struct BatchNormEval {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    relu: bool,
+}
+
+impl candle_core::CustomOp1 for BatchNormEval {
+    fn name(&self) -> &'static str {
+        "batch-norm-eval"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(storage, layout)?;
+        let run = channel_len(layout)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(run)
+            .zip(x.par_chunks(run))
+            .enumerate()
+            .for_each(|(c, (y, x))| {
+                let (a, b) = (self.scale[c], self.shift[c]);
+                if self.relu {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = (x * a + b).max(0.0);
+                    }
+                } else {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = x * a + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let c = self.scale.len();
+        let scale = Tensor::from_slice(&self.scale, (c, 1, 1, 1), grad.device())?;
+        let g = grad.broadcast_mul(&scale)?;
+        Ok(Some(if self.relu {
+            g.contiguous()?.apply_op2_no_bwd(res, &ReluMask)?
+        } else {
+            g
+        }))
     }
 }
 
@@ -794,12 +856,32 @@ mod tests {
             .collect();
         // Channel-major (C, N, H, W), with and without the fused ReLU.
         finite_difference_check(|t| bn.forward_t(t, true, false), x.clone(), &[3, 4, 2, 2]);
-        finite_difference_check(|t| bn.forward_t(t, true, true), x, &[3, 4, 2, 2]);
+        finite_difference_check(|t| bn.forward_t(t, true, true), x.clone(), &[3, 4, 2, 2]);
         // The store sees the updated running mean (it moved from 0 towards ~1).
-        let saved = map.data().lock().unwrap()["bn.running_mean"]
-            .as_tensor()
-            .to_vec1::<f32>()
-            .unwrap();
+        let stat = |name: &str| {
+            map.data().lock().unwrap()[name]
+                .as_tensor()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let saved = stat("bn.running_mean");
         assert!(saved.iter().all(|m| *m > 0.05), "{saved:?}");
+        // Evaluation mode normalises with the running statistics, in one fused pass,
+        // and passes gradients to its input.
+        let xt = Tensor::from_vec(x.clone(), (3, 4, 2, 2), &dev).unwrap();
+        let (mean, var) = (stat("bn.running_mean"), stat("bn.running_var"));
+        for relu in [false, true] {
+            let y = bn.forward_t(&xt, false, relu).unwrap();
+            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (i, (&got, &xv)) in y.iter().zip(&x).enumerate() {
+                let c = i / 16;
+                let mut want = (xv - mean[c]) / (var[c] + 1e-5).sqrt();
+                if relu {
+                    want = want.max(0.0);
+                }
+                assert!((got - want).abs() < 1e-5, "element {i}: {got} vs {want}");
+            }
+            finite_difference_check(|t| bn.forward_t(t, false, relu), x.clone(), &[3, 4, 2, 2]);
+        }
     }
 }
