@@ -1,8 +1,8 @@
-//! ResNet18's convolution products at batch 32 and 64 px (two at 128 px), timed as one threaded gemm
-//! call and split the way `src/cnn/conv.rs` splits them: column blocks of 256, one
-//! single-threaded gemm each, for the forward products of few output channels, and the
-//! weight gradient's long inner dimension in blocks of 2048 summed afterwards. The
-//! evidence for those two splits (docs/cnn.md). Usage:
+//! ResNet18's convolution products at batch 32 and 64 px (two at 128 px), timed as one
+//! threaded gemm call and split the way `src/cnn/conv.rs` splits them: column blocks of
+//! 256, one single-threaded gemm each, for the forward products of few output channels,
+//! and the weight gradient's long inner dimension in equal blocks of at least 2048,
+//! summed afterwards. The evidence for those two splits (docs/cnn.md). Usage:
 //! `RAYON_NUM_THREADS=2 cargo run --release --example gemm_shapes`
 use std::time::Instant;
 
@@ -85,8 +85,8 @@ fn main() {
         ("stage 2 forward", 128, 1152, 2048, false),
         ("stem dW", 147, 32768, 64, true),
         ("stage 1 dW", 576, 8192, 64, true),
+        ("stage 1 dW 128px", 576, 32768, 64, true),
         ("stage 2 dW 128px", 1152, 8192, 128, true),
-        ("stage 3 dW 128px", 2304, 4096, 256, true),
     ];
     for (label, m, k, n, b_transposed) in shapes {
         let p = Product {
@@ -98,6 +98,8 @@ fn main() {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
         let mut c = vec![0f32; m * n];
+        // SAFETY (here and below): `c` and `partial` hold the m × n outputs and every
+        // block's column and inner ranges lie inside the operands.
         let whole = median(|| unsafe {
             p.gemm(
                 &a,
@@ -110,15 +112,16 @@ fn main() {
             )
         });
         let split = if b_transposed {
-            // Inner blocks of 2048 into partial outputs, then summed.
-            let blocks = k.div_ceil(2048);
+            // Equal inner blocks of at least 2048 into partial outputs, then summed.
+            let block = k.div_ceil(k / 2048);
+            let blocks = k.div_ceil(block);
             let mut partial = vec![0f32; blocks * m * n];
             median(|| {
                 partial
                     .par_chunks_mut(m * n)
                     .enumerate()
                     .for_each(|(i, out)| {
-                        let (k0, kk) = (i * 2048, 2048.min(k - i * 2048));
+                        let (k0, kk) = (i * block, block.min(k - i * block));
                         unsafe {
                             p.gemm(
                                 &a,

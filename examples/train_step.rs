@@ -123,7 +123,8 @@ fn main() -> candle_core::Result<()> {
     Ok(())
 }
 
-/// Print the median of `seconds` as time per batch and images per second.
+/// Print the median of `seconds` as time per batch and images per second, and the
+/// fastest time.
 fn report(what: &str, batch: usize, size: usize, seconds: &[f64]) {
     let mut t = seconds.to_vec();
     t.sort_by(f64::total_cmp);

@@ -374,6 +374,7 @@ impl<'a> Mat<'a> {
 
     /// Columns `range` of the view (a block of the inner dimension of `self · b`).
     fn columns(self, range: std::ops::Range<usize>) -> Self {
+        debug_assert!(range.start <= range.end && range.end <= self.cols);
         Self {
             data: &self.data[(range.start * self.cs).min(self.data.len())..],
             cols: range.len(),
@@ -422,13 +423,16 @@ const COLUMN_BLOCK: usize = 256;
 
 /// `a · b` into a new row-major matrix, for a product of few rows and many columns (a
 /// convolution's forward pass with few output channels over a whole batch: ResNet18's
-/// stem at 64 px is `64 × 147 × 32768`). gemm threads such a product poorly (70-100
-/// GFLOP/s on 2 cores); blocks of `COLUMN_BLOCK` columns, one single-threaded product
-/// each, reach 110-170 (`examples/gemm_shapes.rs`). Each output still sums its inner
+/// stem at 64 px is `64 × 147 × 32768`). gemm splits such a product's columns between
+/// its threads up front; blocks of `COLUMN_BLOCK` columns, one single-threaded product
+/// each, go to whichever core is free, which gains most when another process slows a
+/// core (the stem on 2 busy cores: 82-92 GFLOP/s threaded, 113-125 in blocks; quiet:
+/// 139-141 and 164-166; `examples/gemm_shapes.rs`). Each output still sums its inner
 /// dimension in gemm's order for one thread.
 pub(crate) fn matmul_short_wide(a: Mat, b: Mat) -> Vec<f32> {
     let (m, n) = (a.rows, b.cols);
-    if m > SHORT_ROWS || n < 8 * COLUMN_BLOCK || a.cols == 0 {
+    // Fewer than 8 blocks would leave threads idle at the end of the product.
+    if m == 0 || m > SHORT_ROWS || n < 8 * COLUMN_BLOCK || a.cols == 0 {
         return matmul(a, b, false);
     }
     uninit_filled(m * n, |dst| {
@@ -452,47 +456,54 @@ pub(crate) fn matmul_short_wide(a: Mat, b: Mat) -> Vec<f32> {
     })
 }
 
-/// Inner dimensions up to this long go to one threaded gemm call; longer ones are split in
-/// blocks of this length (see `matmul_long_inner`).
+/// Inner dimensions shorter than twice this go to one threaded gemm call; longer ones
+/// are split in equal blocks at least this long (see `matmul_long_inner`).
 const INNER_BLOCK: usize = 2048;
-/// At most this many floats of partial results (32 MB) for one split product.
-const PARTIAL_MAX: usize = 8 << 20;
+/// Results larger than this many floats are left to gemm's own threading, which spreads
+/// their many rows and columns well (VGG16's `4608 × 512` weight gradients).
+const SPLIT_RESULT_MAX: usize = 1 << 20;
+
+/// The length of the inner blocks `matmul_long_inner` splits `k` into for a result of
+/// `len` floats: equal blocks of at least `INNER_BLOCK`, or `None` to leave the product
+/// whole. A function of the shapes alone, so the sums' order is too.
+fn inner_block(k: usize, len: usize) -> Option<usize> {
+    if k < 2 * INNER_BLOCK || len == 0 || len > SPLIT_RESULT_MAX {
+        return None;
+    }
+    Some(k.div_ceil(k / INNER_BLOCK))
+}
 
 /// `a · b` into a new row-major matrix, for a small result of a long inner dimension (a
 /// convolution's weight gradient sums over every output position of the batch: the stem
 /// of ResNet18 at 64 px is `147 × 32768 × 64`). gemm threads such a product over the few
-/// rows and columns of its result and runs at a third of its speed; here each block of
-/// `INNER_BLOCK` (or more) inner indices is one single-threaded product, and the partial
-/// results are summed in block order, so the result does not depend on the number of
-/// threads.
+/// rows and columns of its result, at 40-46% of its speed for the stem on 2 cores
+/// (`examples/gemm_shapes.rs`); here each block of the inner dimension (`inner_block`)
+/// is its own product, single-threaded unless there are fewer blocks than threads, and
+/// the partial results are summed in block order. gemm never splits an inner dimension
+/// between threads, so the result does not depend on the number of threads.
 pub(crate) fn matmul_long_inner(a: Mat, b: Mat) -> Vec<f32> {
     let (len, k) = (a.rows * b.cols, a.cols);
-    if k <= INNER_BLOCK || len == 0 {
+    let Some(block) = inner_block(k, len) else {
         return matmul(a, b, false);
-    }
-    // Longer blocks when the partial results would pass PARTIAL_MAX floats (VGG16's
-    // large layers), still a function of the shapes alone.
-    let block = INNER_BLOCK.max((k * len).div_ceil(PARTIAL_MAX));
+    };
     let blocks = k.div_ceil(block);
-    let mut partial = vec![0f32; blocks * len];
-    partial
-        .par_chunks_mut(len)
-        .enumerate()
-        .for_each(|(i, out)| {
+    let product = Product {
+        parallel: blocks < rayon::current_num_threads(),
+        ..Product::PARALLEL
+    };
+    let mut partial = uninit_filled(blocks * len, |dst| {
+        dst.par_chunks_mut(len).enumerate().for_each(|(i, out)| {
             let inner = i * block..((i + 1) * block).min(k);
-            matmul_into(
-                a.columns(inner.clone()),
-                b.rows(inner),
-                out,
-                b.cols,
-                1.0,
-                false,
-            );
+            let out = Out::new(out.as_mut_ptr().cast::<f32>(), len, b.cols);
+            // SAFETY: `out` is this block's own `len` floats, which gemm_at overwrites
+            // (no accumulate) without reading.
+            unsafe { gemm_at(a.columns(inner.clone()), b.rows(inner), out, product) }
         });
-    let (first, rest) = partial.split_at_mut(len);
+    });
+    let (sum, rest) = partial.split_at_mut(len);
+    // Chunks of the result summed in parallel, each over the blocks in order.
     const SUM_CHUNK: usize = 4096;
-    first
-        .par_chunks_mut(SUM_CHUNK)
+    sum.par_chunks_mut(SUM_CHUNK)
         .enumerate()
         .for_each(|(c, sum)| {
             for block in rest.chunks_exact(len) {
@@ -502,6 +513,7 @@ pub(crate) fn matmul_long_inner(a: Mat, b: Mat) -> Vec<f32> {
             }
         });
     partial.truncate(len);
+    partial.shrink_to_fit();
     partial
 }
 
@@ -882,9 +894,9 @@ mod tests {
             (7, 1, 3, 2),
             (7, 2, 3, 1),
             // Outputs wide enough for column blocks and an inner dimension long enough to
-            // be split in the weight gradient (2 × 40 × 40 positions).
-            (3, 1, 1, 40),
-            (7, 2, 3, 80),
+            // be split in the weight gradient (2 × 48 × 48 positions).
+            (3, 1, 1, 48),
+            (7, 2, 3, 96),
         ];
         for ((k, stride, pad, h), train) in cases.into_iter().flat_map(|c| [(c, true), (c, false)])
         {
@@ -915,12 +927,32 @@ mod tests {
     }
 
     #[test]
-    fn a_long_inner_product_matches_one_gemm_and_not_the_thread_count() {
-        // Inner lengths of one block, a block and a bit, and several with a partial last;
-        // `b` read as the transpose of a row-major matrix, as the weight gradient does.
+    fn inner_blocks_are_equal_long_enough_and_only_for_small_results() {
+        assert_eq!(inner_block(2 * INNER_BLOCK - 1, 100), None);
+        assert_eq!(inner_block(1 << 20, SPLIT_RESULT_MAX + 1), None);
+        assert_eq!(inner_block(1 << 20, 0), None);
+        for k in [
+            2 * INNER_BLOCK,
+            3 * INNER_BLOCK + 17,
+            5 * INNER_BLOCK - 1,
+            401_408,
+        ] {
+            let block = inner_block(k, 9408).unwrap();
+            let blocks = k.div_ceil(block);
+            assert!(block >= INNER_BLOCK && blocks >= 2, "{k}: {block}");
+            // Equal blocks but the last, which is at most `blocks` shorter.
+            assert!(block * blocks - k < blocks, "{k}: {blocks} x {block}");
+        }
+    }
+
+    #[test]
+    fn a_long_inner_product_matches_an_exact_sum_on_any_number_of_threads() {
+        // Inner lengths left whole, split in two, and in three with a shorter last block
+        // (single-threaded blocks on 1 thread, threaded ones on 4); `b` read as the
+        // transpose of a row-major matrix, as the weight gradient does.
         for (m, k, n) in [
-            (5, INNER_BLOCK, 3),
-            (7, INNER_BLOCK + 1, 4),
+            (7, 2 * INNER_BLOCK - 1, 4),
+            (5, 2 * INNER_BLOCK, 3),
             (3, 3 * INNER_BLOCK + 17, 9),
         ] {
             let a = random(&[m, k], 4);
@@ -940,8 +972,8 @@ mod tests {
                     .unwrap()
                     .install(|| matmul_long_inner(a, b))
             };
-            let (one, three) = (on(1), on(3));
-            assert_eq!(one, three, "{m}x{k}x{n}: the result depends on the threads");
+            let (one, four) = (on(1), on(4));
+            assert_eq!(one, four, "{m}x{k}x{n}: the result depends on the threads");
             for (got, want) in one.iter().zip(&exact) {
                 assert!(
                     (f64::from(*got) - want).abs() < 1e-3,

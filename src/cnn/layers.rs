@@ -208,7 +208,13 @@ impl BatchNorm2d {
         );
         let (weight, bias) = (values(&self.weight)?, values(&self.bias)?);
         if [mean.len(), var.len(), weight.len(), bias.len()] != [c; 4] {
-            candle_core::bail!("batch norm: {c} channels in, parameters for {}", mean.len());
+            candle_core::bail!(
+                "batch norm: {c} channels in, parameters of {}, {}, {} and {}",
+                mean.len(),
+                var.len(),
+                weight.len(),
+                bias.len()
+            );
         }
         let scale: Vec<f64> = (0..c)
             .map(|i| weight[i] / (var[i] + self.eps).sqrt())
@@ -866,8 +872,14 @@ mod tests {
         };
         let saved = stat("bn.running_mean");
         assert!(saved.iter().all(|m| *m > 0.05), "{saved:?}");
-        // Evaluation mode normalises with the running statistics, in one fused pass,
-        // and passes gradients to its input.
+        // Evaluation mode normalises with the running statistics, scales and shifts by
+        // the weight and bias, in one fused pass, and passes gradients to its input.
+        let (weight, bias) = ([1.5f32, -0.5, 2.0], [0.25f32, -1.0, 0.5]);
+        for (name, values) in [("bn.weight", weight), ("bn.bias", bias)] {
+            map.data().lock().unwrap()[name]
+                .set(&Tensor::new(&values, &dev).unwrap())
+                .unwrap();
+        }
         let xt = Tensor::from_vec(x.clone(), (3, 4, 2, 2), &dev).unwrap();
         let (mean, var) = (stat("bn.running_mean"), stat("bn.running_var"));
         for relu in [false, true] {
@@ -875,7 +887,7 @@ mod tests {
             let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for (i, (&got, &xv)) in y.iter().zip(&x).enumerate() {
                 let c = i / 16;
-                let mut want = (xv - mean[c]) / (var[c] + 1e-5).sqrt();
+                let mut want = (xv - mean[c]) / (var[c] + 1e-5).sqrt() * weight[c] + bias[c];
                 if relu {
                     want = want.max(0.0);
                 }
