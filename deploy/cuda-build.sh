@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build clipscope with the `cuda` feature on a machine with no GPU and no system CUDA
 # toolkit: NVIDIA's PyPI wheels carry nvcc, cicc, the CUDA headers, libcu++ (CCCL) and
-# libcudart, which is all candle's kernels and cudarc need at build time (cudarc loads the driver and
-# cuBLAS when the program runs, so a GPU machine needs only its driver and CUDA's
-# libraries).
+# libcudart, which is all candle's kernels need at build time. Nothing links against
+# CUDA's libraries: the vendored candle-core has cudarc load the driver, cuBLAS, cuRAND
+# and NVRTC when the program runs (vendor/candle-core/CLIPSCOPE.md), so the binary also
+# starts on machines without them (it needs CUDA's runtime, libcudart.so.13, which
+# candle's MoE kernels link) and `--device auto` falls back to the CPU there.
 #
 #   deploy/cuda-build.sh                 # binary in target/cuda/release/clipscope
 #   CUDA_COMPUTE_CAP=80 deploy/cuda-build.sh   # for A100s (default 90: H100/H200)
@@ -28,11 +30,9 @@ fi
 # The wheels ship only the versioned library; the linker looks for the plain name.
 ln -sf "$(basename "$(ls "$cuda"/lib/libcudart.so.* | head -n 1)")" "$cuda/lib/libcudart.so"
 
-stubs=$toolkit/stubs
-mkdir -p "$stubs"
 export CUDA_HOME=$cuda CUDA_PATH=$cuda
 export PATH=$cuda/bin:$cuda/nvvm/bin:$PATH
-export LIBRARY_PATH=$cuda/lib:$stubs${LIBRARY_PATH:+:$LIBRARY_PATH}
+export LIBRARY_PATH=$cuda/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
 export LD_LIBRARY_PATH=$cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # No GPU to ask: say which architecture to compile the kernels for.
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
@@ -41,22 +41,5 @@ nvcc --version | tail -n 2
 cd "$root"
 build() { cargo build --release --locked --features cuda --target-dir "$root/target/cuda" "$@"; }
 
-# candle links the driver, cuBLAS, cuBLASLt, cuRAND and NVRTC. The driver comes only with
-# a GPU's driver install and the others are large wheels, so the binary is linked against
-# stubs, as CUDA's own lib64/stubs: libraries under the real names (sonames) that define
-# the symbols cudarc uses and nothing else. At run time the GPU machine's libraries load.
-build --lib "$@"
-rlib=$(ls -t "$root"/target/cuda/release/deps/libcudarc-*.rlib | head -n 1)
-symbols=$(nm "$rlib" 2>/dev/null | awk '$1 == "U" { print $2 }' | sort -u)
-stub() { # soname, link name, symbol pattern
-    local file=$stubs/$2.c
-    grep -E "$3" <<<"$symbols" | sed 's/.*/void &(void) {}/' > "$file"
-    cc -shared -fPIC -Wl,-soname,"$1" -o "$stubs/$2.so" "$file"
-}
-stub libcuda.so.1 libcuda '^cu[A-Z]'
-stub libcublas.so.13 libcublas '^cublas[^L]'
-stub libcublasLt.so.13 libcublasLt '^cublasLt'
-stub libcurand.so.10 libcurand '^curand'
-stub libnvrtc.so.13 libnvrtc '^nvrtc'
 build "$@"
 echo "built: $root/target/cuda/release/clipscope (CUDA $version, sm_$CUDA_COMPUTE_CAP)"

@@ -615,6 +615,38 @@ fn normalized(mut v: Embedding) -> Embedding {
     v
 }
 
+/// The CUDA libraries that candle loads at run time and that cannot be loaded here: a
+/// CUDA build on a machine without NVIDIA's driver would otherwise panic on its first
+/// call into it.
+#[cfg(feature = "cuda")]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    use cudarc::{cublas, cublaslt, curand, driver, nvrtc};
+    // SAFETY: each call only tries to load a library by its usual names.
+    let found = unsafe {
+        [
+            (
+                "libcuda (the NVIDIA driver)",
+                driver::sys::is_culib_present(),
+            ),
+            ("libcublas", cublas::sys::is_culib_present()),
+            ("libcublasLt", cublaslt::sys::is_culib_present()),
+            ("libcurand", curand::sys::is_culib_present()),
+            ("libnvrtc", nvrtc::sys::is_culib_present()),
+        ]
+    };
+    found
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Without the `cuda` feature no CUDA library is needed (nor asked for).
+#[cfg(not(feature = "cuda"))]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    Vec::new()
+}
+
 /// A compute device from its name: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with
 /// the `cuda` feature), or `auto`: the first GPU when the build has CUDA and one is
 /// usable, else the CPU (with a warning when a CUDA build finds no GPU).
@@ -623,6 +655,13 @@ pub fn parse_device(spec: &str) -> Result<Device, ClipError> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         "auto" if !candle_core::utils::cuda_is_available() => Ok(Device::Cpu),
+        "auto" if !missing_cuda_libraries().is_empty() => {
+            tracing::warn!(
+                "no usable GPU (cannot load {}); running on the CPU",
+                missing_cuda_libraries().join(", ")
+            );
+            Ok(Device::Cpu)
+        }
         "auto" => Device::new_cuda(0).or_else(|e| {
             tracing::warn!(
                 "no usable GPU ({}); running on the CPU",
@@ -642,6 +681,14 @@ pub fn parse_device(spec: &str) -> Result<Device, ClipError> {
                     "this clipscope was built without CUDA: use --device cpu (or auto), or \
                      build it with deploy/cuda-build.sh (see the README)",
                 ));
+            }
+            let missing = missing_cuda_libraries();
+            if !missing.is_empty() {
+                return Err(bad(&format!(
+                    "cannot load {}: install NVIDIA's driver and CUDA 13 libraries (or add \
+                     their folder to LD_LIBRARY_PATH), or use --device cpu (or auto)",
+                    missing.join(", ")
+                )));
             }
             Device::new_cuda(ordinal).map_err(|e| {
                 bad(&format!(
