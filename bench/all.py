@@ -36,9 +36,16 @@ LABELS = "cat,dog,astronaut,rocket,cup of coffee,camera,person,car,tree,house"
 def cpu():
     info = open("/proc/cpuinfo").read()
     model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
+    family = re.search(r"^cpu family\s*:\s*(.*)$", info, re.M)
+    number = re.search(r"^model\s*:\s*(.*)$", info, re.M)
     flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split())
     ext = [f for f in ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"] if f in flags]
-    return (model.group(1) if model else "unknown"), ext
+    name = model.group(1) if model else "unknown"
+    # Virtual machines often name only the vendor line ("AMD EPYC": Zen 4 is family 25,
+    # Zen 5 family 26), so the numbers go with it.
+    if family and number:
+        name += f" (family {family.group(1)} model {number.group(1)})"
+    return name, ext
 
 
 def run(cmd, env=None):

@@ -99,17 +99,10 @@ pub fn trim_freed_memory() {
 }
 
 /// The CPU's model name and the vector extensions that matter for speed, for benchmark
-/// headers: "AMD EPYC; avx2 avx512f avx512_bf16".
+/// headers: "AMD EPYC (family 26 model 2); avx2 avx512f avx512_bf16".
 pub fn cpu_summary() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let model = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let flags = field("flags").unwrap_or_default();
+    let flags = cpuinfo_field(&info, "flags").unwrap_or_default();
     let wanted = [
         "avx2",
         "fma",
@@ -123,7 +116,34 @@ pub fn cpu_summary() -> String {
         .into_iter()
         .filter(|w| flags.split_whitespace().any(|f| f == *w))
         .collect();
-    format!("{model}; {}", have.join(" "))
+    format!("{}; {}", cpu_model_in(&info), have.join(" "))
+}
+
+/// The CPU's model name with its family and model numbers where /proc/cpuinfo gives
+/// them: virtual machines often name only the vendor line ("AMD EPYC" is Zen 4 as
+/// family 25 and Zen 5 as family 26), and speed differs between them.
+pub fn cpu_model() -> String {
+    cpu_model_in(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+}
+
+fn cpu_model_in(info: &str) -> String {
+    let name = cpuinfo_field(info, "model name").unwrap_or_else(|| std::env::consts::ARCH.into());
+    match (
+        cpuinfo_field(info, "cpu family"),
+        cpuinfo_field(info, "model"),
+    ) {
+        (Some(family), Some(model)) => format!("{name} (family {family} model {model})"),
+        _ => name,
+    }
+}
+
+/// The first CPU's value of the /proc/cpuinfo field `key` (the whole key: "model" is not
+/// "model name").
+fn cpuinfo_field(info: &str, key: &str) -> Option<String> {
+    info.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
 }
 
 /// One output buffer shared by parallel tasks that each write their own disjoint part of
@@ -218,6 +238,16 @@ mod tests {
     struct Wrapped {
         path: String,
         source: std::io::Error,
+    }
+
+    #[test]
+    fn the_cpu_model_carries_its_family_and_model_numbers() {
+        let info = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n\
+                    model\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n";
+        assert_eq!(super::cpu_model_in(info), "AMD EPYC (family 26 model 2)");
+        // Without the numbers (other architectures), the name alone.
+        assert_eq!(super::cpu_model_in("model name\t: Some CPU\n"), "Some CPU");
+        assert_eq!(super::cpuinfo_field(info, "model").as_deref(), Some("2"));
     }
 
     #[test]

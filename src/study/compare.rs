@@ -402,16 +402,11 @@ pub fn class_names(
 
 /// The CPU's model name, for the report.
 fn machine() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .map(|cpu| format!("{cpu}, {} threads", rayon::current_num_threads()))
-        .unwrap_or_else(|| format!("{} threads", rayon::current_num_threads()))
+    format!(
+        "{}, {} threads",
+        crate::util::cpu_model(),
+        rayon::current_num_threads()
+    )
 }
 
 /// Image embeddings of all pictures, and the wall time per image.
