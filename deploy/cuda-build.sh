@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build clipscope with the `cuda` feature on a machine with no GPU and no system CUDA
 # toolkit: NVIDIA's PyPI wheels carry nvcc, cicc, the CUDA headers, libcu++ (CCCL) and
-# libcudart, which is all candle's kernels need at build time. Nothing links against
-# CUDA's libraries: the vendored candle-core has cudarc load the driver, cuBLAS, cuRAND
-# and NVRTC when the program runs (vendor/candle-core/CLIPSCOPE.md), so the binary also
-# starts on machines without them (it needs CUDA's runtime, libcudart.so.13, which
-# candle's MoE kernels link) and `--device auto` falls back to the CPU there.
+# libcudart, which is all candle's kernels need at build time. Of CUDA's libraries only
+# the runtime, libcudart.so.13, is linked (by candle-kernels' MoE library): the vendored
+# candle-core has cudarc load the driver, cuBLAS, cuBLASLt, cuRAND and NVRTC when the
+# program runs (vendor/candle-core/CLIPSCOPE.md), so the binary also starts on machines
+# without them and `--device auto` falls back to the CPU there.
 #
 #   deploy/cuda-build.sh                 # binary in target/cuda/release/clipscope
 #   CUDA_COMPUTE_CAP=80 deploy/cuda-build.sh   # for A100s (default 90: H100/H200)

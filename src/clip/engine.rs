@@ -655,20 +655,23 @@ pub fn parse_device(spec: &str) -> Result<Device, ClipError> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         "auto" if !candle_core::utils::cuda_is_available() => Ok(Device::Cpu),
-        "auto" if !missing_cuda_libraries().is_empty() => {
-            tracing::warn!(
-                "no usable GPU (cannot load {}); running on the CPU",
-                missing_cuda_libraries().join(", ")
-            );
-            Ok(Device::Cpu)
+        "auto" => {
+            let missing = missing_cuda_libraries();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    "no usable GPU (cannot load {}); running on the CPU",
+                    missing.join(", ")
+                );
+                return Ok(Device::Cpu);
+            }
+            Device::new_cuda(0).or_else(|e| {
+                tracing::warn!(
+                    "no usable GPU ({}); running on the CPU",
+                    super::weights::candle_message(&e)
+                );
+                Ok(Device::Cpu)
+            })
         }
-        "auto" => Device::new_cuda(0).or_else(|e| {
-            tracing::warn!(
-                "no usable GPU ({}); running on the CPU",
-                super::weights::candle_message(&e)
-            );
-            Ok(Device::Cpu)
-        }),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
                 Some(n) => n

@@ -728,8 +728,8 @@ impl GradStore {
         self.0.insert(id, grad)
     }
 
-    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
-    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
+    /// Add `grad` to the gradient of `tensor`, storing it as it is (made contiguous) when
+    /// it is the first: no tensor of zeros to add it to (clipscope's patch).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -737,12 +737,24 @@ impl GradStore {
                 *sum = sum.add(grad)?;
             }
             Entry::Vacant(entry) => {
+                // The checks `zeros_like(tensor).add(grad)` made.
+                if grad.shape() != tensor.shape() || grad.dtype() != tensor.dtype() {
+                    crate::bail!(
+                        "backward: gradient {:?} {:?} for a tensor {:?} {:?}",
+                        grad.dtype(),
+                        grad.shape(),
+                        tensor.dtype(),
+                        tensor.shape()
+                    )
+                }
                 entry.insert(grad.contiguous()?);
             }
         }
         Ok(())
     }
 
+    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
+    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     fn or_insert(&mut self, tensor: &Tensor) -> Result<&mut Tensor> {
         let grad = match self.0.entry(tensor.id()) {
             Entry::Occupied(entry) => entry.into_mut(),
