@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
+use clipscope::clip::model::Precision;
 use clipscope::clip::preprocess::{center_crop_rgb, normalize_chw};
 use clipscope::data::load_image;
 
@@ -95,6 +96,7 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
                 "model": clip.name(),
                 "device": clip.device_name(),
                 "precision": clip.precision().as_str(),
+                "bf16_kernel": clipscope::clip::half::bf16_kernel(),
                 "cpu": clipscope::util::cpu_summary(),
                 "threads": candle_core::utils::get_num_threads(),
                 "rows": rows,
@@ -117,10 +119,13 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             if clip.device().is_cpu() {
                 device += &format!(" ({})", clipscope::util::cpu_summary());
             }
+            let mut precision = clip.precision().to_string();
+            if clip.precision() == Precision::Bf16 && clip.device().is_cpu() {
+                precision += &format!(" ({})", clipscope::clip::half::bf16_kernel());
+            }
             println!(
-                "model {}  device {device}  precision {}  threads {}",
+                "model {}  device {device}  precision {precision}  threads {}",
                 clip.name(),
-                clip.precision(),
                 candle_core::utils::get_num_threads()
             );
             for r in &rows {

@@ -311,11 +311,15 @@ impl ModelFiles {
                  --device cpu, or use --precision f32 on the GPU"
             )));
         }
-        if precision == Precision::Bf16 && !super::half::cpu_has_bf16() {
-            tracing::warn!(
-                "this CPU has no AVX512-BF16: --precision bf16 halves the weights' memory \
-                 but runs slower than f32"
-            );
+        if precision == Precision::Bf16 {
+            let kernel = super::half::bf16_kernel();
+            tracing::debug!("bf16 products run on the {kernel} kernel");
+            if kernel == "portable" {
+                tracing::warn!(
+                    "this CPU has neither AMX nor AVX512-BF16: --precision bf16 halves the \
+                     weights' memory but runs slower than f32"
+                );
+            }
         }
         if precision == Precision::F16 {
             tracing::warn!(

@@ -6,7 +6,9 @@
 //! (Intel Cooper Lake and Sapphire Rapids, AMD Zen 4 and later) bf16 products run on
 //! `vdpbf16ps`, which multiplies pairs of bf16 values into f32 sums at twice the rate
 //! of f32 arithmetic and reads half the bytes; elsewhere, and for f16, a portable loop
-//! widens each panel to f32 (correct, half the weights' memory, not faster).
+//! widens each panel to f32 (correct, half the weights' memory, not faster). Where the
+//! CPU has AMX tiles (Intel Sapphire Rapids and later) bf16 products run on them
+//! instead ([`super::amx`]), from the same panels.
 //! LayerNorm, softmax, attention and activations stay f32.
 
 use rayon::prelude::*;
@@ -56,13 +58,27 @@ pub fn cpu_has_bf16() -> bool {
     }
 }
 
+/// Which kernel bf16 products run on here: `"amx"`, `"avx512-bf16"` or `"portable"`.
+pub fn bf16_kernel() -> &'static str {
+    if super::amx::ready() {
+        "amx"
+    } else if cpu_has_bf16() {
+        "avx512-bf16"
+    } else {
+        "portable"
+    }
+}
+
 /// A dense weight `(in, out)` stored as 16-bit values in 32-column panels, each laid out
-/// by input pairs: `[panel][pair][column][2]`, the operand order of `vdpbf16ps`.
+/// by input pairs: `[panel][pair][column][2]`, the operand order of `vdpbf16ps` and of
+/// AMX's weight tiles. Each panel is zero-padded to whole tile steps of pairs.
 pub struct PackedHalf {
     format: HalfFormat,
     inputs: usize,
     outputs: usize,
     pairs: usize,
+    /// Pair rows per panel: `pairs` rounded up to a whole AMX tile step.
+    panel_pairs: usize,
     data: Vec<u16>,
 }
 
@@ -70,9 +86,10 @@ impl PackedHalf {
     /// Round and pack a PyTorch-layout weight: `weight` is `(outputs, inputs)`, row-major.
     pub fn pack(weight: &[f32], outputs: usize, inputs: usize, format: HalfFormat) -> Self {
         let pairs = inputs.div_ceil(2);
+        let panel_pairs = pairs.next_multiple_of(super::amx::STEP_PAIRS);
         let panels = outputs.div_ceil(NR);
-        let mut data = vec![0u16; panels * pairs * NR * 2];
-        data.par_chunks_mut(pairs * NR * 2)
+        let mut data = vec![0u16; panels * panel_pairs * NR * 2];
+        data.par_chunks_mut(panel_pairs * NR * 2)
             .enumerate()
             .for_each(|(p, panel)| {
                 for j in 0..NR.min(outputs - p * NR) {
@@ -87,6 +104,7 @@ impl PackedHalf {
             inputs,
             outputs,
             pairs,
+            panel_pairs,
             data,
         }
     }
@@ -97,7 +115,7 @@ impl PackedHalf {
     }
 
     fn panel(&self, p: usize) -> &[u16] {
-        &self.data[p * self.pairs * NR * 2..][..self.pairs * NR * 2]
+        &self.data[p * self.panel_pairs * NR * 2..][..self.panel_pairs * NR * 2]
     }
 
     /// `out += x · W` for `x` of `rows × inputs` (row-major), `out` the row-major
@@ -107,6 +125,12 @@ impl PackedHalf {
         assert_eq!(x.len(), rows * self.inputs, "input is rows x inputs");
         assert_eq!(out.len(), rows * self.outputs, "output is rows x outputs");
         if rows == 0 || self.outputs == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.format == HalfFormat::Bf16 && super::amx::ready() {
+            // SAFETY: `ready` checked the CPU, the OS's grant and a product.
+            unsafe { self.matmul_amx::<super::amx::Amx>(x, rows, out) };
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -167,6 +191,25 @@ impl PackedHalf {
         }
     }
 
+    /// The AMX path: activations rounded to row-major bf16, zero-padded to whole blocks
+    /// of rows and tile steps of inputs, then multiplied tile by tile by the panels.
+    ///
+    /// # Safety
+    /// `U`'s tile operations must be usable here.
+    unsafe fn matmul_amx<U: super::amx::TileUnit + Send>(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        let (k, width) = (self.inputs, 2 * self.panel_pairs);
+        let mut a = vec![0u16; rows.next_multiple_of(32) * width];
+        a.par_chunks_mut(width)
+            .zip(x.par_chunks(k))
+            .for_each(|(dst, row)| round_row_bf16(row, &mut dst[..k]));
+        super::amx::matmul::<U>(&a, rows, &self.data, self.panel_pairs, out, self.outputs);
+    }
+
     /// The AVX512-BF16 path: activations packed by row tiles as bf16 pairs, then each
     /// 32-column panel runs through 8 x 32 micro-tiles, chunk by chunk of inputs.
     ///
@@ -224,18 +267,11 @@ impl PackedHalf {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn pack_row_bf16(row: &[f32], dst: &mut [u32]) {
-    use std::arch::x86_64::*;
     let mut chunks = row.chunks_exact(32);
     let mut p = 0;
     for c in &mut chunks {
-        // Rounds to nearest even, as `half::bf16::from_f32` does, 32 values at a time.
-        let lo = _mm512_loadu_ps(c.as_ptr());
-        let hi = _mm512_loadu_ps(c.as_ptr().add(16));
         let mut pairs = [0u32; 16];
-        _mm512_storeu_si512(
-            pairs.as_mut_ptr().cast(),
-            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
-        );
+        round_32_bf16(c.as_ptr(), pairs.as_mut_ptr().cast());
         for (i, &v) in pairs.iter().enumerate() {
             dst[(p + i) * MR] = v;
         }
@@ -247,6 +283,66 @@ unsafe fn pack_row_bf16(row: &[f32], dst: &mut [u32]) {
         dst[p * MR] = u32::from(lo) | (u32::from(hi) << 16);
         p += 1;
     }
+}
+
+/// Round 32 floats at `src` to bf16 at `dst`, to nearest even as `half::bf16::from_f32`.
+///
+/// # Safety
+/// AVX512F and AVX512-BF16; 32 values readable at `src` and writable at `dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn round_32_bf16(src: *const f32, dst: *mut u16) {
+    use std::arch::x86_64::*;
+    let lo = _mm512_loadu_ps(src);
+    let hi = _mm512_loadu_ps(src.add(16));
+    _mm512_storeu_si512(
+        dst.cast(),
+        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
+    );
+}
+
+/// Round a row of activations to bf16 in place order, 32 at a time where the CPU can.
+fn round_row_bf16(row: &[f32], dst: &mut [u16]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if cpu_has_bf16() {
+        for (src, out) in row.chunks_exact(32).zip(dst.chunks_exact_mut(32)) {
+            // SAFETY: the CPU has the features; both chunks hold 32 values.
+            unsafe { round_32_bf16(src.as_ptr(), out.as_mut_ptr()) };
+            done += 32;
+        }
+    }
+    for (d, &v) in dst[done..].iter_mut().zip(&row[done..]) {
+        *d = HalfFormat::Bf16.round(v);
+    }
+}
+
+/// Whether AMX products agree with the portable kernel on a product with ragged rows,
+/// columns and inputs; [`super::amx::ready`] runs it once before trusting the tiles.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn amx_agrees_with_reference() -> bool {
+    let (rows, k, n) = (37, 100, 45);
+    let x = check_values(rows * k, 5);
+    let packed = PackedHalf::pack(&check_values(n * k, 6), n, k, HalfFormat::Bf16);
+    let bias = check_values(rows * n, 7);
+    let (mut want, mut got) = (bias.clone(), bias);
+    packed.matmul_portable(&x, rows, &mut want);
+    // SAFETY: the caller established that the CPU has AMX and the OS granted its state.
+    unsafe { packed.matmul_amx::<super::amx::Amx>(&x, rows, &mut got) };
+    got.iter()
+        .zip(&want)
+        .all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs()))
+}
+
+/// `n` reproducible values in [-0.5, 0.5) from `seed` (a linear congruential sequence).
+pub(crate) fn check_values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
 }
 
 /// `c[0..rows, 0..cols] += a · b` over `pairs` input pairs: `a` holds `MR` packed pairs
@@ -305,17 +401,7 @@ fn column_mask(cols: usize) -> u16 {
 pub(crate) mod tests {
     use super::*;
 
-    /// `n` reproducible values in [-0.5, 0.5) from `seed` (a linear congruential
-    /// sequence), for the dense-product tests here and in `dense`.
-    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    pub(crate) use super::check_values as values;
 
     /// `x · Wᵀ` in f64 after `r` rounds each operand.
     fn product(
@@ -340,8 +426,14 @@ pub(crate) mod tests {
     #[test]
     fn products_match_the_rounded_operands_on_ragged_shapes() {
         // Odd inputs, rows that do not fill a tile, columns that do not fill a panel,
-        // and more inputs than one chunk.
-        for (rows, k, n) in [(1, 7, 5), (9, 300, 70), (17, 64, 32), (50, 768, 96)] {
+        // more inputs than one chunk, and whole AMX blocks (written straight to `out`).
+        for (rows, k, n) in [
+            (1, 7, 5),
+            (9, 300, 70),
+            (17, 64, 32),
+            (50, 768, 96),
+            (64, 96, 64),
+        ] {
             let x = values(rows * k, 1);
             let w = values(n * k, 2);
             for f in [HalfFormat::Bf16, HalfFormat::F16] {
@@ -359,7 +451,21 @@ pub(crate) mod tests {
                 packed.matmul_portable(&x, rows, &mut portable);
                 let mut dispatched = bias.repeat(rows);
                 packed.matmul_onto(&x, rows, &mut dispatched);
-                for (got, name) in [(dispatched, "dispatched"), (portable, "portable")] {
+                // The AMX kernel's logic on the software model of its tiles.
+                let mut emulated = bias.repeat(rows);
+                if f == HalfFormat::Bf16 {
+                    // SAFETY: the emulated unit needs no CPU feature.
+                    unsafe {
+                        packed.matmul_amx::<super::super::amx::Emulated>(&x, rows, &mut emulated)
+                    };
+                } else {
+                    emulated.clone_from(&portable);
+                }
+                for (got, name) in [
+                    (dispatched, "dispatched"),
+                    (portable, "portable"),
+                    (emulated, "emulated AMX"),
+                ] {
                     for (g, w) in got.iter().zip(&want) {
                         assert!(
                             (g - w).abs() <= 1e-4 * (1.0 + w.abs()),

@@ -1,5 +1,6 @@
 //! The CLIP engine: configuration, model, tokeniser, preprocessing and zero-shot scoring.
 
+mod amx;
 pub mod cache;
 pub mod config;
 pub mod demo;
