@@ -111,8 +111,12 @@ def main():
         precisions.append(("bf16", ["--precision", "bf16"], ["--bf16"]))
     for name, ours_flags, torch_flags in precisions:
         ours, theirs = {}, {}
+        kernel = ""
         for _ in range(args.rounds):
             out, _, _ = run([bin, "bench", "--model-dir", args.model_dir, "--batch", "1,16", "--iters", "10", *ours_flags], env)
+            # "precision bf16 (amx)": which kernel clipscope's bf16 products ran on.
+            m = re.search(r"precision bf16 \(([^)]+)\)", out)
+            kernel = f" on {m.group(1)}" if m else kernel
             for k, v in encoder_rows(out).items():
                 ours.setdefault(k, []).append(v)
             out, _, _ = run([py, "bench/bench_torch.py", "--model-dir", args.model_dir, "--threads", t, "--iters", "10", *torch_flags], env)
@@ -122,7 +126,7 @@ def main():
         for k in ours:
             unit = "ms/image" if "batch 16" in k else "ms"
             a, b = med(ours[k]), med(theirs[k])
-            label = f"{k} ({name}{', PyTorch autocast' if name == 'bf16' else ''})"
+            label = f"{k} ({name}{kernel}{', PyTorch autocast' if name == 'bf16' else ''})"
             table.append((label, f"{a:.1f} {unit}", f"{b:.1f} {unit}", f"{a / b:.2f}", target))
 
     weights = os.path.getsize(os.path.join(args.model_dir, "model.safetensors"))
