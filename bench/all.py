@@ -4,6 +4,7 @@
     cargo build --release --bins --examples
     python3 tests/fixtures/make_fixtures.py --full /tmp/vit-b32
     python3 bench/all.py /tmp/vit-b32 [--threads 2] [--rounds 3] [--skip folder,train]
+    python3 bench/all.py /tmp/vit-b32 --device cuda --batch 1,16,64   # a `cuda` build (bench/gpu.sh)
 
 Prints the CPU (model and vector extensions), then one table: for each workload the
 median of interleaved rounds of each side (clipscope, then PyTorch, in every round), the
@@ -19,6 +20,10 @@ faster) and the issue's target. Workloads:
 - a folder job's cost per extra image, decoding included (`bench/folder.sh`: clipscope's
   default pipeline against PyTorch's DataLoader with one worker);
 - a ResNet18 training step at 64 px, batch 32 (`bench/train_steps.sh`'s two programs).
+
+With --device cuda both sides run the encoders and the one-shot classification on the
+GPU (f32; clipscope's bf16, folder pipeline timing and CNN step run on the CPU only, so
+those rows are left out).
 """
 import argparse
 import os
@@ -61,12 +66,14 @@ def run(cmd, env=None):
 
 
 def encoder_rows(text):
-    """`clipscope bench` / `bench_torch.py` lines: {workload: ms per item}."""
+    """`clipscope bench` / `bench_torch.py` lines: {workload: ms per item for batches of
+    images, ms per call otherwise}."""
     rows = {}
     for line in text.splitlines():
-        m = re.match(r"(image encoder, batch \d+|text encoder, 5 prompts)\s+([\d.]+) ms\s+([\d.]+) ms/item", line)
+        m = re.match(r"(image encoder, batch (\d+)|text encoder, 5 prompts)\s+([\d.]+) ms\s+([\d.]+) ms/item", line)
         if m:
-            rows[m.group(1)] = float(m.group(3)) if "batch 16" in m.group(1) else float(m.group(2))
+            batched = m.group(2) is not None and int(m.group(2)) > 1
+            rows[m.group(1)] = float(m.group(4)) if batched else float(m.group(3))
     return rows
 
 
@@ -90,8 +97,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per workload; medians are reported")
     ap.add_argument("--python", default=sys.executable, help="a Python with torch, torchvision, transformers, pillow")
     ap.add_argument("--skip", default="", help="comma-separated: bf16, oneshot, folder, train")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for a `cuda` build of clipscope")
+    ap.add_argument("--batch", default="1,16", help="image-encoder batch sizes")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    on_gpu = args.device != "cpu"
+    if on_gpu:
+        skip |= {"bf16", "folder", "train"}
     bin = os.environ.get("CLIPSCOPE_BIN", "target/release/clipscope")
     step_bin = os.environ.get("CLIPSCOPE_EXAMPLE", "target/release/examples/train_step")
     t = str(args.threads)
@@ -102,6 +114,10 @@ def main():
     model, ext = cpu()
     torch_version = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True).stdout.strip()
     print(f"CPU: {model}; {os.cpu_count()} cores; {' '.join(ext)}")
+    if on_gpu:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+        print(f"GPU ({args.device}): {gpu or 'nvidia-smi gave nothing'}")
+    device = ["--device", args.device]
     print(f"threads {t}; PyTorch {torch_version}; {args.rounds} interleaved rounds, medians; load {os.getloadavg()[0]:.2f}")
     table = []  # (workload, clipscope, pytorch, ratio, target)
     med = statistics.median
@@ -113,27 +129,27 @@ def main():
         ours, theirs = {}, {}
         kernel = ""
         for _ in range(args.rounds):
-            out, _, _ = run([bin, "bench", "--model-dir", args.model_dir, "--batch", "1,16", "--iters", "10", *ours_flags], env)
+            out, _, _ = run([bin, "bench", "--model-dir", args.model_dir, "--batch", args.batch, "--iters", "10", *device, *ours_flags], env)
             # "precision bf16 (amx)": which kernel clipscope's bf16 products ran on.
             m = re.search(r"precision bf16 \(([^)]+)\)", out)
             kernel = f" on {m.group(1)}" if m else kernel
             for k, v in encoder_rows(out).items():
                 ours.setdefault(k, []).append(v)
-            out, _, _ = run([py, "bench/bench_torch.py", "--model-dir", args.model_dir, "--threads", t, "--iters", "10", *torch_flags], env)
+            out, _, _ = run([py, "bench/bench_torch.py", "--model-dir", args.model_dir, "--threads", t, "--iters", "10", "--batch", args.batch, *device, *torch_flags], env)
             for k, v in encoder_rows(out).items():
                 theirs.setdefault(k, []).append(v)
         target = "<= 0.9" if name == "f32" else "<= 1.0 (AMX)"
         for k in ours:
-            unit = "ms/image" if "batch 16" in k else "ms"
+            unit = "ms/image" if re.search(r"batch (\d\d|[2-9])", k) else "ms"
             a, b = med(ours[k]), med(theirs[k])
-            label = f"{k} ({name}{kernel}{', PyTorch autocast' if name == 'bf16' else ''})"
+            label = f"{k} ({name}{kernel}{', PyTorch autocast' if name == 'bf16' else ''}{', ' + args.device if on_gpu else ''})"
             table.append((label, f"{a:.1f} {unit}", f"{b:.1f} {unit}", f"{a / b:.2f}", target))
 
     weights = os.path.getsize(os.path.join(args.model_dir, "model.safetensors"))
     if "oneshot" not in skip:
         folder = photos(work, 10)
-        ours_cmd = [bin, "classify", folder, "--labels", LABELS, "--model-dir", args.model_dir, "--no-cache"]
-        torch_cmd = [py, "bench/bench_torch.py", "--model-dir", args.model_dir, "--threads", t, "--classify", folder, "--labels", LABELS]
+        ours_cmd = [bin, "classify", folder, "--labels", LABELS, "--model-dir", args.model_dir, "--no-cache", *device]
+        torch_cmd = [py, "bench/bench_torch.py", "--model-dir", args.model_dir, "--threads", t, "--classify", folder, "--labels", LABELS, *device]
         # A fresh cache: the first run of a model writes its prepared weights there
         # (docs/models.md), the later ones map them.
         cache_env = dict(env, CLIPSCOPE_CACHE=os.path.join(work, "cache-oneshot"))

@@ -24,8 +24,10 @@ const TILE_BYTES: usize = 64;
 pub(super) const STEP_PAIRS: usize = 16;
 /// Rows and columns of the 2 x 2 block of C tiles each step updates.
 const BLOCK: usize = 2 * TILE_ROWS;
-/// Bytes per pair row of a 32-column weight panel.
-const PANEL_ROW_BYTES: usize = 128;
+/// Output columns per weight panel: two tiles' worth.
+pub(super) const PANEL_COLUMNS: usize = BLOCK;
+/// Bytes per pair row of a weight panel.
+const PANEL_ROW_BYTES: usize = PANEL_COLUMNS * 4;
 
 /// The tile operations the kernel needs. Tiles 0-3 hold sums, 4-5 activations and 6-7
 /// weights, all configured as 16 rows of 64 bytes.
@@ -144,8 +146,11 @@ pub(super) unsafe fn matmul<U: TileUnit + Send>(
     outputs: usize,
 ) {
     let a_stride = 4 * panel_pairs;
-    debug_assert_eq!(a.len(), rows.div_ceil(BLOCK) * BLOCK * 2 * panel_pairs);
-    debug_assert_eq!(panel_pairs % STEP_PAIRS, 0);
+    // Cheap next to the product, and what keeps the tiles inside the buffers.
+    assert_eq!(a.len(), rows.div_ceil(BLOCK) * BLOCK * 2 * panel_pairs);
+    assert_eq!(panel_pairs % STEP_PAIRS, 0);
+    assert!(panels.len() >= outputs.div_ceil(BLOCK) * panel_pairs * 64);
+    assert_eq!(out.len(), rows * outputs);
     let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
     let panel_len = panel_pairs * 64;
     (0..outputs.div_ceil(BLOCK))

@@ -38,8 +38,9 @@ impl HalfFormat {
     }
 }
 
-/// Output columns per panel: two AVX-512 registers of f32.
+/// Output columns per panel: two AVX-512 registers of f32, and two AMX tiles.
 const NR: usize = 32;
+const _: () = assert!(NR == super::amx::PANEL_COLUMNS);
 /// Rows per micro-tile: 8 x 2 accumulators leave registers for the weights.
 const MR: usize = 8;
 /// Input pairs per chunk: a panel's chunk (16 KiB) stays in L1 across row tiles.
