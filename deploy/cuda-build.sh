@@ -40,6 +40,15 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 nvcc --version | tail -n 2
 cd "$root"
 build() { cargo build --release --locked --features cuda --target-dir "$root/target/cuda" "$@"; }
+# candle-kernels' build script compiles its PTX once and does not look at nvcc again: a
+# binary built after switching toolkits would still carry the old PTX (whose version a
+# driver older than that toolkit refuses), so its build starts over when nvcc changes.
+stamp=$root/target/cuda/nvcc-version
+if [ -e "$stamp" ] && [ "$(cat "$stamp")" != "$version" ]; then
+    cargo clean --release --target-dir "$root/target/cuda" -p candle-kernels
+fi
+mkdir -p "$root/target/cuda"
+echo "$version" >"$stamp"
 
 build "$@"
 echo "built: $root/target/cuda/release/clipscope (CUDA $version, sm_$CUDA_COMPUTE_CAP)"

@@ -201,9 +201,10 @@ pub struct ModelArgs {
     /// usable, else the CPU), cpu, or cuda[:N] (builds with the `cuda` feature).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Number format of the dense layers (CPU only so far): f32 (the reference's), bf16
-    /// (about twice as fast on CPUs with AVX512-BF16, slower on others; embeddings
-    /// measured within 0.9999 cosine of f32), or f16 (half the weights' memory, slower).
+    /// Number format of the dense layers: f32 (the reference's), bf16 (about twice as
+    /// fast on CPUs with AVX512-BF16 or AMX, slower on others; on GPUs through cuBLAS;
+    /// embeddings measured within 0.9999 cosine of f32), or f16 (half the weights'
+    /// memory; slower on the CPU).
     #[arg(long, default_value = "f32", value_name = "FORMAT", ignore_case = true, value_parser = precision_parser())]
     pub precision: Precision,
 }
@@ -418,8 +419,9 @@ pub struct TuiArgs {
     /// auto.
     #[arg(long)]
     pub device: Option<String>,
-    /// Number format of the dense layers (CPU only so far): f32 (the reference's), bf16
-    /// (about twice as fast on CPUs with AVX512-BF16, slower on others), or f16 (slower).
+    /// Number format of the dense layers: f32 (the reference's), bf16 (about twice as
+    /// fast on CPUs with AVX512-BF16 or AMX, slower on others; on GPUs through cuBLAS),
+    /// or f16 (slower on the CPU).
     #[arg(long, default_value = "f32", value_name = "FORMAT", ignore_case = true, value_parser = precision_parser())]
     pub precision: Precision,
     /// Prompt template; `{}` is replaced by the label.

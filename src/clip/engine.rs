@@ -305,26 +305,8 @@ impl ModelFiles {
 
     /// Build the model for inference with its dense layers in `precision`.
     pub fn load_with(&self, device: Device, precision: Precision) -> Result<Clip, ClipError> {
-        if precision != Precision::F32 && !device.is_cpu() {
-            return Err(ClipError::Device(format!(
-                "cuda: --precision {precision} runs on the CPU only so far; add \
-                 --device cpu, or use --precision f32 on the GPU"
-            )));
-        }
-        if precision == Precision::Bf16 {
-            let kernel = super::half::bf16_kernel();
-            tracing::debug!("bf16 products run on the {kernel} kernel");
-            if kernel == "portable" {
-                tracing::warn!(
-                    "this CPU has neither AMX nor AVX512-BF16: --precision bf16 halves the \
-                     weights' memory but runs slower than f32"
-                );
-            }
-        }
-        if precision == Precision::F16 {
-            tracing::warn!(
-                "--precision f16 halves the weights' memory but runs slower than f32 on the CPU"
-            );
+        if device.is_cpu() {
+            warn_about_cpu_precision(precision);
         }
         let started = std::time::Instant::now();
         // Parsing the tokeniser's JSON (about 0.1 s for CLIP's) overlaps reading the
@@ -603,6 +585,26 @@ impl Clip {
         )?;
         let f = self.model.text_features(&ids, &eot)?;
         Ok(f.to_vec2::<f32>()?.into_iter().map(normalized).collect())
+    }
+}
+
+/// Say on which kernel `--precision` runs on this CPU, and warn where it is slower than f32.
+fn warn_about_cpu_precision(precision: Precision) {
+    match precision {
+        Precision::F32 => {}
+        Precision::Bf16 => {
+            let kernel = super::half::bf16_kernel();
+            tracing::debug!("bf16 products run on the {kernel} kernel");
+            if kernel == "portable" {
+                tracing::warn!(
+                    "this CPU has neither AMX nor AVX512-BF16: --precision bf16 halves the \
+                     weights' memory but runs slower than f32"
+                );
+            }
+        }
+        Precision::F16 => tracing::warn!(
+            "--precision f16 halves the weights' memory but runs slower than f32 on the CPU"
+        ),
     }
 }
 

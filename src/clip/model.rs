@@ -56,6 +56,15 @@ impl Precision {
             Self::F16 => Some(HalfFormat::F16),
         }
     }
+
+    /// The tensor type a GPU's dense weights are stored and multiplied in.
+    fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
 }
 
 impl std::fmt::Display for Precision {
@@ -102,12 +111,27 @@ fn tensor_name(vb: &VarBuilder, name: &str) -> String {
 
 /// A dense weight: prepared once for inference on the CPU ([`CpuDense`], which also
 /// holds the bias), transposed to `(in, out)` for inference elsewhere (gemm-style
-/// kernels read a row-major right-hand side fastest), or the stored `(out, in)` variable
-/// for training.
+/// kernels read a row-major right-hand side fastest; in the `--precision`'s type), or
+/// the stored `(out, in)` variable for training.
 enum Dense {
     Cpu(CpuDense),
     Packed(Tensor),
     Live(Tensor),
+}
+
+/// A weight `(out, in)` as [`Dense::Packed`] keeps it: `(in, out)`, in `precision`'s type.
+fn packed_weight(weight: &Tensor, precision: Precision) -> Result<Tensor> {
+    weight.t()?.contiguous()?.to_dtype(precision.dtype())
+}
+
+/// `x · w_t` in `w_t`'s type: a 16-bit weight multiplies activations rounded to its type
+/// and the product comes back as `x`'s type, as `torch.autocast` runs a linear layer
+/// (cuBLAS sums in f32 and rounds the result to the 16-bit type).
+fn packed_product(x: &Tensor, w_t: &Tensor) -> Result<Tensor> {
+    if x.dtype() == w_t.dtype() {
+        return x.matmul(w_t);
+    }
+    x.to_dtype(w_t.dtype())?.matmul(w_t)?.to_dtype(x.dtype())
 }
 
 impl Dense {
@@ -128,7 +152,7 @@ impl Dense {
         })?;
         Ok(match cpu {
             Some(dense) => Self::Cpu(dense),
-            None => Self::Packed(weight.t()?.contiguous()?),
+            None => Self::Packed(packed_weight(weight, precision)?),
         })
     }
 
@@ -165,7 +189,7 @@ impl Dense {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Cpu(d) => d.forward(x, None),
-            Self::Packed(w_t) => x.matmul(w_t),
+            Self::Packed(w_t) => packed_product(x, w_t),
             Self::Live(w) => x.matmul(&w.t()?),
         }
     }
@@ -775,4 +799,40 @@ impl ClipModel {
 /// Divide each row by its L2 norm.
 pub fn l2_normalize(v: &Tensor) -> Result<Tensor> {
     v.broadcast_div(&v.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `(rows, cols)` tensor of reproducible values in [-0.5, 0.5).
+    fn values(rows: usize, cols: usize, seed: u32) -> Tensor {
+        let v = crate::clip::half::check_values(rows * cols, seed);
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu).expect("a matching shape")
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("same-shaped f32 tensors")
+    }
+
+    #[test]
+    fn a_16_bit_gpu_weight_multiplies_rounded_activations_and_returns_f32() {
+        // The GPU path run on the CPU: candle multiplies f16 there (bf16 only on GPUs).
+        let (x, w) = (values(7, 96, 1), values(40, 96, 2));
+        let exact = x.matmul(&w.t().unwrap()).unwrap();
+        let f32_w = packed_weight(&w, Precision::F32).unwrap();
+        assert_eq!(f32_w.dtype(), DType::F32);
+        assert_eq!(f32_w.dims(), &[96, 40]);
+        assert!(max_abs_diff(&packed_product(&x, &f32_w).unwrap(), &exact) < 1e-5);
+
+        let half_w = packed_weight(&w, Precision::F16).unwrap();
+        assert_eq!(half_w.dtype(), DType::F16);
+        let y = packed_product(&x, &half_w).unwrap();
+        assert_eq!(y.dtype(), DType::F32);
+        let err = max_abs_diff(&y, &exact);
+        // Rounded operands and output: close to f32, but not equal to it.
+        assert!(err > 0.0 && err < 5e-3, "f16 product off f32 by {err}");
+    }
 }
