@@ -9,6 +9,9 @@
 #
 #   deploy/cuda-build.sh                 # binary in target/cuda/release/clipscope
 #   CUDA_COMPUTE_CAP=80 deploy/cuda-build.sh   # for A100s (default 90: H100/H200)
+#   CUDA_WHEEL_VERSION=13.0.88 CCCL_WHEEL_VERSION=13.0.85 deploy/cuda-build.sh
+#                                        # for a driver of CUDA 13.0 (580): candle's
+#                                        # kernels are PTX, refused by older drivers
 #
 # The wheels go to target/cuda-toolkit (about 300 MB, once). Pinned to CUDA 13.4, the
 # newest that cudarc 0.19 (candle 0.11's) knows.
@@ -20,7 +23,8 @@ version=${CUDA_WHEEL_VERSION:-13.4.92}
 cccl=${CCCL_WHEEL_VERSION:-13.3.5.0.6} # cuda_fp16.h includes CCCL's <nv/target>
 cuda=$toolkit/nvidia/cu13
 
-if [ ! -x "$cuda/bin/nvcc" ] || [ ! -e "$cuda/include/nv/target" ]; then
+if [ ! -x "$cuda/bin/nvcc" ] || [ ! -e "$cuda/include/nv/target" ] ||
+    ! "$cuda/bin/nvcc" --version | grep -q "V$version"; then
     # One install into an empty folder: pip --target does not merge into an existing one.
     rm -rf "$toolkit"
     python3 -m pip install --quiet --disable-pip-version-check --target "$toolkit" \
