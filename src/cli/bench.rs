@@ -96,7 +96,8 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
                 "model": clip.name(),
                 "device": clip.device_name(),
                 "precision": clip.precision().as_str(),
-                "bf16_kernel": clipscope::clip::half::bf16_kernel(),
+                "bf16_kernel": (clip.precision() == Precision::Bf16 && clip.device().is_cpu())
+                    .then(clipscope::clip::half::bf16_kernel),
                 "cpu": clipscope::util::cpu_summary(),
                 "threads": candle_core::utils::get_num_threads(),
                 "rows": rows,

@@ -1,8 +1,9 @@
 //! bf16 products on Intel AMX tiles (Sapphire Rapids and later Xeons).
 //!
 //! One `tdpbf16ps` multiplies a 16 x 32 tile of bf16 activations by a 32 x 16 tile of
-//! bf16 weights into 16 x 16 f32 sums, sixteen times the work of a `vdpbf16ps`; this is
-//! what `torch.autocast` reaches through oneDNN on those CPUs. The weights' panels of
+//! bf16 weights into 16 x 16 f32 sums: 8192 multiply-adds, 256 times a `vdpbf16ps`'s
+//! (about 16 times as many per cycle); this is what `torch.autocast` reaches through
+//! oneDNN on those CPUs. The weights' panels of
 //! [`super::half::PackedHalf`] are already in the tiles' pair-interleaved layout
 //! (`[pair][column][2]`, 128 bytes per pair row), so a 16-column tile is a strided load
 //! straight from a panel. Activations are rounded once to row-major bf16.
@@ -26,8 +27,14 @@ pub(super) const STEP_PAIRS: usize = 16;
 const BLOCK: usize = 2 * TILE_ROWS;
 /// Output columns per weight panel: two tiles' worth.
 pub(super) const PANEL_COLUMNS: usize = BLOCK;
+/// bf16 values per pair row of a weight panel.
+const PANEL_ROW_VALUES: usize = PANEL_COLUMNS * 2;
 /// Bytes per pair row of a weight panel.
-const PANEL_ROW_BYTES: usize = PANEL_COLUMNS * 4;
+const PANEL_ROW_BYTES: usize = PANEL_ROW_VALUES * 2;
+/// Bytes of activations a row chunk may hold: the chunk stays in a core's L2 (2 MiB on
+/// Sapphire Rapids) while every panel passes over it, instead of all activations
+/// streaming from L3 once per panel.
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// The tile operations the kernel needs. Tiles 0-3 hold sums, 4-5 activations and 6-7
 /// weights, all configured as 16 rows of 64 bytes.
@@ -94,7 +101,8 @@ macro_rules! per_tile {
             4 => std::arch::asm!(concat!($before, "4", $after), $($operands)*),
             5 => std::arch::asm!(concat!($before, "5", $after), $($operands)*),
             6 => std::arch::asm!(concat!($before, "6", $after), $($operands)*),
-            _ => std::arch::asm!(concat!($before, "7", $after), $($operands)*),
+            7 => std::arch::asm!(concat!($before, "7", $after), $($operands)*),
+            _ => unreachable!("AMX has eight tile registers"),
         }
     };
 }
@@ -149,21 +157,23 @@ pub(super) unsafe fn matmul<U: TileUnit + Send>(
     // Cheap next to the product, and what keeps the tiles inside the buffers.
     assert_eq!(a.len(), rows.div_ceil(BLOCK) * BLOCK * 2 * panel_pairs);
     assert_eq!(panel_pairs % STEP_PAIRS, 0);
-    assert!(panels.len() >= outputs.div_ceil(BLOCK) * panel_pairs * 64);
+    assert!(panels.len() >= outputs.div_ceil(BLOCK) * panel_pairs * PANEL_ROW_VALUES);
     assert_eq!(out.len(), rows * outputs);
     let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
-    let panel_len = panel_pairs * 64;
-    (0..outputs.div_ceil(BLOCK))
-        .into_par_iter()
-        .for_each(move |p| {
+    let panel_len = panel_pairs * PANEL_ROW_VALUES;
+    let chunk = (CHUNK_BYTES / a_stride / BLOCK).max(1) * BLOCK;
+    for c0 in (0..rows).step_by(chunk) {
+        let chunk_rows = chunk.min(rows - c0);
+        (0..outputs.div_ceil(BLOCK)).into_par_iter().for_each(|p| {
             let mut unit = U::default();
             let panel = &panels[p * panel_len..][..panel_len];
             let cols = BLOCK.min(outputs - p * BLOCK);
             // SAFETY: the caller vouches for the unit and the sizes; each task writes only
-            // its own panel's columns of `out`.
+            // its own panel's columns of `out`. Tiles live from here to the release: the
+            // memset and memcpy calls in between use no AMX.
             unsafe {
                 unit.configure();
-                for r0 in (0..rows).step_by(BLOCK) {
+                for r0 in (c0..c0 + chunk_rows).step_by(BLOCK) {
                     let block_rows = BLOCK.min(rows - r0);
                     let a_block = a.as_ptr().add(r0 * 2 * panel_pairs).cast::<u8>();
                     let c = out_ptr.at(r0 * outputs + p * BLOCK);
@@ -200,6 +210,7 @@ pub(super) unsafe fn matmul<U: TileUnit + Send>(
                 unit.release();
             }
         });
+    }
 }
 
 /// One 32 x 32 block of sums, `c` (row stride `ldc` bytes) loaded, updated over every
@@ -227,7 +238,7 @@ unsafe fn block<U: TileUnit>(
         unit.load(t, ptr, ldc);
     }
     let b = panel.as_ptr().cast::<u8>();
-    let steps = panel.len() / (STEP_PAIRS * 64);
+    let steps = panel.len() / (STEP_PAIRS * PANEL_ROW_VALUES);
     for s in 0..steps {
         unit.load(4, a.add(s * TILE_BYTES), a_stride);
         unit.load(5, a.add(TILE_ROWS * a_stride + s * TILE_BYTES), a_stride);
@@ -248,11 +259,15 @@ unsafe fn block<U: TileUnit>(
 #[cfg(target_arch = "x86_64")]
 fn cpu_has_amx_bf16() -> bool {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
-    // cpuid exists on every x86_64 CPU; leaf 7 is read only where reported.
-    if __cpuid(0).eax < 7 {
-        return false;
-    }
-    let edx = __cpuid_count(7, 0).edx;
+    // SAFETY: cpuid exists on every x86_64 CPU (the functions are safe from Rust 1.94;
+    // this crate builds from 1.89); leaf 7 is read only where reported.
+    #[allow(unused_unsafe)]
+    let edx = unsafe {
+        if __cpuid(0).eax < 7 {
+            return false;
+        }
+        __cpuid_count(7, 0).edx
+    };
     let (amx_bf16, amx_tile) = (edx >> 22 & 1 == 1, edx >> 24 & 1 == 1);
     amx_bf16 && amx_tile
 }
@@ -283,7 +298,14 @@ fn request_tile_state() -> bool {
 /// once per process).
 pub fn ready() -> bool {
     static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *READY.get_or_init(decide)
+    *READY.get_or_init(|| {
+        // The check product runs on a pool of its own: a first call from a worker of the
+        // global pool, waiting here, must not be needed to finish it.
+        match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+            Ok(pool) => pool.install(decide),
+            Err(_) => false,
+        }
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -310,8 +332,10 @@ fn decide() -> bool {
     false
 }
 
-/// A software model of the tile operations, from the pseudo-code of Intel's
-/// instruction reference: the kernel's logic runs on CPUs without AMX in tests.
+/// A software model of the tile operations, after the pseudo-code of Intel's intrinsics
+/// guide: the kernel's logic runs on CPUs without AMX in tests. The hardware may sum in
+/// another order and flushes denormals (Intel's manual keeps even and odd products in
+/// separate sums), so results agree to rounding, not bit for bit.
 #[cfg(test)]
 pub(super) struct Emulated {
     tiles: [[[u8; TILE_BYTES]; TILE_ROWS]; 8],

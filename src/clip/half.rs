@@ -125,8 +125,8 @@ impl PackedHalf {
     pub fn matmul_onto(&self, x: &[f32], rows: usize, out: &mut [f32]) {
         assert_eq!(x.len(), rows * self.inputs, "input is rows x inputs");
         assert_eq!(out.len(), rows * self.outputs, "output is rows x outputs");
-        if rows == 0 || self.outputs == 0 {
-            return;
+        if rows == 0 || self.outputs == 0 || self.inputs == 0 {
+            return; // nothing to add to the starting values
         }
         #[cfg(target_arch = "x86_64")]
         if self.format == HalfFormat::Bf16 && super::amx::ready() {
@@ -475,6 +475,22 @@ pub(crate) mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_amx_kernel_splits_long_activations_into_row_chunks() {
+        // 16384 inputs: 32 rows fill a chunk, so 70 rows take three (32, 32, 6).
+        let (rows, k, n) = (70, 16384, 40);
+        let (x, w) = (values(rows * k, 8), values(n * k, 9));
+        let packed = PackedHalf::pack(&w, n, k, HalfFormat::Bf16);
+        let round = |v: f32| f64::from(HalfFormat::Bf16.widen(HalfFormat::Bf16.round(v)));
+        let want = product(&x, &w, rows, k, n, round);
+        let mut got = vec![0f32; rows * n];
+        // SAFETY: the emulated unit needs no CPU feature.
+        unsafe { packed.matmul_amx::<super::super::amx::Emulated>(&x, rows, &mut got) };
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{i}: {g} vs {w}");
         }
     }
 

@@ -30,7 +30,8 @@ pub enum Precision {
     /// The reference's arithmetic (the default).
     #[default]
     F32,
-    /// bfloat16: fast on CPUs with AVX512-BF16, half the weights' memory.
+    /// bfloat16: fast on CPUs with AVX512-BF16 or AMX and on GPUs, half the weights'
+    /// memory.
     Bf16,
     /// IEEE half precision: half the weights' memory; no faster on the CPU.
     F16,
@@ -819,7 +820,7 @@ mod tests {
 
     #[test]
     fn a_16_bit_gpu_weight_multiplies_rounded_activations_and_returns_f32() {
-        // The GPU path run on the CPU: candle multiplies f16 there (bf16 only on GPUs).
+        // The GPU path, run on the CPU (candle multiplies f16 and bf16 there too).
         let (x, w) = (values(7, 96, 1), values(40, 96, 2));
         let exact = x.matmul(&w.t().unwrap()).unwrap();
         let f32_w = packed_weight(&w, Precision::F32).unwrap();
@@ -827,12 +828,20 @@ mod tests {
         assert_eq!(f32_w.dims(), &[96, 40]);
         assert!(max_abs_diff(&packed_product(&x, &f32_w).unwrap(), &exact) < 1e-5);
 
-        let half_w = packed_weight(&w, Precision::F16).unwrap();
-        assert_eq!(half_w.dtype(), DType::F16);
-        let y = packed_product(&x, &half_w).unwrap();
-        assert_eq!(y.dtype(), DType::F32);
-        let err = max_abs_diff(&y, &exact);
-        // Rounded operands and output: close to f32, but not equal to it.
-        assert!(err > 0.0 && err < 5e-3, "f16 product off f32 by {err}");
+        for (precision, dtype, tolerance) in [
+            (Precision::F16, DType::F16, 5e-3),
+            (Precision::Bf16, DType::BF16, 4e-2),
+        ] {
+            let half_w = packed_weight(&w, precision).unwrap();
+            assert_eq!(half_w.dtype(), dtype);
+            let y = packed_product(&x, &half_w).unwrap();
+            assert_eq!(y.dtype(), DType::F32);
+            let err = max_abs_diff(&y, &exact);
+            // Rounded operands and output: close to f32, but not equal to it.
+            assert!(
+                err > 0.0 && err < tolerance,
+                "{dtype:?} product off f32 by {err}"
+            );
+        }
     }
 }
