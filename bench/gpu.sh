@@ -19,7 +19,10 @@ rounds=${2:-3}
 work=${WORK:-/tmp/clipscope-gpu}
 mkdir -p "$work"
 if [[ $bin == *.xz ]]; then
-    xz -dc "$bin" >"$work/clipscope"
+    # Python's lzma: the GPU machine may have no xz command.
+    python3 -c 'import lzma, shutil, sys
+with lzma.open(sys.argv[1]) as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)' "$bin" "$work/clipscope"
     chmod +x "$work/clipscope"
     bin=$work/clipscope
 fi
