@@ -10,6 +10,11 @@ use clipscope::cnn::optim::{Optimizer, OptimizerKind, Param};
 use clipscope::cnn::{Arch, Network};
 
 fn main() -> candle_core::Result<()> {
+    // On a worker of rayon's pool, as the library's training loop runs its steps.
+    clipscope::util::on_worker(run)
+}
+
+fn run() -> candle_core::Result<()> {
     // As the clipscope binary does (see src/main.rs): candle's idle pool thread parks
     // at once instead of spinning against rayon's.
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {

@@ -98,6 +98,20 @@ pub fn trim_freed_memory() {
     }
 }
 
+/// Run `f` on a worker of rayon's pool (at once when already on one). A forward or
+/// backward pass is hundreds of parallel operations; called from a thread outside the
+/// pool, each one is handed to the workers while the caller sleeps until it is done: a
+/// wake-up per operation, and one thread more than the cores. On a worker the caller
+/// takes its share of every operation instead (paired runs on 2 busy cores: ViT-B/32 at
+/// batch 1 and the text encoder 13-21% faster, a ResNet18 training step 7-21%;
+/// docs/benchmarks.md).
+pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::join(f, || ()).0
+}
+
 /// The CPU's model name and the vector extensions that matter for speed, for benchmark
 /// headers: "AMD EPYC (family 26 model 2); avx2 avx512f avx512_bf16".
 pub fn cpu_summary() -> String {

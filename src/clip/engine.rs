@@ -505,7 +505,7 @@ impl Clip {
 
     /// Normalised embeddings of preprocessed pixels `(B, 3, S, S)`.
     pub fn embed_pixels(&self, pixels: &Tensor) -> Result<Vec<Embedding>, ClipError> {
-        let f = self.model.image_features(pixels)?;
+        let f = crate::util::on_worker(|| self.model.image_features(pixels))?;
         Ok(f.to_vec2::<f32>()?.into_iter().map(normalized).collect())
     }
 
@@ -583,7 +583,7 @@ impl Clip {
             self.config().text.max_positions,
             &self.device,
         )?;
-        let f = self.model.text_features(&ids, &eot)?;
+        let f = crate::util::on_worker(|| self.model.text_features(&ids, &eot))?;
         Ok(f.to_vec2::<f32>()?.into_iter().map(normalized).collect())
     }
 }

@@ -848,12 +848,15 @@ fn run(
             if let Some(o) = head_opt.as_mut() {
                 o.set_lr(lr);
             }
-            let (loss, _) = ctx.batch_loss(&model, head.as_ref(), &data.train, idx, &flips)?;
-            let grads = loss.backward()?;
-            opt.step(&grads)?;
-            if let Some(o) = head_opt.as_mut() {
-                o.step(&grads)?;
-            }
+            let loss = crate::util::on_worker(|| -> Result<_, FinetuneError> {
+                let (loss, _) = ctx.batch_loss(&model, head.as_ref(), &data.train, idx, &flips)?;
+                let grads = loss.backward()?;
+                opt.step(&grads)?;
+                if let Some(o) = head_opt.as_mut() {
+                    o.step(&grads)?;
+                }
+                Ok(loss)
+            })?;
             if head.is_none() {
                 params.clamp_logit_scale()?;
             }

@@ -548,12 +548,15 @@ fn run_training(
             opt.set_lr(lr);
             let (x, y) = train_in.batch(idx, Some(&mut aug), &device)?;
             model.begin_step(global as u64);
-            let logits = match &train_in {
-                Inputs::Features { .. } => model.head(&x)?,
-                Inputs::Images { .. } => model.forward_t(&x, true)?,
-            };
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-            opt.step(&loss.backward()?)?;
+            let (logits, loss) = crate::util::on_worker(|| -> candle_core::Result<_> {
+                let logits = match &train_in {
+                    Inputs::Features { .. } => model.head(&x)?,
+                    Inputs::Images { .. } => model.forward_t(&x, true)?,
+                };
+                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+                opt.step(&loss.backward()?)?;
+                Ok((logits, loss))
+            })?;
             let batch_loss = scalar(&loss)?;
             let batch_correct = accuracy_count(&logits, &y)?;
             loss_sum += batch_loss * idx.len() as f64;
