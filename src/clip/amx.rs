@@ -24,7 +24,7 @@ const TILE_BYTES: usize = 64;
 /// Input pairs consumed by one tile step.
 pub(super) const STEP_PAIRS: usize = 16;
 /// Rows and columns of the 2 x 2 block of C tiles each step updates.
-const BLOCK: usize = 2 * TILE_ROWS;
+pub(super) const BLOCK: usize = 2 * TILE_ROWS;
 /// Output columns per weight panel: two tiles' worth.
 pub(super) const PANEL_COLUMNS: usize = BLOCK;
 /// bf16 values per pair row of a weight panel.

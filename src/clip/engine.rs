@@ -503,9 +503,19 @@ impl Clip {
         Ok(tokens)
     }
 
+    /// Run a forward pass: on a worker of rayon's pool on the CPU ([`crate::util::on_worker`]);
+    /// a GPU's passes stay on the calling thread, where its context is current.
+    fn on_cpu_worker<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if self.device.is_cpu() {
+            crate::util::on_worker(f)
+        } else {
+            f()
+        }
+    }
+
     /// Normalised embeddings of preprocessed pixels `(B, 3, S, S)`.
     pub fn embed_pixels(&self, pixels: &Tensor) -> Result<Vec<Embedding>, ClipError> {
-        let f = crate::util::on_worker(|| self.model.image_features(pixels))?;
+        let f = self.on_cpu_worker(|| self.model.image_features(pixels))?;
         Ok(f.to_vec2::<f32>()?.into_iter().map(normalized).collect())
     }
 
@@ -583,7 +593,7 @@ impl Clip {
             self.config().text.max_positions,
             &self.device,
         )?;
-        let f = crate::util::on_worker(|| self.model.text_features(&ids, &eot))?;
+        let f = self.on_cpu_worker(|| self.model.text_features(&ids, &eot))?;
         Ok(f.to_vec2::<f32>()?.into_iter().map(normalized).collect())
     }
 }

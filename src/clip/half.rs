@@ -204,7 +204,7 @@ impl PackedHalf {
         out: &mut [f32],
     ) {
         let (k, width) = (self.inputs, 2 * self.panel_pairs);
-        let mut a = vec![0u16; rows.next_multiple_of(32) * width];
+        let mut a = vec![0u16; rows.next_multiple_of(super::amx::BLOCK) * width];
         a.par_chunks_mut(width)
             .zip(x.par_chunks(k))
             .for_each(|(dst, row)| round_row_bf16(row, &mut dst[..k]));
