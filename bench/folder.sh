@@ -9,7 +9,6 @@
 # LARGE - SMALL, so loading, imports and start-up cancel out. No cache: --no-cache.
 #   bench/folder.sh MODEL_DIR [SMALL] [LARGE] [THREADS] [PYTHON]
 set -euo pipefail
-. "$(dirname "$0")/cpu_name.sh"
 dir=$1 small=${2:-16} large=${3:-80} threads=${4:-$(nproc)} py=${5:-python3}
 bin=${CLIPSCOPE_BIN:-target/release/clipscope}
 runs=${RUNS:-3}
@@ -32,7 +31,7 @@ for n in (small, large):
         im.save(f"{work}/{n}/photo{i:04d}.jpg", quality=85 + i % 10)
 PY
 
-echo "== machine: $(nproc) cores, $(cpu_name); threads $threads; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== machine: $(nproc) cores, $("$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); import all; print(all.cpu()[0])' "$(dirname "$0")"); threads $threads; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== folders of $small and $large JPEG photos (640x480 to 1024x683); medians of $runs interleaved rounds after a warm-up round"
 "$py" - "$work" "$small" "$large" "$runs" "$bin" "$dir" "$threads" "$py" <<'PY'
 import resource, statistics, subprocess, sys, time

@@ -89,6 +89,9 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             per_item_ms: ms,
         });
     }
+    // Which kernel CPU bf16 products ran on (AMX, AVX512-BF16 or the portable loop).
+    let bf16_kernel = (clip.precision() == Precision::Bf16 && clip.device().is_cpu())
+        .then(clipscope::clip::half::bf16_kernel);
     match args.format {
         Format::Json => println!(
             "{}",
@@ -96,8 +99,7 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
                 "model": clip.name(),
                 "device": clip.device_name(),
                 "precision": clip.precision().as_str(),
-                "bf16_kernel": (clip.precision() == Precision::Bf16 && clip.device().is_cpu())
-                    .then(clipscope::clip::half::bf16_kernel),
+                "bf16_kernel": bf16_kernel,
                 "cpu": clipscope::util::cpu_summary(),
                 "threads": candle_core::utils::get_num_threads(),
                 "rows": rows,
@@ -121,8 +123,8 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
                 device += &format!(" ({})", clipscope::util::cpu_summary());
             }
             let mut precision = clip.precision().to_string();
-            if clip.precision() == Precision::Bf16 && clip.device().is_cpu() {
-                precision += &format!(" ({})", clipscope::clip::half::bf16_kernel());
+            if let Some(kernel) = bf16_kernel {
+                precision += &format!(" ({kernel})");
             }
             println!(
                 "model {}  device {device}  precision {precision}  threads {}",

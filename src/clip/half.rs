@@ -336,6 +336,7 @@ pub(super) fn amx_agrees_with_reference() -> bool {
 }
 
 /// `n` reproducible values in [-0.5, 0.5) from `seed` (a linear congruential sequence).
+#[cfg(any(test, target_arch = "x86_64"))]
 pub(crate) fn check_values(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed;
     (0..n)
