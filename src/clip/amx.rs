@@ -260,7 +260,7 @@ unsafe fn block<U: TileUnit>(
 fn cpu_has_amx_bf16() -> bool {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
     // SAFETY: cpuid exists on every x86_64 CPU (the functions are safe from Rust 1.94;
-    // this crate builds from 1.89); leaf 7 is read only where reported.
+    // this crate builds from 1.90); leaf 7 is read only where reported.
     #[allow(unused_unsafe)]
     let edx = unsafe {
         if __cpuid(0).eax < 7 {
