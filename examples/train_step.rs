@@ -1,6 +1,8 @@
 //! Time ResNet18 (or, with `MODEL=vgg16`, VGG16) training steps and evaluation forward
 //! passes, and single convolutions with `CONVS=1`, on the CPU (no data loading),
-//! to compare with `bench/train_step_torch.py`. Usage:
+//! to compare with `bench/train_step_torch.py`; `EVAL_ONLY=1` skips the training steps
+//! (to profile the evaluation forward pass alone), `SEPARATE_HEAPS=1` leaves glibc's
+//! per-thread heaps as they are. Usage:
 //! `cargo run --release --example train_step [BATCH] [SIZE] [STEPS]`
 use std::time::Instant;
 
@@ -10,6 +12,10 @@ use clipscope::cnn::optim::{Optimizer, OptimizerKind, Param};
 use clipscope::cnn::{Arch, Network};
 
 fn main() -> candle_core::Result<()> {
+    // As the binary's training and evaluation commands do, before any thread exists.
+    if std::env::var_os("SEPARATE_HEAPS").is_none() {
+        clipscope::util::use_one_heap();
+    }
     // On a worker of rayon's pool, as the library's training loop runs its steps.
     clipscope::util::on_worker(run)
 }
@@ -57,7 +63,12 @@ fn run() -> candle_core::Result<()> {
     )?;
     let mut times = Vec::new();
     let mut phases = [0f64; 3];
-    for i in 0..steps + 2 {
+    let training_steps = if std::env::var_os("EVAL_ONLY").is_some() {
+        0
+    } else {
+        steps + 2
+    };
+    for i in 0..training_steps {
         let t = Instant::now();
         let logits = model.forward_t(&x, true)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
@@ -80,7 +91,12 @@ fn run() -> candle_core::Result<()> {
         per(phases[1]),
         per(phases[2])
     );
-    report("train step", batch, size, &times[2..]);
+    report(
+        "train step",
+        batch,
+        size,
+        times.get(2..).unwrap_or_default(),
+    );
 
     // Evaluation-mode forward pass (what --freeze-backbone and `eval` run per batch).
     let mut ev = Vec::new();

@@ -29,6 +29,14 @@ fn main() -> ExitCode {
         std::env::set_var(SPIN_LIMIT_VAR, "0");
     }
     let args = cli::args::Cli::parse();
+    if args
+        .command
+        .as_ref()
+        .is_some_and(cli::args::Command::trains_or_evaluates)
+    {
+        // Before any other thread exists (see its doc).
+        clipscope::util::use_one_heap();
+    }
     cli::log::init(args.verbose, args.quiet);
     cli::set_input_limits(&args.limits);
     let command = args

@@ -141,6 +141,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command trains or evaluates networks batch after batch from start
+    /// to end, the case `clipscope::util::use_one_heap` is for.
+    pub fn trains_or_evaluates(&self) -> bool {
+        matches!(
+            self,
+            Command::Train(_)
+                | Command::Eval(_)
+                | Command::Predict(_)
+                | Command::Finetune(_)
+                | Command::Compare(_)
+                | Command::Demo { .. }
+                | Command::Study { .. }
+        )
+    }
+}
+
 /// `models list` and `models download`.
 #[derive(Debug, Subcommand)]
 pub enum ModelsAction {

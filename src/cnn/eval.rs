@@ -77,6 +77,14 @@ pub struct CnnClassifier {
     device: Device,
 }
 
+impl Drop for CnnClassifier {
+    /// The convolutions keep their largest patch matrices between batches (hundreds of
+    /// MB at 224 px); once the classifier is gone nothing reuses them.
+    fn drop(&mut self) {
+        super::conv::release_scratch();
+    }
+}
+
 impl CnnClassifier {
     /// Load the run in `run_dir` (its latest checkpoint).
     pub fn load(run_dir: &Path) -> Result<Self, EvalError> {
