@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod checkpoint;
 pub mod conv;
+mod direct;
 pub mod eval;
 pub mod layers;
 pub mod network;

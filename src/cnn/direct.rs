@@ -1,0 +1,356 @@
+//! 3x3 stride-1 "same" convolutions read straight from channel-major `(C, N, H, W)`
+//! input on AVX-512, without unfolding a patch matrix.
+//!
+//! im2col + gemm writes every input value nine times into the patch matrix, then gemm
+//! packs that matrix once more before its kernel reads it: at 224 px the unfolding and
+//! the packing were a quarter of ResNet18's evaluation forward pass (docs/cnn.md). Here
+//! a tile of 48 consecutive output positions x 8 output channels sums over the nine taps
+//! and every input channel in 24 registers. For tap `(ky, kx)` the 48 positions read 48
+//! consecutive input values shifted by `(ky - 1) * W + (kx - 1)` in each channel's plane;
+//! masked loads zero the lanes whose tap falls outside the image (padding), across a row
+//! edge or past the last image, so no lane needs a branch.
+//!
+//! `conv::Conv` uses it for forward passes that keep no patch matrix (evaluation, and
+//! training layers whose matrix is too large to keep) and for the input gradient on
+//! images of 8x8 and more; measurements in docs/cnn.md.
+
+use rayon::prelude::*;
+
+/// Output positions per tile: three AVX-512 vectors.
+const TILE_P: usize = 48;
+/// Output channels per tile: 3 x 8 accumulators leave registers for the loads.
+const TILE_C: usize = 8;
+/// Taps of a 3x3 kernel.
+const TAPS: usize = 9;
+
+/// Whether [`conv3x3`] runs here for `cout` output channels.
+pub(crate) fn available(cout: usize) -> bool {
+    cout > 0 && cout.is_multiple_of(TILE_C) && has_avx512()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512() -> bool {
+    false
+}
+
+/// The 3x3, stride-1, padding-1 convolution of `x (C, N, H, W)` with `weight (Cout, C, 3,
+/// 3)`: `(Cout, N, H, W)`, or `None` where [`available`] is false.
+pub(crate) fn conv3x3(
+    x: &[f32],
+    (c, n, h, w): (usize, usize, usize, usize),
+    weight: &[f32],
+    cout: usize,
+) -> Option<Vec<f32>> {
+    let kernel = Kernel {
+        weight,
+        out_stride: c * TAPS,
+        in_stride: TAPS,
+        turned: false,
+    };
+    run(x, (c, n, h, w), kernel, cout)
+}
+
+/// The gradient of a 3x3 stride-1 "same" convolution's input, `(C, N, H, W)`, from the
+/// gradient of its output `dy (Cout, N, H, W)`: the same kind of convolution, of `dy`
+/// by the kernel turned half a turn with its input and output channels swapped (read
+/// in place). Replaces a `(C·9) × (N·H·W)` product and its fold (col2im). `None` where
+/// [`available`] is false for `c` channels.
+pub(crate) fn input_gradient(
+    dy: &[f32],
+    (cout, n, h, w): (usize, usize, usize, usize),
+    weight: &[f32],
+    c: usize,
+) -> Option<Vec<f32>> {
+    let kernel = Kernel {
+        weight,
+        out_stride: TAPS,
+        in_stride: c * TAPS,
+        turned: true,
+    };
+    run(dy, (cout, n, h, w), kernel, c)
+}
+
+/// A `(Cout, C, 3, 3)` kernel as the convolution reads it: output channel `o`, input
+/// channel `i`, tap `t` at `weight[o * out_stride + i * in_stride + t]`, or tap `8 - t`
+/// when `turned`.
+#[derive(Clone, Copy)]
+struct Kernel<'a> {
+    weight: &'a [f32],
+    out_stride: usize,
+    in_stride: usize,
+    turned: bool,
+}
+
+/// The convolution of `x (C, N, H, W)` by `kernel` into `cout` channels.
+fn run(
+    x: &[f32],
+    (c, n, h, w): (usize, usize, usize, usize),
+    kernel: Kernel,
+    cout: usize,
+) -> Option<Vec<f32>> {
+    if !available(cout) {
+        return None;
+    }
+    let positions = n * h * w;
+    assert_eq!(x.len(), c * positions, "direct conv: input size");
+    assert_eq!(
+        kernel.weight.len(),
+        cout * c * TAPS,
+        "direct conv: weight size"
+    );
+    let shape = Shape { c, h, w, positions };
+    let out = super::conv::uninit_filled(cout * positions, |out| {
+        let out = SharedOut(out.as_mut_ptr().cast::<f32>());
+        let blocks = positions.div_ceil(TILE_P);
+        let groups = cout / TILE_C;
+        let per_task = groups_per_task(blocks, groups);
+        let tasks = groups.div_ceil(per_task);
+        (0..blocks * tasks).into_par_iter().for_each(|t| {
+            let (b, first) = (t / tasks, (t % tasks) * per_task);
+            let channels = first..(first + per_task).min(groups);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available` checked AVX-512F; the sizes were checked above; task
+            // `t` writes only its block's positions in its channels, which no other task
+            // touches, and the tasks together write every element.
+            unsafe {
+                block(&shape, x, kernel, channels, b * TILE_P, &out)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (b, channels, &out, kernel);
+        });
+    });
+    Some(out)
+}
+
+/// Groups of 8 output channels per parallel task: all of them (each tile's input is
+/// read once) unless the image is so small that there would be fewer than
+/// `TASKS_PER_THREAD` tasks per thread (ResNet18's last stage at 64 px has 3 tiles of
+/// positions and 64 groups).
+fn groups_per_task(blocks: usize, groups: usize) -> usize {
+    const TASKS_PER_THREAD: usize = 8;
+    let wanted = TASKS_PER_THREAD * rayon::current_num_threads();
+    let splits = wanted.div_ceil(blocks.max(1)).clamp(1, groups.max(1));
+    groups.div_ceil(splits)
+}
+
+/// Sizes the kernel needs.
+struct Shape {
+    c: usize,
+    h: usize,
+    w: usize,
+    positions: usize,
+}
+
+/// The output's base pointer, shared by the tiles, which write disjoint positions.
+struct SharedOut(*mut f32);
+// SAFETY: tiles write disjoint elements (see `conv3x3`).
+unsafe impl Sync for SharedOut {}
+
+/// For each tap and each of the tile's three vectors: the lanes whose input lies inside
+/// the image, and the offset of the tap in the input plane. Lane by lane, stepping the
+/// row and column instead of dividing (on small images a tile's work is short, and 432
+/// pairs of divisions per tile were a third of it).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn tap_masks(s: &Shape, p0: usize) -> [([u16; 3], isize); TAPS] {
+    // Bit `lane` of rows[dy + 1] / cols[dx + 1]: the lane's input row / column at that
+    // shift is inside the image.
+    let (mut rows, mut cols) = ([0u64; 3], [0u64; 3]);
+    let r = p0 % (s.h * s.w);
+    let (mut y, mut x) = (r / s.w, r % s.w);
+    for lane in 0..TILE_P.min(s.positions.saturating_sub(p0)) {
+        for d in 0..3 {
+            if (1..=s.h).contains(&(y + d)) {
+                rows[d] |= 1 << lane;
+            }
+            if (1..=s.w).contains(&(x + d)) {
+                cols[d] |= 1 << lane;
+            }
+        }
+        x += 1;
+        if x == s.w {
+            x = 0;
+            y += 1;
+            if y == s.h {
+                y = 0;
+            }
+        }
+    }
+    std::array::from_fn(|tap| {
+        let (ky, kx) = (tap / 3, tap % 3);
+        let lanes = rows[ky] & cols[kx];
+        let mask = std::array::from_fn(|v| (lanes >> (16 * v)) as u16);
+        (mask, (ky as isize - 1) * s.w as isize + kx as isize - 1)
+    })
+}
+
+/// The output channels of `groups` (groups of 8) at the 48 positions from `p0`.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `x` holds `s.c * s.positions` floats, `kernel` at least
+/// `groups.end * 8` output channels of `s.c` inputs, and `out` as many rows of
+/// `s.positions` floats, of which this call alone writes these channels at the tile's
+/// positions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block(
+    s: &Shape,
+    x: &[f32],
+    kernel: Kernel,
+    groups: std::ops::Range<usize>,
+    p0: usize,
+    out: &SharedOut,
+) {
+    use std::arch::x86_64::*;
+    let masks = tap_masks(s, p0);
+    let taps: [usize; TAPS] = std::array::from_fn(|t| if kernel.turned { TAPS - 1 - t } else { t });
+    let store: [u16; 3] = std::array::from_fn(|v| {
+        let lanes = s.positions.saturating_sub(p0 + v * 16).min(16);
+        ((1u32 << lanes) - 1) as u16
+    });
+    for group in groups {
+        let mut acc = [[_mm512_setzero_ps(); TILE_C]; 3];
+        let rows: [*const f32; TILE_C] = std::array::from_fn(|j| {
+            kernel
+                .weight
+                .as_ptr()
+                .wrapping_add((group * TILE_C + j) * kernel.out_stride)
+        });
+        // Input channel outer, taps inner: the nine taps read the same few lines of
+        // one plane, and each output channel's nine weights for it are adjacent.
+        for ci in 0..s.c {
+            let src = x.as_ptr().wrapping_add(ci * s.positions + p0);
+            let wi = ci * kernel.in_stride;
+            for (&(mask, offset), &t) in masks.iter().zip(&taps) {
+                // Lanes outside the image are masked off, so their addresses (before
+                // the plane or past its end) are never read; wrapping arithmetic
+                // forms them.
+                let base = src.wrapping_offset(offset);
+                let a = [
+                    _mm512_maskz_loadu_ps(mask[0], base),
+                    _mm512_maskz_loadu_ps(mask[1], base.wrapping_add(16)),
+                    _mm512_maskz_loadu_ps(mask[2], base.wrapping_add(32)),
+                ];
+                for (j, row) in rows.iter().enumerate() {
+                    let b = _mm512_set1_ps(*row.add(wi + t));
+                    for v in 0..3 {
+                        acc[v][j] = _mm512_fmadd_ps(a[v], b, acc[v][j]);
+                    }
+                }
+            }
+        }
+        for (v, row) in acc.iter().enumerate() {
+            for (j, &sum) in row.iter().enumerate() {
+                let at = (group * TILE_C + j) * s.positions + p0 + v * 16;
+                _mm512_mask_storeu_ps(out.0.wrapping_add(at), store[v], sum);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cnn::rng::Rng;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        (0..len).map(|_| r.range(-1.0, 1.0) as f32).collect()
+    }
+
+    /// The convolution summed directly, in f64.
+    fn reference(
+        x: &[f32],
+        (c, n, h, w): (usize, usize, usize, usize),
+        k: &[f32],
+        cout: usize,
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; cout * n * h * w];
+        for co in 0..cout {
+            for img in 0..n {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let mut sum = 0f64;
+                        for ci in 0..c {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = (y + ky, xx + kx);
+                                    if iy < 1 || ix < 1 || iy > h || ix > w {
+                                        continue;
+                                    }
+                                    let v = x[((ci * n + img) * h + iy - 1) * w + ix - 1];
+                                    sum += v as f64 * k[((co * c + ci) * 3 + ky) * 3 + kx] as f64;
+                                }
+                            }
+                        }
+                        out[((co * n + img) * h + y) * w + xx] = sum;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_direct_sum_on_ragged_shapes() {
+        if !available(8) {
+            return;
+        }
+        // Positions not a multiple of the tile, rows shorter and longer than a vector,
+        // single-pixel images, several images per tile.
+        for (case, &(c, n, h, w, cout)) in [
+            (3, 2, 5, 7, 8),
+            (5, 1, 1, 1, 16),
+            (4, 3, 9, 20, 8),
+            (2, 2, 17, 3, 24),
+            (16, 1, 8, 8, 8),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let dims = (c, n, h, w);
+            let x = random(c * n * h * w, case as u64);
+            let k = random(cout * c * 9, 100 + case as u64);
+            let got = conv3x3(&x, dims, &k, cout).unwrap();
+            let want = reference(&x, dims, &k, cout);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() < 1e-4,
+                    "case {case} element {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn input_gradient_is_the_adjoint_of_the_convolution() {
+        if !available(8) {
+            return;
+        }
+        // <conv(x), dy> = <x, input_gradient(dy)> for any x and dy.
+        let (c, n, h, w, cout) = (8, 2, 5, 9, 16);
+        let x = random(c * n * h * w, 1);
+        let dy = random(cout * n * h * w, 2);
+        let k = random(cout * c * 9, 3);
+        let y = reference(&x, (c, n, h, w), &k, cout);
+        let dx = input_gradient(&dy, (cout, n, h, w), &k, c).unwrap();
+        let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * *b as f64).sum();
+        let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
+        assert!(
+            (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
+        assert!(input_gradient(&dy, (cout, n, h, w), &random(cout * 12 * 9, 4), 12).is_none());
+    }
+
+    #[test]
+    fn declines_channel_counts_off_the_tile() {
+        assert!(!available(12));
+        assert!(!available(0));
+        assert_eq!(conv3x3(&[0.0; 9], (1, 1, 3, 3), &[0.0; 9 * 12], 12), None);
+    }
+}
