@@ -109,7 +109,11 @@ pub fn use_one_heap() {
     // have not allocated yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        // glibc 2.34 and older refuse thresholds over 32 MiB (and a refused value would
+        // leave the fixed 128 KiB one once the trim threshold is set).
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 0 {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        }
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
     ONE_HEAP.store(true, std::sync::atomic::Ordering::Relaxed);

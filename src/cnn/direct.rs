@@ -78,6 +78,7 @@ pub(crate) fn input_gradient(
 /// A `(Cout, C, 3, 3)` kernel as the convolution reads it: output channel `o`, input
 /// channel `i`, tap `t` at `weight[o * out_stride + i * in_stride + t]`, or tap `8 - t`
 /// when `turned`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 struct Kernel<'a> {
     weight: &'a [f32],
@@ -121,7 +122,7 @@ fn run(
                 block(&shape, x, kernel, channels, b * TILE_P, &out)
             };
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (b, channels, &out, kernel);
+            let _ = (b, channels, &out, kernel, &shape, x);
         });
     });
     Some(out)
@@ -139,6 +140,7 @@ fn groups_per_task(blocks: usize, groups: usize) -> usize {
 }
 
 /// Sizes the kernel needs.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Shape {
     c: usize,
     h: usize,
@@ -147,8 +149,9 @@ struct Shape {
 }
 
 /// The output's base pointer, shared by the tiles, which write disjoint positions.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct SharedOut(*mut f32);
-// SAFETY: tiles write disjoint elements (see `conv3x3`).
+// SAFETY: the tasks write disjoint elements (see `run`).
 unsafe impl Sync for SharedOut {}
 
 /// For each tap and each of the tile's three vectors: the lanes whose input lies inside
