@@ -98,9 +98,9 @@ static ONE_HEAP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// there for the next batch (until [`trim_freed_memory`]). By default each thread of
 /// rayon's pool has its own arena of 64 MiB heaps and blocks over 32 MiB are mapped
 /// afresh, so every batch faulted in and unmapped its largest activations again: with
-/// one heap a ResNet18 epoch at 224 px trained 46% faster (15.3 to 22.4 images/s, system
-/// time 19.3 to 4.8 s) and `clipscope eval` took a third less time, at the same peak
-/// memory (docs/cnn.md). Must run before any other thread exists, since glibc gives a
+/// one heap a ResNet18 epoch at 224 px trained at 19.1-22.2 images/s instead of
+/// 14.3-14.6 (system time 20 s to 1.9 s) and `clipscope eval` took a third less time,
+/// at no more peak memory (docs/cnn.md). Must run before any other thread exists, since glibc gives a
 /// thread its arena at its first allocation; the binary calls it for its training and
 /// evaluation commands, not for the app. No-op elsewhere than glibc.
 pub fn use_one_heap() {

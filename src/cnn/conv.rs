@@ -939,12 +939,13 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cnn::rng::Rng;
     use candle_core::{Device, Var};
 
-    fn random(shape: &[usize], seed: u64) -> Vec<f32> {
+    /// `shape`'s worth of reproducible values in [-1, 1) (also for `direct`'s tests).
+    pub(crate) fn random(shape: &[usize], seed: u64) -> Vec<f32> {
         let mut r = Rng::new(seed);
         (0..shape.iter().product())
             .map(|_| r.range(-1.0, 1.0) as f32)

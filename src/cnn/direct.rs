@@ -16,6 +16,8 @@
 
 use rayon::prelude::*;
 
+use crate::util::SharedOut;
+
 /// Output positions per tile: three AVX-512 vectors.
 const TILE_P: usize = 48;
 /// Output channels per tile: 3 x 8 accumulators leave registers for the loads.
@@ -119,10 +121,10 @@ fn run(
             // `t` writes only its block's positions in its channels, which no other task
             // touches, and the tasks together write every element.
             unsafe {
-                block(&shape, x, kernel, channels, b * TILE_P, &out)
+                block(&shape, x, kernel, channels, b * TILE_P, out)
             };
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (b, channels, &out, kernel, &shape, x);
+            let _ = (b, channels, out, kernel, &shape, x);
         });
     });
     Some(out)
@@ -147,12 +149,6 @@ struct Shape {
     w: usize,
     positions: usize,
 }
-
-/// The output's base pointer, shared by the tiles, which write disjoint positions.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-struct SharedOut(*mut f32);
-// SAFETY: the tasks write disjoint elements (see `run`).
-unsafe impl Sync for SharedOut {}
 
 /// For each tap and each of the tile's three vectors: the lanes whose input lies inside
 /// the image, and the offset of the tap in the input plane. Lane by lane, stepping the
@@ -206,7 +202,7 @@ unsafe fn block(
     kernel: Kernel,
     groups: std::ops::Range<usize>,
     p0: usize,
-    out: &SharedOut,
+    out: SharedOut,
 ) {
     use std::arch::x86_64::*;
     let masks = tap_masks(s, p0);
@@ -249,7 +245,7 @@ unsafe fn block(
         for (v, row) in acc.iter().enumerate() {
             for (j, &sum) in row.iter().enumerate() {
                 let at = (group * TILE_C + j) * s.positions + p0 + v * 16;
-                _mm512_mask_storeu_ps(out.0.wrapping_add(at), store[v], sum);
+                _mm512_mask_storeu_ps(out.at(at), store[v], sum);
             }
         }
     }
@@ -258,11 +254,9 @@ unsafe fn block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cnn::rng::Rng;
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut r = Rng::new(seed);
-        (0..len).map(|_| r.range(-1.0, 1.0) as f32).collect()
+        crate::cnn::conv::tests::random(&[len], seed)
     }
 
     /// The convolution summed directly, in f64.
