@@ -9,7 +9,8 @@
 //! input, and each gradient is one gemm call: `Wᵀ · dY` folded back with col2im, and
 //! `cols · dYᵀ` (the transpose of `dW`, transposed back: the order in which gemm packs
 //! the large patch matrix cheaply). Batch norm over channel-major data reads each
-//! channel as one contiguous run.
+//! channel as one contiguous run. 3x3 stride-1 convolutions skip the patch matrix on
+//! AVX-512 CPUs ([`super::direct`]) where that measured faster.
 
 use std::mem::MaybeUninit;
 
@@ -774,11 +775,28 @@ fn is_direct(g: &Geometry) -> bool {
     g.k == 3 && g.pad == 1 && g.is_same_stride_1()
 }
 
+/// The smallest image (height x width) whose weight gradient [`super::direct`] computes:
+/// on ResNet18's 2x2 last stage (64 px) the kernel's per-row work and the transposes
+/// around it cost more than the patch matrix they save (`CONVS=1 examples/train_step`:
+/// backward 6.2-6.7 against 5.4-5.8 ms); from 4x4 up it is as fast or faster and the
+/// forward pass then keeps no patch matrix.
+const DIRECT_WEIGHT_GRADIENT_MIN_PLANE: usize = 16;
+
+/// Whether the weight gradient of `g` into `cout` channels is computed without a patch
+/// matrix ([`super::direct::weight_gradient`]).
+fn has_direct_weight_gradient(g: &Geometry, cout: usize) -> bool {
+    is_direct(g)
+        && g.h * g.w >= DIRECT_WEIGHT_GRADIENT_MIN_PLANE
+        && super::direct::weight_gradient_available(cout)
+}
+
 impl Conv {
     /// Whether the forward pass skips the patch matrix ([`super::direct`]): for 3x3
     /// "same" convolutions when no backward pass will want the matrix kept.
-    fn reads_input_directly(&self, g: &Geometry) -> bool {
-        let kept = self.keep.is_some() && g.rows() * g.cols() <= KEEP_PATCHES_MAX;
+    fn reads_input_directly(&self, g: &Geometry, cout: usize) -> bool {
+        let kept = self.keep.is_some()
+            && !has_direct_weight_gradient(g, cout)
+            && g.rows() * g.cols() <= KEEP_PATCHES_MAX;
         is_direct(g) && !kept
     }
 }
@@ -798,7 +816,7 @@ impl CustomOp2 for Conv {
         let (g, cout) = geometry(xl.shape(), wl.shape(), self.stride, self.pad)?;
         let (x, w) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
         let shape = Shape::from((cout, g.n, g.ho, g.wo));
-        if self.reads_input_directly(&g) {
+        if self.reads_input_directly(&g, cout) {
             if let Some(y) = super::direct::conv3x3(x, (g.c, g.n, g.h, g.w), w, cout) {
                 return Ok((CpuStorage::F32(y), shape));
             }
@@ -856,6 +874,14 @@ impl CustomOp2 for ConvGradWeight<'_> {
         let (g, cout) = (self.g, self.cout);
         let (dy, x) = (contiguous_f32(gs, gl)?, contiguous_f32(xs, xl)?);
         let kept = self.kept.and_then(|k| k.lock().ok()?.take());
+        if has_direct_weight_gradient(&g, cout) {
+            if let Some(dw) = super::direct::weight_gradient(dy, x, (g.c, g.n, g.h, g.w), cout) {
+                if let Some(cols) = kept {
+                    scratch::give(cols);
+                }
+                return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
+            }
+        }
         let cols = match kept {
             Some(cols) => std::borrow::Cow::Owned(cols),
             None => patches(&g, x),
@@ -986,8 +1012,9 @@ pub(crate) mod tests {
             (3, 1, 1, 48),
             (7, 2, 3, 96),
         ];
-        // 8 and 16 channels take the direct kernel for the 3x3 "same" cases.
-        let channels = [(3, 4), (8, 16)];
+        // 8 and 16 channels take the direct kernels for the 3x3 "same" cases' forward
+        // pass and input gradient; 32 output channels the weight gradient's too.
+        let channels = [(3, 4), (8, 16), (5, 32)];
         let runs = cases.into_iter().flat_map(|c| [(c, true), (c, false)]);
         for (((k, stride, pad, h), train), (cin, cout)) in
             runs.flat_map(|r| channels.map(|ch| (r, ch)))

@@ -10,9 +10,14 @@
 //! masked loads zero the lanes whose tap falls outside the image (padding), across a row
 //! edge or past the last image, so no lane needs a branch.
 //!
-//! `conv::Conv` uses it for forward passes that keep no patch matrix (evaluation, and
-//! training layers whose matrix is too large to keep) and for the input gradient on
-//! images of 8x8 and more; measurements in docs/cnn.md.
+//! The kernel's gradient (`weight_gradient`) sums over positions instead: `dy` transposed
+//! so that 32 output channels are two vectors, times each input value broadcast, read
+//! from a copy of the input padded with zeros (no masks).
+//!
+//! `conv::Conv` uses them for the forward pass (evaluation, and training wherever the
+//! weight gradient is direct too or the patch matrix is too large to keep), the input
+//! gradient on images of 8x8 and more and the weight gradient on images of 4x4 and
+//! more; measurements in docs/cnn.md.
 
 use rayon::prelude::*;
 
@@ -251,6 +256,163 @@ unsafe fn block(
     }
 }
 
+/// Output channels per weight-gradient tile: two AVX-512 vectors, so that 2 x 9
+/// accumulators, the two vectors of `dy` and the broadcast input value fit in registers.
+const GRAD_TILE_O: usize = 32;
+/// Positions per block of the weight gradient: the block's 32 output channels of the
+/// transposed `dy` (128 KiB) stay in L2 while every input channel of a task reads them.
+const GRAD_BLOCK_POSITIONS: usize = 1024;
+
+/// Whether [`weight_gradient`] runs here for `cout` output channels.
+pub(crate) fn weight_gradient_available(cout: usize) -> bool {
+    cout > 0 && cout.is_multiple_of(GRAD_TILE_O) && has_avx512()
+}
+
+/// The gradient of a 3x3 stride-1 "same" convolution's kernel, `(Cout, C, 3, 3)`, from
+/// its input `x (C, N, H, W)` and the gradient of its output `dy (Cout, N, H, W)`:
+/// `dW[o, i, ky, kx] = Σ dy[o, n, y, x] · x[i, n, y + ky - 1, x + kx - 1]`. Replaces the
+/// `(C·9) × (N·H·W)` patch matrix and its product with `dyᵀ`: the kernel reads `x` once
+/// zero-padded by one pixel on every side (no tap needs a mask or a branch) and `dy`
+/// transposed, so that 32 output channels are two vectors. `None` where
+/// [`weight_gradient_available`] is false.
+pub(crate) fn weight_gradient(
+    dy: &[f32],
+    x: &[f32],
+    (c, n, h, w): (usize, usize, usize, usize),
+    cout: usize,
+) -> Option<Vec<f32>> {
+    if !weight_gradient_available(cout) {
+        return None;
+    }
+    let positions = n * h * w;
+    assert_eq!(x.len(), c * positions, "direct weight gradient: input size");
+    assert_eq!(
+        dy.len(),
+        cout * positions,
+        "direct weight gradient: gradient size"
+    );
+    // Rows (C·9) by output channel, as the patch-matrix product leaves it.
+    let mut dwt = vec![0f32; c * TAPS * cout];
+    if positions > 0 && c > 0 {
+        let dyt = crate::util::transpose(dy, cout, positions);
+        let padded = pad_planes(x, (c, n, h, w));
+        let s = GradShape { n, h, w, cout };
+        let out = SharedOut(dwt.as_mut_ptr());
+        let tiles = cout / GRAD_TILE_O;
+        let per_task = channels_per_task(tiles, c);
+        let chunks = c.div_ceil(per_task);
+        (0..tiles * chunks).into_par_iter().for_each(|t| {
+            let (tile, first) = (t / chunks, (t % chunks) * per_task);
+            let channels = first..(first + per_task).min(c);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `weight_gradient_available` checked AVX-512F; `dyt` and `padded`
+            // have the sizes `grad_tile` reads (built above from checked sizes); task `t`
+            // writes only its input channels' rows in its 32 columns of `dwt`, which no
+            // other task touches.
+            unsafe {
+                grad_tile(&s, &dyt, &padded, tile * GRAD_TILE_O, channels, out)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (tile, channels, out, &s, &dyt, &padded);
+        });
+    }
+    Some(crate::util::transpose(&dwt, c * TAPS, cout))
+}
+
+/// `x (C, N, H, W)` with a border of zeros one pixel wide round each image plane:
+/// `(C, N, H + 2, W + 2)`.
+fn pad_planes(x: &[f32], (c, n, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
+    let (plane, padded_plane) = (h * w, (h + 2) * (w + 2));
+    let mut out = vec![0f32; c * n * padded_plane];
+    if padded_plane > 0 {
+        out.par_chunks_mut(padded_plane)
+            .zip(x.par_chunks(plane.max(1)))
+            .for_each(|(dst, src)| {
+                for (y, row) in src.chunks_exact(w).enumerate() {
+                    dst[(y + 1) * (w + 2) + 1..][..w].copy_from_slice(row);
+                }
+            });
+    }
+    out
+}
+
+/// Input channels per weight-gradient task: as many as leave `TASKS_PER_THREAD` tasks
+/// per thread across the tiles of output channels (each task reads the transposed `dy`
+/// of its tile once per block, for all its channels).
+fn channels_per_task(tiles: usize, c: usize) -> usize {
+    const TASKS_PER_THREAD: usize = 4;
+    let wanted = TASKS_PER_THREAD * rayon::current_num_threads();
+    let chunks = wanted.div_ceil(tiles.max(1)).clamp(1, c.max(1));
+    c.div_ceil(chunks)
+}
+
+/// Sizes the weight-gradient kernel needs.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct GradShape {
+    n: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+}
+
+/// Adds to `out` (rows `i·9 + tap`, `s.cout` columns) the weight gradient of output
+/// channels `o0..o0 + 32` for input `channels`, summed over every position.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `dyt` holds `N·H·W` rows of `s.cout` floats, `padded`
+/// the padded planes `(N, H + 2, W + 2)` of every input channel, `out` `C · 9` rows of
+/// `s.cout` floats whose columns `o0..o0 + 32` in `channels`' rows this call alone
+/// touches.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_tile(
+    s: &GradShape,
+    dyt: &[f32],
+    padded: &[f32],
+    o0: usize,
+    channels: std::ops::Range<usize>,
+    out: SharedOut,
+) {
+    use std::arch::x86_64::*;
+    let (h, w, pw) = (s.h, s.w, s.w + 2);
+    let rows = s.n * h;
+    let rows_per_block = (GRAD_BLOCK_POSITIONS / w).max(1);
+    let padded_plane = s.n * (h + 2) * pw;
+    for first_row in (0..rows).step_by(rows_per_block) {
+        let block = first_row..(first_row + rows_per_block).min(rows);
+        for i in channels.clone() {
+            let at = |t: usize, v: usize| out.at((i * TAPS + t) * s.cout + o0 + v * 16);
+            let mut acc: [[__m512; TAPS]; 2] =
+                std::array::from_fn(|v| std::array::from_fn(|t| _mm512_loadu_ps(at(t, v))));
+            let plane = padded.as_ptr().add(i * padded_plane);
+            for r in block.clone() {
+                let (img, y) = (r / h, r % h);
+                // Padded row y is the row above output row y: tap (ky, kx) of output
+                // column x reads padded row y + ky, column x + kx.
+                let top = plane.add((img * (h + 2) + y) * pw);
+                let grads = dyt.as_ptr().add(r * w * s.cout + o0);
+                for x in 0..w {
+                    let g = grads.add(x * s.cout);
+                    let d = [_mm512_loadu_ps(g), _mm512_loadu_ps(g.add(16))];
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let b = _mm512_set1_ps(*top.add(ky * pw + x + kx));
+                            for v in 0..2 {
+                                acc[v][ky * 3 + kx] = _mm512_fmadd_ps(d[v], b, acc[v][ky * 3 + kx]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (v, sums) in acc.iter().enumerate() {
+                for (t, &sum) in sums.iter().enumerate() {
+                    _mm512_storeu_ps(at(t, v), sum);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +504,80 @@ mod tests {
             "{lhs} vs {rhs}"
         );
         assert!(input_gradient(&dy, (cout, n, h, w), &random(cout * 12 * 9, 4), 12).is_none());
+    }
+
+    /// The kernel's gradient summed directly, in f64, laid out `(Cout, C, 3, 3)`.
+    fn reference_weight_gradient(
+        dy: &[f32],
+        x: &[f32],
+        (c, n, h, w): (usize, usize, usize, usize),
+        cout: usize,
+    ) -> Vec<f64> {
+        let mut dw = vec![0f64; cout * c * TAPS];
+        for co in 0..cout {
+            for ci in 0..c {
+                for tap in 0..TAPS {
+                    let (ky, kx) = (tap / 3, tap % 3);
+                    let mut sum = 0f64;
+                    for img in 0..n {
+                        for y in 0..h {
+                            for xx in 0..w {
+                                let (iy, ix) = (y + ky, xx + kx);
+                                if iy < 1 || ix < 1 || iy > h || ix > w {
+                                    continue;
+                                }
+                                let g = dy[((co * n + img) * h + y) * w + xx] as f64;
+                                sum += g * x[((ci * n + img) * h + iy - 1) * w + ix - 1] as f64;
+                            }
+                        }
+                    }
+                    dw[(co * c + ci) * TAPS + tap] = sum;
+                }
+            }
+        }
+        dw
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_direct_sum_on_ragged_shapes() {
+        if !weight_gradient_available(32) {
+            return;
+        }
+        // Single-pixel and single-row images, rows longer than a block of positions
+        // (1100 > 1024), several blocks, channel counts that split unevenly over tasks.
+        for (case, &(c, n, h, w, cout)) in [
+            (3, 2, 5, 7, 32),
+            (5, 1, 1, 1, 64),
+            (7, 3, 9, 20, 32),
+            (2, 1, 2, 1100, 32),
+            (16, 4, 16, 16, 96),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let dims = (c, n, h, w);
+            let x = random(c * n * h * w, 200 + case as u64);
+            let dy = random(cout * n * h * w, 300 + case as u64);
+            let got = weight_gradient(&dy, &x, dims, cout).unwrap();
+            let want = reference_weight_gradient(&dy, &x, dims, cout);
+            let scale = ((n * h * w) as f64).sqrt();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() < 1e-5 * scale.max(1.0),
+                    "case {case} element {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weight_gradient_declines_output_channels_off_the_tile() {
+        assert!(!weight_gradient_available(16));
+        assert!(!weight_gradient_available(0));
+        assert_eq!(
+            weight_gradient(&[0.0; 48], &[0.0; 9], (1, 1, 3, 3), 16),
+            None
+        );
     }
 
     #[test]
