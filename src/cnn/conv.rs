@@ -121,16 +121,22 @@ impl Geometry {
 
 /// Unfold channel-major `x` into the `(C·k·k) × (N·Ho·Wo)` patch matrix.
 fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
-    let (m, plane, out_plane) = (g.cols(), g.h * g.w, g.ho * g.wo);
+    im2col_images(g, x, 0..g.n)
+}
+
+/// The columns of `images` in the patch matrix of `x`: `(C·k·k) × (len·Ho·Wo)`.
+fn im2col_images(g: &Geometry, x: &[f32], images: std::ops::Range<usize>) -> Vec<f32> {
+    let (plane, out_plane) = (g.h * g.w, g.ho * g.wo);
+    let m = images.len() * out_plane;
     if m == 0 || plane == 0 {
         return vec![0f32; g.rows() * m];
     }
     scratch_filled(g.rows() * m, |cols| {
         cols.par_chunks_mut(m).enumerate().for_each(|(j, row)| {
             let (c, ky, kx) = (j / (g.k * g.k), (j / g.k) % g.k, j % g.k);
-            for n in 0..g.n {
+            for (i, n) in images.clone().enumerate() {
                 let src = &x[(c * g.n + n) * plane..][..plane];
-                let dst = &mut row[n * out_plane..][..out_plane];
+                let dst = &mut row[i * out_plane..][..out_plane];
                 if g.is_same_stride_1() {
                     shift_plane(g, ky, kx, src, dst);
                 } else {
@@ -149,7 +155,7 @@ pub(crate) fn uninit_filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>
 }
 
 /// As `uninit_filled`, for a scratch buffer that goes back to the pool after use
-/// (`recycle`, `scratch::give`).
+/// (`scratch::give`).
 fn scratch_filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     filled(scratch::take(len), fill)
 }
@@ -281,13 +287,6 @@ mod scratch {
 /// Free the convolution's pooled scratch memory (after training).
 pub fn release_scratch() {
     scratch::release();
-}
-
-/// Return a patch matrix to the scratch pool if this op owns it.
-fn recycle(cols: std::borrow::Cow<'_, [f32]>) {
-    if let std::borrow::Cow::Owned(v) = cols {
-        scratch::give(v);
-    }
 }
 
 fn write_all(dst: &mut [MaybeUninit<f32>], value: f32) {
@@ -485,29 +484,44 @@ const COLUMN_BLOCK: usize = 256;
 /// dimension in gemm's order for one thread.
 pub(crate) fn matmul_short_wide(a: Mat, b: Mat) -> Vec<f32> {
     let (m, n) = (a.rows, b.cols);
-    // Fewer than 8 blocks would leave threads idle at the end of the product.
-    if m == 0 || m > SHORT_ROWS || n < 8 * COLUMN_BLOCK || a.cols == 0 {
+    if m == 0 || a.cols == 0 {
         return matmul(a, b, false);
     }
     uninit_filled(m * n, |dst| {
-        let out = crate::util::SharedOut(dst.as_mut_ptr().cast::<f32>());
-        (0..n.div_ceil(COLUMN_BLOCK))
-            .into_par_iter()
-            .for_each(|block| {
-                let cols = block * COLUMN_BLOCK..((block + 1) * COLUMN_BLOCK).min(n);
-                let start = cols.start;
-                let product = Product {
-                    parallel: false,
-                    ..Product::PARALLEL
-                };
-                // SAFETY: each block writes only its own columns of the m × n output
-                // (rows n apart), which gemm_at asserts lie within it; nothing reads them.
-                unsafe {
-                    let dst = Out::new(out.at(start), m * n - start, n);
-                    gemm_at(a, b.columns(cols), dst, product)
-                }
-            });
+        // SAFETY: `dst` is exactly the m × n row-major output, written whole.
+        unsafe { short_wide_at(a, b, Out::new(dst.as_mut_ptr().cast::<f32>(), m * n, n)) }
     })
+}
+
+/// Writes `a · b` to `dst` as `matmul_short_wide` computes it.
+///
+/// # Safety
+/// `dst` must be valid for writes of its `len` floats, and no other thread may touch the
+/// elements this product writes while it runs.
+unsafe fn short_wide_at(a: Mat, b: Mat, dst: Out) {
+    let (m, n) = (a.rows, b.cols);
+    // Fewer than 8 blocks would leave threads idle at the end of the product.
+    if m > SHORT_ROWS || n < 8 * COLUMN_BLOCK {
+        // SAFETY: the caller's contract.
+        return unsafe { gemm_at(a, b, dst, Product::PARALLEL) };
+    }
+    let (out, len, rs) = (crate::util::SharedOut(dst.ptr), dst.len, dst.rs);
+    (0..n.div_ceil(COLUMN_BLOCK))
+        .into_par_iter()
+        .for_each(|block| {
+            let cols = block * COLUMN_BLOCK..((block + 1) * COLUMN_BLOCK).min(n);
+            let start = cols.start;
+            let product = Product {
+                parallel: false,
+                ..Product::PARALLEL
+            };
+            // SAFETY: each block writes only its own columns of the output (the
+            // caller's), which gemm_at asserts lie within it; nothing reads them.
+            unsafe {
+                let dst = Out::new(out.at(start), len - start, rs);
+                gemm_at(a, b.columns(cols), dst, product)
+            }
+        });
 }
 
 /// Inner dimensions shorter than twice this go to one threaded gemm call; longer ones
@@ -716,13 +730,91 @@ pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Re
     }
 }
 
-/// The patch matrix of `x`: borrowed for a pointwise convolution, unfolded otherwise.
-fn patches<'a>(g: &Geometry, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+/// Floats of patch matrix unfolded at a time where the matrix is not kept: ResNet18's
+/// stem at 224 px has 1.8 M per image, and unfolded whole for evaluation's batches of 64
+/// it took 472 MB. Unit tests use small chunks, so that their batches of two images
+/// are unfolded in several.
+const CHUNK_FLOATS: usize = if cfg!(test) { 1 << 10 } else { 4 << 20 };
+
+/// Images per chunk of the patch matrix of `g` (at least one).
+fn images_per_chunk(g: &Geometry) -> usize {
+    let per_image = g.rows() * g.ho * g.wo;
+    (CHUNK_FLOATS / per_image.max(1)).clamp(1, g.n.max(1))
+}
+
+/// The ranges of images whose patch matrices are unfolded one at a time.
+fn image_chunks(g: &Geometry) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let (images, n) = (images_per_chunk(g), g.n);
+    (0..n)
+        .step_by(images)
+        .map(move |first| first..(first + images).min(n))
+}
+
+/// The forward convolution `W · cols` without keeping the patch matrix: a pointwise
+/// convolution multiplies its input as it is, any other unfolds a chunk of images at a
+/// time into the output's columns for them.
+fn unfold_and_multiply(g: &Geometry, x: &[f32], w: &[f32], cout: usize) -> Vec<f32> {
+    let weight = Mat::new(w, cout, g.rows());
     if g.is_pointwise() {
-        std::borrow::Cow::Borrowed(x)
-    } else {
-        std::borrow::Cow::Owned(im2col(g, x))
+        return matmul_short_wide(weight, Mat::new(x, g.rows(), g.cols()));
     }
+    let (out_plane, total) = (g.ho * g.wo, cout * g.cols());
+    uninit_filled(total, |dst| {
+        let out = dst.as_mut_ptr().cast::<f32>();
+        for images in image_chunks(g) {
+            let cols = im2col_images(g, x, images.clone());
+            let start = images.start * out_plane;
+            let patches = Mat::new(&cols, g.rows(), images.len() * out_plane);
+            // SAFETY: the product writes this chunk's columns of every output row (rows
+            // `g.cols()` apart), which gemm_at asserts lie within `dst`; nothing else
+            // touches them, and the chunks together write every element.
+            unsafe {
+                short_wide_at(
+                    weight,
+                    patches,
+                    Out::new(out.wrapping_add(start), total - start, g.cols()),
+                )
+            };
+            scratch::give(cols);
+        }
+    })
+}
+
+/// `dWᵀ = cols · dYᵀ` over `images`, `cols` their columns of the patch matrix: gemm then
+/// packs the large patch matrix along its rows, which is four times faster here than
+/// `dY · colsᵀ` (that gathers it down its columns).
+fn weight_product(
+    g: &Geometry,
+    cols: &[f32],
+    dy: &[f32],
+    cout: usize,
+    images: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let out_plane = g.ho * g.wo;
+    let positions = images.start * out_plane..images.end * out_plane;
+    matmul_long_inner(
+        Mat::new(cols, g.rows(), positions.len()),
+        Mat::new(dy, cout, g.cols()).columns(positions).t(),
+    )
+}
+
+/// `dWᵀ` when the forward pass kept no patch matrix: unfolded again a chunk of images at
+/// a time, the chunks' products summed in order.
+fn unfolded_weight_gradient(g: &Geometry, x: &[f32], dy: &[f32], cout: usize) -> Vec<f32> {
+    if g.is_pointwise() {
+        return weight_product(g, x, dy, cout, 0..g.n);
+    }
+    let mut sum: Option<Vec<f32>> = None;
+    for images in image_chunks(g) {
+        let cols = im2col_images(g, x, images.clone());
+        let part = weight_product(g, &cols, dy, cout, images);
+        scratch::give(cols);
+        match &mut sum {
+            None => sum = Some(part),
+            Some(sum) => sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p),
+        }
+    }
+    sum.unwrap_or_else(|| vec![0f32; g.rows() * cout])
 }
 
 /// Checks the kernel `(Cout, C, k, k)` against channel-major input `(C, N, H, W)`.
@@ -821,20 +913,18 @@ impl CustomOp2 for Conv {
                 return Ok((CpuStorage::F32(y), shape));
             }
         }
-        let cols = patches(&g, x);
+        let keep = match &self.keep {
+            Some(keep) if !g.is_pointwise() && g.rows() * g.cols() <= KEEP_PATCHES_MAX => keep,
+            _ => return Ok((CpuStorage::F32(unfold_and_multiply(&g, x, w, cout)), shape)),
+        };
+        let cols = im2col(&g, x);
         let y = matmul_short_wide(
             Mat::new(w, cout, g.rows()),
             Mat::new(&cols, g.rows(), g.cols()),
         );
-        match (&self.keep, cols) {
-            (Some(keep), std::borrow::Cow::Owned(cols)) if cols.len() <= KEEP_PATCHES_MAX => {
-                *keep
-                    .lock()
-                    .map_err(|_| candle_core::Error::Msg("conv cache poisoned".into()))? =
-                    Some(cols);
-            }
-            (_, cols) => recycle(cols),
-        }
+        *keep
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("conv cache poisoned".into()))? = Some(cols);
         Ok((CpuStorage::F32(y), shape))
     }
 
@@ -882,17 +972,14 @@ impl CustomOp2 for ConvGradWeight<'_> {
                 return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
             }
         }
-        let cols = match kept {
-            Some(cols) => std::borrow::Cow::Owned(cols),
-            None => patches(&g, x),
+        let dwt = match kept {
+            Some(cols) => {
+                let dwt = weight_product(&g, &cols, dy, cout, 0..g.n);
+                scratch::give(cols);
+                dwt
+            }
+            None => unfolded_weight_gradient(&g, x, dy, cout),
         };
-        // dWᵀ = cols · dYᵀ: gemm then packs the large patch matrix along its rows, which
-        // is four times faster here than dY · colsᵀ (that gathers it down its columns).
-        let dwt = matmul_long_inner(
-            Mat::new(&cols, g.rows(), g.cols()),
-            Mat::new(dy, cout, g.cols()).t(),
-        );
-        recycle(cols);
         let dw = crate::util::transpose(&dwt, g.rows(), cout);
         Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))))
     }
