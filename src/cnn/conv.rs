@@ -759,6 +759,9 @@ fn unfold_and_multiply(g: &Geometry, x: &[f32], w: &[f32], cout: usize) -> Vec<f
         return matmul_short_wide(weight, Mat::new(x, g.rows(), g.cols()));
     }
     let (out_plane, total) = (g.ho * g.wo, cout * g.cols());
+    if total == 0 {
+        return Vec::new();
+    }
     uninit_filled(total, |dst| {
         let out = dst.as_mut_ptr().cast::<f32>();
         for images in image_chunks(g) {
@@ -1055,7 +1058,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Result<
 pub(crate) mod tests {
     use super::*;
     use crate::cnn::rng::Rng;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     /// `shape`'s worth of reproducible values in [-1, 1) (also for `direct`'s tests).
     pub(crate) fn random(shape: &[usize], seed: u64) -> Vec<f32> {
@@ -1186,6 +1189,18 @@ pub(crate) mod tests {
                     "{m}x{k}x{n}: {got} vs {want}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn no_output_channels_give_an_empty_output_over_several_chunks() {
+        let dev = Device::Cpu;
+        // Two 5x5 images: 675 floats of patches each, one chunk per image in tests.
+        let x = Tensor::from_vec(random(&[3, 2, 5, 5], 1), (3, 2, 5, 5), &dev).unwrap();
+        let w = Tensor::zeros((0, 3, 3, 3), DType::F32, &dev).unwrap();
+        for train in [false, true] {
+            let y = conv2d_cnhw(&x, &w, 2, 1, train).unwrap();
+            assert_eq!(y.dims(), &[0, 2, 3, 3]);
         }
     }
 

@@ -454,6 +454,17 @@ mod tests {
         out
     }
 
+    /// Every element of `got` within `tolerance` of `want`'s.
+    fn assert_close(case: usize, got: &[f32], want: &[f64], tolerance: f64) {
+        assert_eq!(got.len(), want.len(), "case {case}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() < tolerance,
+                "case {case} element {i}: {g} vs {w}"
+            );
+        }
+    }
+
     #[test]
     fn matches_the_direct_sum_on_ragged_shapes() {
         if !available(8) {
@@ -475,13 +486,7 @@ mod tests {
             let x = random(c * n * h * w, case as u64);
             let k = random(cout * c * 9, 100 + case as u64);
             let got = conv3x3(&x, dims, &k, cout).unwrap();
-            let want = reference(&x, dims, &k, cout);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (*g as f64 - w).abs() < 1e-4,
-                    "case {case} element {i}: {g} vs {w}"
-                );
-            }
+            assert_close(case, &got, &reference(&x, dims, &k, cout), 1e-4);
         }
     }
 
@@ -560,13 +565,9 @@ mod tests {
             let dy = random(cout * n * h * w, 300 + case as u64);
             let got = weight_gradient(&dy, &x, dims, cout).unwrap();
             let want = reference_weight_gradient(&dy, &x, dims, cout);
-            let scale = ((n * h * w) as f64).sqrt();
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (*g as f64 - w).abs() < 1e-5 * scale.max(1.0),
-                    "case {case} element {i}: {g} vs {w}"
-                );
-            }
+            // Sums over every position: f32 rounding grows with their square root.
+            let tolerance = 1e-5 * ((n * h * w) as f64).sqrt().max(1.0);
+            assert_close(case, &got, &want, tolerance);
         }
     }
 
