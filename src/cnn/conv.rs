@@ -1195,12 +1195,13 @@ pub(crate) mod tests {
     #[test]
     fn no_output_channels_give_an_empty_output_over_several_chunks() {
         let dev = Device::Cpu;
-        // Two 5x5 images: 675 floats of patches each, one chunk per image in tests.
-        let x = Tensor::from_vec(random(&[3, 2, 5, 5], 1), (3, 2, 5, 5), &dev).unwrap();
+        // Two 9x9 images, 5x5 outputs: 27 x 25 = 675 floats of patches each, one chunk
+        // per image in tests.
+        let x = Tensor::from_vec(random(&[3, 2, 9, 9], 1), (3, 2, 9, 9), &dev).unwrap();
         let w = Tensor::zeros((0, 3, 3, 3), DType::F32, &dev).unwrap();
         for train in [false, true] {
             let y = conv2d_cnhw(&x, &w, 2, 1, train).unwrap();
-            assert_eq!(y.dims(), &[0, 2, 3, 3]);
+            assert_eq!(y.dims(), &[0, 2, 5, 5]);
         }
     }
 
