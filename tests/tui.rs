@@ -235,14 +235,15 @@ impl Pty {
         }
     }
 
-    /// Wait up to 10 s for the child to exit; `why` is the failure message.
+    /// Wait up to 30 s for the child to exit (a test suite on 2 busy cores can hold an
+    /// exiting app up for seconds); `why` is the failure message.
     fn wait_exit(&mut self, why: &str) -> portable_pty::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "{why}");
+            assert!(start.elapsed() < Duration::from_secs(30), "{why}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
