@@ -100,9 +100,9 @@ static ONE_HEAP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// afresh, so every batch faulted in and unmapped its largest activations again: with
 /// one heap a ResNet18 epoch at 224 px trained at 19.1-22.2 images/s instead of
 /// 14.3-14.6 (system time 20 s to 1.9 s) and `clipscope eval` took a third less time,
-/// at no more peak memory (docs/cnn.md). Must run before any other thread exists, since glibc gives a
-/// thread its arena at its first allocation; the binary calls it for its training and
-/// evaluation commands, not for the app. No-op elsewhere than glibc.
+/// at no more peak memory (docs/cnn.md). Must run before any other thread exists, since
+/// glibc gives a thread its arena at its first allocation; the binary calls it for its
+/// training and evaluation commands, not for the app. No-op elsewhere than glibc.
 pub fn use_one_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: as in `retain_freed_memory`; glibc applies the arena limit to threads that
@@ -207,6 +207,15 @@ impl SharedOut {
     pub(crate) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
+}
+
+/// Whether this CPU has AVX-512F, which the hand-written f32 kernels (CLIP's weight
+/// panels, the CNN's direct convolutions and dot products) need.
+pub fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// A zeroed buffer of `len` floats whose pages the kernel may back with huge pages:

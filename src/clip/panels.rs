@@ -123,14 +123,7 @@ pub fn matmul_onto(
 
 /// Whether the AVX-512 micro-kernel can run here.
 fn has_kernel() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::util::has_avx512f()
 }
 
 /// One panel's `cols` columns of all rows: the rows in tiles of at most [`MR`], split

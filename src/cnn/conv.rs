@@ -742,12 +742,16 @@ fn images_per_chunk(g: &Geometry) -> usize {
     (CHUNK_FLOATS / per_image.max(1)).clamp(1, g.n.max(1))
 }
 
-/// The ranges of images whose patch matrices are unfolded one at a time.
-fn image_chunks(g: &Geometry) -> impl Iterator<Item = std::ops::Range<usize>> {
+/// Unfold the patch matrix of `x` a chunk of images at a time, call `f` with each
+/// chunk's images and columns, and return each chunk's buffer to the scratch pool.
+fn for_each_chunk(g: &Geometry, x: &[f32], mut f: impl FnMut(std::ops::Range<usize>, &[f32])) {
     let (images, n) = (images_per_chunk(g), g.n);
-    (0..n)
-        .step_by(images)
-        .map(move |first| first..(first + images).min(n))
+    for first in (0..n).step_by(images) {
+        let chunk = first..(first + images).min(n);
+        let cols = im2col_images(g, x, chunk.clone());
+        f(chunk, &cols);
+        scratch::give(cols);
+    }
 }
 
 /// The forward convolution `W · cols` without keeping the patch matrix: a pointwise
@@ -764,10 +768,9 @@ fn unfold_and_multiply(g: &Geometry, x: &[f32], w: &[f32], cout: usize) -> Vec<f
     }
     uninit_filled(total, |dst| {
         let out = dst.as_mut_ptr().cast::<f32>();
-        for images in image_chunks(g) {
-            let cols = im2col_images(g, x, images.clone());
+        for_each_chunk(g, x, |images, cols| {
             let start = images.start * out_plane;
-            let patches = Mat::new(&cols, g.rows(), images.len() * out_plane);
+            let patches = Mat::new(cols, g.rows(), images.len() * out_plane);
             // SAFETY: the product writes this chunk's columns of every output row (rows
             // `g.cols()` apart), which gemm_at asserts lie within `dst`; nothing else
             // touches them, and the chunks together write every element.
@@ -778,8 +781,7 @@ fn unfold_and_multiply(g: &Geometry, x: &[f32], w: &[f32], cout: usize) -> Vec<f
                     Out::new(out.wrapping_add(start), total - start, g.cols()),
                 )
             };
-            scratch::give(cols);
-        }
+        });
     })
 }
 
@@ -808,15 +810,13 @@ fn unfolded_weight_gradient(g: &Geometry, x: &[f32], dy: &[f32], cout: usize) ->
         return weight_product(g, x, dy, cout, 0..g.n);
     }
     let mut sum: Option<Vec<f32>> = None;
-    for images in image_chunks(g) {
-        let cols = im2col_images(g, x, images.clone());
-        let part = weight_product(g, &cols, dy, cout, images);
-        scratch::give(cols);
+    for_each_chunk(g, x, |images, cols| {
+        let part = weight_product(g, cols, dy, cout, images);
         match &mut sum {
             None => sum = Some(part),
             Some(sum) => sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p),
         }
-    }
+    });
     sum.unwrap_or_else(|| vec![0f32; g.rows() * cout])
 }
 
@@ -886,13 +886,20 @@ fn has_direct_weight_gradient(g: &Geometry, cout: usize) -> bool {
 }
 
 impl Conv {
-    /// Whether the forward pass skips the patch matrix ([`super::direct`]): for 3x3
-    /// "same" convolutions when no backward pass will want the matrix kept.
-    fn reads_input_directly(&self, g: &Geometry, cout: usize) -> bool {
-        let kept = self.keep.is_some()
+    /// Whether the forward pass leaves its patch matrix for the weight gradient: when
+    /// training, for a matrix that is unfolded (not pointwise), small enough to keep,
+    /// and one the gradient reads (not computed directly).
+    fn keeps_patches(&self, g: &Geometry, cout: usize) -> bool {
+        self.keep.is_some()
+            && !g.is_pointwise()
+            && g.rows() * g.cols() <= KEEP_PATCHES_MAX
             && !has_direct_weight_gradient(g, cout)
-            && g.rows() * g.cols() <= KEEP_PATCHES_MAX;
-        is_direct(g) && !kept
+    }
+
+    /// Whether the forward pass skips the patch matrix ([`super::direct`]): for 3x3
+    /// "same" convolutions whose matrix is not kept.
+    fn reads_input_directly(&self, g: &Geometry, cout: usize) -> bool {
+        is_direct(g) && !self.keeps_patches(g, cout)
     }
 }
 
@@ -917,7 +924,7 @@ impl CustomOp2 for Conv {
             }
         }
         let keep = match &self.keep {
-            Some(keep) if !g.is_pointwise() && g.rows() * g.cols() <= KEEP_PATCHES_MAX => keep,
+            Some(keep) if self.keeps_patches(&g, cout) => keep,
             _ => return Ok((CpuStorage::F32(unfold_and_multiply(&g, x, w, cout)), shape)),
         };
         let cols = im2col(&g, x);
@@ -966,15 +973,14 @@ impl CustomOp2 for ConvGradWeight<'_> {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, cout) = (self.g, self.cout);
         let (dy, x) = (contiguous_f32(gs, gl)?, contiguous_f32(xs, xl)?);
-        let kept = self.kept.and_then(|k| k.lock().ok()?.take());
+        // The forward pass kept no patch matrix for a direct weight gradient
+        // (`Conv::keeps_patches`).
         if has_direct_weight_gradient(&g, cout) {
             if let Some(dw) = super::direct::weight_gradient(dy, x, (g.c, g.n, g.h, g.w), cout) {
-                if let Some(cols) = kept {
-                    scratch::give(cols);
-                }
                 return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
             }
         }
+        let kept = self.kept.and_then(|k| k.lock().ok()?.take());
         let dwt = match kept {
             Some(cols) => {
                 let dwt = weight_product(&g, &cols, dy, cout, 0..g.n);

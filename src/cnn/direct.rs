@@ -32,17 +32,7 @@ const TAPS: usize = 9;
 
 /// Whether [`conv3x3`] runs here for `cout` output channels.
 pub(crate) fn available(cout: usize) -> bool {
-    cout > 0 && cout.is_multiple_of(TILE_C) && has_avx512()
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn has_avx512() -> bool {
-    false
+    cout > 0 && cout.is_multiple_of(TILE_C) && crate::util::has_avx512f()
 }
 
 /// The 3x3, stride-1, padding-1 convolution of `x (C, N, H, W)` with `weight (Cout, C, 3,
@@ -136,14 +126,18 @@ fn run(
 }
 
 /// Groups of 8 output channels per parallel task: all of them (each tile's input is
-/// read once) unless the image is so small that there would be fewer than
-/// `TASKS_PER_THREAD` tasks per thread (ResNet18's last stage at 64 px has 3 tiles of
-/// positions and 64 groups).
+/// read once) unless the image is so small that there would be fewer than 8 tasks per
+/// thread (ResNet18's last stage at 64 px has 3 tiles of positions and 64 groups).
 fn groups_per_task(blocks: usize, groups: usize) -> usize {
-    const TASKS_PER_THREAD: usize = 8;
-    let wanted = TASKS_PER_THREAD * rayon::current_num_threads();
-    let splits = wanted.div_ceil(blocks.max(1)).clamp(1, groups.max(1));
-    groups.div_ceil(splits)
+    per_task(groups, blocks, 8)
+}
+
+/// How many of `items` one task takes so that, across `others` (tasks split the work
+/// both ways), there are about `tasks_per_thread` tasks per thread of rayon's pool.
+fn per_task(items: usize, others: usize, tasks_per_thread: usize) -> usize {
+    let wanted = tasks_per_thread * rayon::current_num_threads();
+    let splits = wanted.div_ceil(others.max(1)).clamp(1, items.max(1));
+    items.div_ceil(splits)
 }
 
 /// Sizes the kernel needs.
@@ -265,7 +259,7 @@ const GRAD_BLOCK_POSITIONS: usize = 1024;
 
 /// Whether [`weight_gradient`] runs here for `cout` output channels.
 pub(crate) fn weight_gradient_available(cout: usize) -> bool {
-    cout > 0 && cout.is_multiple_of(GRAD_TILE_O) && has_avx512()
+    cout > 0 && cout.is_multiple_of(GRAD_TILE_O) && crate::util::has_avx512f()
 }
 
 /// The gradient of a 3x3 stride-1 "same" convolution's kernel, `(Cout, C, 3, 3)`, from
@@ -336,14 +330,11 @@ fn pad_planes(x: &[f32], (c, n, h, w): (usize, usize, usize, usize)) -> Vec<f32>
     out
 }
 
-/// Input channels per weight-gradient task: as many as leave `TASKS_PER_THREAD` tasks
-/// per thread across the tiles of output channels (each task reads the transposed `dy`
+/// Input channels per weight-gradient task: as many as leave 4 tasks per thread across
+/// the tiles of output channels (each task reads the transposed `dy`
 /// of its tile once per block, for all its channels).
 fn channels_per_task(tiles: usize, c: usize) -> usize {
-    const TASKS_PER_THREAD: usize = 4;
-    let wanted = TASKS_PER_THREAD * rayon::current_num_threads();
-    let chunks = wanted.div_ceil(tiles.max(1)).clamp(1, c.max(1));
-    c.div_ceil(chunks)
+    per_task(c, tiles, 4)
 }
 
 /// Sizes the weight-gradient kernel needs.

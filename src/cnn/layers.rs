@@ -165,17 +165,9 @@ struct Linear;
 /// 64 px.
 const DOT_ROWS_MAX: usize = 16;
 
-/// Whether [`dot_products`] runs here.
-fn has_dot_kernel() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
 /// `x (n, inputs) · wᵀ` for `w (outputs, inputs)`, as one dot product per row and
 /// output: the weight streams through unpacked, each of its rows read once per four rows
-/// of `x`. Only where [`has_dot_kernel`].
+/// of `x`. Only on AVX-512 (`util::has_avx512f`).
 fn dot_products(x: &[f32], n: usize, w: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
     // Outputs per task.
     const BLOCK: usize = 64;
@@ -191,7 +183,7 @@ fn dot_products(x: &[f32], n: usize, w: &[f32], outputs: usize, inputs: usize) -
             for (j, out) in out.chunks_exact_mut(n).enumerate() {
                 let row = &w[(block * BLOCK + j) * inputs..][..inputs];
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `has_dot_kernel` (the caller's check) found AVX-512F; `x` holds
+                // SAFETY: the caller checked AVX-512F (`has_avx512f`); `x` holds
                 // `out.len()` rows of `row.len()` values (asserted above).
                 unsafe {
                     dots(x, row, out)
@@ -279,7 +271,7 @@ impl CustomOp3 for Linear {
             );
         }
         let (x, w, b) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?, slice_f32(s3, l3)?);
-        let mut y = if n <= DOT_ROWS_MAX && has_dot_kernel() {
+        let mut y = if n <= DOT_ROWS_MAX && crate::util::has_avx512f() {
             dot_products(x, n, w, outputs, inputs)
         } else {
             super::conv::matmul(
