@@ -210,10 +210,11 @@ impl SharedOut {
 }
 
 /// Whether this CPU has AVX-512F, which the hand-written f32 kernels (CLIP's weight
-/// panels, the CNN's direct convolutions and dot products) need.
+/// panels, the CNN's direct convolutions and dot products) need; always false in a
+/// build without the `avx512` feature.
 pub fn has_avx512f() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
+    return cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f");
     #[cfg(not(target_arch = "x86_64"))]
     false
 }

@@ -89,9 +89,14 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             per_item_ms: ms,
         });
     }
-    // Which kernel CPU bf16 products ran on (AMX, AVX512-BF16 or the portable loop).
-    let bf16_kernel = (clip.precision() == Precision::Bf16 && clip.device().is_cpu())
-        .then(clipscope::clip::half::bf16_kernel);
+    // Which kernel the CPU's dense-layer products ran on: f32 on AVX-512, AVX2 or gemm;
+    // bf16 on AMX, AVX512-BF16 or the portable loop.
+    let kernel = match clip.precision() {
+        _ if !clip.device().is_cpu() => None,
+        Precision::F32 => Some(clipscope::clip::panels::Kernel::here().name()),
+        Precision::Bf16 => Some(clipscope::clip::half::bf16_kernel()),
+        Precision::F16 => None,
+    };
     match args.format {
         Format::Json => println!(
             "{}",
@@ -99,7 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
                 "model": clip.name(),
                 "device": clip.device_name(),
                 "precision": clip.precision().as_str(),
-                "bf16_kernel": bf16_kernel,
+                "kernel": kernel,
                 "cpu": clipscope::util::cpu_summary(),
                 "threads": candle_core::utils::get_num_threads(),
                 "rows": rows,
@@ -123,7 +128,7 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
                 device += &format!(" ({})", clipscope::util::cpu_summary());
             }
             let mut precision = clip.precision().to_string();
-            if let Some(kernel) = bf16_kernel {
+            if let Some(kernel) = kernel {
                 precision += &format!(" ({kernel})");
             }
             println!(

@@ -310,7 +310,10 @@ pub fn ready() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 fn decide() -> bool {
-    if std::env::var("CLIPSCOPE_AMX").is_ok_and(|v| v == "0") || !cpu_has_amx_bf16() {
+    if std::env::var("CLIPSCOPE_AMX").is_ok_and(|v| v == "0")
+        || !crate::util::has_avx512f()
+        || !cpu_has_amx_bf16()
+    {
         return false;
     }
     if !request_tile_state() {

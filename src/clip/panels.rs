@@ -12,7 +12,9 @@
 //! On CPUs with AVX-512 a micro-kernel multiplies up to 12 rows of activations by a
 //! whole panel at a time, 24 accumulators, the activations read in place (no packing
 //! pass); each output's sum runs in the same order whatever the number of rows. CPUs
-//! without AVX-512 run gemm once per panel instead.
+//! with AVX2 and FMA but not AVX-512 (most laptops, AMD before Zen 4) run a kernel of up
+//! to 6 rows by half a panel (12 of their 16 registers accumulate) that adds in the same
+//! order, so both give the same bits. Other CPUs run gemm once per panel.
 
 use rayon::prelude::*;
 
@@ -82,22 +84,78 @@ pub fn matmul_onto(
     if rows == 0 || outputs == 0 || inputs == 0 {
         return;
     }
-    let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
     // One kernel for every size: an image's embedding must not depend on the batch it
     // came in (sharded jobs merge to the unsharded run's results), and switching to
     // gemm above some size would change its summation order.
-    let use_kernel = has_kernel();
+    product_onto(Kernel::here(), w, inputs, outputs, x, rows, out);
+}
+
+/// Which code multiplies by the panels on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Up to 12 rows by a whole panel in AVX-512 registers.
+    Avx512,
+    /// Up to 6 rows by half a panel in AVX2 registers with FMA; the same bits as
+    /// [`Kernel::Avx512`].
+    Avx2,
+    /// gemm once per panel (no AVX2 and FMA, or not x86-64).
+    Gemm,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU (and build: `util::has_avx512f`) runs.
+    pub fn here() -> Kernel {
+        if crate::util::has_avx512f() {
+            Kernel::Avx512
+        } else if has_avx2_fma() {
+            Kernel::Avx2
+        } else {
+            Kernel::Gemm
+        }
+    }
+
+    /// The name `clipscope bench` prints: `avx512`, `avx2` or `gemm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2 => "avx2",
+            Kernel::Gemm => "gemm",
+        }
+    }
+}
+
+/// Whether this CPU has AVX2 and FMA.
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`matmul_onto`] on a chosen kernel, which the CPU must run (tests compare them).
+fn product_onto(
+    kernel: Kernel,
+    w: &[f32],
+    inputs: usize,
+    outputs: usize,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
     let panel = move |p: usize| {
         let cols = PANEL.min(outputs - p * PANEL);
         let w = &w[p * inputs * PANEL..][..inputs * PANEL];
         // Each panel writes only its own columns of `out`, which is rows × outputs long
-        // (asserted above); no two calls share a column.
+        // (asserted by matmul_onto); no two calls share a column.
         let dst = out_ptr.at(p * PANEL);
-        if use_kernel {
-            // SAFETY: the CPU has AVX-512 (has_kernel); the sizes are those asserted.
+        if kernel != Kernel::Gemm {
+            // SAFETY: the CPU runs `kernel` (Kernel::here, or a test that checked);
+            // the sizes are those matmul_onto asserted.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                panel_avx512(x, rows, inputs, w, cols, dst, outputs)
+                panel_kernel(kernel, x, rows, inputs, w, cols, dst, outputs)
             };
         } else {
             // SAFETY: as above; from this panel's first column of row 0, `cols` columns
@@ -121,20 +179,17 @@ pub fn matmul_onto(
     }
 }
 
-/// Whether the AVX-512 micro-kernel can run here.
-fn has_kernel() -> bool {
-    crate::util::has_avx512f()
-}
-
-/// One panel's `cols` columns of all rows: the rows in tiles of at most [`MR`], split
-/// evenly (50 rows as 5 × 10, not 4 × 12 + 2).
+/// One panel's `cols` columns of all rows: the rows in tiles of at most [`MR`] (AVX-512)
+/// or [`MR_AVX2`], split evenly (50 rows as 5 × 10, not 4 × 12 + 2).
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `x` holds `rows × inputs` values, `w` one panel of
-/// `inputs × PANEL`, and `dst` addresses `rows` rows of at least `cols` writable,
-/// initialised floats, `ldc` apart.
+/// The CPU must run `kernel` (not [`Kernel::Gemm`]); `x` holds `rows × inputs` values,
+/// `w` one panel of `inputs × PANEL`, and `dst` addresses `rows` rows of at least `cols`
+/// writable, initialised floats, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
-unsafe fn panel_avx512(
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_kernel(
+    kernel: Kernel,
     x: &[f32],
     rows: usize,
     inputs: usize,
@@ -143,14 +198,25 @@ unsafe fn panel_avx512(
     dst: *mut f32,
     ldc: usize,
 ) {
-    let tiles = rows.div_ceil(MR);
+    let most = if kernel == Kernel::Avx512 {
+        MR
+    } else {
+        MR_AVX2
+    };
+    let tiles = rows.div_ceil(most);
     let mut start = 0;
     for t in 1..=tiles {
         let end = t * rows / tiles;
         let a = x[start * inputs..].as_ptr();
         let c = dst.wrapping_add(start * ldc);
         // SAFETY: the tile's rows lie in x and dst (the caller's contract).
-        unsafe { tile_dispatch(end - start, a, inputs, w.as_ptr(), cols, c, ldc) };
+        unsafe {
+            if kernel == Kernel::Avx512 {
+                tile_dispatch(end - start, a, inputs, w.as_ptr(), cols, c, ldc)
+            } else {
+                avx2_tile_dispatch(end - start, a, inputs, w.as_ptr(), cols, c, ldc)
+            }
+        };
         start = end;
     }
 }
@@ -238,6 +304,97 @@ unsafe fn tile<const R: usize>(
     }
 }
 
+/// Rows per AVX2 micro-tile: 6 rows x 2 accumulators of half a panel, the half's two
+/// vectors and a broadcast fill 15 of the 16 registers.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const MR_AVX2: usize = 6;
+
+/// [`avx2_tile`] for `rows` (1 to [`MR_AVX2`]) rows.
+///
+/// # Safety
+/// As [`avx2_tile`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx2_tile_dispatch(
+    rows: usize,
+    a: *const f32,
+    k: usize,
+    b: *const f32,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the caller's contract, with `rows` rows.
+    unsafe {
+        match rows {
+            1 => avx2_tile::<1>(a, k, b, cols, c, ldc),
+            2 => avx2_tile::<2>(a, k, b, cols, c, ldc),
+            3 => avx2_tile::<3>(a, k, b, cols, c, ldc),
+            4 => avx2_tile::<4>(a, k, b, cols, c, ldc),
+            5 => avx2_tile::<5>(a, k, b, cols, c, ldc),
+            6 => avx2_tile::<6>(a, k, b, cols, c, ldc),
+            _ => unreachable!("AVX2 tiles have 1 to {MR_AVX2} rows"),
+        }
+    }
+}
+
+/// [`tile`] on AVX2: each half of the panel (16 columns, two vectors of 8) in turn,
+/// every sum in the same order as the AVX-512 kernel's (the same fused multiply-adds
+/// over blocks of [`KC`] inputs, each block's sum added to the output).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; otherwise as [`tile`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_tile<const R: usize>(
+    a: *const f32,
+    k: usize,
+    b: *const f32,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    // Lane i of the mask is set when column `first + i` is one of the panel's `cols`;
+    // masked lanes are neither read nor written, nor can they fault.
+    let lanes = |first: usize| {
+        let n = cols.saturating_sub(first).min(8) as i32;
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    };
+    for k0 in (0..k).step_by(KC) {
+        for half in 0..cols.div_ceil(16) {
+            let col = half * 16;
+            let (m0, m1) = (lanes(col), lanes(col + 8));
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for kk in k0..k.min(k0 + KC) {
+                // SAFETY: input kk's 32 values of the panel (padded with zeros past
+                // `cols`), and row r's input kk, lie in b and a (the caller's contract).
+                unsafe {
+                    let b0 = _mm256_loadu_ps(b.add(kk * PANEL + col));
+                    let b1 = _mm256_loadu_ps(b.add(kk * PANEL + col + 8));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let av = _mm256_set1_ps(*a.add(r * k + kk));
+                        acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let row = c.wrapping_add(r * ldc + col);
+                // SAFETY: masked to this row's `cols` columns (the caller's contract).
+                unsafe {
+                    let c0 = _mm256_maskload_ps(row, m0);
+                    let c1 = _mm256_maskload_ps(row.wrapping_add(8), m1);
+                    _mm256_maskstore_ps(row, m0, _mm256_add_ps(c0, acc[0]));
+                    _mm256_maskstore_ps(row.wrapping_add(8), m1, _mm256_add_ps(c1, acc[1]));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -288,11 +445,77 @@ pub(crate) mod tests {
             let (x, w, start) = (values(rows * k, 1), values(n * k, 2), values(rows * n, 3));
             let packed = pack(&w, n, k);
             assert_eq!(packed.len(), packed_len(k, n));
-            let mut out = start.clone();
-            matmul_onto(&packed, k, n, &x, rows, &mut out);
             let want = reference(&x, &w, &start, rows, k, n);
-            let err = worst(&out, &want);
-            assert!(err < 1e-4, "{rows}x{k}x{n}: {err}");
+            for kernel in kernels_here() {
+                let mut out = start.clone();
+                product_onto(kernel, &packed, k, n, &x, rows, &mut out);
+                let err = worst(&out, &want);
+                assert!(err < 1e-4, "{kernel:?} {rows}x{k}x{n}: {err}");
+            }
+        }
+    }
+
+    /// Every kernel this CPU runs, the fastest first.
+    fn kernels_here() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::here()];
+        if Kernel::here() == Kernel::Avx512 && has_avx2_fma() {
+            kernels.push(Kernel::Avx2);
+        }
+        if Kernel::here() != Kernel::Gemm {
+            kernels.push(Kernel::Gemm);
+        }
+        kernels
+    }
+
+    #[test]
+    fn the_avx2_kernel_gives_the_avx512_kernels_bits() {
+        if kernels_here()[..2] != [Kernel::Avx512, Kernel::Avx2] {
+            eprintln!("skipped: this CPU does not run both kernels");
+            return;
+        }
+        // Partial panels of up to 16 and more columns, tiles of every AVX2 height,
+        // inputs past one and two partial sums; start values that are not zero.
+        for (rows, k, n) in [(1, 3, 1), (7, 300, 9), (13, 600, 47), (50, 96, 80)] {
+            let (x, w, start) = (values(rows * k, 8), values(n * k, 9), values(rows * n, 10));
+            let packed = pack(&w, n, k);
+            let (mut wide, mut narrow) = (start.clone(), start);
+            product_onto(Kernel::Avx512, &packed, k, n, &x, rows, &mut wide);
+            product_onto(Kernel::Avx2, &packed, k, n, &x, rows, &mut narrow);
+            assert_eq!(wide, narrow, "{rows}x{k}x{n}");
+        }
+    }
+
+    #[test]
+    fn the_avx2_kernel_writes_only_the_panels_columns() {
+        if !has_avx2_fma() {
+            eprintln!("skipped: no AVX2 and FMA here");
+            return;
+        }
+        // 20 columns: the second half-panel's second vector is fully masked, its first
+        // partly; guard values around each row's columns must stay.
+        let (rows, k, n, ldc) = (5, 40, 20, 29);
+        let (x, w) = (values(rows * k, 11), values(n * k, 12));
+        let packed = pack(&w, n, k);
+        let mut out = vec![f32::NAN; rows * ldc];
+        for r in 0..rows {
+            out[r * ldc..][..n].fill(0.0);
+        }
+        // SAFETY: this CPU has AVX2 and FMA (checked above); `out` holds `rows` rows of
+        // `n` initialised floats, `ldc` apart.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            panel_kernel(Kernel::Avx2, &x, rows, k, &packed, n, out.as_mut_ptr(), ldc)
+        };
+        let want = reference(&x, &w, &vec![0.0; rows * n], rows, k, n);
+        for r in 0..rows {
+            assert!(
+                worst(&out[r * ldc..][..n], &want[r * n..][..n]) < 1e-4,
+                "row {r}"
+            );
+            assert!(
+                out[r * ldc + n..][..ldc - n].iter().all(|v| v.is_nan()),
+                "row {r}"
+            );
         }
     }
 
@@ -321,21 +544,26 @@ pub(crate) mod tests {
 
     #[test]
     fn a_row_gives_the_same_bits_alone_or_in_any_batch() {
-        if !has_kernel() {
-            // gemm (per panel) chooses its blocking by size; only the kernel promises this.
-            eprintln!("skipped: no AVX-512 here");
-            return;
+        // gemm (per panel) chooses its blocking by size; only the kernels promise this.
+        let kernels: Vec<_> = kernels_here()
+            .into_iter()
+            .filter(|&k| k != Kernel::Gemm)
+            .collect();
+        if kernels.is_empty() {
+            eprintln!("skipped: no AVX-512 or AVX2 here");
         }
         // Up to 4 MB of activations and beyond (where gemm would block differently).
-        for (rows, k, n) in [(50, 48, 144), (130, 300, 40), (700, 1600, 40)] {
-            let (x, w) = (values(rows * k, 6), values(n * k, 7));
-            let packed = pack(&w, n, k);
-            let mut all = vec![0.25; rows * n];
-            matmul_onto(&packed, k, n, &x, rows, &mut all);
-            for r in [0, 7, rows / 2, rows - 1] {
-                let mut one = vec![0.25; n];
-                matmul_onto(&packed, k, n, &x[r * k..][..k], 1, &mut one);
-                assert_eq!(one, all[r * n..][..n], "{rows}x{k}x{n}, row {r}");
+        for kernel in kernels {
+            for (rows, k, n) in [(50, 48, 144), (130, 300, 40), (700, 1600, 40)] {
+                let (x, w) = (values(rows * k, 6), values(n * k, 7));
+                let packed = pack(&w, n, k);
+                let mut all = vec![0.25; rows * n];
+                product_onto(kernel, &packed, k, n, &x, rows, &mut all);
+                for r in [0, 7, rows / 2, rows - 1] {
+                    let mut one = vec![0.25; n];
+                    product_onto(kernel, &packed, k, n, &x[r * k..][..k], 1, &mut one);
+                    assert_eq!(one, all[r * n..][..n], "{kernel:?} {rows}x{k}x{n}, row {r}");
+                }
             }
         }
     }
