@@ -21,6 +21,18 @@ faster) and the issue's target. Workloads:
   default pipeline against PyTorch's DataLoader with one worker);
 - a ResNet18 training step at 64 px, batch 32 (`bench/train_steps.sh`'s two programs).
 
+With --avx2 both sides stay off AVX-512, to measure on an AVX-512 machine what CPUs
+without it get: clipscope must be a build without its `avx512` feature (bench/avx2.sh
+builds one), PyTorch runs with ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and
+MKL_ENABLE_INSTRUCTIONS=AVX2 (MKL ignores the last on AMD CPUs, where it runs its AVX2
+code anyway), and bf16 is left out.
+
+With --mkl-intel PyTorch's MKL takes the code path it takes on Intel CPUs: on AMD CPUs
+MKL runs its fp32 products on a slower path whatever the CPU has (on a Zen 5 EPYC, 2
+threads: 192 GFLOP/s on a 2048 x 2048 product, 446 with this), so a comparison there
+flatters clipscope. The option compiles a one-line library that answers MKL's
+`mkl_serv_intel_cpu_true()` with 1 and preloads it (LD_PRELOAD) into every command.
+
 With --device cuda both sides run the encoders (f32, and bf16 against autocast) and the
 one-shot classification on the GPU; the folder pipeline's timing and the CNN step are
 CPU workloads, left out.
@@ -90,6 +102,16 @@ def photos(work, n):
     return d
 
 
+def mkl_intel_shim(work):
+    """A library for LD_PRELOAD whose `mkl_serv_intel_cpu_true` tells MKL the CPU is
+    Intel's, built with the system's C compiler; its path."""
+    src, lib = os.path.join(work, "mkl_intel.c"), os.path.join(work, "libmkl_intel.so")
+    with open(src, "w") as f:
+        f.write("int mkl_serv_intel_cpu_true(void) { return 1; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", lib, src], check=True)
+    return lib
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir", help="a Hugging Face CLIP folder (tests/fixtures/make_fixtures.py --full DIR)")
@@ -99,8 +121,12 @@ def main():
     ap.add_argument("--skip", default="", help="comma-separated: bf16, oneshot, folder, train")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for a `cuda` build of clipscope")
     ap.add_argument("--batch", default="1,16", help="image-encoder batch sizes")
+    ap.add_argument("--avx2", action="store_true", help="both sides without AVX-512 (see above)")
+    ap.add_argument("--mkl-intel", action="store_true", help="MKL on its Intel code path on AMD CPUs (see above)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if args.avx2:
+        skip.add("bf16")
     on_gpu = args.device != "cpu"
     if on_gpu:
         skip |= {"folder", "train"}
@@ -110,10 +136,15 @@ def main():
     work = tempfile.mkdtemp()
     # clipscope's cache (prepared weights, docs/models.md) in the scratch folder.
     env = dict(os.environ, RAYON_NUM_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, CLIPSCOPE_CACHE=os.path.join(work, "cache"))
+    if args.avx2:
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+    if args.mkl_intel:
+        env["LD_PRELOAD"] = mkl_intel_shim(work)
     py = args.python
     model, ext = cpu()
     torch_version = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True).stdout.strip()
-    print(f"CPU: {model}; {os.cpu_count()} cores; {' '.join(ext)}")
+    notes = ["both sides kept to AVX2"] * args.avx2 + ["MKL on its Intel path"] * args.mkl_intel
+    print(f"CPU: {model}; {os.cpu_count()} cores; {'; '.join([' '.join(ext)] + notes)}")
     if on_gpu:
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
         print(f"GPU ({args.device}): {gpu or 'nvidia-smi gave nothing'}")
@@ -130,9 +161,11 @@ def main():
         kernel = ""
         for _ in range(args.rounds):
             out, _, _ = run([bin, "bench", "--model-dir", args.model_dir, "--batch", args.batch, "--iters", "10", *device, *ours_flags], env)
-            # "precision bf16 (amx)": which kernel clipscope's bf16 products ran on.
-            m = re.search(r"precision bf16 \(([^)]+)\)", out)
+            # "precision bf16 (amx)": which kernel clipscope's products ran on.
+            m = re.search(r"precision \w+ \(([^)]+)\)", out)
             kernel = f" on {m.group(1)}" if m else kernel
+            if args.avx2 and m and m.group(1) != "avx2":
+                sys.exit(f"--avx2 wants a build without the avx512 feature; {bin} runs {m.group(1)} (bench/avx2.sh)")
             for k, v in encoder_rows(out).items():
                 ours.setdefault(k, []).append(v)
             out, _, _ = run([py, "bench/bench_torch.py", "--model-dir", args.model_dir, "--threads", t, "--iters", "10", "--batch", args.batch, *device, *torch_flags], env)
