@@ -78,12 +78,6 @@ pub fn matmul_onto(
     rows: usize,
     out: &mut [f32],
 ) {
-    assert_eq!(w.len(), packed_len(inputs, outputs), "packed weight size");
-    assert_eq!(x.len(), rows * inputs, "input is rows x inputs");
-    assert_eq!(out.len(), rows * outputs, "output is rows x outputs");
-    if rows == 0 || outputs == 0 || inputs == 0 {
-        return;
-    }
     // One kernel for every size: an image's embedding must not depend on the batch it
     // came in (sharded jobs merge to the unsharded run's results), and switching to
     // gemm above some size would change its summation order.
@@ -114,6 +108,15 @@ impl Kernel {
         }
     }
 
+    /// Whether this CPU (and build) runs the kernel.
+    fn runs_here(self) -> bool {
+        match self {
+            Kernel::Avx512 => crate::util::has_avx512f(),
+            Kernel::Avx2 => has_avx2_fma(),
+            Kernel::Gemm => true,
+        }
+    }
+
     /// The name `clipscope bench` prints: `avx512`, `avx2` or `gemm`.
     pub fn name(self) -> &'static str {
         match self {
@@ -133,7 +136,7 @@ fn has_avx2_fma() -> bool {
     false
 }
 
-/// [`matmul_onto`] on a chosen kernel, which the CPU must run (tests compare them).
+/// [`matmul_onto`] on a chosen kernel (tests compare them).
 fn product_onto(
     kernel: Kernel,
     w: &[f32],
@@ -143,16 +146,22 @@ fn product_onto(
     rows: usize,
     out: &mut [f32],
 ) {
+    assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
+    assert_eq!(w.len(), packed_len(inputs, outputs), "packed weight size");
+    assert_eq!(x.len(), rows * inputs, "input is rows x inputs");
+    assert_eq!(out.len(), rows * outputs, "output is rows x outputs");
+    if rows == 0 || outputs == 0 || inputs == 0 {
+        return;
+    }
     let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
     let panel = move |p: usize| {
         let cols = PANEL.min(outputs - p * PANEL);
         let w = &w[p * inputs * PANEL..][..inputs * PANEL];
         // Each panel writes only its own columns of `out`, which is rows × outputs long
-        // (asserted by matmul_onto); no two calls share a column.
+        // (asserted above); no two calls share a column.
         let dst = out_ptr.at(p * PANEL);
         if kernel != Kernel::Gemm {
-            // SAFETY: the CPU runs `kernel` (Kernel::here, or a test that checked);
-            // the sizes are those matmul_onto asserted.
+            // SAFETY: the CPU runs `kernel` and the sizes are those asserted above.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 panel_kernel(kernel, x, rows, inputs, w, cols, dst, outputs)
@@ -354,19 +363,26 @@ unsafe fn avx2_tile<const R: usize>(
     ldc: usize,
 ) {
     use std::arch::x86_64::*;
-    // Lane i of the mask is set when column `first + i` is one of the panel's `cols`;
-    // masked lanes are neither read nor written, nor can they fault.
-    let lanes = |first: usize| {
-        let n = cols.saturating_sub(first).min(8) as i32;
-        _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(n),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        )
+    // `c[..n] += acc[..n]`. Partial vectors go through a buffer: AMD documents that a
+    // masked move may fault on lanes it does not touch, and the last row's lanes past
+    // its columns can lie past the end of the output.
+    let add_into = |c: *mut f32, acc: __m256, n: usize| {
+        // SAFETY: `n` of the 8 floats at `c` lie in this row's columns (the caller's
+        // contract); 8 are read only when all 8 do.
+        unsafe {
+            if n >= 8 {
+                _mm256_storeu_ps(c, _mm256_add_ps(_mm256_loadu_ps(c), acc));
+            } else if n > 0 {
+                let mut sums = [0f32; 8];
+                _mm256_storeu_ps(sums.as_mut_ptr(), acc);
+                for (i, s) in sums[..n].iter().enumerate() {
+                    *c.add(i) += s;
+                }
+            }
+        }
     };
     for k0 in (0..k).step_by(KC) {
-        for half in 0..cols.div_ceil(16) {
-            let col = half * 16;
-            let (m0, m1) = (lanes(col), lanes(col + 8));
+        for col in (0..cols).step_by(16) {
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
             for kk in k0..k.min(k0 + KC) {
                 // SAFETY: input kk's 32 values of the panel (padded with zeros past
@@ -383,13 +399,8 @@ unsafe fn avx2_tile<const R: usize>(
             }
             for (r, acc) in acc.iter().enumerate() {
                 let row = c.wrapping_add(r * ldc + col);
-                // SAFETY: masked to this row's `cols` columns (the caller's contract).
-                unsafe {
-                    let c0 = _mm256_maskload_ps(row, m0);
-                    let c1 = _mm256_maskload_ps(row.wrapping_add(8), m1);
-                    _mm256_maskstore_ps(row, m0, _mm256_add_ps(c0, acc[0]));
-                    _mm256_maskstore_ps(row.wrapping_add(8), m1, _mm256_add_ps(c1, acc[1]));
-                }
+                add_into(row, acc[0], cols - col);
+                add_into(row.wrapping_add(8), acc[1], cols.saturating_sub(col + 8));
             }
         }
     }
@@ -469,13 +480,21 @@ pub(crate) mod tests {
 
     #[test]
     fn the_avx2_kernel_gives_the_avx512_kernels_bits() {
-        if kernels_here()[..2] != [Kernel::Avx512, Kernel::Avx2] {
+        if !kernels_here().starts_with(&[Kernel::Avx512, Kernel::Avx2]) {
             eprintln!("skipped: this CPU does not run both kernels");
             return;
         }
-        // Partial panels of up to 16 and more columns, tiles of every AVX2 height,
-        // inputs past one and two partial sums; start values that are not zero.
-        for (rows, k, n) in [(1, 3, 1), (7, 300, 9), (13, 600, 47), (50, 96, 80)] {
+        // Partial panels of up to 16 and more columns (a partial second half), tiles of
+        // every AVX2 height (2 only alone), inputs past one and two partial sums; start
+        // values that are not zero.
+        let shapes = [
+            (1, 3, 1),
+            (2, 300, 27),
+            (7, 300, 9),
+            (13, 600, 47),
+            (50, 96, 80),
+        ];
+        for (rows, k, n) in shapes {
             let (x, w, start) = (values(rows * k, 8), values(n * k, 9), values(rows * n, 10));
             let packed = pack(&w, n, k);
             let (mut wide, mut narrow) = (start.clone(), start);
@@ -486,36 +505,43 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_avx2_kernel_writes_only_the_panels_columns() {
-        if !has_avx2_fma() {
-            eprintln!("skipped: no AVX2 and FMA here");
-            return;
-        }
-        // 20 columns: the second half-panel's second vector is fully masked, its first
-        // partly; guard values around each row's columns must stay.
-        let (rows, k, n, ldc) = (5, 40, 20, 29);
-        let (x, w) = (values(rows * k, 11), values(n * k, 12));
-        let packed = pack(&w, n, k);
-        let mut out = vec![f32::NAN; rows * ldc];
-        for r in 0..rows {
-            out[r * ldc..][..n].fill(0.0);
-        }
-        // SAFETY: this CPU has AVX2 and FMA (checked above); `out` holds `rows` rows of
-        // `n` initialised floats, `ldc` apart.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            panel_kernel(Kernel::Avx2, &x, rows, k, &packed, n, out.as_mut_ptr(), ldc)
-        };
-        let want = reference(&x, &w, &vec![0.0; rows * n], rows, k, n);
-        for r in 0..rows {
-            assert!(
-                worst(&out[r * ldc..][..n], &want[r * n..][..n]) < 1e-4,
-                "row {r}"
-            );
-            assert!(
-                out[r * ldc + n..][..ldc - n].iter().all(|v| v.is_nan()),
-                "row {r}"
-            );
+    fn the_kernels_write_only_the_panels_columns() {
+        let kernels: Vec<_> = kernels_here()
+            .into_iter()
+            .filter(|&k| k != Kernel::Gemm)
+            .collect();
+        // 20 columns (a partial second half: one vector of 4 columns, one of none) and
+        // 7 (one partial vector); guard values around each row's columns must keep
+        // their bits, and the panel's padding holds values that a write past the
+        // columns would add.
+        for (rows, k, n, ldc) in [(5, 40, 20, 29), (2, 300, 7, 7)] {
+            let (x, w) = (values(rows * k, 11), values(n * k, 12));
+            let mut packed = pack(&w, n, k);
+            for input in packed.chunks_mut(PANEL) {
+                input[n..].fill(1.0);
+            }
+            let want = reference(&x, &w, &vec![0.0; rows * n], rows, k, n);
+            for &kernel in &kernels {
+                let guard = 12345.0f32;
+                let mut out = vec![guard; rows * ldc + 9];
+                for r in 0..rows {
+                    out[r * ldc..][..n].fill(0.0);
+                }
+                // SAFETY: this CPU runs `kernel` (kernels_here); `out` holds `rows` rows
+                // of `n` initialised floats, `ldc` apart.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    panel_kernel(kernel, &x, rows, k, &packed, n, out.as_mut_ptr(), ldc)
+                };
+                for r in 0..rows {
+                    let got = &out[r * ldc..][..n];
+                    assert!(worst(got, &want[r * n..][..n]) < 1e-4, "{kernel:?} row {r}");
+                }
+                let untouched = (0..out.len()).filter(|i| i % ldc >= n || i / ldc >= rows);
+                for i in untouched {
+                    assert_eq!(out[i].to_bits(), guard.to_bits(), "{kernel:?} at {i}");
+                }
+            }
         }
     }
 
