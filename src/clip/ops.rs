@@ -12,6 +12,8 @@ use rayon::prelude::*;
 
 use crate::cnn::conv::{contiguous_f32 as slice, matmul, matmul_add, matmul_into, Mat};
 
+mod vmath;
+
 /// Whether the fused ops can run on `x`.
 pub fn fusable(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
@@ -238,11 +240,9 @@ impl CustomOp2 for SoftmaxGrad {
 /// Softmax of one row, in place.
 fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    vmath::exp_shifted_in_place(row, max);
+    // Summed in order after the exponentials (a loop that did both would not vectorise).
+    let sum: f32 = row.iter().sum();
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
 }
@@ -265,7 +265,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 struct QuickGelu;
 
 fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
+    1.0 / (1.0 + vmath::exp(-v))
 }
 
 impl CustomOp1 for QuickGelu {
@@ -278,11 +278,7 @@ impl CustomOp1 for QuickGelu {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(1 << 14)
             .zip(x.par_chunks(1 << 14))
-            .for_each(|(out, xs)| {
-                for (o, &v) in out.iter_mut().zip(xs) {
-                    *o = v * sigmoid(1.702 * v);
-                }
-            });
+            .for_each(|(out, xs)| vmath::quick_gelu(xs, out));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
