@@ -219,6 +219,16 @@ pub fn has_avx512f() -> bool {
     false
 }
 
+/// Whether this CPU has AVX2 and FMA, which the AVX2 kernels (CLIP's weight panels, the
+/// vectorised exponential) need.
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// A zeroed buffer of `len` floats whose pages the kernel may back with huge pages:
 /// loading a model writes 600 MB of fresh memory, and with 4 KiB pages about a fifth of
 /// the load went to page faults. No-op elsewhere than Linux.

@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 
 use crate::cnn::conv::{matmul_add_at, Mat};
+use crate::util::has_avx2_fma;
 
 /// Output columns per panel: two AVX-512 registers of f32.
 pub const PANEL: usize = 32;
@@ -127,15 +128,6 @@ impl Kernel {
     }
 }
 
-/// Whether this CPU has AVX2 and FMA.
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
 /// [`matmul_onto`] on a chosen kernel (tests compare them).
 fn product_onto(
     kernel: Kernel,
@@ -188,6 +180,19 @@ fn product_onto(
     }
 }
 
+/// `$tile::<R>` on the arguments `$args` (a tuple) for the listed height `R` equal to
+/// `$rows`: each height is its own function, so that its accumulators stay in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_height {
+    ($tile:ident, $rows:expr, [$($r:literal),*], $args:expr) => {{
+        let (a, k, b, cols, c, ldc) = $args;
+        match $rows {
+            $($r => $tile::<$r>(a, k, b, cols, c, ldc),)*
+            rows => unreachable!("no tile of {rows} rows"),
+        }
+    }};
+}
+
 /// One panel's `cols` columns of all rows: the rows in tiles of at most [`MR`] (AVX-512)
 /// or [`MR_AVX2`], split evenly (50 rows as 5 × 10, not 4 × 12 + 2).
 ///
@@ -220,48 +225,15 @@ unsafe fn panel_kernel(
         let c = dst.wrapping_add(start * ldc);
         // SAFETY: the tile's rows lie in x and dst (the caller's contract).
         unsafe {
+            let rows = end - start;
+            let args = (a, inputs, w.as_ptr(), cols, c, ldc);
             if kernel == Kernel::Avx512 {
-                tile_dispatch(end - start, a, inputs, w.as_ptr(), cols, c, ldc)
+                by_height!(tile, rows, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], args)
             } else {
-                avx2_tile_dispatch(end - start, a, inputs, w.as_ptr(), cols, c, ldc)
+                by_height!(avx2_tile, rows, [1, 2, 3, 4, 5, 6], args)
             }
         };
         start = end;
-    }
-}
-
-/// The micro-kernel for `rows` (1 to [`MR`]) rows, chosen at compile time so the
-/// accumulators stay in registers.
-///
-/// # Safety
-/// As [`tile`].
-#[cfg(target_arch = "x86_64")]
-unsafe fn tile_dispatch(
-    rows: usize,
-    a: *const f32,
-    k: usize,
-    b: *const f32,
-    cols: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY: the caller's contract, with `rows` rows.
-    unsafe {
-        match rows {
-            1 => tile::<1>(a, k, b, cols, c, ldc),
-            2 => tile::<2>(a, k, b, cols, c, ldc),
-            3 => tile::<3>(a, k, b, cols, c, ldc),
-            4 => tile::<4>(a, k, b, cols, c, ldc),
-            5 => tile::<5>(a, k, b, cols, c, ldc),
-            6 => tile::<6>(a, k, b, cols, c, ldc),
-            7 => tile::<7>(a, k, b, cols, c, ldc),
-            8 => tile::<8>(a, k, b, cols, c, ldc),
-            9 => tile::<9>(a, k, b, cols, c, ldc),
-            10 => tile::<10>(a, k, b, cols, c, ldc),
-            11 => tile::<11>(a, k, b, cols, c, ldc),
-            12 => tile::<12>(a, k, b, cols, c, ldc),
-            _ => unreachable!("tiles have 1 to {MR} rows"),
-        }
     }
 }
 
@@ -317,34 +289,6 @@ unsafe fn tile<const R: usize>(
 /// vectors and a broadcast fill 15 of the 16 registers.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MR_AVX2: usize = 6;
-
-/// [`avx2_tile`] for `rows` (1 to [`MR_AVX2`]) rows.
-///
-/// # Safety
-/// As [`avx2_tile`].
-#[cfg(target_arch = "x86_64")]
-unsafe fn avx2_tile_dispatch(
-    rows: usize,
-    a: *const f32,
-    k: usize,
-    b: *const f32,
-    cols: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY: the caller's contract, with `rows` rows.
-    unsafe {
-        match rows {
-            1 => avx2_tile::<1>(a, k, b, cols, c, ldc),
-            2 => avx2_tile::<2>(a, k, b, cols, c, ldc),
-            3 => avx2_tile::<3>(a, k, b, cols, c, ldc),
-            4 => avx2_tile::<4>(a, k, b, cols, c, ldc),
-            5 => avx2_tile::<5>(a, k, b, cols, c, ldc),
-            6 => avx2_tile::<6>(a, k, b, cols, c, ldc),
-            _ => unreachable!("AVX2 tiles have 1 to {MR_AVX2} rows"),
-        }
-    }
-}
 
 /// [`tile`] on AVX2: each half of the panel (16 columns, two vectors of 8) in turn,
 /// every sum in the same order as the AVX-512 kernel's (the same fused multiply-adds
@@ -468,14 +412,8 @@ pub(crate) mod tests {
 
     /// Every kernel this CPU runs, the fastest first.
     fn kernels_here() -> Vec<Kernel> {
-        let mut kernels = vec![Kernel::here()];
-        if Kernel::here() == Kernel::Avx512 && has_avx2_fma() {
-            kernels.push(Kernel::Avx2);
-        }
-        if Kernel::here() != Kernel::Gemm {
-            kernels.push(Kernel::Gemm);
-        }
-        kernels
+        let all = [Kernel::Avx512, Kernel::Avx2, Kernel::Gemm];
+        all.into_iter().filter(|k| k.runs_here()).collect()
     }
 
     #[test]

@@ -68,20 +68,12 @@ fn on_widest_vectors(f: impl FnOnce()) {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { on_avx512(f) };
         }
-        if has_avx2_fma() {
+        if crate::util::has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
             return unsafe { on_avx2(f) };
         }
     }
     f()
-}
-
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// `f`, inlined into a function compiled for AVX-512.
