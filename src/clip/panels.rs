@@ -100,14 +100,14 @@ pub enum Kernel {
 impl Kernel {
     /// The fastest kernel this CPU (and build: `util::has_avx512f`) runs.
     pub fn here() -> Kernel {
-        if crate::util::has_avx512f() {
-            Kernel::Avx512
-        } else if has_avx2_fma() {
-            Kernel::Avx2
-        } else {
-            Kernel::Gemm
-        }
+        Kernel::FASTEST_FIRST
+            .into_iter()
+            .find(|k| k.runs_here())
+            .unwrap_or(Kernel::Gemm)
     }
+
+    /// Every kernel, the fastest first.
+    const FASTEST_FIRST: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Gemm];
 
     /// Whether this CPU (and build) runs the kernel.
     fn runs_here(self) -> bool {
@@ -412,8 +412,15 @@ pub(crate) mod tests {
 
     /// Every kernel this CPU runs, the fastest first.
     fn kernels_here() -> Vec<Kernel> {
-        let all = [Kernel::Avx512, Kernel::Avx2, Kernel::Gemm];
-        all.into_iter().filter(|k| k.runs_here()).collect()
+        let all = Kernel::FASTEST_FIRST.into_iter();
+        all.filter(|k| k.runs_here()).collect()
+    }
+
+    /// The hand-written kernels this CPU runs (not gemm).
+    fn own_kernels_here() -> Vec<Kernel> {
+        let mut kernels = kernels_here();
+        kernels.retain(|&k| k != Kernel::Gemm);
+        kernels
     }
 
     #[test]
@@ -444,10 +451,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_kernels_write_only_the_panels_columns() {
-        let kernels: Vec<_> = kernels_here()
-            .into_iter()
-            .filter(|&k| k != Kernel::Gemm)
-            .collect();
+        let kernels = own_kernels_here();
         // 20 columns (a partial second half: one vector of 4 columns, one of none) and
         // 7 (one partial vector); guard values around each row's columns must keep
         // their bits, and the panel's padding holds values that a write past the
@@ -509,10 +513,7 @@ pub(crate) mod tests {
     #[test]
     fn a_row_gives_the_same_bits_alone_or_in_any_batch() {
         // gemm (per panel) chooses its blocking by size; only the kernels promise this.
-        let kernels: Vec<_> = kernels_here()
-            .into_iter()
-            .filter(|&k| k != Kernel::Gemm)
-            .collect();
+        let kernels = own_kernels_here();
         if kernels.is_empty() {
             eprintln!("skipped: no AVX-512 or AVX2 here");
         }

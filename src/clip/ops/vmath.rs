@@ -1,7 +1,8 @@
 //! The exponential for the encoders' QuickGELU and attention softmax, written so that
 //! the compiler vectorises it: glibc's `expf` is one call per value, and ViT-B/32 takes
-//! 2.4 million of them per image (QuickGELU over 50 tokens x 3072 x 12 layers), 3.7% of a
-//! folder job's samples in `perf` (2026-12-03, Zen 5).
+//! 2.2 million of them per image (QuickGELU: 50 tokens x 3072 x 12 layers; softmax: 12
+//! heads x 50 x 50 x 12 layers), 3.7% of a folder job's samples in `perf` (2026-12-03,
+//! Zen 5).
 //!
 //! Cephes' `expf`: `exp(x) = 2^n exp(r)` with `n` the nearest integer to `x / ln 2`, `r`
 //! reduced in two steps and a degree-6 polynomial; within 2 ulp of the true value (the
