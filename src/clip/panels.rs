@@ -15,6 +15,10 @@
 //! with AVX2 and FMA but not AVX-512 (most laptops, AMD before Zen 4) run a kernel of up
 //! to 6 rows by half a panel (12 of their 16 registers accumulate) that adds in the same
 //! order, so both give the same bits. Other CPUs run gemm once per panel.
+//!
+//! Activations whose rows lie a multiple of 4 KiB apart (3072 and 2048 inputs) are
+//! first copied with one cache line of padding per row, so a tile's rows do not share
+//! one set of the L1 cache; the copy changes no sum.
 
 use rayon::prelude::*;
 
@@ -35,6 +39,22 @@ const MR: usize = 12;
 /// with gemm).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const KC: usize = 256;
+
+/// Inputs ahead of the one being multiplied whose panel values are fetched into the L1
+/// cache: the panel streams from memory for one image's 50 rows (each weight is used
+/// once per tile), and the hardware's prefetcher alone left the kernel waiting on it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const PREFETCH_INPUTS: usize = 8;
+
+/// Row strides that are a multiple of this many floats (4 KiB) map every row of a tile
+/// to the same set of the L1 cache, where the rows evict each other: ViT's 3072-input
+/// and the text tower's 2048-input products ran at 0.7-0.9 of the rate of 16 more
+/// inputs (`examples/panel_bench.rs`). Such activations are copied with a padded stride.
+const ALIASED_STRIDE: usize = 1024;
+
+/// Floats added to an aliased stride: one cache line, so consecutive rows fall in
+/// consecutive sets.
+const STRIDE_PAD: usize = 16;
 
 /// Below this many multiply-adds a product runs on one thread: handing panels to
 /// rayon's workers costs more than it saves (a projection of one embedding).
@@ -145,18 +165,49 @@ fn product_onto(
     if rows == 0 || outputs == 0 || inputs == 0 {
         return;
     }
+    if kernel != Kernel::Gemm && inputs.is_multiple_of(ALIASED_STRIDE) && rows > 1 {
+        with_padded_rows(x, rows, inputs, |x, lda| {
+            panels_onto(kernel, w, inputs, outputs, x, lda, rows, out)
+        });
+    } else {
+        panels_onto(kernel, w, inputs, outputs, x, inputs, rows, out);
+    }
+}
+
+/// [`product_onto`] with the rows of `x` `lda` floats apart (`inputs` for gemm), every
+/// panel a task.
+#[allow(clippy::too_many_arguments)]
+fn panels_onto(
+    kernel: Kernel,
+    w: &[f32],
+    inputs: usize,
+    outputs: usize,
+    x: &[f32],
+    lda: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    assert!(
+        lda >= inputs && x.len() >= (rows - 1) * lda + inputs,
+        "rows lda apart"
+    );
+    assert!(
+        kernel != Kernel::Gemm || lda == inputs,
+        "gemm reads rows inputs apart"
+    );
     let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
     let panel = move |p: usize| {
         let cols = PANEL.min(outputs - p * PANEL);
         let w = &w[p * inputs * PANEL..][..inputs * PANEL];
         // Each panel writes only its own columns of `out`, which is rows × outputs long
-        // (asserted above); no two calls share a column.
+        // (the caller asserted); no two calls share a column.
         let dst = out_ptr.at(p * PANEL);
         if kernel != Kernel::Gemm {
-            // SAFETY: the CPU runs `kernel` and the sizes are those asserted above.
+            // SAFETY: the CPU runs `kernel`; `x` holds `rows` rows `lda` apart (asserted
+            // above), `w` one panel, `out` `rows` rows of `outputs`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                panel_kernel(kernel, x, rows, inputs, w, cols, dst, outputs)
+                panel_kernel(kernel, x, rows, inputs, lda, w, cols, dst, outputs)
             };
         } else {
             // SAFETY: as above; from this panel's first column of row 0, `cols` columns
@@ -180,14 +231,47 @@ fn product_onto(
     }
 }
 
+thread_local! {
+    /// This thread's buffer for [`with_padded_rows`], kept between products (a fresh
+    /// one per product took its pages from the system each time).
+    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `f` on a copy of the `rows × inputs` values `x` whose rows are
+/// `inputs +` [`STRIDE_PAD`] floats apart, and that stride.
+fn with_padded_rows<R>(
+    x: &[f32],
+    rows: usize,
+    inputs: usize,
+    f: impl FnOnce(&[f32], usize) -> R,
+) -> R {
+    let lda = inputs + STRIDE_PAD;
+    // Taken, not borrowed: a product nested in this one on the same thread (rayon runs
+    // other tasks while it waits) finds the cell empty and makes its own buffer.
+    let mut padded = PADDED.take();
+    if padded.len() < rows * lda {
+        padded = vec![0f32; rows * lda];
+    }
+    let copy_row = |(dst, src): (&mut [f32], &[f32])| dst[..inputs].copy_from_slice(src);
+    let pairs = padded.chunks_mut(lda).zip(x.chunks(inputs));
+    if rows * inputs < PARALLEL_MIN_WORK {
+        pairs.for_each(copy_row);
+    } else {
+        pairs.par_bridge().for_each(copy_row);
+    }
+    let result = f(&padded, lda);
+    PADDED.set(padded);
+    result
+}
+
 /// `$tile::<R>` on the arguments `$args` (a tuple) for the listed height `R` equal to
 /// `$rows`: each height is its own function, so that its accumulators stay in registers.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_height {
     ($tile:ident, $rows:expr, [$($r:literal),*], $args:expr) => {{
-        let (a, k, b, cols, c, ldc) = $args;
+        let (a, k, lda, b, cols, c, ldc) = $args;
         match $rows {
-            $($r => $tile::<$r>(a, k, b, cols, c, ldc),)*
+            $($r => $tile::<$r>(a, k, lda, b, cols, c, ldc),)*
             rows => unreachable!("no tile of {rows} rows"),
         }
     }};
@@ -197,8 +281,8 @@ macro_rules! by_height {
 /// or [`MR_AVX2`], split evenly (50 rows as 5 × 10, not 4 × 12 + 2).
 ///
 /// # Safety
-/// The CPU must run `kernel` (not [`Kernel::Gemm`]); `x` holds `rows × inputs` values,
-/// `w` one panel of `inputs × PANEL`, and `dst` addresses `rows` rows of at least `cols`
+/// The CPU must run `kernel` (not [`Kernel::Gemm`]); `x` holds `rows` rows of `inputs`
+/// values, `lda` apart; `w` one panel of `inputs × PANEL`, and `dst` addresses `rows` rows of at least `cols`
 /// writable, initialised floats, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
@@ -207,6 +291,7 @@ unsafe fn panel_kernel(
     x: &[f32],
     rows: usize,
     inputs: usize,
+    lda: usize,
     w: &[f32],
     cols: usize,
     dst: *mut f32,
@@ -221,12 +306,12 @@ unsafe fn panel_kernel(
     let mut start = 0;
     for t in 1..=tiles {
         let end = t * rows / tiles;
-        let a = x[start * inputs..].as_ptr();
+        let a = x[start * lda..].as_ptr();
         let c = dst.wrapping_add(start * ldc);
         // SAFETY: the tile's rows lie in x and dst (the caller's contract).
         unsafe {
             let rows = end - start;
-            let args = (a, inputs, w.as_ptr(), cols, c, ldc);
+            let args = (a, inputs, lda, w.as_ptr(), cols, c, ldc);
             if kernel == Kernel::Avx512 {
                 by_height!(tile, rows, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], args)
             } else {
@@ -237,16 +322,18 @@ unsafe fn panel_kernel(
     }
 }
 
-/// `c[r][..cols] += a[r] · b` for `R` rows of `a`, `k` apart, and one panel `b`.
+/// `c[r][..cols] += a[r] · b` for `R` rows of `k` values of `a`, `lda` apart, and one
+/// panel `b`.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `a` must hold `R` rows of `k` values, `k` apart; `b` one
+/// The CPU must have AVX-512F; `a` must hold `R` rows of `k` values, `lda` apart; `b` one
 /// panel of `k × PANEL`; `c` `R` rows of `cols` initialised floats, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const R: usize>(
     a: *const f32,
     k: usize,
+    lda: usize,
     b: *const f32,
     cols: usize,
     c: *mut f32,
@@ -258,15 +345,23 @@ unsafe fn tile<const R: usize>(
     let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
     let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(16)));
     for k0 in (0..k).step_by(KC) {
+        for r in 0..R {
+            let row = c.wrapping_add(r * ldc) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(row);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64));
+        }
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for kk in k0..k.min(k0 + KC) {
             // SAFETY: input kk's 32 values of the panel, and row r's input kk, lie in
             // b and a (the caller's contract).
             unsafe {
+                let ahead = b.wrapping_add((kk + PREFETCH_INPUTS) * PANEL) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
                 let b0 = _mm512_loadu_ps(b.add(kk * PANEL));
                 let b1 = _mm512_loadu_ps(b.add(kk * PANEL + 16));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(r * k + kk));
+                    let av = _mm512_set1_ps(*a.add(r * lda + kk));
                     acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
                     acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
                 }
@@ -301,6 +396,7 @@ const MR_AVX2: usize = 6;
 unsafe fn avx2_tile<const R: usize>(
     a: *const f32,
     k: usize,
+    lda: usize,
     b: *const f32,
     cols: usize,
     c: *mut f32,
@@ -335,7 +431,7 @@ unsafe fn avx2_tile<const R: usize>(
                     let b0 = _mm256_loadu_ps(b.add(kk * PANEL + col));
                     let b1 = _mm256_loadu_ps(b.add(kk * PANEL + col + 8));
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let av = _mm256_set1_ps(*a.add(r * k + kk));
+                        let av = _mm256_set1_ps(*a.add(r * lda + kk));
                         acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
                         acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
                     }
@@ -386,7 +482,9 @@ pub(crate) mod tests {
     #[test]
     fn packed_products_match_the_sum_in_f64_for_every_tile_and_panel_shape() {
         // Rows: one, a partial tile, tiles split evenly, many tiles; columns: a partial
-        // panel alone, whole panels, whole and partial; inputs past one partial sum.
+        // panel alone, whole panels, whole and partial; inputs past one partial sum;
+        // inputs copied to a padded stride (1024, 2048: in parallel, then into the same
+        // thread's buffer, larger than needed).
         let shapes = [
             (1, 5, 7),
             (3, 17, 32),
@@ -395,6 +493,8 @@ pub(crate) mod tests {
             (50, 33, 100),
             (130, 24, 40),
             (2100, 520, 33),
+            (300, 1024, 40),
+            (3, 2048, 33),
         ];
         for (rows, k, n) in shapes {
             let (x, w, start) = (values(rows * k, 1), values(n * k, 2), values(rows * n, 3));
@@ -438,6 +538,7 @@ pub(crate) mod tests {
             (7, 300, 9),
             (13, 600, 47),
             (50, 96, 80),
+            (9, 1024, 20),
         ];
         for (rows, k, n) in shapes {
             let (x, w, start) = (values(rows * k, 8), values(n * k, 9), values(rows * n, 10));
@@ -473,7 +574,7 @@ pub(crate) mod tests {
                 // of `n` initialised floats, `ldc` apart.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    panel_kernel(kernel, &x, rows, k, &packed, n, out.as_mut_ptr(), ldc)
+                    panel_kernel(kernel, &x, rows, k, k, &packed, n, out.as_mut_ptr(), ldc)
                 };
                 for r in 0..rows {
                     let got = &out[r * ldc..][..n];
@@ -517,9 +618,15 @@ pub(crate) mod tests {
         if kernels.is_empty() {
             eprintln!("skipped: no AVX-512 or AVX2 here");
         }
-        // Up to 4 MB of activations and beyond (where gemm would block differently).
+        // Up to 4 MB of activations and beyond (where gemm would block differently);
+        // rows copied to a padded stride in the batch (2048 inputs), not alone.
         for kernel in kernels {
-            for (rows, k, n) in [(50, 48, 144), (130, 300, 40), (700, 1600, 40)] {
+            for (rows, k, n) in [
+                (50, 48, 144),
+                (130, 300, 40),
+                (700, 1600, 40),
+                (40, 2048, 40),
+            ] {
                 let (x, w) = (values(rows * k, 6), values(n * k, 7));
                 let packed = pack(&w, n, k);
                 let mut all = vec![0.25; rows * n];
