@@ -18,7 +18,8 @@ faster) and the issue's target. Workloads:
   and peak resident memory, the latter against the weights file's size), with a fresh
   cache: the first run, which writes the model's prepared weights, is reported apart;
 - a folder job's cost per extra image, decoding included (`bench/folder.sh`: clipscope's
-  default pipeline against PyTorch's DataLoader with one worker);
+  default pipeline against the faster in this run of PyTorch's DataLoader with one
+  worker and with none);
 - a ResNet18 training step at 64 px, batch 32 (`bench/train_steps.sh`'s two programs).
 
 With --avx2 both sides stay off AVX-512, to measure on an AVX-512 machine what CPUs
@@ -201,17 +202,21 @@ def main():
         table.append(("peak memory of that run / weights file", f"{a / 2**20:.0f} MiB ({a / weights:.2f}x)", f"{b / 2**20:.0f} MiB ({b / weights:.2f}x)", f"{a / b:.2f}", "<= 1.3x the file"))
 
     if "folder" not in skip:
-        out = subprocess.run(["bench/folder.sh", args.model_dir, "16", "80", t, py], capture_output=True, text=True, env=dict(env, RUNS=str(args.rounds))).stdout
+        out = subprocess.run(["bench/folder.sh", args.model_dir, "16", "112", t, py], capture_output=True, text=True, env=dict(env, RUNS=str(args.rounds))).stdout
         rows = {}
         for line in out.splitlines():
             cells = [c.strip() for c in line.strip("|").split("|")]
             if len(cells) == 5 and cells[3].replace(".", "").replace("-", "").isdigit():
                 rows[cells[0]] = (float(cells[3]), float(cells[4]))
         a = rows.get("clipscope, decoding overlapped (default)")
-        b = rows.get("PyTorch, DataLoader 1 worker")
-        if a and b:
-            table.append(("folder job, cost per extra image (wall)", f"{a[0]:.1f} ms", f"{b[0]:.1f} ms", f"{a[0] / b[0]:.2f}", "<= 0.8"))
-            table.append(("folder job, CPU time per extra image", f"{a[1]:.1f} ms", f"{b[1]:.1f} ms", f"{a[1] / b[1]:.2f}", ""))
+        # PyTorch's faster pipeline in this run: on two cores a DataLoader worker
+        # process can cost more than it overlaps.
+        torch_rows = [(name, r) for name, r in rows.items() if name.startswith("PyTorch")]
+        if a and torch_rows:
+            name, b = min(torch_rows, key=lambda nr: nr[1][0])
+            loader = name.removeprefix("PyTorch, ")
+            table.append((f"folder job, cost per extra image (wall; PyTorch's faster: {loader})", f"{a[0]:.1f} ms", f"{b[0]:.1f} ms", f"{a[0] / b[0]:.2f}", "<= 0.8"))
+            table.append(("folder job, CPU time per extra image (same pipelines)", f"{a[1]:.1f} ms", f"{b[1]:.1f} ms", f"{a[1] / b[1]:.2f}", ""))
 
     if "train" not in skip and os.path.exists(step_bin):
         ours, theirs = [], []

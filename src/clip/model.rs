@@ -429,14 +429,12 @@ impl Attention {
                     let (q, k, v) = (q.forward(x)?, k.forward(x)?, v.forward(x)?);
                     Some(ops::attention(&q, &k, &v, self.heads, self.scale, causal)?)
                 }
-                // The same fused op for inference: one pass per head instead of head
-                // split copies, a scaled copy, two batched products, softmax and a merge.
+                // The same attention for inference, reading the fused projection's
+                // output in place: one pass per head instead of head split copies, a
+                // scaled copy, two batched products, softmax and a merge.
                 (Mode::Inference(_), Qkv::Fused(qkv)) => {
-                    let d = x.dim(2)?;
                     let qkv = qkv.forward(x)?;
-                    let part = |i: usize| qkv.narrow(2, i * d, d);
-                    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-                    Some(ops::attention(&q, &k, &v, self.heads, self.scale, causal)?)
+                    Some(ops::attention_fused(&qkv, self.heads, self.scale, causal)?)
                 }
                 _ => None,
             };
@@ -464,6 +462,7 @@ struct Block {
     fc1: Linear,
     fc2: Linear,
     act: Activation,
+    mode: Mode,
 }
 
 impl Block {
@@ -477,13 +476,21 @@ impl Block {
             fc1: linear(&vb.pp("mlp.fc1"), d, i, b)?,
             fc2: linear(&vb.pp("mlp.fc2"), i, d, b)?,
             act: c.activation,
+            mode: b.mode,
         })
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let x = self.attn.forward_onto(&self.ln1.forward(x)?, mask, x)?;
         let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
+        let inference = matches!(self.mode, Mode::Inference(_));
         let h = match self.act {
+            // fc1's output is a fresh tensor only this block holds, and at inference
+            // nothing goes backward through it: the activation overwrites it.
+            Activation::QuickGelu if inference && ops::fusable(&h) && h.is_contiguous() => {
+                ops::quick_gelu_in_place(&h)?;
+                h
+            }
             // One fused pass (with a backward pass) instead of three ops on the widest
             // activation of the block.
             Activation::QuickGelu if ops::fusable(&h) => ops::quick_gelu(&h)?,

@@ -456,6 +456,36 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(QuickGelu)
 }
 
+/// QuickGELU written over `x`, for inference: the product's output becomes the
+/// activation with no second buffer to allocate, zero and fill. `x` must be contiguous
+/// f32 on the CPU and not shared with a tensor still in use (nothing can go backward
+/// through it).
+pub fn quick_gelu_in_place(x: &Tensor) -> Result<()> {
+    x.inplace_op1(&QuickGeluInPlace)
+}
+
+/// [`quick_gelu_in_place`]'s op.
+struct QuickGeluInPlace;
+
+impl candle_core::InplaceOp1 for QuickGeluInPlace {
+    fn name(&self) -> &'static str {
+        "clip-quick-gelu-in-place"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let CpuStorage::F32(values) = s else {
+            candle_core::bail!("quick_gelu_in_place: f32 only");
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("quick_gelu_in_place: a contiguous tensor only");
+        };
+        values[start..end]
+            .par_chunks_mut(1 << 14)
+            .for_each(vmath::quick_gelu_in_place);
+        Ok(())
+    }
+}
+
 /// Scaled dot-product attention of `heads` heads on `(q, k, v)`, each `(B, L, D)` with
 /// the heads side by side in `D` (as the projections produce them), optionally causal.
 ///
@@ -470,13 +500,16 @@ struct Attention {
     causal: bool,
 }
 
-/// One sequence's q, k and v, each an `(L, D)` block.
+/// One sequence's q, k and v, each `L` rows of `D` values.
 struct Sequence<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
     l: usize,
     d: usize,
+    /// Floats from one row of q, k or v to the next: `D` for three `(L, D)` blocks, `3D`
+    /// for the three side by side in one fused projection's rows.
+    stride: usize,
 }
 
 /// The sequences of `(B, L, D)` q, k and v, in parallel, in order.
@@ -489,13 +522,20 @@ fn sequences<'a>(
     q.par_chunks(block)
         .zip(k.par_chunks(block))
         .zip(v.par_chunks(block))
-        .map(move |((q, k), v)| Sequence { q, k, v, l, d })
+        .map(move |((q, k), v)| Sequence {
+            q,
+            k,
+            v,
+            l,
+            d,
+            stride: d,
+        })
 }
 
 impl Sequence<'_> {
-    /// Head `h`'s columns of `x` (one of this sequence's blocks, or one shaped alike).
+    /// Head `h`'s columns of `x`, this sequence's q, k or v.
     fn head<'x>(&self, x: &'x [f32], h: usize, width: usize) -> Mat<'x> {
-        Mat::with_row_stride(&x[h * width..], self.l, width, self.d)
+        Mat::with_row_stride(&x[h * width..], self.l, width, self.stride)
     }
 }
 
@@ -541,7 +581,7 @@ impl Attention {
                 x.head(x.q, h, width),
                 x.head(x.k, h, width),
                 x.head(x.v, h, width),
-                x.head(dy, h, width),
+                Mat::with_row_stride(&dy[at..], l, width, d),
             );
             self.probabilities(x, h, &mut p);
             let probs = Mat::new(&p, l, l);
@@ -660,6 +700,53 @@ pub fn attention(
             causal,
         },
     )
+}
+
+/// [`attention`] on the query, key and value projections side by side in one
+/// `(B, L, 3D)` tensor, as the fused projection makes them, read in place: no copies of
+/// the three parts. Inference only (no backward pass).
+pub fn attention_fused(qkv: &Tensor, heads: usize, scale: f64, causal: bool) -> Result<Tensor> {
+    let op = FusedAttention(Attention {
+        heads,
+        scale: scale as f32,
+        causal,
+    });
+    qkv.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// [`attention_fused`]'s op.
+struct FusedAttention(Attention);
+
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "clip-attention-fused-qkv"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, len, d3) = l.shape().dims3()?;
+        let (heads, d) = (self.0.heads, d3 / 3);
+        if d3 % 3 != 0 || heads == 0 || d % heads != 0 {
+            candle_core::bail!(
+                "attention: (B, L, 3D) q, k, v side by side, D a multiple of the heads"
+            );
+        }
+        let qkv = slice(s, l)?;
+        let mut y = vec![0f32; b * len * d];
+        y.par_chunks_mut((len * d).max(1))
+            .zip(qkv.par_chunks((len * d3).max(1)))
+            .for_each(|(y, rows)| {
+                let x = Sequence {
+                    q: rows,
+                    k: &rows[d..],
+                    v: &rows[2 * d..],
+                    l: len,
+                    d,
+                    stride: d3,
+                };
+                self.0.forward_sequence(&x, y)
+            });
+        Ok((CpuStorage::F32(y), Shape::from((b, len, d))))
+    }
 }
 
 #[cfg(test)]
@@ -817,5 +904,24 @@ mod tests {
                 &inputs,
             );
         }
+    }
+
+    #[test]
+    fn attention_on_the_fused_projection_gives_the_separate_ops_bits() {
+        // ViT-B/32's sequence and head width, and a short causal one.
+        for (causal, b, l, d, heads) in [(false, 2, 50, 128, 2), (true, 3, 7, 12, 4)] {
+            let qkv = rand(&[b, l, 3 * d], 21);
+            let part = |i: usize| qkv.narrow(2, i * d, d).unwrap();
+            let scale = ((d / heads) as f64).powf(-0.5);
+            let separate = attention(&part(0), &part(1), &part(2), heads, scale, causal);
+            let fused = attention_fused(&qkv, heads, scale, causal).unwrap();
+            let bits = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(bits(fused), bits(separate.unwrap()), "causal {causal}");
+        }
+        let odd = rand(&[1, 2, 10], 22);
+        assert!(
+            attention_fused(&odd, 2, 1.0, false).is_err(),
+            "3D must divide"
+        );
     }
 }

@@ -253,11 +253,15 @@ fn with_padded_rows<R>(
         padded = vec![0f32; rows * lda];
     }
     let copy_row = |(dst, src): (&mut [f32], &[f32])| dst[..inputs].copy_from_slice(src);
-    let pairs = padded.chunks_mut(lda).zip(x.chunks(inputs));
+    let padded_rows = &mut padded[..rows * lda];
     if rows * inputs < PARALLEL_MIN_WORK {
-        pairs.for_each(copy_row);
+        padded_rows
+            .chunks_mut(lda)
+            .zip(x.chunks(inputs))
+            .for_each(copy_row);
     } else {
-        pairs.par_bridge().for_each(copy_row);
+        let pairs = padded_rows.par_chunks_mut(lda).zip(x.par_chunks(inputs));
+        pairs.for_each(copy_row);
     }
     let result = f(&padded, lda);
     PADDED.set(padded);

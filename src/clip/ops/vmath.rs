@@ -54,6 +54,15 @@ pub(crate) fn quick_gelu(x: &[f32], out: &mut [f32]) {
     });
 }
 
+/// [`quick_gelu`] of `v`, written over it (the same bits).
+pub(crate) fn quick_gelu_in_place(v: &mut [f32]) {
+    on_widest_vectors(|| {
+        for o in v.iter_mut() {
+            *o = *o / (1.0 + exp(-1.702 * *o));
+        }
+    });
+}
+
 /// `row[i] = e^(row[i] - shift)`.
 pub(crate) fn exp_shifted_in_place(row: &mut [f32], shift: f32) {
     on_widest_vectors(|| row.iter_mut().for_each(|v| *v = exp(*v - shift)));
@@ -132,6 +141,9 @@ mod tests {
         for (&v, &o) in x.iter().zip(&out) {
             assert_eq!(o, v / (1.0 + exp(-1.702 * v)), "quick_gelu({v})");
         }
+        let mut in_place = x.clone();
+        quick_gelu_in_place(&mut in_place);
+        assert_eq!(in_place, out, "quick_gelu_in_place");
         let mut row = x.clone();
         exp_shifted_in_place(&mut row, 3.0);
         for (&v, &o) in x.iter().zip(&row) {
