@@ -532,6 +532,24 @@ fn sequences<'a>(
         })
 }
 
+/// The sequences of a `(B, L, 3D)` fused projection, q, k and v side by side in each
+/// row, read in place.
+fn fused_sequences(
+    qkv: &[f32],
+    l: usize,
+    d: usize,
+) -> impl IndexedParallelIterator<Item = Sequence<'_>> {
+    qkv.par_chunks((l * 3 * d).max(1))
+        .map(move |rows| Sequence {
+            q: rows,
+            k: &rows[d..],
+            v: &rows[2 * d..],
+            l,
+            d,
+            stride: 3 * d,
+        })
+}
+
 impl Sequence<'_> {
     /// Head `h`'s columns of `x`, this sequence's q, k or v.
     fn head<'x>(&self, x: &'x [f32], h: usize, width: usize) -> Mat<'x> {
@@ -567,6 +585,19 @@ impl Attention {
             let v = x.head(x.v, h, width);
             matmul_into(Mat::new(&p, l, l), v, &mut y[h * width..], x.d, 1.0, false);
         }
+    }
+
+    /// The `(B, L, D)` output of `B` sequences, in order.
+    fn forward_all<'a>(
+        &self,
+        sequences: impl IndexedParallelIterator<Item = Sequence<'a>>,
+        (b, len, d): (usize, usize, usize),
+    ) -> Vec<f32> {
+        let mut y = vec![0f32; b * len * d];
+        y.par_chunks_mut((len * d).max(1))
+            .zip(sequences)
+            .for_each(|(y, x)| self.forward_sequence(&x, y));
+        y
     }
 
     /// The gradients of one sequence's q, k and v (`grads`, zeroed `(L, D)` blocks) from
@@ -631,10 +662,7 @@ impl CustomOp3 for Attention {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, l, d) = self.dims([l1, l2, l3])?;
         let qkv = [slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?];
-        let mut y = vec![0f32; b * l * d];
-        y.par_chunks_mut((l * d).max(1))
-            .zip(sequences(qkv, l, d))
-            .for_each(|(y, x)| self.forward_sequence(&x, y));
+        let y = self.forward_all(sequences(qkv, l, d), (b, l, d));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -731,20 +759,9 @@ impl CustomOp1 for FusedAttention {
             );
         }
         let qkv = slice(s, l)?;
-        let mut y = vec![0f32; b * len * d];
-        y.par_chunks_mut((len * d).max(1))
-            .zip(qkv.par_chunks((len * d3).max(1)))
-            .for_each(|(y, rows)| {
-                let x = Sequence {
-                    q: rows,
-                    k: &rows[d..],
-                    v: &rows[2 * d..],
-                    l: len,
-                    d,
-                    stride: d3,
-                };
-                self.0.forward_sequence(&x, y)
-            });
+        let y = self
+            .0
+            .forward_all(fused_sequences(qkv, len, d), (b, len, d));
         Ok((CpuStorage::F32(y), Shape::from((b, len, d))))
     }
 }

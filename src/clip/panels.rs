@@ -287,8 +287,8 @@ macro_rules! by_height {
 ///
 /// # Safety
 /// The CPU must run `kernel` (not [`Kernel::Gemm`]); `x` holds `rows` rows of `inputs`
-/// values, `lda` apart; `w` one panel of `inputs × PANEL`, and `dst` addresses `rows` rows of at least `cols`
-/// writable, initialised floats, `ldc` apart.
+/// values, `lda` apart; `w` one panel of `inputs × PANEL`; and `dst` addresses `rows`
+/// rows of at least `cols` writable, initialised floats, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn panel_kernel(
