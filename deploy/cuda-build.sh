@@ -18,7 +18,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-toolkit=${CUDA_WHEELS:-$root/target/cuda-toolkit}
+# Absolute: cargo runs build scripts (cudarc's asks nvcc its version) in other folders.
+toolkit=$(realpath -m "${CUDA_WHEELS:-$root/target/cuda-toolkit}")
 version=${CUDA_WHEEL_VERSION:-13.4.92}
 cccl=${CCCL_WHEEL_VERSION:-13.3.5.0.6} # cuda_fp16.h includes CCCL's <nv/target>
 cuda=$toolkit/nvidia/cu13
