@@ -13,6 +13,7 @@ use clipscope::clip::tokenizer::ClipTokenizer;
 use clipscope::clip::{prepared, zeroshot, Clip, ClipError, LabelSet, ModelFiles, PromptStyle};
 use clipscope::data::load_image;
 use common::{cosine, fixtures, load_tiny, Reference};
+use image::GenericImageView;
 
 #[derive(serde::Deserialize)]
 struct TokenCase {
@@ -78,6 +79,42 @@ fn crops_match_pillow_and_torchvision() {
         // decoder as in Pillow, so crops must match bit for bit.
         assert_eq!(max, 0, "{}: mean {mean}", source.display());
     }
+}
+
+/// Every JPEG encoding in `tests/fixtures/jpeg` (subsamplings, progressive, restart
+/// markers, grey, partial blocks) decodes to Pillow's pixels exactly, whether the build
+/// got libjpeg-turbo's SIMD code (nasm found) or its C code.
+#[test]
+fn jpegs_decode_as_pillow_does() {
+    let folder = fixtures().join("jpeg");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let jpeg = entry.unwrap().path();
+        if jpeg.extension().is_none_or(|e| e != "jpg") {
+            continue;
+        }
+        let got = load_image(&jpeg).unwrap();
+        let want = image::open(jpeg.with_extension("png")).unwrap();
+        assert_eq!(got.color(), want.color(), "{}", jpeg.display());
+        assert_eq!(got.dimensions(), want.dimensions(), "{}", jpeg.display());
+        let differing = got
+            .as_bytes()
+            .iter()
+            .zip(want.as_bytes())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            differing,
+            0,
+            "{}: samples differ from Pillow's",
+            jpeg.display()
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 10,
+        "expected the committed JPEGs, found {checked}"
+    );
 }
 
 #[test]
