@@ -12,6 +12,8 @@
 //! every value above 255 to white). RGBA and LA are resized with premultiplied alpha,
 //! as Pillow does, and the alpha is then dropped without compositing.
 
+use std::borrow::Cow;
+
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, RgbImage};
 
@@ -47,20 +49,20 @@ impl PreprocessConfig {
 }
 
 /// Turn any decoded image into 8-bit samples in Pillow's mode for it:
-/// L, LA, RGB or RGBA.
-fn to_planar8(img: &DynamicImage) -> Planar8 {
+/// L, LA, RGB or RGBA (8-bit images borrowed, not copied).
+fn to_planar8(img: &DynamicImage) -> Planar8<Cow<'_, [u8]>> {
     let (width, height) = (img.width() as usize, img.height() as usize);
     let (channels, data) = match img {
-        DynamicImage::ImageLuma8(b) => (1, b.as_raw().clone()),
-        DynamicImage::ImageLumaA8(b) => (2, b.as_raw().clone()),
-        DynamicImage::ImageRgb8(b) => (3, b.as_raw().clone()),
-        DynamicImage::ImageRgba8(b) => (4, b.as_raw().clone()),
-        DynamicImage::ImageLuma16(b) => (1, round16(b.as_raw())),
-        DynamicImage::ImageLumaA16(b) => (2, round16(b.as_raw())),
-        DynamicImage::ImageRgb16(b) => (3, round16(b.as_raw())),
-        DynamicImage::ImageRgba16(b) => (4, round16(b.as_raw())),
-        other if other.color().has_alpha() => (4, other.to_rgba8().into_raw()),
-        other => (3, other.to_rgb8().into_raw()),
+        DynamicImage::ImageLuma8(b) => (1, Cow::Borrowed(b.as_raw().as_slice())),
+        DynamicImage::ImageLumaA8(b) => (2, Cow::Borrowed(b.as_raw().as_slice())),
+        DynamicImage::ImageRgb8(b) => (3, Cow::Borrowed(b.as_raw().as_slice())),
+        DynamicImage::ImageRgba8(b) => (4, Cow::Borrowed(b.as_raw().as_slice())),
+        DynamicImage::ImageLuma16(b) => (1, Cow::Owned(round16(b.as_raw()))),
+        DynamicImage::ImageLumaA16(b) => (2, Cow::Owned(round16(b.as_raw()))),
+        DynamicImage::ImageRgb16(b) => (3, Cow::Owned(round16(b.as_raw()))),
+        DynamicImage::ImageRgba16(b) => (4, Cow::Owned(round16(b.as_raw()))),
+        other if other.color().has_alpha() => (4, Cow::Owned(other.to_rgba8().into_raw())),
+        other => (3, Cow::Owned(other.to_rgb8().into_raw())),
     };
     Planar8 {
         width,
@@ -111,7 +113,7 @@ pub fn center_crop_rgb(img: &DynamicImage, size: usize) -> RgbImage {
     let mut planar = to_planar8(img);
     let has_alpha = planar.channels.is_multiple_of(2);
     if has_alpha {
-        premultiply(&mut planar);
+        premultiply(planar.data.to_mut(), planar.channels);
     }
     let (w, h) = resized_dims(planar.width, planar.height, size);
     let (x0, y0) = (crop_offset(w, size), crop_offset(h, size));
