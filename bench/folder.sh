@@ -17,19 +17,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # Photos as JPEGs at camera-like sizes, from the fixture photos (each file different).
-"$py" - "$work" "$small" "$large" <<'PY'
-import os, sys
-from PIL import Image
-work, small, large = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-src = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
-photos = [Image.open(os.path.join("tests/fixtures/images", s)).convert("RGB") for s in src]
-sizes = [(640, 480), (800, 533), (500, 375), (1024, 683)]
-for n in (small, large):
-    os.makedirs(f"{work}/{n}")
-    for i in range(n):
-        im = photos[i % len(photos)].resize(sizes[i % len(sizes)], Image.BICUBIC)
-        im.save(f"{work}/{n}/photo{i:04d}.jpg", quality=85 + i % 10)
-PY
+for n in "$small" "$large"; do "$py" "$(dirname "$0")/make_photos.py" "$work/$n" "$n"; done
 
 echo "== machine: $(nproc) cores, $("$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); import all; print(all.cpu()[0])' "$(dirname "$0")"); threads $threads; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== folders of $small and $large JPEG photos (640x480 to 1024x683); medians of $runs interleaved rounds after a warm-up round"
