@@ -66,15 +66,24 @@ def cpu():
     return name, ext
 
 
+# clipscope's warnings in the run (an unwritable cache, say, changes what is measured),
+# printed under the table.
+WARNINGS = set()
+
+
 def run(cmd, env=None):
     """Run `cmd`; its stdout, wall seconds and peak resident KiB."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+        out = p.stdout.read()
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        err.seek(0)
+        stderr = err.read()
     if status != 0:
-        sys.exit(f"failed ({status}): {' '.join(cmd)}")
+        sys.exit(f"failed ({status}): {' '.join(cmd)}\n{stderr[-2000:]}")
+    WARNINGS.update(line for line in stderr.splitlines() if line.startswith("clipscope: warning"))
     return out, wall, usage.ru_maxrss
 
 
@@ -90,16 +99,10 @@ def encoder_rows(text):
     return rows
 
 
-def photos(work, n):
-    from PIL import Image
-
-    src = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"]
-    ims = [Image.open(os.path.join("tests/fixtures/images", s)).convert("RGB") for s in src]
-    sizes = [(640, 480), (800, 533), (500, 375), (1024, 683)]
+def photos(work, n, py):
+    """A folder of `n` camera-sized JPEGs (bench/make_photos.py); its path."""
     d = os.path.join(work, f"photos{n}")
-    os.makedirs(d)
-    for i in range(n):
-        ims[i % len(ims)].resize(sizes[i % len(sizes)], Image.BICUBIC).save(f"{d}/photo{i:02d}.jpg", quality=90)
+    subprocess.run([py, "bench/make_photos.py", d, str(n)], check=True)
     return d
 
 
@@ -181,7 +184,7 @@ def main():
 
     weights = os.path.getsize(os.path.join(args.model_dir, "model.safetensors"))
     if "oneshot" not in skip:
-        folder = photos(work, 10)
+        folder = photos(work, 10, py)
         ours_cmd = [bin, "classify", folder, "--labels", LABELS, "--model-dir", args.model_dir, "--no-cache", *device]
         torch_cmd = [py, "bench/bench_torch.py", "--model-dir", args.model_dir, "--threads", t, "--classify", folder, "--labels", LABELS, *device]
         # A fresh cache: the first run of a model writes its prepared weights there
@@ -235,6 +238,8 @@ def main():
     print("|---|---:|---:|---:|---|")
     for row in table:
         print("| " + " | ".join(row) + " |")
+    for line in sorted(WARNINGS):
+        print(f"\n{line}")
     shutil.rmtree(work, ignore_errors=True)
 
 
