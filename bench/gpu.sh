@@ -26,8 +26,8 @@ with lzma.open(sys.argv[1]) as src, open(sys.argv[2], "wb") as dst:
     chmod +x "$work/clipscope"
     bin=$work/clipscope
 fi
-# The binary links libcudart.so.13 (candle-kernels' MoE library); PyTorch's CUDA wheels
-# carry one where the system has none.
+# Binaries built before deploy/cuda-build.sh linked CUDA's runtime statically need
+# libcudart.so.13 (candle-kernels' MoE library); PyTorch's CUDA wheels carry one.
 if ldd "$bin" | grep -q "libcudart.*not found"; then
     cudart=$(python3 -c 'import glob, os, site
 for d in site.getsitepackages():

@@ -2,10 +2,11 @@
 # Build clipscope with the `cuda` feature on a machine with no GPU and no system CUDA
 # toolkit: NVIDIA's PyPI wheels carry nvcc, cicc, the CUDA headers, libcu++ (CCCL) and
 # libcudart, which is all candle's kernels need at build time. Of CUDA's libraries only
-# the runtime, libcudart.so.13, is linked (by candle-kernels' MoE library): the vendored
-# candle-core has cudarc load the driver, cuBLAS, cuBLASLt, cuRAND and NVRTC when the
-# program runs (vendor/candle-core/CLIPSCOPE.md), so the binary also starts on machines
-# without them and `--device auto` falls back to the CPU there.
+# the runtime is linked (candle-kernels' MoE library asks for it), and statically: the
+# vendored candle-core has cudarc load the driver, cuBLAS, cuBLASLt, cuRAND and NVRTC
+# when the program runs (vendor/candle-core/CLIPSCOPE.md), so the binary starts on any
+# Linux machine, CUDA or not, and `--device auto` falls back to the CPU where they are
+# missing.
 #
 #   deploy/cuda-build.sh                 # binary in target/cuda/release/clipscope
 #   CUDA_COMPUTE_CAP=80 deploy/cuda-build.sh   # for A100s (default 90: H100/H200)
@@ -32,12 +33,17 @@ if [ ! -x "$cuda/bin/nvcc" ] || [ ! -e "$cuda/include/nv/target" ] ||
         "nvidia-cuda-nvcc==$version" "nvidia-cuda-crt==$version" "nvidia-nvvm==$version" \
         "nvidia-cuda-runtime==$version" "nvidia-cuda-cccl==$cccl"
 fi
-# The wheels ship only the versioned library; the linker looks for the plain name.
-ln -sf "$(basename "$(ls "$cuda"/lib/libcudart.so.* | head -n 1)")" "$cuda/lib/libcudart.so"
+# candle-kernels links `-lcudart`; in a folder whose only libcudart is the wheel's static
+# archive, the linker takes that. (Run from the wheel's folder, it would find the
+# shared library, and the binary would not start without it.)
+link=$root/target/cuda/link
+mkdir -p "$link"
+ln -sf "$cuda/lib/libcudart_static.a" "$link/libcudart.a"
+rm -f "$cuda/lib/libcudart.so"
 
 export CUDA_HOME=$cuda CUDA_PATH=$cuda
 export PATH=$cuda/bin:$cuda/nvvm/bin:$PATH
-export LIBRARY_PATH=$cuda/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
+export LIBRARY_PATH=$link${LIBRARY_PATH:+:$LIBRARY_PATH}
 export LD_LIBRARY_PATH=$cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # No GPU to ask: say which architecture to compile the kernels for.
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
@@ -55,5 +61,8 @@ fi
 mkdir -p "$root/target/cuda"
 echo "$version" >"$stamp"
 
+# Cargo does not relink when only the link folder changed: a binary from before the
+# static runtime would stay.
+rm -f "$root/target/cuda/release/clipscope"
 build "$@"
 echo "built: $root/target/cuda/release/clipscope (CUDA $version, sm_$CUDA_COMPUTE_CAP)"
