@@ -245,6 +245,7 @@ fn shapes_config(data: &Path, out: &Path, epochs: usize, image_size: usize) -> T
         resume: false,
         val_fraction: 0.2,
         crop_scale: (0.25, 1.0),
+        device: candle_core::Device::Cpu,
     }
 }
 

@@ -78,6 +78,7 @@ fn study() -> &'static Study {
             resume: false,
             val_fraction: 0.25,
             crop_scale: (0.25, 1.0),
+            device: candle_core::Device::Cpu,
         };
         train(&cfg, &AtomicBool::new(false), &mut |_| {}).unwrap();
         s

@@ -190,6 +190,7 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
     } else {
         resolve_pretrained(&a.pretrained, &a.model)?
     };
+    let device = clipscope::clip::parse_device(&a.device)?;
     clipscope::util::check_run_folder(&a.output, a.resume, a.force).map_err(anyhow::Error::msg)?;
     let (seed, val_fraction) = split_options(&a.data, a.val.is_some(), a.seed, a.val_fraction)?;
     let cfg = TrainConfig {
@@ -209,6 +210,7 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
         resume: a.resume,
         val_fraction,
         crop_scale: (0.25, 1.0),
+        device,
     };
     let stop = stop_on_ctrl_c();
     let bar = super::log::progress_bar(0);
@@ -415,7 +417,9 @@ pub fn predict(a: &PredictArgs) -> Result<u8> {
     }
     let mut paths = a.inputs.clone();
     let stdin = super::input::stdin_image_inputs(&mut paths, false)?;
-    let cnn = CnnClassifier::load(&a.checkpoint).context("cannot load the checkpoint")?;
+    let device = clipscope::clip::parse_device(&a.device)?;
+    let cnn =
+        CnnClassifier::load_on(&a.checkpoint, device).context("cannot load the checkpoint")?;
     let classes: Vec<String> = cnn
         .meta()
         .class_names

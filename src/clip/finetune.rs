@@ -758,9 +758,9 @@ fn run(
         Some(p) => {
             let state =
                 candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &device)?;
-            opt.restore(state.clone(), p.steps);
+            opt.restore(state.clone(), p.steps)?;
             if let Some(o) = head_opt.as_mut() {
-                o.restore(state, p.steps);
+                o.restore(state, p.steps)?;
             }
             RunRecord {
                 config: FinetuneConfig {

@@ -519,9 +519,9 @@ impl ClipOptimizer {
     }
 
     /// Restore the state of [`ClipOptimizer::state`] after `steps` steps.
-    pub fn restore(&mut self, state: HashMap<String, Tensor>, steps: u64) {
-        self.decay.restore(state.clone(), steps);
-        self.plain.restore(state, steps);
+    pub fn restore(&mut self, state: HashMap<String, Tensor>, steps: u64) -> Result<()> {
+        self.decay.restore(state.clone(), steps)?;
+        self.plain.restore(state, steps)
     }
 }
 

@@ -1044,6 +1044,9 @@ pub fn conv2d_cnhw(
     pad: usize,
     train: bool,
 ) -> Result<Tensor> {
+    if super::portable::portable(x) {
+        return super::portable::conv2d_cnhw(x, weight, stride, pad);
+    }
     let keep = train.then(|| std::sync::Mutex::new(None));
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, Conv { stride, pad, keep })

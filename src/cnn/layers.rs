@@ -9,6 +9,7 @@ use candle_nn::{Init, VarMap};
 use rayon::prelude::*;
 
 use super::conv::{contiguous_f32 as slice_f32, Mat};
+use super::portable;
 use super::rng::Rng;
 
 /// Creates named variables in a `VarMap` with reproducible initial values.
@@ -148,6 +149,9 @@ impl Conv {
 /// A fully connected layer in PyTorch's layout: `x (N, in) · weightᵀ + bias`, with
 /// `weight (out, in)`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if portable::portable(x) {
+        return portable::linear(x, weight, bias);
+    }
     x.contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
 }
@@ -346,6 +350,9 @@ impl BatchNorm2d {
     /// does); otherwise use the running ones.
     pub fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let c = x.dim(0)?;
+        if portable::portable(x) {
+            return self.forward_portable(x, train, relu);
+        }
         if !train {
             return x.contiguous()?.apply_op1(self.folded(c, relu)?);
         }
@@ -360,15 +367,38 @@ impl BatchNorm2d {
             },
         )?;
         let (mean, var): (Vec<f32>, Vec<f32>) = lock(&stats)?.iter().copied().unzip();
-        let n = (x.elem_count() / c) as f64;
         let dev = x.device();
-        let m = self.momentum;
-        let mean = Tensor::from_vec(mean, c, dev)?;
-        let unbiased = (Tensor::from_vec(var, c, dev)? * (n / (n - 1.0).max(1.0)))?;
+        let n = x.elem_count() / c;
+        self.update_running(
+            &Tensor::from_vec(mean, c, dev)?,
+            &Tensor::from_vec(var, c, dev)?,
+            n,
+        )?;
+        Ok(y)
+    }
+
+    /// Move the running statistics towards a batch's (`var` biased, over `n` values per
+    /// channel; the running variance is unbiased, as in PyTorch).
+    fn update_running(&self, mean: &Tensor, var: &Tensor, n: usize) -> Result<()> {
+        let (m, n) = (self.momentum, n as f64);
+        let unbiased = (var * (n / (n - 1.0).max(1.0)))?;
         let new_mean = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (mean * m)?)?;
         let new_var = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&new_mean)?;
-        self.running_var.set(&new_var)?;
+        self.running_var.set(&new_var)
+    }
+
+    /// [`BatchNorm2d::forward_t`] on candle's own operations (off the CPU).
+    fn forward_portable(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if !train {
+            let stats = [self.running_mean.as_tensor(), self.running_var.as_tensor()];
+            let (mean, var) = (stats[0].detach(), stats[1].detach());
+            let (weight, bias) = (self.weight.detach(), self.bias.detach());
+            return portable::batch_norm_eval(x, [&mean, &var, &weight, &bias], self.eps, relu);
+        }
+        let (y, mean, var) =
+            portable::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
+        self.update_running(&mean, &var, x.elem_count() / x.dim(0)?)?;
         Ok(y)
     }
 }
@@ -759,6 +789,9 @@ impl candle_core::CustomOp2 for ReluMask {
 
 /// `relu(a + b)`, with its gradient, for same-shaped tensors.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if portable::portable(a) {
+        return portable::add_relu(a, b);
+    }
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
 
@@ -896,6 +929,9 @@ impl candle_core::CustomOp1 for MaxPoolBackward {
 /// `k / 2`), with a gradient (candle's `max_pool2d` has none when kernel != stride, and
 /// splits it among ties).
 pub fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    if portable::portable(x) {
+        return portable::max_pool(x, k, stride, pad);
+    }
     x.contiguous()?.apply_op1(MaxPool {
         k,
         stride,

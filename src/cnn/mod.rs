@@ -10,6 +10,7 @@ pub mod eval;
 pub mod layers;
 pub mod network;
 pub mod optim;
+mod portable;
 pub mod resnet;
 pub mod rng;
 pub mod train;

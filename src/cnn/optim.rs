@@ -93,6 +93,29 @@ impl Optimizer {
             let g = &g.contiguous()?;
             let w = p.var.as_tensor();
             let m = state_for(&mut self.m, &p.name, w)?;
+            if super::portable::portable(w) {
+                // Off the CPU: the same update as a chain of candle operations, whose
+                // results replace the state and the parameter's values.
+                let (new_m, new_w) = match self.kind {
+                    OptimizerKind::Sgd => {
+                        let b = ((&m * f64::from(mu))? + (g + (w * f64::from(wd))?)?)?;
+                        let new_w = (w - (&b * f64::from(lr))?)?;
+                        (b, new_w)
+                    }
+                    OptimizerKind::Adamw => {
+                        let v = state_for(&mut self.v, &p.name, w)?;
+                        let m = (&m + ((g - &m)? * f64::from(a1))?)?;
+                        let v = ((v * f64::from(b2f))? + (g.sqr()? * f64::from(a2))?)?;
+                        let denominator = ((v.sqrt()? / f64::from(c2))? + f64::from(eps))?;
+                        let update = ((&m / denominator)? * f64::from(step))?;
+                        self.v.insert(p.name.clone(), v);
+                        (m, ((w * f64::from(decay))? - update)?)
+                    }
+                };
+                self.m.insert(p.name.clone(), new_m);
+                p.var.set(&new_w)?;
+                continue;
+            }
             match self.kind {
                 OptimizerKind::Sgd => {
                     // PyTorch: g += wd * w; buf = momentum * buf + g; w -= lr * buf.
@@ -149,9 +172,10 @@ impl Optimizer {
         self.step
     }
 
-    /// Restore the state saved by [`Optimizer::state`] after `steps` steps.
-    /// Moments of parameters this optimiser does not hold are ignored.
-    pub fn restore(&mut self, state: HashMap<String, Tensor>, steps: u64) {
+    /// Restore the state saved by [`Optimizer::state`] after `steps` steps, each moment
+    /// moved to its parameter's device. Moments of parameters this optimiser does not hold
+    /// are ignored.
+    pub fn restore(&mut self, state: HashMap<String, Tensor>, steps: u64) -> Result<()> {
         self.step = steps;
         for (k, t) in state {
             let (map, name) = match (k.strip_prefix("m."), k.strip_prefix("v.")) {
@@ -159,10 +183,11 @@ impl Optimizer {
                 (None, Some(name)) => (&mut self.v, name),
                 (None, None) => continue,
             };
-            if self.params.iter().any(|p| p.name == name) {
-                map.insert(name.to_string(), t);
+            if let Some(p) = self.params.iter().find(|p| p.name == name) {
+                map.insert(name.to_string(), t.to_device(p.var.device())?);
             }
         }
+        Ok(())
     }
 }
 

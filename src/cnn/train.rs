@@ -68,6 +68,8 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Random-resized-crop scale range.
     pub crop_scale: (f64, f64),
+    /// Where the network trains: the CPU (its own kernels) or a GPU (candle's operations).
+    pub device: Device,
 }
 
 /// Progress reports.
@@ -392,7 +394,7 @@ fn run_training(
     on: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainOutcome, TrainError> {
     validate_config(cfg)?;
-    let device = Device::Cpu;
+    let device = cfg.device.clone();
     let split = load_split(&cfg.data, cfg.val.as_deref(), cfg.seed, cfg.val_fraction)?;
     let prior = if cfg.resume {
         Some(checkpoint::load_meta(&cfg.output)?)
@@ -484,7 +486,7 @@ fn run_training(
             opt.restore(
                 checkpoint::load_optimizer_state(&cfg.output, &p)?,
                 p.optimizer_steps,
-            );
+            )?;
             p
         }
         None => CheckpointMeta {

@@ -86,6 +86,7 @@ impl ImagenetteStudy {
             resume,
             val_fraction: 0.2,
             crop_scale: (0.25, 1.0),
+            device: candle_core::Device::Cpu,
         }
     }
 }

@@ -272,6 +272,7 @@ impl TrainState {
                 resume: false,
                 val_fraction: 0.2,
                 crop_scale: (0.25, 1.0),
+                device: candle_core::Device::Cpu,
             },
             imagenet,
         ))
