@@ -271,7 +271,14 @@ fn training_from_scratch_learns_shapes_and_evaluates() {
         last.val_acc
     );
     // Evaluation of the checkpoint on the same held-out images agrees with training's.
-    let report = evaluate(run.path(), data.path(), 64, &mut |_, _| {}).unwrap();
+    let report = evaluate(
+        run.path(),
+        data.path(),
+        64,
+        candle_core::Device::Cpu,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(report.n, 40);
     assert!(
         (report.top1 - last.val_acc).abs() < 1e-9,

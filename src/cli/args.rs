@@ -586,6 +586,11 @@ pub struct EvalArgs {
     /// Output format: text, json or csv.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Compute device: auto (the first GPU in builds with the `cuda` feature when one is
+    /// usable, else the CPU), cpu, or cuda[:N]. On the CPU the network runs clipscope's
+    /// own kernels; on a GPU, candle's operations (the same arithmetic, tested on the CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 /// Imagenette sizes.

@@ -324,10 +324,17 @@ fn write_eval_text(r: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
 pub fn eval(a: &EvalArgs) -> Result<u8> {
     let bar = super::log::progress_bar(0);
     bar.set_style(bar_style("eval [{bar:30}] {pos}/{len}"));
-    let report = evaluate(&a.checkpoint, &a.data, a.batch_size, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })
+    let device = clipscope::clip::parse_device(&a.device)?;
+    let report = evaluate(
+        &a.checkpoint,
+        &a.data,
+        a.batch_size,
+        device,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )
     .context("cannot evaluate")?;
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();

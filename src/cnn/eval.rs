@@ -146,15 +146,16 @@ pub fn softmax(row: &[f32]) -> Vec<f32> {
 }
 
 /// Evaluate the run in `run_dir` on the held-out images of `data` (its `val/`, its split
-/// manifest's held-out list, or all its images). `progress(done, total)` is called per
-/// batch.
+/// manifest's held-out list, or all its images), on `device`. `progress(done, total)` is
+/// called per batch.
 pub fn evaluate(
     run_dir: &Path,
     data: &Path,
     batch: usize,
+    device: Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport, EvalError> {
-    let cnn = CnnClassifier::load(run_dir)?;
+    let cnn = CnnClassifier::load_on(run_dir, device)?;
     let meta = cnn.meta().clone();
     let set = held_out(data)?;
     let data_name = data.display().to_string();
