@@ -165,8 +165,9 @@ pub fn cpu_summary() -> String {
 }
 
 /// The CPU's model name with its family and model numbers where /proc/cpuinfo gives
-/// them: virtual machines often name only the vendor line ("AMD EPYC" is Zen 4 as
-/// family 25 and Zen 5 as family 26), and speed differs between them.
+/// them: virtual machines often name only the vendor line ("AMD EPYC" is Zen 3 as
+/// family 25 model 1, Zen 4 as family 25 model 17 and Zen 5 as family 26), and speed
+/// differs between them.
 pub fn cpu_model() -> String {
     cpu_model_in(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
 }

@@ -102,6 +102,7 @@ fn config(s: &Study) -> CompareConfig {
         bootstrap: 200,
         shots: vec![1, 2],
         few_shot_seeds: 2,
+        device: candle_core::Device::Cpu,
     }
 }
 
@@ -377,7 +378,8 @@ fn compare_command_writes_the_report_with_overridden_class_names() {
         .arg(tiny())
         .arg("--classes")
         .arg(&classes)
-        .args(["--abstain", "0.3", "--bootstrap", "100", "--output"])
+        .args(["--abstain", "0.3", "--bootstrap", "100", "--device", "cpu"])
+        .arg("--output")
         .arg(out.path().join("study"))
         .output()
         .unwrap();
@@ -425,6 +427,10 @@ fn bad_compare_inputs_are_one_line_errors() {
         (
             vec!["--classes".into(), bad_classes.clone().into()],
             bad_classes.display().to_string(),
+        ),
+        (
+            vec!["--device".into(), "tpu".into()],
+            "tpu: expected auto, cpu or cuda[:N]".into(),
         ),
     ];
     for (extra, expect) in cases {

@@ -860,6 +860,10 @@ pub struct ImagenetteStudyArgs {
     /// Skip the linear probe and few-shot curve (they embed every training image).
     #[arg(long)]
     pub no_probe: bool,
+    /// Compute device for training and for both models' test: auto (the first GPU in
+    /// builds with the `cuda` feature when one is usable, else the CPU), cpu, or cuda[:N].
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Output format of the summary on standard output (the full report is in the
     /// output folder's report.json either way).
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
@@ -911,6 +915,10 @@ pub struct CompareArgs {
     /// Folder for report.json, report.md, predictions.csv and the plots.
     #[arg(long, value_name = "OUT_DIR")]
     pub output: PathBuf,
+    /// Compute device for CLIP and the CNNs: auto (the first GPU in builds with the `cuda`
+    /// feature when one is usable, else the CPU), cpu, or cuda[:N].
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Output format of the summary on standard output (the full report is in the
     /// output folder's report.json either way).
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]

@@ -72,6 +72,7 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
         names.push(files.name.clone());
         clip_models.push(files);
     }
+    let device = clipscope::clip::parse_device(&a.device)?;
     Ok(CompareConfig {
         data: a.data.clone(),
         cnn_runs: a.cnn.clone(),
@@ -84,6 +85,7 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
         bootstrap: a.bootstrap,
         shots: a.shots.clone(),
         few_shot_seeds: a.few_shot_seeds,
+        device,
     })
 }
 

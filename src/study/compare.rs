@@ -61,6 +61,8 @@ pub struct CompareConfig {
     pub shots: Vec<usize>,
     /// Random draws per shot count.
     pub few_shot_seeds: usize,
+    /// Where CLIP and the CNNs run.
+    pub device: candle_core::Device,
 }
 
 /// What can go wrong in the study.
@@ -554,7 +556,7 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
             format!("{}: embedding test images", files.name),
             pictures.images.len(),
         ));
-        let clip = files.load(candle_core::Device::Cpu)?;
+        let clip = files.load(cfg.device.clone())?;
         let (test, per_image) = embed(&clip, &pictures, on)?;
         let scale = clip.logit_scale();
         let mut main_scores = Vec::new();
@@ -612,7 +614,7 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
             format!("{}: classifying test images", run.display()),
             pictures.images.len(),
         ));
-        let cnn = CnnClassifier::load(run)?;
+        let cnn = CnnClassifier::load_on(run, cfg.device.clone())?;
         let remap = class_map(&cnn, &folders, run)?;
         let started = Instant::now();
         let scores = cnn_scores(&cnn, &pictures.images, &remap, on)?;

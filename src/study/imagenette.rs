@@ -58,6 +58,8 @@ pub struct ImagenetteStudy {
     pub seed: u64,
     /// Train the linear probe and the few-shot curve on the training images.
     pub probe: bool,
+    /// Where the CNN trains and both models are tested.
+    pub device: candle_core::Device,
 }
 
 impl ImagenetteStudy {
@@ -86,7 +88,7 @@ impl ImagenetteStudy {
             resume,
             val_fraction: 0.2,
             crop_scale: (0.25, 1.0),
-            device: candle_core::Device::Cpu,
+            device: self.device.clone(),
         }
     }
 }
@@ -230,6 +232,7 @@ pub fn run(
         bootstrap: BOOTSTRAP,
         shots: SHOTS.to_vec(),
         few_shot_seeds: FEW_SHOT_SEEDS,
+        device: cfg.device.clone(),
     };
     let report = compare(&compare_cfg, &mut |e| on(ImagenetteEvent::Compare(e)))?;
     super::report::write_outputs(&report, &cfg.output)?;
