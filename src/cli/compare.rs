@@ -25,6 +25,8 @@ pub fn check_probability(flag: &str, p: Option<f64>) -> Result<()> {
 /// The study's settings from the arguments, checked before any model is loaded.
 fn config(a: &CompareArgs) -> Result<CompareConfig> {
     check_probability("--abstain", a.abstain)?;
+    // Before any model is fetched: a wrong device must not cost a download.
+    let device = clipscope::clip::parse_device(&a.device)?;
     if !a.data.is_dir() {
         bail!("--data {}: no such folder", a.data.display());
     }
@@ -72,7 +74,6 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
         names.push(files.name.clone());
         clip_models.push(files);
     }
-    let device = clipscope::clip::parse_device(&a.device)?;
     Ok(CompareConfig {
         data: a.data.clone(),
         cnn_runs: a.cnn.clone(),
