@@ -59,8 +59,8 @@ def cpu():
     flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split())
     ext = [f for f in ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"] if f in flags]
     name = model.group(1) if model else "unknown"
-    # Virtual machines often name only the vendor line ("AMD EPYC": Zen 4 is family 25,
-    # Zen 5 family 26), so the numbers go with it.
+    # Virtual machines often name only the vendor line ("AMD EPYC": Zen 3 is family 25
+    # model 1, Zen 4 family 25 model 17, Zen 5 family 26), so the numbers go with it.
     if family and number:
         name += f" (family {family.group(1)} model {number.group(1)})"
     return name, ext

@@ -1,0 +1,60 @@
+/* The cores' fused multiply-add peak in f32: each thread runs 12 independent chains of
+ * FMAs in registers, enough to fill two FMA pipes of 4-5 cycles' latency.
+ *   gcc -O3 -funroll-loops -mavx2 -mfma -pthread bench/fma_peak.c -o /tmp/fma_peak
+ *   gcc -O3 -funroll-loops -mavx512f -DWIDE -pthread bench/fma_peak.c -o /tmp/fma_peak
+ *   /tmp/fma_peak 2        # threads; prints each thread's GFLOP/s and the sum
+ * docs/benchmarks.md compares the encoders' rates with it. */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#ifdef WIDE
+typedef __m512 vec;
+#define LANES 16
+#define SET1 _mm512_set1_ps
+#define FMA _mm512_fmadd_ps
+#define FIRST(v) _mm512_cvtss_f32(v)
+#else
+typedef __m256 vec;
+#define LANES 8
+#define SET1 _mm256_set1_ps
+#define FMA _mm256_fmadd_ps
+#define FIRST(v) _mm256_cvtss_f32(v)
+#endif
+
+#define CHAINS 12
+#define STEPS 100000000L
+
+static void *chains(void *out) {
+    vec acc[CHAINS];
+    for (int j = 0; j < CHAINS; j++) acc[j] = SET1(j * 0.001f);
+    vec m = SET1(0.9999f), c = SET1(0.0001f);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < STEPS; i++)
+        for (int j = 0; j < CHAINS; j++) acc[j] = FMA(acc[j], m, c);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    float keep = 0;
+    for (int j = 0; j < CHAINS; j++) keep += FIRST(acc[j]);
+    double s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    /* Printing the sums' total keeps the compiler from dropping the loop. */
+    *(double *)out = STEPS * CHAINS * LANES * 2.0 / s / 1e9 + 0 * keep;
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 1;
+    if (n < 1 || n > 256) n = 1;
+    pthread_t t[256];
+    double rate[256], total = 0;
+    for (int i = 0; i < n; i++) pthread_create(&t[i], NULL, chains, &rate[i]);
+    for (int i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+        printf("thread %d: %.1f GFLOP/s\n", i, rate[i]);
+        total += rate[i];
+    }
+    printf("%d threads: %.1f GFLOP/s (%d-lane FMA)\n", n, total, LANES);
+    return 0;
+}
