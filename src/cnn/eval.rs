@@ -86,12 +86,7 @@ impl Drop for CnnClassifier {
 }
 
 impl CnnClassifier {
-    /// Load the run in `run_dir` (its latest checkpoint), on the CPU.
-    pub fn load(run_dir: &Path) -> Result<Self, EvalError> {
-        Self::load_on(run_dir, Device::Cpu)
-    }
-
-    /// Load the run in `run_dir` onto `device`: the CPU (its own kernels) or a GPU
+    /// Load the run in `run_dir` (its latest checkpoint) onto `device`: the CPU (its own kernels) or a GPU
     /// (candle's operations).
     pub fn load_on(run_dir: &Path, device: Device) -> Result<Self, EvalError> {
         let (model, _vars, meta) = checkpoint::load_model(run_dir, &device)?;
