@@ -1,5 +1,6 @@
 """PyTorch counterpart of `examples/train_step.rs` (MODEL=resnet18 or vgg16): training steps,
-evaluation forward passes and (CONVS=1) single convolutions on the CPU, no data loading.
+evaluation forward passes and (CONVS=1) single convolutions on the CPU (DEVICE=cuda: on the
+GPU, waiting for it before each reading), no data loading.
 Usage: train_step_torch.py [BATCH] [SIZE] [STEPS] [THREADS]"""
 import sys, time
 import torch, torchvision
@@ -8,19 +9,24 @@ batch, size, steps, threads = (list(map(int, sys.argv[1:])) + [32, 64, 10, 2][le
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 arch = __import__("os").environ.get("MODEL", "resnet18")
-model = getattr(torchvision.models, arch)(num_classes=4).train()
+device = torch.device(__import__("os").environ.get("DEVICE", "cpu"))
+sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+model = getattr(torchvision.models, arch)(num_classes=4).train().to(device)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-x = torch.randn(batch, 3, size, size)
-y = torch.arange(batch) % 4
+x = torch.randn(batch, 3, size, size, device=device)
+y = torch.arange(batch, device=device) % 4
 times, phases = [], [0.0, 0.0, 0.0]
 for i in range(steps + 2):
     t = time.perf_counter()
     loss = torch.nn.functional.cross_entropy(model(x), y)
+    sync()
     t1 = time.perf_counter()
     opt.zero_grad()
     loss.backward()
+    sync()
     t2 = time.perf_counter()
     opt.step()
+    sync()
     t3 = time.perf_counter()
     if i >= 2:
         phases = [phases[0] + t1 - t, phases[1] + t2 - t1, phases[2] + t3 - t2]
@@ -34,6 +40,7 @@ with torch.no_grad():
     for _ in range(max(steps, 3)):
         t = time.perf_counter()
         model(x)
+        sync()
         ev.append(time.perf_counter() - t)
 med = sorted(ev)[len(ev) // 2]
 print(f"eval forward b{batch} {size}px: median {med * 1e3:.1f} ms, {batch / med:.1f} img/s (fastest {min(ev) * 1e3:.1f} ms)")

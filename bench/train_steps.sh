@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One ResNet18 training step (forward + backward + AdamW) and one evaluation-mode forward
 # pass, batch 32, no data loading: clipscope (examples/train_step.rs) and PyTorch
-# (bench/train_step_torch.py) alternately, same threads. Usage:
+# (bench/train_step_torch.py) alternately, same threads; DEVICE=cuda runs both on the GPU
+# (a `cuda` build's example), STEPS=N times N steps at every size. Usage:
 #   bench/train_steps.sh [THREADS] [PYTHON] [SIZES...]
 # Needs `cargo build --release --examples` first.
 set -euo pipefail
@@ -10,7 +11,7 @@ sizes=("${@:-64 128 160 224}")
 bin=${CLIPSCOPE_EXAMPLE:-${CARGO_TARGET_DIR:-target}/release/examples/train_step}
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
 for s in ${sizes[@]}; do
-  steps=$(( s <= 64 ? 15 : (s <= 128 ? 6 : 4) ))
+  steps=${STEPS:-$(( s <= 64 ? 15 : (s <= 128 ? 6 : 4) ))}
   echo "== $s px: clipscope"
   "$bin" 32 "$s" "$steps" | grep -E '^(train step|eval forward)'
   echo "== $s px: PyTorch $("$py" -c 'import torch; print(torch.__version__)')"

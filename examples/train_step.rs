@@ -1,5 +1,6 @@
 //! Time ResNet18 (or, with `MODEL=vgg16`, VGG16) training steps and evaluation forward
-//! passes, and single convolutions with `CONVS=1`, on the CPU (no data loading),
+//! passes, and single convolutions with `CONVS=1`, on the CPU or, with `DEVICE=cuda` in
+//! a `cuda` build, on the GPU (no data loading),
 //! to compare with `bench/train_step_torch.py`; `EVAL_ONLY=1` skips the training steps
 //! (to profile the evaluation forward pass alone), `SEPARATE_HEAPS=1` leaves glibc's
 //! per-thread heaps as they are. Usage:
@@ -36,7 +37,11 @@ fn run() -> candle_core::Result<()> {
         *args.get(2).unwrap_or(&10),
     );
     clipscope::util::retain_freed_memory();
-    let dev = Device::Cpu;
+    let dev = match std::env::var("DEVICE") {
+        Ok(spec) => clipscope::clip::parse_device(&spec)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+        Err(_) => Device::Cpu,
+    };
     let map = VarMap::new();
     let arch = std::env::var("MODEL")
         .ok()
@@ -70,12 +75,16 @@ fn run() -> candle_core::Result<()> {
     };
     for i in 0..training_steps {
         let t = Instant::now();
+        // A GPU's calls return before its work is done: wait for it before each reading.
         let logits = model.forward_t(&x, true)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        dev.synchronize()?;
         let t1 = t.elapsed().as_secs_f64();
         let grads = loss.backward()?;
+        dev.synchronize()?;
         let t2 = t.elapsed().as_secs_f64();
         opt.step(&grads)?;
+        dev.synchronize()?;
         let t3 = t.elapsed().as_secs_f64();
         if i >= 2 {
             phases[0] += t1;
