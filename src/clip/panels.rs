@@ -16,6 +16,13 @@
 //! to 6 rows by half a panel (12 of their 16 registers accumulate) that adds in the same
 //! order, so both give the same bits. Other CPUs run gemm once per panel.
 //!
+//! The AVX2 kernel reads activations copied tile by tile, input-major (a tile's values
+//! of one input side by side), and takes the tiles of a panel in groups of
+//! [`GROUP_TILES`]: each block of [`KC`] inputs of half a panel (16 KiB) is multiplied
+//! by all of a group's tiles while it sits in the L1 cache, instead of streaming the
+//! whole panel from L2 once per tile. On a 2-core Zen 3 this ran ViT-B/32's products
+//! 5-25% faster (`examples/panel_bench.rs`, interleaved; docs/benchmarks.md).
+//!
 //! Activations whose rows lie a multiple of 4 KiB apart (3072 and 2048 inputs) are
 //! first copied with one cache line of padding per row, so a tile's rows do not share
 //! one set of the L1 cache; the copy changes no sum.
@@ -55,6 +62,11 @@ const ALIASED_STRIDE: usize = 1024;
 /// Floats added to an aliased stride: one cache line, so consecutive rows fall in
 /// consecutive sets.
 const STRIDE_PAD: usize = 16;
+
+/// AVX2 tiles multiplied by one block of half a panel while it is in the L1 cache: 60
+/// rows, whose block of [`KC`] inputs (60 KiB) stays in L2 across the panel's halves.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const GROUP_TILES: usize = 10;
 
 /// Below this many multiply-adds a product runs on one thread: handing panels to
 /// rayon's workers costs more than it saves (a projection of one embedding).
@@ -165,7 +177,13 @@ fn product_onto(
     if rows == 0 || outputs == 0 || inputs == 0 {
         return;
     }
-    if kernel != Kernel::Gemm && inputs.is_multiple_of(ALIASED_STRIDE) && rows > 1 {
+    if kernel == Kernel::Avx2 {
+        // Tiles input-major: no row stride, so no aliasing either.
+        with_copy(rows * inputs, |copy| {
+            copy_tiles(x, rows, inputs, copy);
+            panels_onto(kernel, w, inputs, outputs, copy, inputs, rows, out)
+        });
+    } else if kernel != Kernel::Gemm && inputs.is_multiple_of(ALIASED_STRIDE) && rows > 1 {
         with_padded_rows(x, rows, inputs, |x, lda| {
             panels_onto(kernel, w, inputs, outputs, x, lda, rows, out)
         });
@@ -174,8 +192,8 @@ fn product_onto(
     }
 }
 
-/// [`product_onto`] with the rows of `x` `lda` floats apart (`inputs` for gemm), every
-/// panel a task.
+/// [`product_onto`] with the rows of `x` `lda` floats apart (`inputs` for gemm; for
+/// [`Kernel::Avx2`], `x` laid out by [`copy_tiles`]), every panel a task.
 #[allow(clippy::too_many_arguments)]
 fn panels_onto(
     kernel: Kernel,
@@ -232,10 +250,24 @@ fn panels_onto(
 }
 
 thread_local! {
-    /// This thread's buffer for [`with_padded_rows`], kept between products: a fresh
-    /// one would take megabytes of new pages from the system for every product. It
-    /// holds the largest product's activations so far (10 MB at ViT-B/32's batch 16).
-    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// This thread's buffer for the activations' copy ([`with_copy`]), kept between
+    /// products: a fresh one would take megabytes of new pages from the system for
+    /// every product. It holds the largest product's activations so far (10 MB at
+    /// ViT-B/32's batch 16).
+    static COPY: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `f` on this thread's copy buffer, at least `len` floats long.
+fn with_copy<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    // Taken, not borrowed: a product nested in this one on the same thread (rayon runs
+    // other tasks while it waits) finds the cell empty and makes its own buffer.
+    let mut copy = COPY.take();
+    if copy.len() < len {
+        copy = vec![0f32; len];
+    }
+    let result = f(&mut copy[..len]);
+    COPY.set(copy);
+    result
 }
 
 /// `f` on a copy of the `rows × inputs` values `x` whose rows are
@@ -247,26 +279,54 @@ fn with_padded_rows<R>(
     f: impl FnOnce(&[f32], usize) -> R,
 ) -> R {
     let lda = inputs + STRIDE_PAD;
-    // Taken, not borrowed: a product nested in this one on the same thread (rayon runs
-    // other tasks while it waits) finds the cell empty and makes its own buffer.
-    let mut padded = PADDED.take();
-    if padded.len() < rows * lda {
-        padded = vec![0f32; rows * lda];
+    with_copy(rows * lda, |padded| {
+        let copy_row = |(dst, src): (&mut [f32], &[f32])| dst[..inputs].copy_from_slice(src);
+        if rows * inputs < PARALLEL_MIN_WORK {
+            padded
+                .chunks_mut(lda)
+                .zip(x.chunks(inputs))
+                .for_each(copy_row);
+        } else {
+            let pairs = padded.par_chunks_mut(lda).zip(x.par_chunks(inputs));
+            pairs.for_each(copy_row);
+        }
+        f(padded, lda)
+    })
+}
+
+/// The AVX2 kernel's tiles: `rows` split into tiles of at most [`MR_AVX2`] rows, evenly
+/// (50 rows as 5 × 10, not 4 × 12 + 2), as `(first row, rows)`.
+fn avx2_tiles(rows: usize) -> impl Iterator<Item = (usize, usize)> + Clone {
+    let tiles = rows.div_ceil(MR_AVX2);
+    (0..tiles).map(move |t| (t * rows / tiles, (t + 1) * rows / tiles - t * rows / tiles))
+}
+
+/// Copy the `rows × inputs` activations `x` into `dst` tile by tile ([`avx2_tiles`]),
+/// each tile input-major: the tile starting at row `s` with `h` rows holds row `s + r`'s
+/// input `i` at `s × inputs + i × h + r`, so the kernel's broadcasts read one stream.
+fn copy_tiles(x: &[f32], rows: usize, inputs: usize, dst: &mut [f32]) {
+    let copy_tile = |(dst, (start, h)): (&mut [f32], (usize, usize))| {
+        for r in 0..h {
+            let src = &x[(start + r) * inputs..][..inputs];
+            for (i, &v) in src.iter().enumerate() {
+                dst[i * h + r] = v;
+            }
+        }
+    };
+    let tiles = avx2_tiles(rows);
+    let mut chunks = Vec::with_capacity(rows.div_ceil(MR_AVX2));
+    let mut rest = &mut dst[..rows * inputs];
+    for (_, h) in tiles.clone() {
+        let (tile, tail) = rest.split_at_mut(h * inputs);
+        chunks.push(tile);
+        rest = tail;
     }
-    let copy_row = |(dst, src): (&mut [f32], &[f32])| dst[..inputs].copy_from_slice(src);
-    let padded_rows = &mut padded[..rows * lda];
     if rows * inputs < PARALLEL_MIN_WORK {
-        padded_rows
-            .chunks_mut(lda)
-            .zip(x.chunks(inputs))
-            .for_each(copy_row);
+        chunks.into_iter().zip(tiles).for_each(copy_tile);
     } else {
-        let pairs = padded_rows.par_chunks_mut(lda).zip(x.par_chunks(inputs));
-        pairs.for_each(copy_row);
+        let pairs: Vec<_> = chunks.into_iter().zip(tiles).collect();
+        pairs.into_par_iter().for_each(copy_tile);
     }
-    let result = f(&padded, lda);
-    PADDED.set(padded);
-    result
 }
 
 /// `$tile::<R>` on the arguments `$args` (a tuple) for the listed height `R` equal to
@@ -287,8 +347,9 @@ macro_rules! by_height {
 ///
 /// # Safety
 /// The CPU must run `kernel` (not [`Kernel::Gemm`]); `x` holds `rows` rows of `inputs`
-/// values, `lda` apart; `w` one panel of `inputs × PANEL`; and `dst` addresses `rows`
-/// rows of at least `cols` writable, initialised floats, `ldc` apart.
+/// values, `lda` apart (for [`Kernel::Avx2`]: as [`copy_tiles`] lays them out, `lda`
+/// unused); `w` one panel of `inputs × PANEL`; and `dst` addresses `rows` rows of at
+/// least `cols` writable, initialised floats, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn panel_kernel(
@@ -302,12 +363,12 @@ unsafe fn panel_kernel(
     dst: *mut f32,
     ldc: usize,
 ) {
-    let most = if kernel == Kernel::Avx512 {
-        MR
-    } else {
-        MR_AVX2
-    };
-    let tiles = rows.div_ceil(most);
+    if kernel == Kernel::Avx2 {
+        // SAFETY: the caller's contract.
+        unsafe { avx2_panel(x, rows, inputs, w, cols, dst, ldc) };
+        return;
+    }
+    let tiles = rows.div_ceil(MR);
     let mut start = 0;
     for t in 1..=tiles {
         let end = t * rows / tiles;
@@ -317,13 +378,47 @@ unsafe fn panel_kernel(
         unsafe {
             let rows = end - start;
             let args = (a, inputs, lda, w.as_ptr(), cols, c, ldc);
-            if kernel == Kernel::Avx512 {
-                by_height!(tile, rows, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], args)
-            } else {
-                by_height!(avx2_tile, rows, [1, 2, 3, 4, 5, 6], args)
-            }
+            by_height!(tile, rows, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], args)
         };
         start = end;
+    }
+}
+
+/// [`panel_kernel`] on AVX2: for each group of [`GROUP_TILES`] tiles, each block of
+/// [`KC`] inputs and each half of the panel, every tile of the group in turn. Each
+/// output still gets its blocks' sums in input order, as from the AVX-512 kernel.
+///
+/// # Safety
+/// As [`panel_kernel`] for [`Kernel::Avx2`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx2_panel(
+    x: &[f32],
+    rows: usize,
+    inputs: usize,
+    w: &[f32],
+    cols: usize,
+    dst: *mut f32,
+    ldc: usize,
+) {
+    let tiles: Vec<(usize, usize)> = avx2_tiles(rows).collect();
+    for group in tiles.chunks(GROUP_TILES) {
+        for k0 in (0..inputs).step_by(KC) {
+            let k = KC.min(inputs - k0);
+            for half in (0..cols).step_by(16) {
+                let b = w[k0 * PANEL + half..].as_ptr();
+                for &(start, h) in group {
+                    let a = x[start * inputs + k0 * h..].as_ptr();
+                    let c = dst.wrapping_add(start * ldc + half);
+                    // SAFETY: the tile's `h` rows of this block lie in x (copy_tiles'
+                    // layout) and in dst; the block of the panel in w (the caller's
+                    // contract).
+                    unsafe {
+                        let args = (a, k, 0, b, cols - half, c, ldc);
+                        by_height!(avx2_tile, h, [1, 2, 3, 4, 5, 6], args)
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -393,18 +488,20 @@ unsafe fn tile<const R: usize>(
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MR_AVX2: usize = 6;
 
-/// [`tile`] on AVX2: each half of the panel (16 columns, two vectors of 8) in turn,
-/// every sum in the same order as the AVX-512 kernel's (the same fused multiply-adds
-/// over blocks of [`KC`] inputs, each block's sum added to the output).
+/// `c[r][..cols] += Σ a[kk][r] · b[kk]` over `k` inputs for the `R` rows of a tile laid
+/// out input-major ([`copy_tiles`]) and 16 columns of a panel `b` (its rows [`PANEL`]
+/// apart), of which the first `cols` are outputs: one block of [`KC`] inputs of half a
+/// panel, summed by the same fused multiply-adds as [`tile`]'s.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; otherwise as [`tile`].
+/// The CPU must have AVX2 and FMA; `a` must hold `k × R` values; `b` `k` rows of 16
+/// values, `PANEL` apart; `c` `R` rows of `min(cols, 16)` initialised floats, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_tile<const R: usize>(
     a: *const f32,
     k: usize,
-    lda: usize,
+    _lda: usize,
     b: *const f32,
     cols: usize,
     c: *mut f32,
@@ -429,36 +526,30 @@ unsafe fn avx2_tile<const R: usize>(
             }
         }
     };
-    for k0 in (0..k).step_by(KC) {
-        for col in (0..cols).step_by(16) {
-            // As in the AVX-512 kernel: the lines of this half's 16 outputs per row.
-            for r in 0..R {
-                let row = c.wrapping_add(r * ldc + col) as *const i8;
-                _mm_prefetch::<_MM_HINT_T0>(row);
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(60));
-            }
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for kk in k0..k.min(k0 + KC) {
-                // SAFETY: input kk's 32 values of the panel (padded with zeros past
-                // `cols`), and row r's input kk, lie in b and a (the caller's contract).
-                unsafe {
-                    let ahead = b.wrapping_add((kk + PREFETCH_INPUTS) * PANEL + col);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                    let b0 = _mm256_loadu_ps(b.add(kk * PANEL + col));
-                    let b1 = _mm256_loadu_ps(b.add(kk * PANEL + col + 8));
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let av = _mm256_set1_ps(*a.add(r * lda + kk));
-                        acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                        acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
-                    }
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                let row = c.wrapping_add(r * ldc + col);
-                add_into(row, acc[0], cols - col);
-                add_into(row.wrapping_add(8), acc[1], cols.saturating_sub(col + 8));
+    // The lines of this half's 16 outputs per row, needed when the sums are added.
+    for r in 0..R {
+        let row = c.wrapping_add(r * ldc) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(row);
+        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(60));
+    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for kk in 0..k {
+        // SAFETY: input kk's 16 values of the half panel and the tile's R values of
+        // input kk lie in b and a (the caller's contract).
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(kk * PANEL));
+            let b1 = _mm256_loadu_ps(b.add(kk * PANEL + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*a.add(kk * R + r));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
             }
         }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let row = c.wrapping_add(r * ldc);
+        add_into(row, acc[0], cols);
+        add_into(row.wrapping_add(8), acc[1], cols.saturating_sub(8));
     }
 }
 
@@ -566,6 +657,49 @@ pub(crate) mod tests {
         }
     }
 
+    /// `start + x · Wᵀ` summed as the kernels sum: per output, each block of [`KC`]
+    /// inputs by fused multiply-adds in input order from zero, the blocks' sums added to
+    /// the output in order.
+    fn blocked(x: &[f32], w: &[f32], start: &[f32], k: usize, n: usize) -> Vec<f32> {
+        let mut out = start.to_vec();
+        for (i, o) in out.iter_mut().enumerate() {
+            let (row, col) = (i / n, i % n);
+            for k0 in (0..k).step_by(KC) {
+                let block = (k0..k.min(k0 + KC))
+                    .fold(0f32, |acc, j| x[row * k + j].mul_add(w[col * k + j], acc));
+                *o += block;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_kernels_sum_in_blocks_in_input_order() {
+        // What makes the AVX2 and AVX-512 kernels give the same bits, checked on either:
+        // tiles of every height and groups past one (GROUP_TILES), partial halves and
+        // panels, more than one block of inputs, a padded-stride copy (1024 inputs).
+        let shapes = [
+            (1, 3, 1),
+            (7, 300, 27),
+            (13, 600, 47),
+            (70, 96, 80),
+            (9, 1024, 20),
+        ];
+        for kernel in own_kernels_here() {
+            for (rows, k, n) in shapes {
+                let (x, w, start) = (values(rows * k, 8), values(n * k, 9), values(rows * n, 10));
+                let packed = pack(&w, n, k);
+                let mut out = start.clone();
+                product_onto(kernel, &packed, k, n, &x, rows, &mut out);
+                assert_eq!(
+                    out,
+                    blocked(&x, &w, &start, k, n),
+                    "{kernel:?} {rows}x{k}x{n}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_kernels_write_only_the_panels_columns() {
         let kernels = own_kernels_here();
@@ -586,11 +720,15 @@ pub(crate) mod tests {
                 for r in 0..rows {
                     out[r * ldc..][..n].fill(0.0);
                 }
-                // SAFETY: this CPU runs `kernel` (kernels_here); `out` holds `rows` rows
-                // of `n` initialised floats, `ldc` apart.
+                // The AVX2 kernel reads the activations tile by tile.
+                let mut tiles = vec![0.0; rows * k];
+                copy_tiles(&x, rows, k, &mut tiles);
+                let x = if kernel == Kernel::Avx2 { &tiles } else { &x };
+                // SAFETY: this CPU runs `kernel` (kernels_here); `x` is laid out for it;
+                // `out` holds `rows` rows of `n` initialised floats, `ldc` apart.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    panel_kernel(kernel, &x, rows, k, k, &packed, n, out.as_mut_ptr(), ldc)
+                    panel_kernel(kernel, x, rows, k, k, &packed, n, out.as_mut_ptr(), ldc)
                 };
                 for r in 0..rows {
                     let got = &out[r * ldc..][..n];
