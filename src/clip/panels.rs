@@ -18,10 +18,11 @@
 //!
 //! The AVX2 kernel reads activations copied tile by tile, input-major (a tile's values
 //! of one input side by side), and takes the tiles of a panel in groups of
-//! [`GROUP_TILES`]: each block of [`KC`] inputs of half a panel (16 KiB) is multiplied
+//! `GROUP_TILES`: each block of `KC` inputs of half a panel (16 KiB) is multiplied
 //! by all of a group's tiles while it sits in the L1 cache, instead of streaming the
-//! whole panel from L2 once per tile. On a 2-core Zen 3 this ran ViT-B/32's products
-//! 5-25% faster (`examples/panel_bench.rs`, interleaved; docs/benchmarks.md).
+//! whole panel from L2 once per tile. On a 2-core Zen 3 this made ViT-B/32's image
+//! encoder at batch 16 16% faster and the text encoder 17% (`bench/ab.sh`, the two
+//! builds alternated; docs/benchmarks.md).
 //!
 //! Activations whose rows lie a multiple of 4 KiB apart (3072 and 2048 inputs) are
 //! first copied with one cache line of padding per row, so a tile's rows do not share
