@@ -203,6 +203,24 @@ pub enum SummaryFormat {
     Json,
 }
 
+/// `--device`, for every command that runs a model.
+#[derive(Clone, Debug, Args)]
+pub struct DeviceArg {
+    /// Compute device: auto (the first GPU in builds with the `cuda` feature when one is
+    /// usable, else the CPU), cpu, or cuda[:N] (builds with the `cuda` feature). On a GPU
+    /// the CNNs run on candle's operations instead of clipscope's CPU kernels (the same
+    /// arithmetic, tested on the CPU).
+    #[arg(long = "device", value_name = "DEVICE", default_value = "auto")]
+    pub spec: String,
+}
+
+impl DeviceArg {
+    /// The device named, checked: a one-line error for a bad name or an unusable GPU.
+    pub fn resolve(&self) -> Result<candle_core::Device, clipscope::clip::ClipError> {
+        clipscope::clip::parse_device(&self.spec)
+    }
+}
+
 /// Where the model comes from.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -214,10 +232,8 @@ pub struct ModelArgs {
     /// A Hugging Face style folder: config.json, model.safetensors, tokenizer.json.
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
-    /// Compute device: auto (the first GPU in builds with the `cuda` feature when one is
-    /// usable, else the CPU), cpu, or cuda[:N] (builds with the `cuda` feature).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Number format of the dense layers: f32 (the reference's), bf16 (about twice as
     /// fast on CPUs with AVX512-BF16 or AMX, slower on others; on GPUs through cuBLAS;
     /// embeddings measured within 0.9999 cosine of f32), or f16 (half the weights'
@@ -542,11 +558,8 @@ pub struct TrainArgs {
     /// object with every epoch's metrics.
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub format: SummaryFormat,
-    /// Compute device: auto (the first GPU in builds with the `cuda` feature when one is
-    /// usable, else the CPU), cpu, or cuda[:N]. On the CPU the network runs clipscope's
-    /// own kernels; on a GPU, candle's operations (the same arithmetic, tested on the CPU).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// `clipscope predict`.
@@ -564,11 +577,8 @@ pub struct PredictArgs {
     /// Output format: text, json or csv (as classify's).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Compute device: auto (the first GPU in builds with the `cuda` feature when one is
-    /// usable, else the CPU), cpu, or cuda[:N]. On the CPU the network runs clipscope's
-    /// own kernels; on a GPU, candle's operations (the same arithmetic, tested on the CPU).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// `clipscope eval`.
@@ -586,11 +596,8 @@ pub struct EvalArgs {
     /// Output format: text, json or csv.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Compute device: auto (the first GPU in builds with the `cuda` feature when one is
-    /// usable, else the CPU), cpu, or cuda[:N]. On the CPU the network runs clipscope's
-    /// own kernels; on a GPU, candle's operations (the same arithmetic, tested on the CPU).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// Imagenette sizes.
@@ -860,10 +867,8 @@ pub struct ImagenetteStudyArgs {
     /// Skip the linear probe and few-shot curve (they embed every training image).
     #[arg(long)]
     pub no_probe: bool,
-    /// Compute device for training and for both models' test: auto (the first GPU in
-    /// builds with the `cuda` feature when one is usable, else the CPU), cpu, or cuda[:N].
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Output format of the summary on standard output (the full report is in the
     /// output folder's report.json either way).
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
@@ -915,10 +920,8 @@ pub struct CompareArgs {
     /// Folder for report.json, report.md, predictions.csv and the plots.
     #[arg(long, value_name = "OUT_DIR")]
     pub output: PathBuf,
-    /// Compute device for CLIP and the CNNs: auto (the first GPU in builds with the `cuda`
-    /// feature when one is usable, else the CPU), cpu, or cuda[:N].
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Output format of the summary on standard output (the full report is in the
     /// output folder's report.json either way).
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]

@@ -190,7 +190,7 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
     } else {
         resolve_pretrained(&a.pretrained, &a.model)?
     };
-    let device = clipscope::clip::parse_device(&a.device)?;
+    let device = a.device.resolve()?;
     clipscope::util::check_run_folder(&a.output, a.resume, a.force).map_err(anyhow::Error::msg)?;
     let (seed, val_fraction) = split_options(&a.data, a.val.is_some(), a.seed, a.val_fraction)?;
     let cfg = TrainConfig {
@@ -324,7 +324,7 @@ fn write_eval_text(r: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
 pub fn eval(a: &EvalArgs) -> Result<u8> {
     let bar = super::log::progress_bar(0);
     bar.set_style(bar_style("eval [{bar:30}] {pos}/{len}"));
-    let device = clipscope::clip::parse_device(&a.device)?;
+    let device = a.device.resolve()?;
     let report = evaluate(
         &a.checkpoint,
         &a.data,
@@ -424,7 +424,7 @@ pub fn predict(a: &PredictArgs) -> Result<u8> {
     }
     let mut paths = a.inputs.clone();
     let stdin = super::input::stdin_image_inputs(&mut paths, false)?;
-    let device = clipscope::clip::parse_device(&a.device)?;
+    let device = a.device.resolve()?;
     let cnn =
         CnnClassifier::load_on(&a.checkpoint, device).context("cannot load the checkpoint")?;
     let classes: Vec<String> = cnn

@@ -26,7 +26,7 @@ pub fn check_probability(flag: &str, p: Option<f64>) -> Result<()> {
 fn config(a: &CompareArgs) -> Result<CompareConfig> {
     check_probability("--abstain", a.abstain)?;
     // Before any model is fetched: a wrong device must not cost a download.
-    let device = clipscope::clip::parse_device(&a.device)?;
+    let device = a.device.resolve()?;
     if !a.data.is_dir() {
         bail!("--data {}: no such folder", a.data.display());
     }

@@ -55,7 +55,7 @@ fn settings(a: &ImagenetteStudyArgs) -> Result<ImagenetteStudy> {
         lr: a.lr,
         seed: a.seed,
         probe: !a.no_probe,
-        device: clipscope::clip::parse_device(&a.device)?,
+        device: a.device.resolve()?,
     })
 }
 

@@ -83,7 +83,7 @@ pub fn load_model(args: &ModelArgs) -> Result<Clip> {
 
 /// As [`load_model`], with the model's files (for the embedding cache's key).
 pub fn load_model_and_files(args: &ModelArgs) -> Result<(Clip, ModelFiles)> {
-    let device = clipscope::clip::parse_device(&args.device)?;
+    let device = args.device.resolve()?;
     let files = model_files(args)?;
     tracing::debug!("model files: {files:?}");
     let started = std::time::Instant::now();
