@@ -12,21 +12,11 @@ reference for images and texts; exits 1 when a cosine is below --min-cosine.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
-
-def embed(bin, model, args, device, precision):
-    out = subprocess.run(
-        [bin, "embed", *args, "--model-dir", model, "--no-cache", "--format", "json", "-q",
-         "--device", device, "--precision", precision],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out)["items"]
+from precision import embed  # bench/precision.py, beside this file
 
 
 def compare(what, ours, ref):
@@ -47,11 +37,9 @@ def main():
     ref = json.load(open(os.path.join(args.model, "reference.json")))
     image_dir = "tests/fixtures/images"
     files = [os.path.join(image_dir, os.path.basename(i["file"])) for i in ref["images"]]
-    items = embed(bin, args.model, files, args.device, args.precision)
-    ours_i = np.array([i["embedding"] for i in items])
+    ours_i = embed(bin, args.model, args.precision, files, args.device)
     ref_i = np.array([i["image_embedding"] for i in ref["images"]])
-    texts = embed(bin, args.model, ["--text", ",".join(ref["prompts"])], args.device, args.precision)
-    ours_t = np.array([t["embedding"] for t in texts])
+    ours_t = embed(bin, args.model, args.precision, ["--text", ",".join(ref["prompts"])], args.device)
     ref_t = np.array(ref["text_embeddings"])
     print(f"clipscope on {args.device} ({args.precision}) against transformers on the CPU (f32)")
     worst = min(compare("images", ours_i, ref_i), compare("texts", ours_t, ref_t))

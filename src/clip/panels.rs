@@ -295,16 +295,17 @@ fn with_padded_rows<R>(
     })
 }
 
-/// The AVX2 kernel's tiles: `rows` split into tiles of at most [`MR_AVX2`] rows, evenly
-/// (50 rows as 5 × 10, not 4 × 12 + 2), as `(first row, rows)`.
-fn avx2_tiles(rows: usize) -> impl Iterator<Item = (usize, usize)> + Clone {
-    let tiles = rows.div_ceil(MR_AVX2);
+/// `rows` split into tiles of at most `most` rows, evenly (50 rows in tiles of at most 12
+/// as 5 × 10, not 4 × 12 + 2), as `(first row, rows)`.
+fn even_tiles(rows: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = rows.div_ceil(most);
     (0..tiles).map(move |t| (t * rows / tiles, (t + 1) * rows / tiles - t * rows / tiles))
 }
 
-/// Copy the `rows × inputs` activations `x` into `dst` tile by tile ([`avx2_tiles`]),
-/// each tile input-major: the tile starting at row `s` with `h` rows holds row `s + r`'s
-/// input `i` at `s × inputs + i × h + r`, so the kernel's broadcasts read one stream.
+/// Copy the `rows × inputs` activations `x` into `dst` tile by tile ([`even_tiles`] of
+/// at most [`MR_AVX2`] rows), each tile input-major: the tile starting at row `s` with
+/// `h` rows holds row `s + r`'s input `i` at `s × inputs + i × h + r`, so the kernel's
+/// broadcasts read one stream.
 fn copy_tiles(x: &[f32], rows: usize, inputs: usize, dst: &mut [f32]) {
     let copy_tile = |(dst, (start, h)): (&mut [f32], (usize, usize))| {
         for r in 0..h {
@@ -314,18 +315,17 @@ fn copy_tiles(x: &[f32], rows: usize, inputs: usize, dst: &mut [f32]) {
             }
         }
     };
-    let tiles = avx2_tiles(rows);
-    let mut chunks = Vec::with_capacity(rows.div_ceil(MR_AVX2));
+    // Each tile's own part of `dst`, so that tiles can be copied in parallel.
     let mut rest = &mut dst[..rows * inputs];
-    for (_, h) in tiles.clone() {
-        let (tile, tail) = rest.split_at_mut(h * inputs);
-        chunks.push(tile);
+    let mut pairs = Vec::with_capacity(rows.div_ceil(MR_AVX2));
+    for (start, h) in even_tiles(rows, MR_AVX2) {
+        let (tile, tail) = std::mem::take(&mut rest).split_at_mut(h * inputs);
+        pairs.push((tile, (start, h)));
         rest = tail;
     }
     if rows * inputs < PARALLEL_MIN_WORK {
-        chunks.into_iter().zip(tiles).for_each(copy_tile);
+        pairs.into_iter().for_each(copy_tile);
     } else {
-        let pairs: Vec<_> = chunks.into_iter().zip(tiles).collect();
         pairs.into_par_iter().for_each(copy_tile);
     }
 }
@@ -369,19 +369,14 @@ unsafe fn panel_kernel(
         unsafe { avx2_panel(x, rows, inputs, w, cols, dst, ldc) };
         return;
     }
-    let tiles = rows.div_ceil(MR);
-    let mut start = 0;
-    for t in 1..=tiles {
-        let end = t * rows / tiles;
+    for (start, h) in even_tiles(rows, MR) {
         let a = x[start * lda..].as_ptr();
         let c = dst.wrapping_add(start * ldc);
         // SAFETY: the tile's rows lie in x and dst (the caller's contract).
         unsafe {
-            let rows = end - start;
             let args = (a, inputs, lda, w.as_ptr(), cols, c, ldc);
-            by_height!(tile, rows, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], args)
+            by_height!(tile, h, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], args)
         };
-        start = end;
     }
 }
 
@@ -401,7 +396,7 @@ unsafe fn avx2_panel(
     dst: *mut f32,
     ldc: usize,
 ) {
-    let tiles: Vec<(usize, usize)> = avx2_tiles(rows).collect();
+    let tiles: Vec<(usize, usize)> = even_tiles(rows, MR_AVX2).collect();
     for group in tiles.chunks(GROUP_TILES) {
         for k0 in (0..inputs).step_by(KC) {
             let k = KC.min(inputs - k0);

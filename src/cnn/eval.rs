@@ -86,8 +86,8 @@ impl Drop for CnnClassifier {
 }
 
 impl CnnClassifier {
-    /// Load the run in `run_dir` (its latest checkpoint) onto `device`: the CPU (its own kernels) or a GPU
-    /// (candle's operations).
+    /// Load the run in `run_dir` (its latest checkpoint) onto `device`: the CPU (its own
+    /// kernels) or a GPU (candle's operations).
     pub fn load_on(run_dir: &Path, device: Device) -> Result<Self, EvalError> {
         let (model, _vars, meta) = checkpoint::load_model(run_dir, &device)?;
         Ok(Self {
