@@ -308,11 +308,15 @@ fn even_tiles(rows: usize, most: usize) -> impl Iterator<Item = (usize, usize)> 
 /// broadcasts read one stream.
 fn copy_tiles(x: &[f32], rows: usize, inputs: usize, dst: &mut [f32]) {
     let copy_tile = |(dst, (start, h)): (&mut [f32], (usize, usize))| {
-        for r in 0..h {
-            let src = &x[(start + r) * inputs..][..inputs];
-            for (i, &v) in src.iter().enumerate() {
-                dst[i * h + r] = v;
-            }
+        let rows = &x[start * inputs..][..h * inputs];
+        match h {
+            1 => interleave::<1>(rows, inputs, dst),
+            2 => interleave::<2>(rows, inputs, dst),
+            3 => interleave::<3>(rows, inputs, dst),
+            4 => interleave::<4>(rows, inputs, dst),
+            5 => interleave::<5>(rows, inputs, dst),
+            6 => interleave::<6>(rows, inputs, dst),
+            h => unreachable!("no tile of {h} rows"),
         }
     };
     // Each tile's own part of `dst`, so that tiles can be copied in parallel.
@@ -327,6 +331,20 @@ fn copy_tiles(x: &[f32], rows: usize, inputs: usize, dst: &mut [f32]) {
         pairs.into_iter().for_each(copy_tile);
     } else {
         pairs.into_par_iter().for_each(copy_tile);
+    }
+}
+
+/// `dst[i × H + r] = rows[r × inputs + i]`: the `H` rows of `rows`, `inputs` long,
+/// interleaved input by input. With `H` fixed the rows' addresses stay in registers and
+/// `dst` is written front to back; a loop over a tile's rows one at a time, writing every
+/// `H`th value, took three times as long (800 x 768 values: 0.35 against 0.13 ms on two
+/// threads).
+fn interleave<const H: usize>(rows: &[f32], inputs: usize, dst: &mut [f32]) {
+    let rows: [&[f32]; H] = std::array::from_fn(|r| &rows[r * inputs..][..inputs]);
+    for (i, out) in dst.chunks_exact_mut(H).enumerate() {
+        for (o, row) in out.iter_mut().zip(&rows) {
+            *o = row[i];
+        }
     }
 }
 
