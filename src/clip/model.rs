@@ -498,13 +498,11 @@ impl Block {
     /// [`Block::forward`]: they and the norms add a row's values in the same order
     /// whatever the rows beside it; elsewhere gemm's blocking may round differently.
     fn forward_rows(&self, x: &Tensor, mask: Option<&Tensor>, rows: &Tensor) -> Result<Tensor> {
-        let d = x.dim(D::Minus1)?;
-        let pick = |t: &Tensor| t.reshape(((), d))?.index_select(rows, 0);
         let heads = self.attn.attend(&self.ln1.forward(x)?, mask)?;
-        let x = self
-            .attn
-            .out
-            .forward_onto(&pick(&heads)?, Some(&pick(x)?))?;
+        let x = self.attn.out.forward_onto(
+            &token_rows_of(&heads, rows)?,
+            Some(&token_rows_of(x, rows)?),
+        )?;
         self.mlp_onto(&x)
     }
 
@@ -548,7 +546,7 @@ impl Encoder {
     /// of the image tower's products saved).
     fn forward_rows(&self, x: &Tensor, mask: Option<&Tensor>, rows: &Tensor) -> Result<Tensor> {
         let Some((last, before)) = self.blocks.split_last() else {
-            return x.reshape(((), x.dim(D::Minus1)?))?.index_select(rows, 0);
+            return token_rows_of(x, rows);
         };
         let mut x = x.clone();
         for block in before {
@@ -568,6 +566,11 @@ fn token_rows(
     let b = at.len();
     let rows: Vec<u32> = at.enumerate().map(|(i, p)| (i * l + p) as u32).collect();
     Tensor::from_vec(rows, b, device)
+}
+
+/// The tokens `rows` ([`token_rows`]) of `(B, L, D)` tokens, `(rows, D)`.
+fn token_rows_of(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    x.reshape(((), x.dim(D::Minus1)?))?.index_select(rows, 0)
 }
 
 /// The image tower: patch embedding, class token, ViT, pooled at the class token.
@@ -907,11 +910,7 @@ mod tests {
                 let mask = causal.map(|l| causal_mask(l, &Device::Cpu).unwrap());
                 let rows = token_rows([0, l - 1, 4].into_iter(), l, &Device::Cpu).unwrap();
                 let whole = last.forward(&x, mask.as_ref()).unwrap();
-                let want = whole
-                    .reshape((n * l, d))
-                    .unwrap()
-                    .index_select(&rows, 0)
-                    .unwrap();
+                let want = token_rows_of(&whole, &rows).unwrap();
                 let got = last.forward_rows(&x, mask.as_ref(), &rows).unwrap();
                 let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 if exact {
