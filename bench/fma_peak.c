@@ -2,6 +2,9 @@
  * FMAs in registers, enough to fill two FMA pipes of 4-5 cycles' latency.
  *   gcc -O3 -funroll-loops -mavx2 -mfma -pthread bench/fma_peak.c -o /tmp/fma_peak
  *   gcc -O3 -funroll-loops -mavx512f -DWIDE -pthread bench/fma_peak.c -o /tmp/fma_peak
+ *   gcc -O3 -funroll-loops -mavx512f -mavx512bf16 -DBF16 -pthread bench/fma_peak.c -o /tmp/bf16_peak
+ *     (the same chains of `vdpbf16ps`, 32 bf16 products per lane pair: what bf16 gets
+ *     on a CPU with AVX512-BF16 and no AMX)
  *   /tmp/fma_peak 2        # threads; prints each thread's GFLOP/s and the sum
  * docs/benchmarks.md compares the encoders' rates with it. */
 #include <immintrin.h>
@@ -10,7 +13,13 @@
 #include <stdlib.h>
 #include <time.h>
 
-#ifdef WIDE
+#if defined(BF16)
+typedef __m512 vec;
+#define LANES 32 /* products per instruction: 16 lanes of bf16 pairs */
+#define SET1 _mm512_set1_ps
+#define FMA(acc, m, c) _mm512_dpbf16_ps(acc, (__m512bh)_mm512_castps_si512(m), (__m512bh)_mm512_castps_si512(c))
+#define FIRST(v) _mm512_cvtss_f32(v)
+#elif defined(WIDE)
 typedef __m512 vec;
 #define LANES 16
 #define SET1 _mm512_set1_ps
@@ -55,6 +64,10 @@ int main(int argc, char **argv) {
         printf("thread %d: %.1f GFLOP/s\n", i, rate[i]);
         total += rate[i];
     }
+#ifdef BF16
+    printf("%d threads: %.1f GFLOP/s (vdpbf16ps)\n", n, total);
+#else
     printf("%d threads: %.1f GFLOP/s (%d-lane FMA)\n", n, total, LANES);
+#endif
     return 0;
 }

@@ -230,6 +230,20 @@ pub fn has_avx2_fma() -> bool {
     false
 }
 
+/// Whether the CPU is Intel's (cpuid's vendor `GenuineIntel`): its AVX512-BF16 pair
+/// product runs at half the rate of its f32 fused multiply-add, unlike AMD's.
+pub fn cpu_is_intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = std::arch::x86_64::__cpuid(0);
+        // The vendor string is EBX, EDX, ECX in that order.
+        let vendor = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes).concat();
+        vendor == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// A zeroed buffer of `len` floats whose pages the kernel may back with huge pages:
 /// loading a model writes 600 MB of fresh memory, and with 4 KiB pages about a fifth of
 /// the load went to page faults. No-op elsewhere than Linux.
@@ -314,6 +328,17 @@ mod tests {
         // Without the numbers (other architectures), the name alone.
         assert_eq!(super::cpu_model_in("model name\t: Some CPU\n"), "Some CPU");
         assert_eq!(super::cpuinfo_field(info, "model").as_deref(), Some("2"));
+    }
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn the_cpu_vendor_is_the_one_linux_reports() {
+        let info = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+        let vendor = super::cpuinfo_field(&info, "vendor_id");
+        assert_eq!(
+            super::cpu_is_intel(),
+            vendor.as_deref() == Some("GenuineIntel")
+        );
     }
 
     #[test]

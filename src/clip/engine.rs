@@ -610,6 +610,13 @@ fn warn_about_cpu_precision(precision: Precision) {
                     "this CPU has neither AMX nor AVX512-BF16: --precision bf16 halves the \
                      weights' memory but runs slower than f32"
                 );
+            } else if kernel == "avx512-bf16" && crate::util::cpu_is_intel() {
+                // vdpbf16ps at half the rate of f32 FMAs (bench/fma_peak.c -DBF16): 1.6x
+                // slower than f32 at batch 16 (docs/benchmarks.md, 2026-12-05).
+                tracing::warn!(
+                    "this Intel CPU has AVX512-BF16 but no usable AMX: --precision bf16 \
+                     halves the weights' memory but runs slower than f32"
+                );
             }
         }
         Precision::F16 => tracing::warn!(
