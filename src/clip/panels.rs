@@ -9,9 +9,14 @@
 //! with 3072 inputs at 800 rows at 0.83 of gemm's rate (`examples/panel_bench.rs`,
 //! numbers in `docs/benchmarks.md`).
 //!
-//! On CPUs with AVX-512 a micro-kernel multiplies up to 12 rows of activations by a
-//! whole panel at a time, 24 accumulators, the activations read in place (no packing
-//! pass); each output's sum runs in the same order whatever the number of rows. CPUs
+//! On CPUs with AVX-512 a micro-kernel multiplies up to 6 rows of activations by two
+//! panels side by side (a lone last panel: up to 12 rows by one), 24 accumulators, the
+//! activations read in place (no packing pass); each output's sum runs in the same
+//! order whatever the number of rows. Two panels at a time load 4 weight vectors per 6
+//! broadcast activations instead of 2 per 12: on an Intel Xeon (Emerald Rapids) the
+//! products of 800 rows ran 3-10% faster (`examples/panel_bench.rs`), the image encoder
+//! at batch 16 5% and the text encoder 8% (`bench/ab.sh`, ten alternated pairs, each
+//! won; docs/benchmarks.md). CPUs
 //! with AVX2 and FMA but not AVX-512 (most laptops, AMD before Zen 4) run a kernel of up
 //! to 6 rows by half a panel (12 of their 16 registers accumulate) that adds in the same
 //! order, so both give the same bits. Other CPUs run gemm once per panel.
@@ -68,6 +73,11 @@ const STRIDE_PAD: usize = 16;
 /// rows, whose block of [`KC`] inputs (60 KiB) stays in L2 across the panel's halves.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const GROUP_TILES: usize = 10;
+
+/// Rows per AVX-512 micro-tile of two panels: 6 x 4 accumulators, with the four
+/// vectors of weights and a broadcast 29 of the 32 registers.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const MR_PAIR: usize = 6;
 
 /// Below this many multiply-adds a product runs on one thread: handing panels to
 /// rayon's workers costs more than it saves (a projection of one embedding).
@@ -151,6 +161,16 @@ impl Kernel {
         }
     }
 
+    /// Panels each task multiplies: two side by side on AVX-512, whose micro-tile
+    /// then loads 4 weight vectors per 6 broadcasts instead of 2 per 12; one otherwise.
+    fn panels_per_task(self) -> usize {
+        if self == Kernel::Avx512 {
+            2
+        } else {
+            1
+        }
+    }
+
     /// The name `clipscope bench` prints: `avx512`, `avx2` or `gemm`.
     pub fn name(self) -> &'static str {
         match self {
@@ -215,11 +235,14 @@ fn panels_onto(
         "gemm reads rows inputs apart"
     );
     let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
-    let panel = move |p: usize| {
-        let cols = PANEL.min(outputs - p * PANEL);
-        let w = &w[p * inputs * PANEL..][..inputs * PANEL];
-        // Each panel writes only its own columns of `out`, which is rows × outputs long
-        // (the caller asserted); no two calls share a column.
+    let span = kernel.panels_per_task();
+    let panels = outputs.div_ceil(PANEL);
+    let panel = move |q: usize| {
+        let p = q * span;
+        let cols = (span * PANEL).min(outputs - p * PANEL);
+        let w = &w[p * inputs * PANEL..][..cols.div_ceil(PANEL) * inputs * PANEL];
+        // Each task writes only its own panels' columns of `out`, which is rows ×
+        // outputs long (the caller asserted); no two calls share a column.
         let dst = out_ptr.at(p * PANEL);
         if kernel != Kernel::Gemm {
             // SAFETY: the CPU runs `kernel`; `x` holds `rows` rows `lda` apart (asserted
@@ -242,11 +265,11 @@ fn panels_onto(
             };
         }
     };
-    let panels = outputs.div_ceil(PANEL);
+    let tasks = panels.div_ceil(span);
     if rows * inputs * outputs < PARALLEL_MIN_WORK {
-        (0..panels).for_each(panel);
+        (0..tasks).for_each(panel);
     } else {
-        (0..panels).into_par_iter().for_each(panel);
+        (0..tasks).into_par_iter().for_each(panel);
     }
 }
 
@@ -361,14 +384,17 @@ macro_rules! by_height {
     }};
 }
 
-/// One panel's `cols` columns of all rows: the rows in tiles of at most [`MR`] (AVX-512)
-/// or [`MR_AVX2`], split evenly (50 rows as 5 × 10, not 4 × 12 + 2).
+/// One task's `cols` columns of all rows (one panel, or on AVX-512 two side by side when
+/// `cols` exceeds [`PANEL`]): the rows in tiles of at most [`MR_PAIR`] (two panels),
+/// [`MR`] (one panel on AVX-512) or [`MR_AVX2`], split evenly (50 rows as 5 × 10, not
+/// 4 × 12 + 2).
 ///
 /// # Safety
 /// The CPU must run `kernel` (not [`Kernel::Gemm`]); `x` holds `rows` rows of `inputs`
 /// values, `lda` apart (for [`Kernel::Avx2`]: as [`copy_tiles`] lays them out, `lda`
-/// unused); `w` one panel of `inputs × PANEL`; and `dst` addresses `rows` rows of at
-/// least `cols` writable, initialised floats, `ldc` apart.
+/// unused); `w` the task's `cols.div_ceil(PANEL)` panels of `inputs × PANEL` (one on
+/// AVX2); and `dst` addresses `rows` rows of at least `cols` writable, initialised
+/// floats, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn panel_kernel(
@@ -385,6 +411,19 @@ unsafe fn panel_kernel(
     if kernel == Kernel::Avx2 {
         // SAFETY: the caller's contract.
         unsafe { avx2_panel(x, rows, inputs, w, cols, dst, ldc) };
+        return;
+    }
+    if cols > PANEL {
+        for (start, h) in even_tiles(rows, MR_PAIR) {
+            let a = x[start * lda..].as_ptr();
+            let c = dst.wrapping_add(start * ldc);
+            // SAFETY: the tile's rows lie in x and dst, two panels in w (the caller's
+            // contract).
+            unsafe {
+                let args = (a, inputs, lda, w.as_ptr(), cols, c, ldc);
+                by_height!(tile_pair, h, [1, 2, 3, 4, 5, 6], args)
+            };
+        }
         return;
     }
     for (start, h) in even_tiles(rows, MR) {
@@ -453,45 +492,94 @@ unsafe fn tile<const R: usize>(
     c: *mut f32,
     ldc: usize,
 ) {
+    // SAFETY: the caller's contract.
+    unsafe { tile_of::<R, 2>(a, k, lda, b, cols, c, ldc) }
+}
+
+/// [`tile`] on two adjacent panels at `b` (`k × PANEL` apart), `cols` up to 64.
+///
+/// # Safety
+/// As [`tile`], with two panels at `b`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_pair<const R: usize>(
+    a: *const f32,
+    k: usize,
+    lda: usize,
+    b: *const f32,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { tile_of::<R, 4>(a, k, lda, b, cols, c, ldc) }
+}
+
+/// `c[r][..cols] += a[r] · b` for `R` rows and `V` vectors of 16 columns: `V / 2` panels
+/// side by side in `b`, `k × PANEL` floats apart. Each output sums each block of [`KC`]
+/// inputs from zero in input order, then adds it to `c`, whatever `R` and `V`.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `a` must hold `R` rows of `k` values, `lda` apart; `b`
+/// `V / 2` panels of `k × PANEL`; `c` `R` rows of `cols` initialised floats, `ldc` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_of<const R: usize, const V: usize>(
+    a: *const f32,
+    k: usize,
+    lda: usize,
+    b: *const f32,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
     use std::arch::x86_64::*;
-    // Lanes of each half that hold real columns (the last panel may be partial);
+    // Lanes of each vector that hold real columns (the last panel may be partial);
     // masked lanes are neither read nor written, nor can they fault.
     let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
-    let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(16)));
+    let masks: [__mmask16; V] = std::array::from_fn(|v| lanes(cols.saturating_sub(16 * v)));
+    // Vector v's columns of input 0: panel v / 2, half v % 2.
+    let column = |v: usize| (v / 2) * k * PANEL + (v % 2) * 16;
     for k0 in (0..k).step_by(KC) {
-        // The lines of each row's 32 outputs (three where the row is not aligned to a
+        // The lines of each row's outputs (one more where the row is not aligned to a
         // line), needed when this block's sums are added.
         for r in 0..R {
             let row = c.wrapping_add(r * ldc) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(row);
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64));
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(124));
+            for line in 0..V {
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64 * line));
+            }
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64 * V - 4));
         }
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
         for kk in k0..k.min(k0 + KC) {
-            // SAFETY: input kk's 32 values of the panel, and row r's input kk, lie in
-            // b and a (the caller's contract).
+            // SAFETY: input kk's values of the panels, and row r's input kk, lie in b
+            // and a (the caller's contract).
             unsafe {
-                let ahead = b.wrapping_add((kk + PREFETCH_INPUTS) * PANEL) as *const i8;
-                _mm_prefetch::<_MM_HINT_T0>(ahead);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-                let b0 = _mm512_loadu_ps(b.add(kk * PANEL));
-                let b1 = _mm512_loadu_ps(b.add(kk * PANEL + 16));
+                for p in 0..V / 2 {
+                    let ahead = b.wrapping_add(p * k * PANEL + (kk + PREFETCH_INPUTS) * PANEL);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16) as *const i8);
+                }
+                let bv: [__m512; V] =
+                    std::array::from_fn(|v| _mm512_loadu_ps(b.add(column(v) + kk * PANEL)));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = _mm512_set1_ps(*a.add(r * lda + kk));
-                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                    for (acc, bv) in acc.iter_mut().zip(&bv) {
+                        *acc = _mm512_fmadd_ps(av, *bv, *acc);
+                    }
                 }
             }
         }
         for (r, acc) in acc.iter().enumerate() {
             let row = c.wrapping_add(r * ldc);
-            // SAFETY: masked to this row's `cols` columns (the caller's contract).
-            unsafe {
-                let c0 = _mm512_maskz_loadu_ps(m0, row);
-                let c1 = _mm512_maskz_loadu_ps(m1, row.wrapping_add(16));
-                _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(c0, acc[0]));
-                _mm512_mask_storeu_ps(row.wrapping_add(16), m1, _mm512_add_ps(c1, acc[1]));
+            for (v, (acc, &m)) in acc.iter().zip(&masks).enumerate() {
+                // SAFETY: masked to this row's `cols` columns (the caller's contract).
+                unsafe {
+                    let at = row.wrapping_add(16 * v);
+                    let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(m, at), *acc);
+                    _mm512_mask_storeu_ps(at, m, sum);
+                }
             }
         }
     }
@@ -653,10 +741,17 @@ pub(crate) mod tests {
         // Partial panels of up to 16 and more columns (a partial second half), tiles of
         // every AVX2 height (2 only alone), inputs past one and two partial sums; start
         // values that are not zero.
+        // On AVX-512, pairs of panels in tiles of every height (1-6: rows 1, 2, 7, 13,
+        // 11, 50), their second panel partial (47, 80) or whole with a partial single
+        // panel after (70), beside a single panel alone (27, 9, 20).
         let shapes = [
             (1, 3, 1),
+            (1, 40, 64),
             (2, 300, 27),
+            (2, 300, 70),
             (7, 300, 9),
+            (7, 300, 64),
+            (11, 260, 96),
             (13, 600, 47),
             (50, 96, 80),
             (9, 1024, 20),
@@ -717,18 +812,23 @@ pub(crate) mod tests {
     #[test]
     fn the_kernels_write_only_the_panels_columns() {
         let kernels = own_kernels_here();
-        // 20 columns (a partial second half: one vector of 4 columns, one of none) and
-        // 7 (one partial vector); guard values around each row's columns must keep
-        // their bits, and the panel's padding holds values that a write past the
-        // columns would add.
-        for (rows, k, n, ldc) in [(5, 40, 20, 29), (2, 300, 7, 7)] {
+        // 20 columns (a partial second half: one vector of 4 columns, one of none), 7
+        // (one partial vector) and, on AVX-512, 50 (two panels, the second partial);
+        // guard values around each row's columns must keep their bits, and the panels'
+        // padding holds values that a write past the columns would add.
+        for (rows, k, n, ldc) in [(5, 40, 20, 29), (2, 300, 7, 7), (7, 40, 50, 53)] {
             let (x, w) = (values(rows * k, 11), values(n * k, 12));
             let mut packed = pack(&w, n, k);
-            for input in packed.chunks_mut(PANEL) {
-                input[n..].fill(1.0);
+            for (i, input) in packed.chunks_mut(PANEL).enumerate() {
+                // Input i % k of panel i / k: columns from n on are padding.
+                let first_column = i / k * PANEL;
+                input[n.saturating_sub(first_column).min(PANEL)..].fill(1.0);
             }
             let want = reference(&x, &w, &vec![0.0; rows * n], rows, k, n);
             for &kernel in &kernels {
+                if n > PANEL && kernel.panels_per_task() == 1 {
+                    continue;
+                }
                 let guard = 12345.0f32;
                 let mut out = vec![guard; rows * ldc + 9];
                 for r in 0..rows {
