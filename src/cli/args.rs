@@ -234,10 +234,10 @@ pub struct ModelArgs {
     pub model_dir: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArg,
-    /// Number format of the dense layers: f32 (the reference's), bf16 (faster on CPUs
-    /// with AMX and on AMD's with AVX512-BF16, slower on others; on GPUs through cuBLAS;
-    /// embeddings measured within 0.9999 cosine of f32), or f16 (half the weights'
-    /// memory; slower on the CPU).
+    /// Number format of the dense layers: f32 (the reference's), bf16 (faster on AMD CPUs
+    /// with AVX512-BF16; on AMX tiles where the CPU has them, not yet timed there;
+    /// slower on other CPUs; on GPUs through cuBLAS; embeddings measured within 0.9999
+    /// cosine of f32), or f16 (half the weights' memory; slower on the CPU).
     #[arg(long, default_value = "f32", value_name = "FORMAT", ignore_case = true, value_parser = precision_parser())]
     pub precision: Precision,
 }
@@ -452,9 +452,9 @@ pub struct TuiArgs {
     /// auto.
     #[arg(long)]
     pub device: Option<String>,
-    /// Number format of the dense layers: f32 (the reference's), bf16 (faster on CPUs
-    /// with AMX and on AMD's with AVX512-BF16, slower on others; on GPUs through
-    /// cuBLAS), or f16 (slower on the CPU).
+    /// Number format of the dense layers: f32 (the reference's), bf16 (faster on AMD CPUs
+    /// with AVX512-BF16; on AMX tiles where the CPU has them, not yet timed there;
+    /// slower on other CPUs; on GPUs through cuBLAS), or f16 (slower on the CPU).
     #[arg(long, default_value = "f32", value_name = "FORMAT", ignore_case = true, value_parser = precision_parser())]
     pub precision: Precision,
     /// Prompt template; `{}` is replaced by the label.

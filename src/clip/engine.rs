@@ -611,8 +611,10 @@ fn warn_about_cpu_precision(precision: Precision) {
                      weights' memory but runs slower than f32"
                 );
             } else if kernel == "avx512-bf16" && crate::util::cpu_is_intel() {
-                // vdpbf16ps at half the rate of f32 FMAs (bench/fma_peak.c -DBF16): 1.6x
-                // slower than f32 at batch 16 (docs/benchmarks.md, 2026-12-05).
+                // vdpbf16ps gave half f32 FMAs' products per second on the Xeon measured
+                // (bench/fma_peak.c -DBF16): 1.6x slower than f32 at batch 16
+                // (docs/benchmarks.md, 2026-12-05). Also where CLIPSCOPE_AMX=0 turned
+                // AMX off.
                 tracing::warn!(
                     "this Intel CPU has AVX512-BF16 but no usable AMX: --precision bf16 \
                      halves the weights' memory but runs slower than f32"

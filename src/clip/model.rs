@@ -30,8 +30,8 @@ pub enum Precision {
     /// The reference's arithmetic (the default).
     #[default]
     F32,
-    /// bfloat16: fast on CPUs with AMX, on AMD's with AVX512-BF16 and on GPUs; half the
-    /// weights' memory.
+    /// bfloat16: faster than f32 on AMD CPUs with AVX512-BF16 and on GPUs (AMX not yet
+    /// timed); half the weights' memory.
     Bf16,
     /// IEEE half precision: half the weights' memory; no faster on the CPU.
     F16,

@@ -16,10 +16,11 @@
 //! broadcast activations instead of 2 per 12: on an Intel Xeon (Emerald Rapids) the
 //! products of 800 rows ran 3-10% faster (`examples/panel_bench.rs`), the image encoder
 //! at batch 16 5% and the text encoder 8% (`bench/ab.sh`, ten alternated pairs, each
-//! won; docs/benchmarks.md). CPUs
-//! with AVX2 and FMA but not AVX-512 (most laptops, AMD before Zen 4) run a kernel of up
-//! to 6 rows by half a panel (12 of their 16 registers accumulate) that adds in the same
-//! order, so both give the same bits. Other CPUs run gemm once per panel.
+//! won; docs/benchmarks.md).
+//!
+//! CPUs with AVX2 and FMA but not AVX-512 (most laptops, AMD before Zen 4) run a kernel
+//! of up to 6 rows by half a panel (12 of their 16 registers accumulate) that adds in
+//! the same order, so both give the same bits. Other CPUs run gemm once per panel.
 //!
 //! The AVX2 kernel reads activations copied tile by tile, input-major (a tile's values
 //! of one input side by side), and takes the tiles of a panel in groups of
@@ -41,8 +42,8 @@ use crate::util::has_avx2_fma;
 /// Output columns per panel: two AVX-512 registers of f32.
 pub const PANEL: usize = 32;
 
-/// Rows of activations per micro-tile: 12 x 2 accumulators leave registers for the
-/// panel's two vectors.
+/// Rows of activations per AVX-512 micro-tile of a lone panel: 12 x 2 accumulators
+/// leave registers for the panel's two vectors.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MR: usize = 12;
 
@@ -79,7 +80,7 @@ const GROUP_TILES: usize = 10;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MR_PAIR: usize = 6;
 
-/// Below this many multiply-adds a product runs on one thread: handing panels to
+/// Below this many multiply-adds a product runs on one thread: handing tasks to
 /// rayon's workers costs more than it saves (a projection of one embedding).
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
@@ -131,7 +132,8 @@ pub fn matmul_onto(
 /// Which code multiplies by the panels on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// Up to 12 rows by a whole panel in AVX-512 registers.
+    /// Up to 6 rows by two panels side by side (a lone panel: 12 rows by it) in AVX-512
+    /// registers.
     Avx512,
     /// Up to 6 rows by half a panel in AVX2 registers with FMA; the same bits as
     /// [`Kernel::Avx512`].
@@ -161,10 +163,13 @@ impl Kernel {
         }
     }
 
-    /// Panels each task multiplies: two side by side on AVX-512, whose micro-tile
-    /// then loads 4 weight vectors per 6 broadcasts instead of 2 per 12; one otherwise.
-    fn panels_per_task(self) -> usize {
-        if self == Kernel::Avx512 {
+    /// Panels each task of a product with `panels` panels multiplies, on `threads`
+    /// threads: two side by side on AVX-512, whose micro-tile then loads 4 weight
+    /// vectors per 6 broadcasts instead of 2 per 12, unless that left a thread fewer
+    /// than two tasks (768 outputs on 16 threads); one otherwise. Either way every
+    /// output is summed alike.
+    fn panels_per_task(self, panels: usize, threads: usize) -> usize {
+        if self == Kernel::Avx512 && panels.div_ceil(2) >= 2 * threads {
             2
         } else {
             1
@@ -214,7 +219,8 @@ fn product_onto(
 }
 
 /// [`product_onto`] with the rows of `x` `lda` floats apart (`inputs` for gemm; for
-/// [`Kernel::Avx2`], `x` laid out by [`copy_tiles`]), every panel a task.
+/// [`Kernel::Avx2`], `x` laid out by [`copy_tiles`]), every panel or pair of panels
+/// ([`Kernel::panels_per_task`]) a task.
 #[allow(clippy::too_many_arguments)]
 fn panels_onto(
     kernel: Kernel,
@@ -235,9 +241,15 @@ fn panels_onto(
         "gemm reads rows inputs apart"
     );
     let out_ptr = crate::util::SharedOut(out.as_mut_ptr());
-    let span = kernel.panels_per_task();
     let panels = outputs.div_ceil(PANEL);
-    let panel = move |q: usize| {
+    let parallel = rows * inputs * outputs >= PARALLEL_MIN_WORK;
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let span = kernel.panels_per_task(panels, threads);
+    let task = move |q: usize| {
         let p = q * span;
         let cols = (span * PANEL).min(outputs - p * PANEL);
         let w = &w[p * inputs * PANEL..][..cols.div_ceil(PANEL) * inputs * PANEL];
@@ -246,13 +258,15 @@ fn panels_onto(
         let dst = out_ptr.at(p * PANEL);
         if kernel != Kernel::Gemm {
             // SAFETY: the CPU runs `kernel`; `x` holds `rows` rows `lda` apart (asserted
-            // above), `w` one panel, `out` `rows` rows of `outputs`.
+            // above), `w` the task's panels (two at most, on AVX-512 only), `out` `rows`
+            // rows of `outputs`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 panel_kernel(kernel, x, rows, inputs, lda, w, cols, dst, outputs)
             };
         } else {
-            // SAFETY: as above; from this panel's first column of row 0, `cols` columns
+            // SAFETY: as above (one panel: span is 1 for gemm); from this panel's first
+            // column of row 0, `cols` columns
             // of each of `rows` rows `outputs` apart lie in `out`.
             unsafe {
                 matmul_add_at(
@@ -266,10 +280,10 @@ fn panels_onto(
         }
     };
     let tasks = panels.div_ceil(span);
-    if rows * inputs * outputs < PARALLEL_MIN_WORK {
-        (0..tasks).for_each(panel);
+    if parallel {
+        (0..tasks).into_par_iter().for_each(task);
     } else {
-        (0..tasks).into_par_iter().for_each(panel);
+        (0..tasks).for_each(task);
     }
 }
 
@@ -408,6 +422,11 @@ unsafe fn panel_kernel(
     dst: *mut f32,
     ldc: usize,
 ) {
+    debug_assert!(
+        cols <= PANEL * if kernel == Kernel::Avx512 { 2 } else { 1 }
+            && w.len() >= cols.div_ceil(PANEL) * inputs * PANEL,
+        "a task's columns lie in its panels"
+    );
     if kernel == Kernel::Avx2 {
         // SAFETY: the caller's contract.
         unsafe { avx2_panel(x, rows, inputs, w, cols, dst, ldc) };
@@ -535,6 +554,7 @@ unsafe fn tile_of<const R: usize, const V: usize>(
     ldc: usize,
 ) {
     use std::arch::x86_64::*;
+    const { assert!(V % 2 == 0, "whole panels of two vectors") };
     // Lanes of each vector that hold real columns (the last panel may be partial);
     // masked lanes are neither read nor written, nor can they fault.
     let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
@@ -742,10 +762,12 @@ pub(crate) mod tests {
         // every AVX2 height (2 only alone), inputs past one and two partial sums; start
         // values that are not zero.
         // On AVX-512, pairs of panels in tiles of every height (1-6: rows 1, 2, 7, 13,
-        // 11, 50), their second panel partial (47, 80) or whole with a partial single
-        // panel after (70), beside a single panel alone (27, 9, 20).
+        // 11, 50), their second panel partial (47: one vector of 15 columns; 60: one and
+        // a half) or whole with a single panel after (70, 80, 96), beside a single
+        // panel alone (27, 9, 20).
         let shapes = [
             (1, 3, 1),
+            (5, 300, 60),
             (1, 40, 64),
             (2, 300, 27),
             (2, 300, 70),
@@ -790,6 +812,7 @@ pub(crate) mod tests {
         let shapes = [
             (1, 3, 1),
             (7, 300, 27),
+            (5, 300, 60),
             (13, 600, 47),
             (70, 96, 80),
             (9, 1024, 20),
@@ -826,7 +849,7 @@ pub(crate) mod tests {
             }
             let want = reference(&x, &w, &vec![0.0; rows * n], rows, k, n);
             for &kernel in &kernels {
-                if n > PANEL && kernel.panels_per_task() == 1 {
+                if n > PANEL && kernel != Kernel::Avx512 {
                     continue;
                 }
                 let guard = 12345.0f32;
