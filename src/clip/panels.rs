@@ -554,7 +554,7 @@ unsafe fn tile_of<const R: usize, const V: usize>(
     ldc: usize,
 ) {
     use std::arch::x86_64::*;
-    const { assert!(V % 2 == 0, "whole panels of two vectors") };
+    const { assert!(V.is_multiple_of(2), "whole panels of two vectors") };
     // Lanes of each vector that hold real columns (the last panel may be partial);
     // masked lanes are neither read nor written, nor can they fault.
     let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
