@@ -385,15 +385,17 @@ fn interleave<const H: usize>(rows: &[f32], inputs: usize, dst: &mut [f32]) {
     }
 }
 
-/// `$tile::<R>` on the arguments `$args` (a tuple) for the listed height `R` equal to
-/// `$rows`: each height is its own function, so that its accumulators stay in registers.
+/// `$call` with the constant `$R` set to `$rows`, one of the listed heights: each height
+/// is its own function, so that its accumulators stay in registers.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_height {
-    ($tile:ident, $rows:expr, [$($r:literal),*], $args:expr) => {{
-        let (a, k, lda, b, cols, c, ldc) = $args;
+    ($rows:expr, [$($r:literal),*], $R:ident => $call:expr) => {{
         match $rows {
-            $($r => $tile::<$r>(a, k, lda, b, cols, c, ldc),)*
-            rows => unreachable!("no tile of {rows} rows"),
+            $($r => {
+                const $R: usize = $r;
+                $call
+            })*
+            _ => unreachable!("no tile of that many rows"),
         }
     }};
 }
@@ -432,26 +434,18 @@ unsafe fn panel_kernel(
         unsafe { avx2_panel(x, rows, inputs, w, cols, dst, ldc) };
         return;
     }
-    if cols > PANEL {
-        for (start, h) in even_tiles(rows, MR_PAIR) {
-            let a = x[start * lda..].as_ptr();
-            let c = dst.wrapping_add(start * ldc);
-            // SAFETY: the tile's rows lie in x and dst, two panels in w (the caller's
-            // contract).
-            unsafe {
-                let args = (a, inputs, lda, w.as_ptr(), cols, c, ldc);
-                by_height!(tile_pair, h, [1, 2, 3, 4, 5, 6], args)
-            };
-        }
-        return;
-    }
-    for (start, h) in even_tiles(rows, MR) {
-        let a = x[start * lda..].as_ptr();
+    let pair = cols > PANEL;
+    for (start, h) in even_tiles(rows, if pair { MR_PAIR } else { MR }) {
+        let (a, b) = (x[start * lda..].as_ptr(), w.as_ptr());
         let c = dst.wrapping_add(start * ldc);
-        // SAFETY: the tile's rows lie in x and dst (the caller's contract).
+        // SAFETY: the tile's rows lie in x and dst, its one or two panels in w (the
+        // caller's contract).
         unsafe {
-            let args = (a, inputs, lda, w.as_ptr(), cols, c, ldc);
-            by_height!(tile, h, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], args)
+            if pair {
+                by_height!(h, [1, 2, 3, 4, 5, 6], R => tile::<R, 4>(a, inputs, lda, b, cols, c, ldc))
+            } else {
+                by_height!(h, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], R => tile::<R, 2>(a, inputs, lda, b, cols, c, ldc))
+            }
         };
     }
 }
@@ -485,53 +479,12 @@ unsafe fn avx2_panel(
                     // layout) and in dst; the block of the panel in w (the caller's
                     // contract).
                     unsafe {
-                        let args = (a, k, 0, b, cols - half, c, ldc);
-                        by_height!(avx2_tile, h, [1, 2, 3, 4, 5, 6], args)
+                        by_height!(h, [1, 2, 3, 4, 5, 6], R => avx2_tile::<R>(a, k, b, cols - half, c, ldc))
                     }
                 }
             }
         }
     }
-}
-
-/// `c[r][..cols] += a[r] · b` for `R` rows of `k` values of `a`, `lda` apart, and one
-/// panel `b`.
-///
-/// # Safety
-/// The CPU must have AVX-512F; `a` must hold `R` rows of `k` values, `lda` apart; `b` one
-/// panel of `k × PANEL`; `c` `R` rows of `cols` initialised floats, `ldc` apart.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize>(
-    a: *const f32,
-    k: usize,
-    lda: usize,
-    b: *const f32,
-    cols: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY: the caller's contract.
-    unsafe { tile_of::<R, 2>(a, k, lda, b, cols, c, ldc) }
-}
-
-/// [`tile`] on two adjacent panels at `b` (`k × PANEL` apart), `cols` up to 64.
-///
-/// # Safety
-/// As [`tile`], with two panels at `b`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_pair<const R: usize>(
-    a: *const f32,
-    k: usize,
-    lda: usize,
-    b: *const f32,
-    cols: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY: the caller's contract.
-    unsafe { tile_of::<R, 4>(a, k, lda, b, cols, c, ldc) }
 }
 
 /// `c[r][..cols] += a[r] · b` for `R` rows and `V` vectors of 16 columns: `V / 2` panels
@@ -543,8 +496,7 @@ unsafe fn tile_pair<const R: usize>(
 /// `V / 2` panels of `k × PANEL`; `c` `R` rows of `cols` initialised floats, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn tile_of<const R: usize, const V: usize>(
+unsafe fn tile<const R: usize, const V: usize>(
     a: *const f32,
     k: usize,
     lda: usize,
@@ -623,7 +575,6 @@ const MR_AVX2: usize = 6;
 unsafe fn avx2_tile<const R: usize>(
     a: *const f32,
     k: usize,
-    _lda: usize,
     b: *const f32,
     cols: usize,
     c: *mut f32,
