@@ -266,8 +266,8 @@ fn panels_onto(
             };
         } else {
             // SAFETY: as above (one panel: span is 1 for gemm); from this panel's first
-            // column of row 0, `cols` columns
-            // of each of `rows` rows `outputs` apart lie in `out`.
+            // column of row 0, `cols` columns of each of `rows` rows `outputs` apart lie
+            // in `out`.
             unsafe {
                 matmul_add_at(
                     Mat::new(x, rows, inputs),
