@@ -3,8 +3,8 @@
  *   gcc -O3 -funroll-loops -mavx2 -mfma -pthread bench/fma_peak.c -o /tmp/fma_peak
  *   gcc -O3 -funroll-loops -mavx512f -DWIDE -pthread bench/fma_peak.c -o /tmp/fma_peak
  *   gcc -O3 -funroll-loops -mavx512f -mavx512bf16 -DBF16 -pthread bench/fma_peak.c -o /tmp/bf16_peak
- *     (the same chains of `vdpbf16ps`, 32 bf16 products per lane pair: what bf16 gets
- *     on a CPU with AVX512-BF16 and no AMX)
+ *     (the same chains of `vdpbf16ps`, 32 bf16 products per instruction: what bf16
+ *     gets on a CPU with AVX512-BF16 and no AMX)
  *   /tmp/fma_peak 2        # threads; prints each thread's GFLOP/s and the sum
  * docs/benchmarks.md compares the encoders' rates with it. */
 #include <immintrin.h>

@@ -5,9 +5,10 @@
 //! format and accumulates in f32, as `torch.autocast` does. On CPUs with AVX512-BF16
 //! (Intel Cooper Lake and Sapphire Rapids, AMD Zen 4 and later) bf16 products run on
 //! `vdpbf16ps`, which multiplies pairs of bf16 values into f32 sums and reads half the
-//! bytes: on AMD's Zen 4 and 5 at twice the rate of f32 arithmetic, on an Intel
-//! Emerald Rapids at half of it (`bench/fma_peak.c -DBF16`; there bf16 is slower than
-//! f32 without AMX, and clipscope warns); elsewhere, and for f16, a portable loop
+//! bytes: on AMD's Zen 4 and 5 the bf16 encoders ran 1.6-2.6 times as fast as f32; on
+//! an Intel Emerald Rapids the instruction gave half the products per second of f32's
+//! (`bench/fma_peak.c -DBF16`), so there bf16 is slower than f32 without AMX, and
+//! clipscope warns; elsewhere, and for f16, a portable loop
 //! widens each panel to f32 (correct, half the weights' memory, not faster). Where the
 //! CPU has AMX tiles (Intel Sapphire Rapids and later) bf16 products run on them
 //! instead ([`super::amx`]), from the same panels.
