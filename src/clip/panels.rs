@@ -169,7 +169,17 @@ impl Kernel {
     /// than two tasks (768 outputs on 16 threads); one otherwise. Either way every
     /// output is summed alike.
     fn panels_per_task(self, panels: usize, threads: usize) -> usize {
-        if self == Kernel::Avx512 && panels.div_ceil(2) >= 2 * threads {
+        let most = self.most_panels_per_task();
+        if most > 1 && panels.div_ceil(most) >= 2 * threads {
+            most
+        } else {
+            1
+        }
+    }
+
+    /// The most panels one task of this kernel multiplies side by side.
+    fn most_panels_per_task(self) -> usize {
+        if self == Kernel::Avx512 {
             2
         } else {
             1
@@ -425,7 +435,7 @@ unsafe fn panel_kernel(
     ldc: usize,
 ) {
     debug_assert!(
-        cols <= PANEL * if kernel == Kernel::Avx512 { 2 } else { 1 }
+        cols <= PANEL * kernel.most_panels_per_task()
             && w.len() >= cols.div_ceil(PANEL) * inputs * PANEL,
         "a task's columns lie in its panels"
     );
@@ -529,7 +539,7 @@ unsafe fn tile<const R: usize, const V: usize>(
             // and a (the caller's contract).
             unsafe {
                 for p in 0..V / 2 {
-                    let ahead = b.wrapping_add(p * k * PANEL + (kk + PREFETCH_INPUTS) * PANEL);
+                    let ahead = b.wrapping_add(column(2 * p) + (kk + PREFETCH_INPUTS) * PANEL);
                     _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16) as *const i8);
                 }
@@ -804,7 +814,7 @@ pub(crate) mod tests {
             }
             let want = reference(&x, &w, &vec![0.0; rows * n], rows, k, n);
             for &kernel in &kernels {
-                if n > PANEL && kernel != Kernel::Avx512 {
+                if n > PANEL * kernel.most_panels_per_task() {
                     continue;
                 }
                 let guard = 12345.0f32;
