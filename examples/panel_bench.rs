@@ -3,6 +3,10 @@
 //! huge-page memory (what the CPU dense layers used before), interleaved, medians.
 //!
 //!     RAYON_NUM_THREADS=2 cargo run --release --example panel_bench [ITERS]
+//!
+//! `PANEL_SHAPES=120x768x2304,800x768x2304` times those (rows x inputs x outputs)
+//! instead; `PANEL_OFFSET=2` starts the packed weights 2 floats past a cache line (a
+//! prepared-weights file's data begins 8 bytes into one).
 use clipscope::clip::panels;
 use std::time::Instant;
 
@@ -65,16 +69,62 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A copy of `values` starting `offset` floats past a 64-byte cache line (the
+/// allocator's own placement of a large vector is 16 bytes past a page).
+fn at_line_offset(values: &[f32], offset: usize) -> AlignedCopy {
+    let mut buf = vec![0f32; values.len() + 16];
+    let skew = (buf.as_ptr() as usize / 4) % 16;
+    let start = (16 + offset - skew) % 16;
+    buf[start..start + values.len()].copy_from_slice(values);
+    AlignedCopy {
+        buf,
+        start,
+        len: values.len(),
+    }
+}
+
+/// Values at a chosen place in a larger buffer.
+struct AlignedCopy {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for AlignedCopy {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.start..][..self.len]
+    }
+}
+
 fn main() {
     let iters: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
+    // Floats past a cache line where the packed weights start (`PANEL_OFFSET=2` is a
+    // prepared store whose data begins 8 bytes into a line).
+    let line_offset: usize = std::env::var("PANEL_OFFSET")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(0, |o: usize| o % 16);
     println!(
         "{:>18}  {:>14}  {:>14}  ratio",
         "rows x in x out", "gemm GFLOP/s", "panels GFLOP/s"
     );
-    for (m, k, n) in SHAPES {
+    // `PANEL_SHAPES=120x768x2304,800x768x2304` times other shapes.
+    let shapes: Vec<(usize, usize, usize)> = std::env::var("PANEL_SHAPES").map_or_else(
+        |_| SHAPES.to_vec(),
+        |list| {
+            list.split(',')
+                .filter_map(|s| {
+                    let d: Vec<usize> = s.split('x').filter_map(|d| d.parse().ok()).collect();
+                    (d.len() == 3).then(|| (d[0], d[1], d[2]))
+                })
+                .collect()
+        },
+    );
+    for (m, k, n) in shapes {
         let x = values(m * k, 1);
         let w = values(n * k, 2); // PyTorch's (out, in)
         let mut w_t = clipscope::util::zeroed_floats(k * n); // huge pages, as the old load
@@ -83,7 +133,7 @@ fn main() {
                 w_t[i * n + o] = w[o * k + i];
             }
         }
-        let packed = panels::pack(&w, n, k);
+        let packed = at_line_offset(&panels::pack(&w, n, k), line_offset);
         let (mut y0, mut y1) = (vec![0f32; m * n], vec![0f32; m * n]);
         let (mut t0, mut t1) = (Vec::new(), Vec::new());
         for _ in 0..iters {
