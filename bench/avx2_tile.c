@@ -1,11 +1,13 @@
 /* How fast the AVX2 panel kernel's 6 x 16 micro-tile can run on one core, and what the
- * product around it costs: the same loop as `avx2_tile` in src/clip/panels.rs (one
- * prefetch of the half panel 8 inputs ahead, its two vectors, six broadcasts, twelve
- * FMAs per input; blocks of 256 inputs added to the output) in three settings.
+ * product around it costs: the loop of `avx2_tile` in src/clip/panels.rs as it was
+ * before it prefetched its activations (one prefetch of the half panel 8 inputs ahead,
+ * its two vectors, six broadcasts, twelve FMAs per input; blocks of 256 inputs added to
+ * the output; -DPREFETCH_A=16 adds the activation prefetch clipscope now has).
  *   gcc -O3 -mavx2 -mfma bench/avx2_tile.c -o /tmp/avx2_tile
  *   /tmp/avx2_tile l1                 one tile, its activations and half panel in L1
- *   /tmp/avx2_tile l2                 10 tiles (60 KiB of activations from L2), a half
- *                                     panel of 40 in turn (1.3 MiB of weights in L2)
+ *   /tmp/avx2_tile l2                 (the default) 10 tiles (60 KiB of activations from
+ *                                     L2) against 40 blocks of a panel in turn, each as
+ *                                     two halves (1.25 MiB of weights in L2)
  *   /tmp/avx2_tile product 800 768 3072          ViT's fc1 at batch 16 as clipscope runs
  *                                                it: a panel at a time, groups of 10 tiles,
  *                                                outputs row-major (`ldc` = outputs)
@@ -17,10 +19,11 @@
  *   /tmp/avx2_tile copied 800 768 3072           each panel's outputs copied into a
  *                                                compact buffer, multiplied there and
  *                                                copied back
- *   gcc ... -DPREFETCH_A=16                      also prefetch the activations 16 inputs
- *                                                ahead in the micro-tile
- * One thread; prints GFLOP/s (best of 20 products, or of one long run). Compare with
- * `bench/fma_peak.c`'s AVX2 rate per thread. docs/benchmarks.md has the figures. */
+ * ROWS is rounded down to whole tiles of 6 (800 -> 798; clipscope splits 800 rows evenly
+ * into 134 tiles). One thread; prints GFLOP/s (best of 20 products, or of one long run).
+ * Compare with `bench/fma_peak.c`'s AVX2 rate per thread. docs/benchmarks.md has the
+ * figures. */
+#define _POSIX_C_SOURCE 199309L
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,8 +41,18 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+#ifndef PREFETCH_A
+#define A_PAD 0
+#else
+#define A_PAD (PREFETCH_A * MR) /* the activation prefetch reads this far past a tile */
+#endif
+
 static float *filled(size_t n, int mod) {
     float *p = aligned_alloc(64, (n * 4 + 63) / 64 * 64);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
     for (size_t i = 0; i < n; i++) p[i] = 1e-3f * (float)(i % mod);
     return p;
 }
@@ -72,7 +85,7 @@ __attribute__((noinline)) static void tile(const float *a, int k, const float *b
 
 /* Tiles of `tiles` x 6 rows against half panels of `blocks` blocks of KC inputs in turn. */
 static double in_cache(int tiles, int blocks) {
-    float *a = filled((size_t)MR * KC * tiles, 7), *b = filled((size_t)KC * PANEL * blocks + 1024, 5);
+    float *a = filled((size_t)MR * KC * tiles + A_PAD, 7), *b = filled((size_t)KC * PANEL * blocks + 1024, 5);
     float *c = filled((size_t)MR * PANEL * tiles, 3);
     long reps = 400000000L / (KC * tiles);
     double t = now();
@@ -93,7 +106,7 @@ static double product(int rows, int inputs, int outputs, enum layout layout) {
     int tiles = rows / MR;
     rows = tiles * MR;
     long ldc = layout == PADDED ? outputs + 16 : outputs;
-    float *a = filled((size_t)rows * inputs, 7), *w = filled((size_t)inputs * outputs + 256, 5);
+    float *a = filled((size_t)rows * inputs + A_PAD, 7), *w = filled((size_t)inputs * outputs + 256, 5);
     float *c = filled((size_t)rows * ldc, 3), *scratch = filled((size_t)rows * PANEL, 3);
     double best = 1e9;
     for (int rep = 0; rep < 20; rep++) {
@@ -143,8 +156,8 @@ int main(int argc, char **argv) {
             fprintf(stderr, "rows >= 6, inputs a multiple of 256, outputs of 32\n");
             return 2;
         }
-        printf("%s %d x %d x %d: %.1f GFLOP/s\n", mode, rows, inputs, outputs,
-               product(rows, inputs, outputs, (enum layout)l));
+        double rate = product(rows, inputs, outputs, (enum layout)l);
+        printf("%s %d x %d x %d: %.1f GFLOP/s\n", mode, rows / MR * MR, inputs, outputs, rate);
         return 0;
     }
     fprintf(stderr, "usage: avx2_tile l1 | l2 | product|panel-major|padded|copied ROWS INPUTS OUTPUTS\n");

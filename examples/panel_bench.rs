@@ -5,8 +5,8 @@
 //!     RAYON_NUM_THREADS=2 cargo run --release --example panel_bench [ITERS]
 //!
 //! `PANEL_SHAPES=120x768x2304,800x768x2304` times those (rows x inputs x outputs)
-//! instead; `PANEL_OFFSET=2` starts the packed weights 2 floats past a cache line (a
-//! prepared-weights file's data begins 8 bytes into one).
+//! instead; `PANEL_OFFSET=2` (0 to 15) moves the packed weights to 2 floats past a cache
+//! line (a prepared-weights file's data begins 8 bytes into one).
 use clipscope::clip::panels;
 use std::time::Instant;
 
@@ -69,10 +69,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A copy of `values` starting `offset` floats past a 64-byte cache line (the
-/// allocator's own placement of a large vector is 16 bytes past a page).
+/// A copy of `values` starting `offset` floats past a 64-byte cache line, in huge pages
+/// where the system gives them (as [`panels::pack`]'s own buffer).
 fn at_line_offset(values: &[f32], offset: usize) -> AlignedCopy {
-    let mut buf = vec![0f32; values.len() + 16];
+    let mut buf = clipscope::util::zeroed_floats(values.len() + 16);
     let skew = (buf.as_ptr() as usize / 4) % 16;
     let start = (16 + offset - skew) % 16;
     buf[start..start + values.len()].copy_from_slice(values);
@@ -97,32 +97,53 @@ impl std::ops::Deref for AlignedCopy {
     }
 }
 
+/// `PANEL_SHAPES` as `(rows, inputs, outputs)`, or a message naming the entry at fault.
+fn parse_shapes(list: &str) -> Result<Vec<(usize, usize, usize)>, String> {
+    list.split(',')
+        .map(|entry| {
+            let dims: Option<Vec<usize>> = entry
+                .trim()
+                .split('x')
+                .map(|d| d.parse().ok().filter(|&d: &usize| d > 0))
+                .collect();
+            match dims.as_deref() {
+                Some(&[m, k, n]) => Ok((m, k, n)),
+                _ => Err(format!(
+                    "PANEL_SHAPES: {entry:?} is not ROWSxINPUTSxOUTPUTS (positive integers)"
+                )),
+            }
+        })
+        .collect()
+}
+
 fn main() {
     let iters: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
     // Floats past a cache line where the packed weights start (`PANEL_OFFSET=2` is a
-    // prepared store whose data begins 8 bytes into a line).
-    let line_offset: usize = std::env::var("PANEL_OFFSET")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(0, |o: usize| o % 16);
+    // prepared store whose data begins 8 bytes into a line); unset, the weights stay
+    // where `panels::pack` put them.
+    let line_offset: Option<usize> = match std::env::var("PANEL_OFFSET") {
+        Ok(s) => match s.parse() {
+            Ok(o) if o < 16 => Some(o),
+            _ => {
+                eprintln!("panel_bench: PANEL_OFFSET={s:?} is not a number of floats from 0 to 15");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => None,
+    };
+    let shapes = match std::env::var("PANEL_SHAPES") {
+        Ok(list) => parse_shapes(&list).unwrap_or_else(|e| {
+            eprintln!("panel_bench: {e}");
+            std::process::exit(2);
+        }),
+        Err(_) => SHAPES.to_vec(),
+    };
     println!(
         "{:>18}  {:>14}  {:>14}  ratio",
         "rows x in x out", "gemm GFLOP/s", "panels GFLOP/s"
-    );
-    // `PANEL_SHAPES=120x768x2304,800x768x2304` times other shapes.
-    let shapes: Vec<(usize, usize, usize)> = std::env::var("PANEL_SHAPES").map_or_else(
-        |_| SHAPES.to_vec(),
-        |list| {
-            list.split(',')
-                .filter_map(|s| {
-                    let d: Vec<usize> = s.split('x').filter_map(|d| d.parse().ok()).collect();
-                    (d.len() == 3).then(|| (d[0], d[1], d[2]))
-                })
-                .collect()
-        },
     );
     for (m, k, n) in shapes {
         let x = values(m * k, 1);
@@ -133,7 +154,9 @@ fn main() {
                 w_t[i * n + o] = w[o * k + i];
             }
         }
-        let packed = at_line_offset(&panels::pack(&w, n, k), line_offset);
+        let packed = panels::pack(&w, n, k);
+        let moved = line_offset.map(|o| at_line_offset(&packed, o));
+        let packed: &[f32] = moved.as_deref().unwrap_or(&packed);
         let (mut y0, mut y1) = (vec![0f32; m * n], vec![0f32; m * n]);
         let (mut t0, mut t1) = (Vec::new(), Vec::new());
         for _ in 0..iters {
@@ -141,7 +164,7 @@ fn main() {
             gemm_onto(&x, &w_t, &mut y0, (m, k, n));
             t0.push(s.elapsed().as_secs_f64());
             let s = Instant::now();
-            panels::matmul_onto(&packed, k, n, &x, m, &mut y1);
+            panels::matmul_onto(packed, k, n, &x, m, &mut y1);
             t1.push(s.elapsed().as_secs_f64());
         }
         let flop = 2.0 * (m * k * n) as f64 / 1e9;

@@ -60,9 +60,10 @@ const KC: usize = 256;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_INPUTS: usize = 8;
 
-/// Inputs ahead whose activations the AVX2 micro-tile fetches into the L1 cache: its
-/// group of tiles (60 KiB per block of [`KC`] inputs) is read from L2, one tile after
-/// another, and 16 inputs ahead (a few lines) beat the hardware's prefetcher by a little.
+/// Inputs ahead whose activations the AVX2 micro-tile fetches into the L1 cache (`R`
+/// cache lines ahead for a tile of `R` rows; near a block's end, its next block's): a
+/// group's tiles (60 KiB per block of [`KC`] inputs) are read from L2, and the
+/// hardware's prefetcher alone left the kernel waiting on them a little.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_TILE_INPUTS: usize = 16;
 
@@ -630,8 +631,10 @@ unsafe fn avx2_tile<const R: usize>(
             // and on an Intel Xeon kept to AVX2 the prefetch took 6% off the encoder.
             let ahead = b.wrapping_add((kk + PREFETCH_INPUTS) * PANEL) as *const i8;
             _mm_prefetch::<_MM_HINT_T0>(ahead);
-            // The tile's activations of a later input, which stream from L2: 2.6% off
-            // the image encoder at batch 16 on the Xeon kept to AVX2.
+            // The tile's activations of a later input, which stream from L2: about 3%
+            // off the image encoder at batch 16 on the Xeon kept to AVX2. The address
+            // may lie past the tile's values (wrapping_add claims nothing of it), and a
+            // prefetch never faults.
             _mm_prefetch::<_MM_HINT_T0>(
                 a.wrapping_add((kk + PREFETCH_TILE_INPUTS) * R) as *const i8
             );
