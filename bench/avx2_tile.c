@@ -2,7 +2,8 @@
  * product around it costs: the loop of `avx2_tile` in src/clip/panels.rs as it was
  * before it prefetched its activations (one prefetch of the half panel 8 inputs ahead,
  * its two vectors, six broadcasts, twelve FMAs per input; blocks of 256 inputs added to
- * the output; -DPREFETCH_A=16 adds the activation prefetch clipscope now has).
+ * the output; -DPREFETCH_A=16 adds the activation prefetch clipscope now has, -DKC=384
+ * another block length than clipscope's 256, which every kernel shares for its bits).
  *   gcc -O3 -mavx2 -mfma bench/avx2_tile.c -o /tmp/avx2_tile
  *   /tmp/avx2_tile l1                 one tile, its activations and half panel in L1
  *   /tmp/avx2_tile l2                 (the default) 10 tiles (60 KiB of activations from
@@ -31,7 +32,9 @@
 #include <time.h>
 
 #define PANEL 32
+#ifndef KC
 #define KC 256
+#endif
 #define MR 6
 #define GROUP 10
 
