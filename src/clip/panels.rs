@@ -412,7 +412,7 @@ macro_rules! by_height {
                 const $R: usize = $r;
                 $call
             })*
-            _ => unreachable!("no tile of that many rows"),
+            rows => unreachable!("no tile of {rows} rows"),
         }
     }};
 }
