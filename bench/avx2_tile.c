@@ -20,16 +20,23 @@
  *   /tmp/avx2_tile copied 800 768 3072           each panel's outputs copied into a
  *                                                compact buffer, multiplied there and
  *                                                copied back
+ *   /tmp/avx2_tile group-outer 800 768 3072      row-major outputs, every panel for one
+ *                                                group of 10 tiles before the next group
+ *                                                (the order of BLAS libraries' loops)
+ * -DLOADS_FIRST reads all of a tile's outputs before writing any (rows 12 KiB apart alias
+ * in the store buffer's 4 KiB check); -DHUGE asks for huge pages for every buffer.
  * ROWS is rounded down to whole tiles of 6 (800 -> 798; clipscope splits 800 rows evenly
  * into 134 tiles). One thread; prints GFLOP/s (best of 20 products, or of one long run).
  * Compare with `bench/fma_peak.c`'s AVX2 rate per thread. docs/benchmarks.md has the
  * figures. */
+#define _DEFAULT_SOURCE
 #define _POSIX_C_SOURCE 199309L
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 
 #define PANEL 32
 #ifndef KC
@@ -51,7 +58,13 @@ static double now(void) {
 #endif
 
 static float *filled(size_t n, int mod) {
+#ifdef HUGE
+    size_t bytes = (n * 4 + (2 << 20) - 1) / (2 << 20) * (2 << 20);
+    float *p = aligned_alloc(2 << 20, bytes);
+    if (p) madvise(p, bytes, MADV_HUGEPAGE);
+#else
     float *p = aligned_alloc(64, (n * 4 + 63) / 64 * 64);
+#endif
     if (!p) {
         fprintf(stderr, "out of memory\n");
         exit(1);
@@ -80,10 +93,21 @@ __attribute__((noinline)) static void tile(const float *a, int k, const float *b
             acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
         }
     }
+#ifdef LOADS_FIRST
+    for (int r = 0; r < MR; r++) {
+        acc[r][0] = _mm256_add_ps(_mm256_loadu_ps(c + r * ldc), acc[r][0]);
+        acc[r][1] = _mm256_add_ps(_mm256_loadu_ps(c + r * ldc + 8), acc[r][1]);
+    }
+    for (int r = 0; r < MR; r++) {
+        _mm256_storeu_ps(c + r * ldc, acc[r][0]);
+        _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+    }
+#else
     for (int r = 0; r < MR; r++) {
         _mm256_storeu_ps(c + r * ldc, _mm256_add_ps(_mm256_loadu_ps(c + r * ldc), acc[r][0]));
         _mm256_storeu_ps(c + r * ldc + 8, _mm256_add_ps(_mm256_loadu_ps(c + r * ldc + 8), acc[r][1]));
     }
+#endif
 }
 
 /* Tiles of `tiles` x 6 rows against half panels of `blocks` blocks of KC inputs in turn. */
@@ -102,7 +126,7 @@ static double in_cache(int tiles, int blocks) {
     return 2.0 * MR * 16 * KC * tiles * 2 * reps / t / 1e9;
 }
 
-enum layout { ROW_MAJOR, PANEL_MAJOR, PADDED, COPIED };
+enum layout { ROW_MAJOR, PANEL_MAJOR, PADDED, COPIED, GROUP_OUTER };
 
 /* rows x inputs (tile-major activations) times inputs x outputs in panels. */
 static double product(int rows, int inputs, int outputs, enum layout layout) {
@@ -114,6 +138,17 @@ static double product(int rows, int inputs, int outputs, enum layout layout) {
     double best = 1e9;
     for (int rep = 0; rep < 20; rep++) {
         double t = now();
+        if (layout == GROUP_OUTER) {
+            for (int g = 0; g < tiles; g += GROUP)
+                for (int p = 0; p < outputs / PANEL; p++) {
+                    const float *wp = w + (long)p * inputs * PANEL;
+                    for (int k0 = 0; k0 < inputs; k0 += KC)
+                        for (int half = 0; half < 2; half++)
+                            for (int i = g; i < g + GROUP && i < tiles; i++)
+                                tile(a + (long)i * MR * inputs + k0 * MR, KC, wp + k0 * PANEL + half * 16,
+                                     c + (long)i * MR * ldc + p * PANEL + half * 16, ldc);
+                }
+        } else
         for (int p = 0; p < outputs / PANEL; p++) {
             const float *wp = w + (long)p * inputs * PANEL;
             if (layout == COPIED)
@@ -143,7 +178,7 @@ static double product(int rows, int inputs, int outputs, enum layout layout) {
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "l2";
-    const char *layouts[] = {"product", "panel-major", "padded", "copied"};
+    const char *layouts[] = {"product", "panel-major", "padded", "copied", "group-outer"};
     if (!strcmp(mode, "l1")) {
         printf("l1: %.1f GFLOP/s\n", in_cache(1, 1));
         return 0;
@@ -152,7 +187,7 @@ int main(int argc, char **argv) {
         printf("l2: %.1f GFLOP/s\n", in_cache(GROUP, 40));
         return 0;
     }
-    for (int l = 0; l < 4; l++) {
+    for (int l = 0; l < 5; l++) {
         if (strcmp(mode, layouts[l]) || argc != 5) continue;
         int rows = atoi(argv[2]), inputs = atoi(argv[3]), outputs = atoi(argv[4]);
         if (rows < MR || inputs <= 0 || inputs % KC || outputs <= 0 || outputs % PANEL) {

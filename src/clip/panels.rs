@@ -60,6 +60,13 @@ const KC: usize = 256;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_INPUTS: usize = 8;
 
+/// Inputs ahead whose panel row the AVX2 micro-tile fetches into the L1 cache: twice
+/// [`PREFETCH_INPUTS`], as the AVX2 tile takes half as long per input; on an Intel Xeon
+/// kept to AVX2 (`bench/ab.sh`, two runs of 8 pairs) the image encoder at batch 1 took
+/// 0-2% less time and the text encoder 5% less than at 8 inputs, and 1-2% less than at 32.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const PREFETCH_ROW_INPUTS_AVX2: usize = 16;
+
 /// Inputs ahead whose activations the AVX2 micro-tile fetches into the L1 cache (`R`
 /// cache lines ahead for a tile of `R` rows; near a block's end, its next block's): a
 /// group's tiles (60 KiB per block of [`KC`] inputs) are read from L2, and the
@@ -489,6 +496,9 @@ unsafe fn avx2_panel(
             let k = KC.min(inputs - k0);
             for half in (0..cols).step_by(16) {
                 let b = w[k0 * PANEL + half..].as_ptr();
+                // Floats from a value of this half of the panel to the same input's value
+                // in the other half.
+                let other_half = if half == 0 { 16 } else { -16 };
                 for &(start, h) in group {
                     let a = x[start * inputs + k0 * h..].as_ptr();
                     let c = dst.wrapping_add(start * ldc + half);
@@ -496,7 +506,7 @@ unsafe fn avx2_panel(
                     // layout) and in dst; the block of the panel in w (the caller's
                     // contract).
                     unsafe {
-                        by_height!(h, [1, 2, 3, 4, 5, 6], R => avx2_tile::<R>(a, k, b, cols - half, c, ldc))
+                        by_height!(h, [1, 2, 3, 4, 5, 6], R => avx2_tile::<R>(a, k, b, other_half, cols - half, c, ldc))
                     }
                 }
             }
@@ -582,7 +592,9 @@ const MR_AVX2: usize = 6;
 /// `c[r][..cols] += Σ a[kk][r] · b[kk]` over `k` inputs for the `R` rows of a tile laid
 /// out input-major ([`copy_tiles`]) and 16 columns of a panel `b` (its rows [`PANEL`]
 /// apart), of which the first `cols` are outputs: one block of [`KC`] inputs of half a
-/// panel, summed by the same fused multiply-adds as [`tile`]'s.
+/// panel, summed by the same fused multiply-adds as [`tile`]'s. `other_half` is the
+/// offset from a value of `b` to the same input's in the panel's other half (only
+/// prefetched, never read).
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA; `a` must hold `k × R` values; `b` `k` rows of 16
@@ -593,6 +605,7 @@ unsafe fn avx2_tile<const R: usize>(
     a: *const f32,
     k: usize,
     b: *const f32,
+    other_half: isize,
     cols: usize,
     c: *mut f32,
     ldc: usize,
@@ -627,10 +640,15 @@ unsafe fn avx2_tile<const R: usize>(
         // SAFETY: input kk's 16 values of the half panel and the tile's R values of
         // input kk lie in b and a (the caller's contract).
         unsafe {
-            // The half panel's line a few inputs ahead: at batch 1 it streams from memory,
-            // and on an Intel Xeon kept to AVX2 the prefetch took 6% off the encoder.
-            let ahead = b.wrapping_add((kk + PREFETCH_INPUTS) * PANEL) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            // The panel's row a few inputs ahead, this half's line and the other's: at
+            // batch 1 the panel streams from memory, and on an Intel Xeon kept to AVX2
+            // the first prefetch took 6% off the encoder. The second (the other half's
+            // line, for the group's next pass; a row fills two lines where the values
+            // start on a line, as in a prepared store) took 3% more off, where without
+            // it aligned rows had cost 5%.
+            let ahead = b.wrapping_add((kk + PREFETCH_ROW_INPUTS_AVX2) * PANEL);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_offset(other_half) as *const i8);
             // The tile's activations of a later input, which stream from L2: about 3%
             // off the image encoder at batch 16 on the Xeon kept to AVX2. The address
             // may lie past the tile's values (wrapping_add claims nothing of it), and a
