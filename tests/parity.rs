@@ -433,8 +433,7 @@ fn prepared_weights_give_the_embeddings_of_the_weights_file_bit_for_bit() {
     let mapped = tiny_files_preparing(&model, store.path())
         .load(candle_core::Device::Cpu)
         .unwrap();
-    // Used again and again, each layer's weight moves from the map into owned memory
-    // (after three uses) with the same values.
+    // Used again and again, the mapped weights give the same values.
     for _ in 0..4 {
         assert_eq!(embeddings(&mapped), plain);
     }

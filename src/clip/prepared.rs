@@ -21,14 +21,20 @@ use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use memmap2::Mmap;
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use sha2::{Digest, Sha256};
 
 use super::ClipError;
 
 /// Recorded in every store; change it when the layout of a prepared weight changes.
-pub const FORMAT: &str = "clipscope-prepared-2";
+pub const FORMAT: &str = "clipscope-prepared-3";
+
+/// Where a store's values begin, and each tensor's after them: a cache-line boundary,
+/// so that no vector load of a panel's row (two 64-byte halves on AVX2) spans two lines.
+/// safetensors pads its header to 8 bytes only, which started the values 8 bytes into a
+/// line; on the line, with the AVX2 kernel fetching a row's other half ahead, the image
+/// encoder at batch 1 took 3% less time on an Intel Xeon kept to AVX2.
+const DATA_ALIGN: usize = 64;
 
 /// Weights files below this size are not prepared: they load in milliseconds.
 pub const MIN_SOURCE_BYTES: u64 = 32 << 20;
@@ -211,18 +217,6 @@ impl PreparedStore {
             path: self.path.clone(),
             message,
         };
-        let views = made
-            .iter()
-            .map(|m| {
-                // SAFETY: the bytes of live f32 values, little-endian on this machine.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(m.values.as_ptr().cast::<u8>(), m.values.len() * 4)
-                };
-                let view = TensorView::new(Dtype::F32, m.shape.clone(), bytes);
-                view.map(|v| (m.name.as_str(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| failed(format!("preparing weights: {e}")))?;
         let io = |source| ClipError::Io {
             path: self.path.clone(),
             source,
@@ -233,7 +227,7 @@ impl PreparedStore {
         let tmp = self
             .path
             .with_extension(format!("tmp-{}", std::process::id()));
-        let written = safetensors::serialize_to_file(views, Some(self.stamp.metadata()), &tmp)
+        let written = write_store(&tmp, &made, self.stamp.metadata())
             .map_err(|e| failed(format!("writing prepared weights: {e}")))
             .and_then(|()| std::fs::rename(&tmp, &self.path).map_err(io));
         if written.is_err() {
@@ -242,6 +236,44 @@ impl PreparedStore {
         written?;
         Ok(Some(std::fs::metadata(&self.path).map_err(io)?.len()))
     }
+}
+
+/// Write `made` as a safetensors file at `path` whose values start on a [`DATA_ALIGN`]
+/// boundary, as do those of every tensor whose predecessors fill whole lines.
+fn write_store(
+    path: &Path,
+    made: &[Made],
+    metadata: HashMap<String, String>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes = |m: &Made| -> &[u8] {
+        // SAFETY: the bytes of live f32 values, little-endian on this machine (stores
+        // are not written on big-endian ones).
+        unsafe { std::slice::from_raw_parts(m.values.as_ptr().cast::<u8>(), m.values.len() * 4) }
+    };
+    // Tensors of whole lines first (every panel weight is), so that each starts on one.
+    let mut order: Vec<&Made> = made.iter().collect();
+    order.sort_by_key(|m| bytes(m).len() % DATA_ALIGN != 0);
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
+    let mut offset = 0;
+    for m in &order {
+        let end = offset + bytes(m).len();
+        let entry =
+            serde_json::json!({"dtype": "F32", "shape": m.shape, "data_offsets": [offset, end]});
+        header.insert(m.name.clone(), entry);
+        offset = end;
+    }
+    let mut header = serde_json::to_string(&header)?.into_bytes();
+    // Padded with spaces, as safetensors pads its own headers.
+    header.resize((8 + header.len()).next_multiple_of(DATA_ALIGN) - 8, b' ');
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
+    for m in order {
+        out.write_all(bytes(m))?;
+    }
+    out.flush()
 }
 
 /// A weight the load made, to save.
@@ -308,4 +340,54 @@ fn map_store(path: &Path, stamp: Stamp) -> Option<Mapped> {
 struct Mapped {
     map: Arc<Mmap>,
     index: HashMap<String, (usize, Vec<usize>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn made(name: &str, shape: &[usize], first: f32) -> Made {
+        let n = shape.iter().product::<usize>();
+        Made {
+            name: name.into(),
+            values: Arc::new((0..n).map(|i| first + i as f32).collect()),
+            shape: shape.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_written_store_is_safetensors_with_values_on_cache_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.safetensors");
+        // A tensor of 3 floats between two of whole lines: written after them.
+        let tensors = [
+            made("a", &[2, 3, 32], 1.0),
+            made("odd", &[3], -5.0),
+            made("b", &[16, 4], 100.0),
+        ];
+        let meta = HashMap::from([("format".to_string(), FORMAT.to_string())]);
+        write_store(&path, &tensors, meta).unwrap();
+
+        let bytes = std::fs::read(&path).unwrap();
+        let (header, info) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!((8 + header) % DATA_ALIGN, 0, "values start on a line");
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for m in &tensors {
+            let view = st.tensor(&m.name).unwrap();
+            assert_eq!(view.dtype(), Dtype::F32);
+            assert_eq!(view.shape(), m.shape.as_slice());
+            let got: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(&got, m.values.as_ref());
+        }
+        for name in ["a", "b"] {
+            let start = 8 + header + info.tensors()[name].data_offsets.0;
+            assert_eq!(start % DATA_ALIGN, 0, "{name} starts on a line");
+        }
+        let meta = info.metadata().clone().unwrap();
+        assert_eq!(meta["format"], FORMAT);
+    }
 }
