@@ -6,7 +6,8 @@
 //!
 //! `PANEL_SHAPES=120x768x2304,800x768x2304` times those (rows x inputs x outputs)
 //! instead; `PANEL_OFFSET=2` (0 to 15) moves the packed weights to 2 floats past a cache
-//! line (a prepared-weights file's data begins 8 bytes into one).
+//! line (`PANEL_OFFSET=0` is a prepared store's layout since its format 3, where values
+//! start on a line; 2 was format 2's, 8 bytes into one).
 use clipscope::clip::panels;
 use std::time::Instant;
 
@@ -121,9 +122,9 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
-    // Floats past a cache line where the packed weights start (`PANEL_OFFSET=2` is a
-    // prepared store whose data begins 8 bytes into a line); unset, the weights stay
-    // where `panels::pack` put them.
+    // Floats past a cache line where the packed weights start (`PANEL_OFFSET=0` is a
+    // prepared store of format 3, 2 one of format 2); unset, the weights stay where
+    // `panels::pack` put them.
     let line_offset: Option<usize> = match std::env::var("PANEL_OFFSET") {
         Ok(s) => match s.parse() {
             Ok(o) if o < 16 => Some(o),

@@ -62,8 +62,9 @@ const PREFETCH_INPUTS: usize = 8;
 
 /// Inputs ahead whose panel row the AVX2 micro-tile fetches into the L1 cache: twice
 /// [`PREFETCH_INPUTS`], as the AVX2 tile takes half as long per input; on an Intel Xeon
-/// kept to AVX2 (`bench/ab.sh`, two runs of 8 pairs) the image encoder at batch 1 took
-/// 0-2% less time and the text encoder 5% less than at 8 inputs, and 1-2% less than at 32.
+/// kept to AVX2 (`bench/ab.sh`, two runs of 10 pairs) the image encoder at batch 1 took
+/// 0-2% less time and the text encoder 5% less than at 8 inputs, and 2% less than at 32
+/// (one run).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_ROW_INPUTS_AVX2: usize = 16;
 
@@ -644,8 +645,10 @@ unsafe fn avx2_tile<const R: usize>(
             // batch 1 the panel streams from memory, and on an Intel Xeon kept to AVX2
             // the first prefetch took 6% off the encoder. The second (the other half's
             // line, for the group's next pass; a row fills two lines where the values
-            // start on a line, as in a prepared store) took 3% more off, where without
-            // it aligned rows had cost 5%.
+            // start on a line, as in a prepared store): aligned rows with it took 3%
+            // off batch 1, without it they cost 5% (alone, on unaligned rows, 0.3%).
+            // In the second half's pass it mostly names lines the first pass has just
+            // read, which a prefetch finds in L1.
             let ahead = b.wrapping_add((kk + PREFETCH_ROW_INPUTS_AVX2) * PANEL);
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_offset(other_half) as *const i8);
