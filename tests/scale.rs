@@ -475,3 +475,29 @@ fn shard_auto_reads_the_schedulers_variables() {
     let bad = run(job.classify(&["--shard", "3/3"]));
     assert!(usage_error(&bad).contains("--shard 3/3: shard 3 is out of range"));
 }
+
+#[test]
+fn a_job_reports_each_failed_input_on_stderr_as_it_goes() {
+    let job = Job::new(FEW);
+    let broken = job.path("pictures").join("broken.png");
+    std::fs::write(&broken, b"not a picture").unwrap();
+    let mut images = job.images.clone();
+    images.push(broken.clone());
+    write_list(&job.list, &images);
+    let mut classify = job.classify(&["--output"]);
+    classify.arg(job.path("out.jsonl"));
+    let mut embed = clipscope(&job.cache());
+    embed
+        .args(["embed", "--inputs"])
+        .arg(&job.list)
+        .args(["--model-dir", &tiny(), "--output"])
+        .arg(job.path("embeddings"));
+    for cmd in [classify, embed] {
+        let out = run(cmd);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let line = format!("clipscope: error: {}", broken.display());
+        assert_eq!(err.matches(&line).count(), 1, "{err}");
+        assert!(err.contains("1 failed"), "{err}");
+    }
+}

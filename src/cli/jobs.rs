@@ -153,6 +153,7 @@ impl<'a> Job<'a> {
         let JobInputs { items, names, .. } = inputs;
         pipeline::embed_expanded(self.clip, items, self.opts, |i, outcome| {
             let result = classifier.result(names[i].clone(), outcome);
+            super::report_failures(result.error.as_deref().into_iter());
             file.push(&result, result.error.is_some())?;
             Ok::<(), anyhow::Error>(())
         })?;
@@ -172,7 +173,11 @@ impl<'a> Job<'a> {
         pipeline::embed_expanded(self.clip, items, self.opts, |i, outcome| {
             match outcome {
                 Ok(e) => shard.push(&names[i], Ok(&e))?,
-                Err(e) => shard.push(&names[i], Err(&e.to_string()))?,
+                Err(e) => {
+                    let error = e.to_string();
+                    super::report_failures(std::iter::once(error.as_str()));
+                    shard.push(&names[i], Err(&error))?
+                }
             }
             Ok::<(), anyhow::Error>(())
         })?;
