@@ -204,6 +204,19 @@ fn dash_reads_an_image_or_the_labels_from_standard_input() {
         .output()
         .unwrap();
     assert!(usage_error(&out).contains("cannot hold both"));
+
+    // Labels and an image both from standard input: refused before either is read.
+    let out = clipscope()
+        .args(["classify", "-", "--labels-file", "-"])
+        .args(["--model-dir", &tiny()])
+        .write_stdin("cat\n")
+        .output()
+        .unwrap();
+    assert!(
+        usage_error(&out).contains("standard input can feed only one"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]
@@ -585,10 +598,24 @@ fn words_the_demo_model_never_saw_are_named() {
     assert_success(&out);
     let err = stderr_of(&out);
     assert!(
-        err.contains("never seen these words") && err.contains(": cat"),
+        err.contains("never seen these words") && err.contains(": \"cat\""),
         "{err}"
     );
     assert!(!err.contains("circle"), "{err}");
+    // Punctuation is no part of a word, and texts to embed are checked as labels are.
+    let out = clipscope()
+        .args([
+            "embed",
+            "--model",
+            "demo",
+            "--text",
+            r#""cat, sitting",a red circle"#,
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let err = stderr_of(&out);
+    assert!(err.contains(r#": "cat", "sitting""#), "{err}");
     let out = classify(&[&image("chelsea.png"), "--labels", "cat,dog"]);
     assert!(
         !stderr_of(&out).contains("never seen"),

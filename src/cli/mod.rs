@@ -147,8 +147,8 @@ fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
     Ok(labels)
 }
 
-/// Warn about label words the model has no embedding for: such labels cannot be told
-/// apart.
+/// Warn about words of labels or texts the model has no embedding for: such labels
+/// cannot be told apart.
 fn warn_unknown_words(clip: &Clip, labels: &[String]) -> Result<()> {
     clip.warn_unknown(&clip.unknown_words_in(labels)?);
     Ok(())
@@ -242,6 +242,12 @@ fn answer(preds: &[clipscope::clip::Prediction], threshold: f64) -> String {
 fn classify(args: &ClassifyArgs) -> Result<u8> {
     if args.inputs.is_empty() && args.job.input_list.is_none() {
         bail!("no images: give image files or folders, - for one image on standard input, or --inputs LIST (one path a line)");
+    }
+    let dash = std::path::Path::new("-");
+    let images_from_stdin =
+        args.inputs.iter().any(|p| p == dash) || args.job.input_list.as_deref() == Some(dash);
+    if images_from_stdin && args.labels_file.as_deref() == Some(dash) {
+        bail!("--labels-file -: standard input can feed only one of `-`, --inputs - and --labels-file -; give the labels in a file or with --labels");
     }
     let labels = read_labels(args)?;
     let style = prompt_style(&args.prompt.template, args.prompt.ensemble.as_deref())?;
@@ -363,6 +369,8 @@ fn embed_texts(args: &EmbedArgs, text: &str) -> Result<u8> {
         bail!("--text: no texts given (separate them with commas; quote one that holds a comma)");
     }
     let clip = load_model(&args.model)?;
+    // As for labels: texts of unknown words all get the same embedding.
+    warn_unknown_words(&clip, &texts)?;
     let prompts: Vec<String> = texts.iter().flat_map(|t| style.prompts(t)).collect();
     let embeddings = clip.embed_texts(&prompts)?;
     let items = texts

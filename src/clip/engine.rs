@@ -448,7 +448,12 @@ impl Clip {
     /// a label made of unknown words like any other such label.
     pub fn unknown_words(&self, text: &str) -> Result<Vec<String>, ClipError> {
         let mut unknown = Vec::new();
-        for word in text.split_whitespace() {
+        // Punctuation is not part of the word: "cat," in "cat, sitting" is "cat".
+        let words = text
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c: char| c.is_ascii_punctuation()))
+            .filter(|w| !w.is_empty());
+        for word in words {
             let tokens = self.tokenizer.encode(word)?;
             let body = &tokens.ids[1..tokens.ids.len().saturating_sub(1)];
             let blank = self.model.blank_tokens(body)?;
@@ -479,7 +484,12 @@ impl Clip {
             tracing::warn!(
                 "{} has never seen these words, so they carry no meaning to it: {}",
                 self.name(),
-                words.join(", ")
+                // Quoted, so that the list's own commas stand apart.
+                words
+                    .iter()
+                    .map(|w| format!("\"{w}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
