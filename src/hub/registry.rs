@@ -95,7 +95,14 @@ impl Registry {
 
     /// Look a model up by name or alias (case-insensitive).
     pub fn find(&self, name: &str) -> Result<&ModelEntry, HubError> {
-        find_named(&self.models, name, |m| m.matches(name), |m| &m.name)
+        find_named(&self.models, name, |m| m.matches(name), |m| &m.name).map_err(|e| match e {
+            // The built-in model is no registry entry, but `--model` takes it too.
+            HubError::UnknownModel { name, known } => HubError::UnknownModel {
+                name,
+                known: format!("{} (built in), {known}", super::DEMO_MODEL),
+            },
+            other => other,
+        })
     }
 
     /// Pretrained weights for a CNN architecture.
