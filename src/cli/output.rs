@@ -131,7 +131,7 @@ pub fn write_classify(
                 write!(out, "  prompts {p}")?;
             }
             match report.abstain {
-                Some(p) => writeln!(out, "  abstain below {:.2}%", p * 100.0)?,
+                Some(p) => writeln!(out, "  abstain below {}%", threshold_percent(p))?,
                 None => writeln!(out)?,
             }
             for r in &report.results {
@@ -242,4 +242,25 @@ fn write_embed_text(report: &EmbedReport, out: &mut dyn Write) -> std::io::Resul
         }
     }
     Ok(())
+}
+/// A probability threshold as a percentage with two decimals, or as many more (up to six)
+/// as it takes to show it: `--abstain 0.9999999` must not read "100.00%".
+fn threshold_percent(p: f64) -> String {
+    let six = format!("{:.6}", p * 100.0);
+    let (whole, decimals) = six.split_once('.').unwrap_or((&six, ""));
+    let kept = decimals.trim_end_matches('0');
+    format!("{whole}.{kept:0<2}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threshold_percent;
+
+    #[test]
+    fn thresholds_show_the_decimals_they_need() {
+        assert_eq!(threshold_percent(0.5), "50.00");
+        assert_eq!(threshold_percent(0.125), "12.50");
+        assert_eq!(threshold_percent(0.9999999), "99.99999");
+        assert_eq!(threshold_percent(1.0), "100.00");
+    }
 }
