@@ -169,7 +169,7 @@ mod tests {
         );
         let err = r.find("ViT-H/14").unwrap_err().to_string();
         assert!(
-            err.contains("ViT-H/14") && err.contains("ViT-B/32"),
+            err.contains("ViT-H/14") && err.contains("ViT-B/32") && err.contains("demo"),
             "{err}"
         );
     }
