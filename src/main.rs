@@ -22,13 +22,33 @@ fn default_sigpipe() {
     }
 }
 
+/// Help and version as clap prints them; a usage error as one `clipscope: error:` line,
+/// exit status 2, as every other error.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind::{
+        DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion,
+    };
+    if matches!(
+        e.kind(),
+        DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let message = cli::log::usage_error_message(&e.render().to_string());
+    eprintln!("{}", cli::log::error_line(&message));
+    ExitCode::from(cli::EXIT_ERROR)
+}
+
 fn main() -> ExitCode {
     default_sigpipe();
     if std::env::var_os(SPIN_LIMIT_VAR).is_none() {
         // Before any thread exists, so nothing reads the environment concurrently.
         std::env::set_var(SPIN_LIMIT_VAR, "0");
     }
-    let args = cli::args::Cli::parse();
+    let args = match cli::args::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return usage_error(e),
+    };
     if args
         .command
         .as_ref()

@@ -765,3 +765,23 @@ fn every_listed_device_and_precision_works_and_a_wrong_one_is_named() {
         stderr_of(&out)
     );
 }
+
+#[test]
+fn a_bad_flag_is_one_error_line_and_help_is_still_help() {
+    for args in [
+        &["classify", "x.png", "--format", "xml"][..],
+        &["classify", "x.png", "--model", "demo", "--model-dir", "."],
+        &["preprocess", "x.png"],
+        &["completions", "tcsh"],
+    ] {
+        let out = clipscope().args(args).output().unwrap();
+        let err = usage_error(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("clipscope: error: "), "{args:?}: {err}");
+    }
+    let err = usage_error(&clipscope().args(["completions", "tcsh"]).output().unwrap());
+    assert!(err.contains("possible values: bash"), "{err}");
+    let out = clipscope().args(["classify", "--help"]).output().unwrap();
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: clipscope classify"));
+}

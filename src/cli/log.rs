@@ -41,6 +41,31 @@ pub fn error_line(message: &str) -> String {
     )
 }
 
+/// clap's multi-line usage error (`error: …`, its hints, usage and "For more
+/// information" lines) as the one line of [`error_line`]'s message: the usage line is
+/// dropped (`--help` has it), hints follow after semicolons.
+pub fn usage_error_message(rendered: &str) -> String {
+    let mut message = String::new();
+    for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("Usage:") {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        let line = match line.strip_prefix("For more information, ") {
+            Some(rest) => rest.trim_end_matches('.'),
+            None => line,
+        };
+        if !message.is_empty() {
+            // A list of values, or the arguments a line ending in ':' announces, belongs
+            // to that line; anything else is a hint of its own.
+            let joins = message.ends_with(':') || line.starts_with('[') || line.starts_with('-');
+            message.push_str(if joins { " " } else { "; " });
+        }
+        message.push_str(line);
+    }
+    message
+}
+
 /// Formats events as `clipscope: warning: message field=value`.
 struct Style {
     colour: bool,
@@ -106,5 +131,29 @@ pub fn download_progress() -> Box<clipscope::hub::ProgressFn<'static>> {
         Box::new(|_: &str, _: u64, _: Option<u64>| {})
     } else {
         Box::new(clipscope::hub::stderr_progress())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_error_message;
+
+    #[test]
+    fn clap_usage_errors_become_one_line() {
+        let invalid = "error: invalid value 'xml' for '--format <FORMAT>'\n  [possible values: text, json, csv]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_message(invalid),
+            "invalid value 'xml' for '--format <FORMAT>' [possible values: text, json, csv]; try '--help'"
+        );
+        let missing = "error: the following required arguments were not provided:\n  --output <OUTPUT>\n\nUsage: clipscope preprocess --output <OUTPUT> <IMAGE>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_message(missing),
+            "the following required arguments were not provided: --output <OUTPUT>; try '--help'"
+        );
+        let tip = "error: unexpected argument '-1' found\n\n  tip: to pass '-1' as a value, use '-- -1'\n\nUsage: clipscope classify [OPTIONS]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_message(tip),
+            "unexpected argument '-1' found; tip: to pass '-1' as a value, use '-- -1'; try '--help'"
+        );
     }
 }
