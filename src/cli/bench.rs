@@ -136,10 +136,19 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
                 clip.name(),
                 candle_core::utils::get_num_threads()
             );
+            // As wide as the longest row's name (a long --image path), so columns align.
+            let width = rows
+                .iter()
+                .map(|r| r.what.chars().count())
+                .max()
+                .unwrap_or(0);
             for r in &rows {
                 println!(
-                    "{:<36} {:>10.1} ms {:>10.1} ms/item",
-                    r.what, r.median_ms, r.per_item_ms
+                    "{:<width$} {:>10.1} ms {:>10.1} ms/item",
+                    r.what,
+                    r.median_ms,
+                    r.per_item_ms,
+                    width = width.max(36)
                 );
             }
         }
