@@ -8,10 +8,15 @@ use anyhow::{bail, Context, Result};
 /// Largest labels file read: tens of thousands of labels fit in far less.
 const MAX_TEXT_FILE: u64 = 16 << 20;
 
+/// Whether `path` is `-`, standard input.
+pub fn is_stdin(path: &Path) -> bool {
+    path == Path::new("-")
+}
+
 /// The text of `path` (`-`: standard input), refused when it is not a regular file,
 /// larger than 16 MiB or not UTF-8. `flag` names the option in messages.
 pub fn read_text_file(path: &Path, flag: &str) -> Result<String> {
-    let (bytes, name) = if path == Path::new("-") {
+    let (bytes, name) = if is_stdin(path) {
         let mut bytes = Vec::new();
         std::io::stdin()
             .lock()
@@ -104,8 +109,7 @@ pub fn stdin_image_inputs(
     paths: &mut [PathBuf],
     list_from_stdin: bool,
 ) -> Result<Option<StdinImage>> {
-    let dash = Path::new("-");
-    match paths.iter().filter(|p| p.as_path() == dash).count() {
+    match paths.iter().filter(|p| is_stdin(p)).count() {
         0 => return Ok(None),
         1 => {}
         _ => bail!("-: standard input can be given only once"),
@@ -114,7 +118,7 @@ pub fn stdin_image_inputs(
         bail!("-: standard input cannot hold both an image and the --inputs list");
     }
     let image = StdinImage::read()?;
-    for p in paths.iter_mut().filter(|p| p.as_path() == dash) {
+    for p in paths.iter_mut().filter(|p| is_stdin(p)) {
         *p = image.path().to_path_buf();
     }
     Ok(Some(image))

@@ -169,7 +169,7 @@ fn gather_inputs(
     positional: &[std::path::PathBuf],
     job: &args::JobArgs,
 ) -> Result<(Vec<std::path::PathBuf>, Option<input::StdinImage>)> {
-    let list_from_stdin = job.input_list.as_deref() == Some(std::path::Path::new("-"));
+    let list_from_stdin = job.input_list.as_deref().is_some_and(input::is_stdin);
     let mut paths = jobs::input_paths(positional, job)?;
     let stdin = input::stdin_image_inputs(&mut paths, list_from_stdin)?;
     if stdin.is_some() && job.shard.is_some() {
@@ -243,10 +243,9 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     if args.inputs.is_empty() && args.job.input_list.is_none() {
         bail!("no images: give image files or folders, - for one image on standard input, or --inputs LIST (one path a line)");
     }
-    let dash = std::path::Path::new("-");
-    let images_from_stdin =
-        args.inputs.iter().any(|p| p == dash) || args.job.input_list.as_deref() == Some(dash);
-    if images_from_stdin && args.labels_file.as_deref() == Some(dash) {
+    let images_from_stdin = args.inputs.iter().any(|p| input::is_stdin(p))
+        || args.job.input_list.as_deref().is_some_and(input::is_stdin);
+    if images_from_stdin && args.labels_file.as_deref().is_some_and(input::is_stdin) {
         bail!("--labels-file -: standard input can feed only one of `-`, --inputs - and --labels-file -; give the labels in a file or with --labels");
     }
     let labels = read_labels(args)?;
