@@ -243,6 +243,7 @@ fn write_embed_text(report: &EmbedReport, out: &mut dyn Write) -> std::io::Resul
     }
     Ok(())
 }
+
 /// A probability threshold as a percentage with two decimals, or as many more (up to six)
 /// as it takes to show it: `--abstain 0.9999999` must not read "100.00%".
 fn threshold_percent(p: f64) -> String {

@@ -95,14 +95,15 @@ impl Registry {
 
     /// Look a model up by name or alias (case-insensitive).
     pub fn find(&self, name: &str) -> Result<&ModelEntry, HubError> {
-        find_named(&self.models, name, |m| m.matches(name), |m| &m.name).map_err(|e| match e {
-            // The built-in model is no registry entry, but `--model` takes it too.
-            HubError::UnknownModel { name, known } => HubError::UnknownModel {
-                name,
-                known: format!("{} (built in), {known}", super::DEMO_MODEL),
-            },
-            other => other,
-        })
+        // The built-in model is no registry entry, but `--model` takes it too.
+        let built_in = [super::DEMO_MODEL];
+        find_named(
+            &self.models,
+            name,
+            &built_in,
+            |m| m.matches(name),
+            |m| &m.name,
+        )
     }
 
     /// Pretrained weights for a CNN architecture.
@@ -110,6 +111,7 @@ impl Registry {
         find_named(
             &self.cnn,
             name,
+            &[],
             |m| m.name.eq_ignore_ascii_case(name),
             |m| &m.name,
         )
@@ -121,10 +123,12 @@ impl Registry {
     }
 }
 
-/// The first entry that `matches`, or an error listing every entry's name.
+/// The first entry that `matches`, or an error listing the `built_in` names and every
+/// entry's.
 fn find_named<'a, T>(
     entries: &'a [T],
     name: &str,
+    built_in: &[&str],
     matches: impl Fn(&T) -> bool,
     entry_name: impl Fn(&T) -> &String,
 ) -> Result<&'a T, HubError> {
@@ -133,9 +137,10 @@ fn find_named<'a, T>(
         .find(|e| matches(e))
         .ok_or_else(|| HubError::UnknownModel {
             name: name.to_string(),
-            known: entries
+            known: built_in
                 .iter()
-                .map(|e| entry_name(e).as_str())
+                .map(|b| format!("{b} (built in)"))
+                .chain(entries.iter().map(|e| entry_name(e).clone()))
                 .collect::<Vec<_>>()
                 .join(", "),
         })
