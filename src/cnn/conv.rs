@@ -887,8 +887,16 @@ struct ConvGradInput {
     cout: usize,
 }
 
-/// The smallest image (height x width) whose input gradient [`super::direct`] computes.
-const DIRECT_GRADIENT_MIN_PLANE: usize = 64;
+/// The smallest image (height x width) whose input gradient [`super::direct`] computes;
+/// smaller ones take gemm's product and the fold (col2im). `TIMES` timings of
+/// `examples/train_step` (Zen 4, 2 threads, batch 32), direct against gemm:
+/// - 2x2 (ResNet18's last stage at 64 px): 4.1 against 3.2 ms, so gemm;
+/// - 4x4: 3.2 against 3.7 ms for 256 channels (64 px), 14.1 against 13.8 for 512
+///   (128 px, within the noise); 5x5 and 7x7 (160 and 224 px): 19.9 against 20.3 and
+///   36.9 against 37.6;
+/// - 16x16 and 32x32, measured earlier with `CONVS=1 examples/train_step`: 15.5-16.4
+///   and 21.8-24.3 ms direct, 17.1-19.2 and 25.7-27.8 with gemm.
+const DIRECT_GRADIENT_MIN_PLANE: usize = 16;
 
 /// Whether `g` is a convolution [`super::direct`] computes without a patch matrix (3x3,
 /// stride 1, padding 1).
@@ -1044,10 +1052,7 @@ impl CustomOp2 for ConvGradInput {
         let (g, cout) = (self.g, self.cout);
         let (dy, w) = (contiguous_f32(gs, gl)?, contiguous_f32(ws, wl)?);
         let shape = Shape::from((g.c, g.n, g.h, g.w));
-        // On planes smaller than 8x8 gemm's product and fold measured faster (ResNet18's
-        // last stage at 128 px: 15.4 against 16.5-21.8 ms; `CONVS=1
-        // examples/train_step`); from 16x16 up the direct kernel (17.1-19.2 against
-        // 15.5-16.4 ms at 16x16, 25.7-27.8 against 21.8-24.3 at 32x32).
+        // See DIRECT_GRADIENT_MIN_PLANE for where each way is faster.
         if is_direct(&g) && g.h * g.w >= DIRECT_GRADIENT_MIN_PLANE {
             if let Some(dx) = super::direct::input_gradient(dy, (cout, g.n, g.h, g.w), w, g.c) {
                 return Ok((CpuStorage::F32(dx), shape));

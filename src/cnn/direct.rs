@@ -16,8 +16,8 @@
 //!
 //! `conv::Conv` uses them for the forward pass (evaluation, and training wherever the
 //! weight gradient is direct too or the patch matrix is too large to keep), the input
-//! gradient on images of 8x8 and more and the weight gradient on images of 4x4 and
-//! more; measurements in docs/cnn.md.
+//! gradient and the weight gradient on images of 4x4 and more; measurements in
+//! docs/cnn.md.
 
 use rayon::prelude::*;
 
