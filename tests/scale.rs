@@ -337,6 +337,61 @@ fn resuming_or_merging_another_jobs_output_is_refused() {
 }
 
 #[test]
+fn a_rerun_without_resume_or_force_keeps_the_earlier_results() {
+    let job = Job::new(FEW);
+    let out = job.path("r.jsonl");
+    let mut first = job.classify(&["--output"]);
+    first.arg(&out);
+    assert_success(&run(first));
+    let before = std::fs::read(&out).unwrap();
+    let results = read_lines(&out);
+
+    let mut again = job.classify(&["--output"]);
+    again.arg(&out);
+    let err = usage_error(&run(again));
+    assert!(
+        err.contains("r.jsonl: holds results of an earlier run")
+            && err.contains("--resume")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the results are untouched"
+    );
+
+    let mut forced = job.classify(&["--force", "--output"]);
+    forced.arg(&out);
+    let o = run(forced);
+    assert_success(&o);
+    assert!(
+        stderr(&o).contains("(0 from an earlier run)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_same_results(&read_lines(&out), &results);
+
+    // Embeddings too: the shard's files are refused, another shard beside them is not.
+    let dir = job.path("emb");
+    let embed = |extra: &[&str]| {
+        let mut cmd = clipscope(&job.cache());
+        cmd.args(["embed", "--inputs"])
+            .arg(&job.list)
+            .args(["--model-dir", &tiny()])
+            .args(extra)
+            .arg("--output")
+            .arg(&dir);
+        run(cmd)
+    };
+    assert_success(&embed(&["--shard", "0/2"]));
+    let err = usage_error(&embed(&["--shard", "0/2"]));
+    assert!(err.contains("holds results of an earlier run"), "{err}");
+    assert_success(&embed(&["--shard", "1/2"]));
+    assert_success(&embed(&["--shard", "0/2", "--force"]));
+}
+
+#[test]
 fn embeddings_go_to_npy_shards_that_merge_to_the_unsharded_ones() {
     let job = Job::new(FEW);
     let parts = job.path("parts");

@@ -278,8 +278,12 @@ pub struct JobArgs {
     pub shard_count: Option<usize>,
     /// Continue an unfinished --output (killed or preempted): keep the results there
     /// and process only the inputs without one.
-    #[arg(long, requires = "output")]
+    #[arg(long, requires = "output", conflicts_with = "force")]
     pub resume: bool,
+    /// Start --output over, discarding the results an earlier run left there (without
+    /// this or --resume such an output is refused).
+    #[arg(long, requires = "output")]
+    pub force: bool,
     /// Neither read nor write the on-disk embedding cache.
     #[arg(long)]
     pub no_cache: bool,

@@ -10,7 +10,8 @@ use clipscope::clip::{Clip, EmbeddingCache, ModelFiles};
 use clipscope::data::{collect_images, ImageError};
 use clipscope::hub::DownloadOptions;
 use clipscope::scale::{
-    read_input_list, EmbeddingShard, JobInputs, Manifest, Precision, ResultsFile, Shard, Written,
+    read_input_list, Earlier, EmbeddingShard, JobInputs, Manifest, Precision, ResultsFile, Shard,
+    Written,
 };
 
 use super::args::JobArgs;
@@ -96,13 +97,20 @@ pub fn expand(
     }
 }
 
+impl JobArgs {
+    /// What to do with results an earlier run left in `--output`.
+    pub fn earlier(&self) -> Earlier {
+        Earlier::from_flags(self.resume, self.force)
+    }
+}
+
 /// A shard of a job whose results go to disk.
 pub struct Job<'a> {
     clip: &'a Clip,
     paths: Vec<PathBuf>,
     shard: Shard,
     settings: serde_json::Value,
-    resume: bool,
+    earlier: Earlier,
     opts: &'a PipelineOptions,
 }
 
@@ -113,7 +121,7 @@ impl<'a> Job<'a> {
         paths: Vec<PathBuf>,
         shard: Option<Shard>,
         settings: serde_json::Value,
-        resume: bool,
+        earlier: Earlier,
         opts: &'a PipelineOptions,
     ) -> Self {
         Self {
@@ -121,7 +129,7 @@ impl<'a> Job<'a> {
             paths,
             shard: shard.unwrap_or(Shard::WHOLE),
             settings,
-            resume,
+            earlier,
             opts,
         }
     }
@@ -147,7 +155,7 @@ impl<'a> Job<'a> {
     /// `classify --output FILE.jsonl`.
     pub fn classify_to_file(self, classifier: &Classifier, out: &Path) -> Result<u8> {
         let (mut inputs, manifest) = self.plan("classify");
-        let (mut file, resumed) = ResultsFile::open(out, manifest, self.resume)?;
+        let (mut file, resumed) = ResultsFile::open(out, manifest, self.earlier)?;
         let before = resumed.done.len();
         inputs.drop_done(&resumed.done);
         let JobInputs { items, names, .. } = inputs;
@@ -166,7 +174,7 @@ impl<'a> Job<'a> {
         let (mut inputs, manifest) = self.plan("embed");
         let dim = self.clip.config().projection_dim;
         let (mut shard, resumed) =
-            EmbeddingShard::open(out, manifest, dim, precision, self.resume)?;
+            EmbeddingShard::open(out, manifest, dim, precision, self.earlier)?;
         let before = resumed.done.len();
         inputs.drop_done(&resumed.done);
         let JobInputs { items, names, .. } = inputs;

@@ -276,7 +276,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
             "abstain": args.abstain,
         });
         with_model_precision(&mut settings, &clip);
-        let job = jobs::Job::new(&clip, paths, shard, settings, args.job.resume, &opts);
+        let job = jobs::Job::new(&clip, paths, shard, settings, args.job.earlier(), &opts);
         return job.classify_to_file(&classifier, out);
     }
     let (items, names) = jobs::expand(&paths, shard);
@@ -338,7 +338,7 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
         };
         let mut settings = serde_json::json!({ "precision": precision });
         with_model_precision(&mut settings, &clip);
-        let job = jobs::Job::new(&clip, paths, shard, settings, args.job.resume, &opts);
+        let job = jobs::Job::new(&clip, paths, shard, settings, args.job.earlier(), &opts);
         return job.embed_to_dir(out, precision);
     }
     let (items, names) = jobs::expand(&paths, shard);

@@ -25,7 +25,7 @@ pub use lines::{LineLog, LineSummary};
 pub use manifest::Manifest;
 pub use merge::{merge_embeddings, merge_results, MergeSummary};
 pub use npy::{NpyHeader, NpyRows, Precision};
-pub use outputs::{EmbeddingShard, ResultsFile, Resumed, ShardFiles, Written};
+pub use outputs::{Earlier, EmbeddingShard, ResultsFile, Resumed, ShardFiles, Written};
 pub use shard::Shard;
 
 /// What can go wrong setting up, writing, resuming or merging a job's outputs.

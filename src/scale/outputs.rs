@@ -19,6 +19,29 @@ const FLUSH_EVERY: usize = IMAGE_BATCH;
 /// loses at most this much).
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What a job does with results that an earlier run left in its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Earlier {
+    /// Refuse to start, so that a rerun without a flag cannot wipe out hours of
+    /// results (the default, as `train` does).
+    Refuse,
+    /// Keep them and process only the inputs without one (`--resume`).
+    Resume,
+    /// Start over (`--force`).
+    Replace,
+}
+
+impl Earlier {
+    /// From the command line's `--resume` and `--force` (which clap keeps apart).
+    pub fn from_flags(resume: bool, force: bool) -> Self {
+        match (resume, force) {
+            (true, _) => Self::Resume,
+            (false, true) => Self::Replace,
+            (false, false) => Self::Refuse,
+        }
+    }
+}
+
 /// What an output already held when it was opened.
 #[derive(Debug, Default)]
 pub struct Resumed {
@@ -52,15 +75,30 @@ pub struct Written {
 }
 
 /// Decide between resuming and starting over, checking that an output being resumed is
-/// this job's. `data` are the output's files, each with its size when empty; returns
-/// whether to resume. When starting over, the caller empties the files and then writes
-/// the manifest, so that a manifest never vouches for another job's lines.
+/// this job's and that one holding results is not started over unasked. `data` are the
+/// output's files, each with its size when empty; returns whether to resume. When
+/// starting over, the caller empties the files and then writes the manifest, so that a
+/// manifest never vouches for another job's lines.
 fn resuming(
     manifest_path: &Path,
     data: &[(&Path, u64)],
     expected: &Manifest,
-    resume: bool,
+    earlier: Earlier,
 ) -> Result<bool, ScaleError> {
+    // Files emptied by a run killed before it wrote its manifest are no loss.
+    let holds_results =
+        |(p, empty): &&(&Path, u64)| std::fs::metadata(p).is_ok_and(|m| m.len() > *empty);
+    let resume = earlier == Earlier::Resume;
+    if earlier == Earlier::Refuse {
+        if let Some((kept, _)) = data.iter().find(holds_results) {
+            return Err(ScaleError::Invalid {
+                path: kept.to_path_buf(),
+                message: "holds results of an earlier run: give --resume to continue it, \
+                          --force to start over, or another --output"
+                    .into(),
+            });
+        }
+    }
     if resume && manifest_path.exists() {
         let found = Manifest::read(manifest_path)?;
         let other_job = found.job_difference(expected).or_else(|| {
@@ -79,9 +117,6 @@ fn resuming(
         return Ok(true);
     }
     if resume {
-        // Files emptied by a run killed before it wrote its manifest are no loss.
-        let holds_results =
-            |(p, empty): &&(&Path, u64)| std::fs::metadata(p).is_ok_and(|m| m.len() > *empty);
         if let Some((orphan, _)) = data.iter().find(holds_results) {
             return Err(ScaleError::Invalid {
                 path: orphan.to_path_buf(),
@@ -144,19 +179,18 @@ impl ResultsFile {
         PathBuf::from(name)
     }
 
-    /// Start the output (creating its folder), or with `resume` continue it (a torn
-    /// last line is dropped); the results already there are returned. Without `resume`
-    /// an existing file is emptied.
+    /// Start the output (creating its folder), or continue it (a torn last line is
+    /// dropped), as `earlier` says; the results already there are returned.
     pub fn open(
         path: &Path,
         manifest: Manifest,
-        resume: bool,
+        earlier: Earlier,
     ) -> Result<(Self, Resumed), ScaleError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
         }
         let manifest_path = Self::manifest_path(path);
-        let (lines, kept) = if resuming(&manifest_path, &[(path, 0)], &manifest, resume)? {
+        let (lines, kept) = if resuming(&manifest_path, &[(path, 0)], &manifest, earlier)? {
             recover_or_create(path, None)?
         } else {
             let lines = LineLog::create(path)?;
@@ -268,14 +302,14 @@ struct Failure<'a> {
 }
 
 impl EmbeddingShard {
-    /// Start this shard's files in `dir` (created if needed), or with `resume` continue
-    /// them, keeping the rows that both the `.npy` and the table hold whole.
+    /// Start this shard's files in `dir` (created if needed), or continue them as
+    /// `earlier` says, keeping the rows that both the `.npy` and the table hold whole.
     pub fn open(
         dir: &Path,
         manifest: Manifest,
         dim: usize,
         precision: Precision,
-        resume: bool,
+        earlier: Earlier,
     ) -> Result<(Self, Resumed), ScaleError> {
         std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
         let files = ShardFiles::new(dir, &manifest.shard());
@@ -284,7 +318,7 @@ impl EmbeddingShard {
             (&files.table, 0),
             (&files.errors, 0),
         ];
-        let resume = resuming(&files.manifest, &data, &manifest, resume)? && files.npy.exists();
+        let resume = resuming(&files.manifest, &data, &manifest, earlier)? && files.npy.exists();
         let (npy, table, errors, resumed) = if resume {
             Self::recover(&files, dim, precision)?
         } else {
@@ -423,7 +457,7 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         // Emptied by a run killed before it wrote its manifest: nothing is lost.
         std::fs::write(&path, b"").unwrap();
-        let (mut file, resumed) = ResultsFile::open(&path, manifest(), true).unwrap();
+        let (mut file, resumed) = ResultsFile::open(&path, manifest(), Earlier::Resume).unwrap();
         assert!(resumed.done.is_empty());
         file.push(&serde_json::json!({"image": "a"}), false)
             .unwrap();
@@ -443,15 +477,48 @@ mod tests {
         );
 
         std::fs::remove_file(ResultsFile::manifest_path(&path)).unwrap();
-        let err = ResultsFile::open(&path, manifest(), true).err().unwrap();
+        let err = ResultsFile::open(&path, manifest(), Earlier::Resume)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("without its manifest"), "{err}");
+    }
+
+    #[test]
+    fn earlier_results_are_kept_unless_resumed_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let (mut file, _) = ResultsFile::open(&path, manifest(), Earlier::Refuse).unwrap();
+        file.push(&serde_json::json!({"image": "a"}), false)
+            .unwrap();
+        file.finish().ok();
+        let before = std::fs::read(&path).unwrap();
+
+        let err = ResultsFile::open(&path, manifest(), Earlier::Refuse)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("r.jsonl: holds results of an earlier run")
+                && err.contains("--resume")
+                && err.contains("--force"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "refused, untouched");
+
+        let (_, resumed) = ResultsFile::open(&path, manifest(), Earlier::Resume).unwrap();
+        assert_eq!(resumed.done.len(), 1);
+        let (_, replaced) = ResultsFile::open(&path, manifest(), Earlier::Replace).unwrap();
+        assert!(replaced.done.is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "started over");
+        // An empty output (a run killed before its first result) is no loss.
+        ResultsFile::open(&path, manifest(), Earlier::Refuse).unwrap();
     }
 
     #[test]
     fn a_shard_with_results_missing_is_not_marked_complete() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.jsonl");
-        let (mut file, _) = ResultsFile::open(&path, manifest(), false).unwrap();
+        let (mut file, _) = ResultsFile::open(&path, manifest(), Earlier::Refuse).unwrap();
         file.push(&serde_json::json!({"image": "a"}), false)
             .unwrap();
         assert!(file
@@ -459,7 +526,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("1 results of 2"));
-        let (_, resumed) = ResultsFile::open(&path, manifest(), true).unwrap();
+        let (_, resumed) = ResultsFile::open(&path, manifest(), Earlier::Resume).unwrap();
         assert_eq!(resumed.done.len(), 1);
     }
 }
