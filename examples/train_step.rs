@@ -3,7 +3,8 @@
 //! a `cuda` build, on the GPU (no data loading),
 //! to compare with `bench/train_step_torch.py`; `EVAL_ONLY=1` skips the training steps
 //! (to profile the evaluation forward pass alone), `SEPARATE_HEAPS=1` leaves glibc's
-//! per-thread heaps as they are. Usage:
+//! per-thread heaps as they are, `CLIPSCOPE_LOG=clipscope::cnn::conv=trace` logs every
+//! convolution op's time (summed up by `bench/conv_times.py`). Usage:
 //! `cargo run --release --example train_step [BATCH] [SIZE] [STEPS]`
 use std::time::Instant;
 
@@ -13,6 +14,13 @@ use clipscope::cnn::optim::{Optimizer, OptimizerKind, Param};
 use clipscope::cnn::{Arch, Network};
 
 fn main() -> candle_core::Result<()> {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("CLIPSCOPE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     // As the binary's training and evaluation commands do, before any thread exists.
     if std::env::var_os("SEPARATE_HEAPS").is_none() {
         clipscope::util::use_one_heap();

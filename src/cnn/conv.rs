@@ -8,7 +8,8 @@
 //! `(C·k·k) × (N·Ho·Wo)` matrix, the output of `W · cols` is already the next layer's
 //! input, and each gradient is one gemm call: `Wᵀ · dY` folded back with col2im, and
 //! `cols · dYᵀ` (the transpose of `dW`, transposed back: the order in which gemm packs
-//! the large patch matrix cheaply). Batch norm over channel-major data reads each
+//! the large patch matrix cheaply; for a batch of at most
+//! [`KERNEL_LAYOUT_MAX_POSITIONS`] positions `dY · colsᵀ`, no transpose). Batch norm over channel-major data reads each
 //! channel as one contiguous run. 3x3 stride-1 convolutions skip the patch matrix on
 //! AVX-512 CPUs ([`super::direct`]) where that measured faster.
 
@@ -804,7 +805,8 @@ fn unfold_and_multiply(g: &Geometry, x: &[f32], w: &[f32], cout: usize) -> Vec<f
 
 /// `dWᵀ = cols · dYᵀ` over `images`, `cols` their columns of the patch matrix: gemm then
 /// packs the large patch matrix along its rows, which is four times faster here than
-/// `dY · colsᵀ` (that gathers it down its columns).
+/// `dY · colsᵀ` (that gathers it down its columns), except over few positions
+/// ([`KERNEL_LAYOUT_MAX_POSITIONS`]).
 fn weight_product(
     g: &Geometry,
     cols: &[f32],
@@ -840,10 +842,12 @@ fn unfolded_weight_gradient(g: &Geometry, x: &[f32], dy: &[f32], cout: usize) ->
 /// Output positions of a batch up to which a kept patch matrix gives the weight gradient
 /// as `dY · colsᵀ`, in the kernel's own `(Cout, C·k·k)` layout, instead of `cols · dYᵀ`
 /// and a transpose. With so short an inner dimension the transpose of the large result
-/// cost as much as the product: ResNet18's last stage at 64 px (`4608 × 512` from 128
-/// positions) went from 5.2-5.9 to 2.9-3.1 ms (`TIMES` timings of
-/// `examples/train_step`, Zen 4, 2 threads); at 512 positions and more the transposed
-/// operand made gemm slower (2048 positions: 2.3 against 4.9 ms).
+/// cost as much as the product. Per-op timings (`CLIPSCOPE_LOG=clipscope::cnn::conv=trace
+/// examples/train_step 32 64 5`, `bench/conv_times.py`; Zen 4, 2 threads), `dY · colsᵀ`
+/// against `cols · dYᵀ` + transpose: 128 positions (ResNet18's last stage at 64 px,
+/// `4608 × 512`) 2.9-3.1 against 5.2-5.9 ms; 512 positions 2.1 against 1.9 ms; 2048
+/// positions 4.9 against 2.3 ms (gemm gathers the transposed operand). 256 lies between
+/// the measured sizes.
 const KERNEL_LAYOUT_MAX_POSITIONS: usize = 256;
 
 /// Checks the kernel `(Cout, C, k, k)` against channel-major input `(C, N, H, W)`.
@@ -864,6 +868,22 @@ fn geometry(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Result<(Geometry
 /// gradient instead of being unfolded again (a tenth of a training step at 64 px); larger
 /// ones are recomputed, which bounds the memory this adds at large image sizes.
 const KEEP_PATCHES_MAX: usize = 16 << 20;
+
+/// Runs `op`, the convolution op `name` of geometry `g` into `cout` channels, and logs
+/// its duration at TRACE level: `CLIPSCOPE_LOG=clipscope::cnn::conv=trace` times every
+/// convolution of a training step (`examples/train_step`, the `clipscope` binary), which
+/// is how docs/cnn.md finds the slow ones.
+fn timed<T>(name: &str, g: &Geometry, cout: usize, op: impl FnOnce() -> T) -> T {
+    if !tracing::enabled!(tracing::Level::TRACE) {
+        return op();
+    }
+    let start = std::time::Instant::now();
+    let out = op();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let (c, k, stride, h, w) = (g.c, g.k, g.stride, g.h, g.w);
+    tracing::trace!(name, c, cout, k, stride, h, w, ms, "convolution op");
+    out
+}
 
 /// Forward convolution; its backward pass is `ConvGradWeight` and `ConvGradInput`.
 struct Conv {
@@ -888,14 +908,19 @@ struct ConvGradInput {
 }
 
 /// The smallest image (height x width) whose input gradient [`super::direct`] computes;
-/// smaller ones take gemm's product and the fold (col2im). `TIMES` timings of
-/// `examples/train_step` (Zen 4, 2 threads, batch 32), direct against gemm:
-/// - 2x2 (ResNet18's last stage at 64 px): 4.1 against 3.2 ms, so gemm;
-/// - 4x4: 3.2 against 3.7 ms for 256 channels (64 px), 14.1 against 13.8 for 512
-///   (128 px, within the noise); 5x5 and 7x7 (160 and 224 px): 19.9 against 20.3 and
-///   36.9 against 37.6;
-/// - 16x16 and 32x32, measured earlier with `CONVS=1 examples/train_step`: 15.5-16.4
-///   and 21.8-24.3 ms direct, 17.1-19.2 and 25.7-27.8 with gemm.
+/// smaller ones take gemm's product and the fold (col2im). Measured on Zen 4, 2 threads,
+/// batch 32, direct kernel against gemm and fold:
+/// - per op (`CLIPSCOPE_LOG=clipscope::cnn::conv=trace examples/train_step`,
+///   `bench/conv_times.py`, medians of three alternated runs): 2x2 planes, 512 channels
+///   (64 px), 4.1 against 3.2 ms, so gemm; 4x4, 256 channels (64 px), 3.2 against 3.7 ms;
+///   4x4, 512 channels (128 px), 14.1 against 13.8 ms; 5x5 and 7x7 (160 and 224 px), 19.9
+///   against 20.3 ms and 36.9 against 37.6 ms;
+/// - whole convolutions, forward and backward, earlier (`EVAL_ONLY=1 CONVS=1
+///   examples/train_step 32 128 3`): 4x4, 512 channels, 16.5-21.8 against 15.4-15.5 ms;
+///   16x16 15.5-16.4 against 17.1-19.2 ms; 32x32 21.8-24.3 against 25.7-27.8 ms.
+///
+/// At 4x4 with 512 channels gemm stays slightly ahead in both; the 256-channel layer's
+/// gain decided the threshold.
 const DIRECT_GRADIENT_MIN_PLANE: usize = 16;
 
 /// Whether `g` is a convolution [`super::direct`] computes without a patch matrix (3x3,
@@ -950,26 +975,28 @@ impl CustomOp2 for Conv {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, cout) = geometry(xl.shape(), wl.shape(), self.stride, self.pad)?;
-        let (x, w) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
-        let shape = Shape::from((cout, g.n, g.ho, g.wo));
-        if self.reads_input_directly(&g, cout) {
-            if let Some(y) = super::direct::conv3x3(x, (g.c, g.n, g.h, g.w), w, cout) {
-                return Ok((CpuStorage::F32(y), shape));
+        timed(self.name(), &g, cout, || {
+            let (x, w) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
+            let shape = Shape::from((cout, g.n, g.ho, g.wo));
+            if self.reads_input_directly(&g, cout) {
+                if let Some(y) = super::direct::conv3x3(x, (g.c, g.n, g.h, g.w), w, cout) {
+                    return Ok((CpuStorage::F32(y), shape));
+                }
             }
-        }
-        let keep = match &self.keep {
-            Some(keep) if self.keeps_patches(&g, cout) => keep,
-            _ => return Ok((CpuStorage::F32(unfold_and_multiply(&g, x, w, cout)), shape)),
-        };
-        let cols = im2col(&g, x);
-        let y = matmul_short_wide(
-            Mat::new(w, cout, g.rows()),
-            Mat::new(&cols, g.rows(), g.cols()),
-        );
-        *keep
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("conv cache poisoned".into()))? = Some(cols);
-        Ok((CpuStorage::F32(y), shape))
+            let keep = match &self.keep {
+                Some(keep) if self.keeps_patches(&g, cout) => keep,
+                _ => return Ok((CpuStorage::F32(unfold_and_multiply(&g, x, w, cout)), shape)),
+            };
+            let cols = im2col(&g, x);
+            let y = matmul_short_wide(
+                Mat::new(w, cout, g.rows()),
+                Mat::new(&cols, g.rows(), g.cols()),
+            );
+            *keep
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("conv cache poisoned".into()))? = Some(cols);
+            Ok((CpuStorage::F32(y), shape))
+        })
     }
 
     fn bwd(
@@ -1006,34 +1033,37 @@ impl CustomOp2 for ConvGradWeight<'_> {
         xl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, cout) = (self.g, self.cout);
-        let (dy, x) = (contiguous_f32(gs, gl)?, contiguous_f32(xs, xl)?);
-        // The forward pass kept no patch matrix for a direct weight gradient
-        // (`Conv::keeps_patches`).
-        if has_direct_weight_gradient(&g, cout) {
-            if let Some(dw) = super::direct::weight_gradient(dy, x, (g.c, g.n, g.h, g.w), cout) {
-                return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
+        timed(self.name(), &g, cout, || {
+            let (dy, x) = (contiguous_f32(gs, gl)?, contiguous_f32(xs, xl)?);
+            // The forward pass kept no patch matrix for a direct weight gradient
+            // (`Conv::keeps_patches`).
+            if has_direct_weight_gradient(&g, cout) {
+                if let Some(dw) = super::direct::weight_gradient(dy, x, (g.c, g.n, g.h, g.w), cout)
+                {
+                    return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
+                }
             }
-        }
-        let kept = self.kept.and_then(|k| k.lock().ok()?.take());
-        let dwt = match kept {
-            Some(cols) if g.cols() <= KERNEL_LAYOUT_MAX_POSITIONS => {
-                let dw = matmul(
-                    Mat::new(dy, cout, g.cols()),
-                    Mat::new(&cols, g.rows(), g.cols()).t(),
-                    false,
-                );
-                scratch::give(cols);
-                return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
-            }
-            Some(cols) => {
-                let dwt = weight_product(&g, &cols, dy, cout, 0..g.n);
-                scratch::give(cols);
-                dwt
-            }
-            None => unfolded_weight_gradient(&g, x, dy, cout),
-        };
-        let dw = crate::util::transpose(&dwt, g.rows(), cout);
-        Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))))
+            let kept = self.kept.and_then(|k| k.lock().ok()?.take());
+            let dwt = match kept {
+                Some(cols) if g.cols() <= KERNEL_LAYOUT_MAX_POSITIONS => {
+                    let dw = matmul(
+                        Mat::new(dy, cout, g.cols()),
+                        Mat::new(&cols, g.rows(), g.cols()).t(),
+                        false,
+                    );
+                    scratch::give(cols);
+                    return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
+                }
+                Some(cols) => {
+                    let dwt = weight_product(&g, &cols, dy, cout, 0..g.n);
+                    scratch::give(cols);
+                    dwt
+                }
+                None => unfolded_weight_gradient(&g, x, dy, cout),
+            };
+            let dw = crate::util::transpose(&dwt, g.rows(), cout);
+            Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))))
+        })
     }
 }
 
@@ -1050,27 +1080,29 @@ impl CustomOp2 for ConvGradInput {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, cout) = (self.g, self.cout);
-        let (dy, w) = (contiguous_f32(gs, gl)?, contiguous_f32(ws, wl)?);
-        let shape = Shape::from((g.c, g.n, g.h, g.w));
-        // See DIRECT_GRADIENT_MIN_PLANE for where each way is faster.
-        if is_direct(&g) && g.h * g.w >= DIRECT_GRADIENT_MIN_PLANE {
-            if let Some(dx) = super::direct::input_gradient(dy, (cout, g.n, g.h, g.w), w, g.c) {
-                return Ok((CpuStorage::F32(dx), shape));
+        timed(self.name(), &g, cout, || {
+            let (dy, w) = (contiguous_f32(gs, gl)?, contiguous_f32(ws, wl)?);
+            let shape = Shape::from((g.c, g.n, g.h, g.w));
+            // See DIRECT_GRADIENT_MIN_PLANE for where each way is faster.
+            if is_direct(&g) && g.h * g.w >= DIRECT_GRADIENT_MIN_PLANE {
+                if let Some(dx) = super::direct::input_gradient(dy, (cout, g.n, g.h, g.w), w, g.c) {
+                    return Ok((CpuStorage::F32(dx), shape));
+                }
             }
-        }
-        let dcols = matmul(
-            Mat::new(w, cout, g.rows()).t(),
-            Mat::new(dy, cout, g.cols()),
-            true,
-        );
-        let dx = if g.is_pointwise() {
-            dcols
-        } else {
-            let dx = col2im(&g, &dcols);
-            scratch::give(dcols);
-            dx
-        };
-        Ok((CpuStorage::F32(dx), shape))
+            let dcols = matmul(
+                Mat::new(w, cout, g.rows()).t(),
+                Mat::new(dy, cout, g.cols()),
+                true,
+            );
+            let dx = if g.is_pointwise() {
+                dcols
+            } else {
+                let dx = col2im(&g, &dcols);
+                scratch::give(dcols);
+                dx
+            };
+            Ok((CpuStorage::F32(dx), shape))
+        })
     }
 }
 
