@@ -385,8 +385,20 @@ fn a_rerun_without_resume_or_force_keeps_the_earlier_results() {
         run(cmd)
     };
     assert_success(&embed(&["--shard", "0/2"]));
+    let npy = dir.join("part-00000-of-00002.npy");
+    let rows = std::fs::read(&npy).unwrap();
     let err = usage_error(&embed(&["--shard", "0/2"]));
     assert!(err.contains("holds results of an earlier run"), "{err}");
+    assert_eq!(
+        std::fs::read(&npy).unwrap(),
+        rows,
+        "the embeddings are untouched"
+    );
+    let err = usage_error(&embed(&["--shard", "0/2", "--resume", "--force"]));
+    assert!(
+        err.contains("'--resume' cannot be used with '--force'"),
+        "{err}"
+    );
     assert_success(&embed(&["--shard", "1/2"]));
     assert_success(&embed(&["--shard", "0/2", "--force"]));
 }

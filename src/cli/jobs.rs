@@ -104,6 +104,26 @@ impl JobArgs {
     }
 }
 
+/// Refuse, before the model loads, a `--output` (a results file, or with `embeddings`
+/// a folder of shards) whose shard holds an earlier run's results unasked.
+pub fn check_output(
+    out: Option<&Path>,
+    embeddings: bool,
+    shard: Option<Shard>,
+    job: &JobArgs,
+) -> Result<()> {
+    let Some(out) = out else {
+        return Ok(());
+    };
+    if embeddings {
+        let shard = shard.unwrap_or(Shard::WHOLE);
+        EmbeddingShard::check_earlier(out, &shard, job.earlier())?;
+    } else {
+        ResultsFile::check_earlier(out, job.earlier())?;
+    }
+    Ok(())
+}
+
 /// A shard of a job whose results go to disk.
 pub struct Job<'a> {
     clip: &'a Clip,

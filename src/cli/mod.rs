@@ -255,6 +255,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     }
     compare::check_probability("--abstain", args.abstain)?;
     let shard = jobs::checked_shard(&args.job)?;
+    jobs::check_output(args.output.as_deref(), false, shard, &args.job)?;
     let (paths, stdin) = gather_inputs(&args.inputs, &args.job)?;
     if stdin.is_some() && args.output.is_some() {
         bail!("-: an image from standard input cannot go into a resumable --output job");
@@ -322,6 +323,7 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
         bail!("nothing to embed: give image files or folders, - for one image on standard input, --inputs LIST, or --text \"a cat,a dog\"");
     }
     let shard = jobs::checked_shard(&args.job)?;
+    jobs::check_output(args.output.as_deref(), true, shard, &args.job)?;
     let (paths, stdin) = gather_inputs(&args.images, &args.job)?;
     if stdin.is_some() && args.output.is_some() {
         bail!("-: an image from standard input cannot go into a resumable --output job");

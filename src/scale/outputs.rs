@@ -74,6 +74,27 @@ pub struct Written {
     pub failed: usize,
 }
 
+/// Refuse an output whose `data` files (each with its size when empty) hold results of
+/// an earlier run, unless `earlier` says to resume or replace them. Files emptied by a
+/// run killed before its first result are no loss.
+fn refuse_earlier(data: &[(&Path, u64)], earlier: Earlier) -> Result<(), ScaleError> {
+    match data.iter().find(|d| holds_results(d)) {
+        Some((kept, _)) if earlier == Earlier::Refuse => Err(ScaleError::Invalid {
+            path: kept.to_path_buf(),
+            message: "holds results of an earlier run; give --resume to continue it, \
+                      --force to start over, or another --output"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the file `path` is longer than `empty` bytes (a folder in its place holds no
+/// results: creating the file there fails with its own error).
+fn holds_results((path, empty): &(&Path, u64)) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > *empty)
+}
+
 /// Decide between resuming and starting over, checking that an output being resumed is
 /// this job's and that one holding results is not started over unasked. `data` are the
 /// output's files, each with its size when empty; returns whether to resume. When
@@ -85,20 +106,8 @@ fn resuming(
     expected: &Manifest,
     earlier: Earlier,
 ) -> Result<bool, ScaleError> {
-    // Files emptied by a run killed before it wrote its manifest are no loss.
-    let holds_results =
-        |(p, empty): &&(&Path, u64)| std::fs::metadata(p).is_ok_and(|m| m.len() > *empty);
+    refuse_earlier(data, earlier)?;
     let resume = earlier == Earlier::Resume;
-    if earlier == Earlier::Refuse {
-        if let Some((kept, _)) = data.iter().find(holds_results) {
-            return Err(ScaleError::Invalid {
-                path: kept.to_path_buf(),
-                message: "holds results of an earlier run: give --resume to continue it, \
-                          --force to start over, or another --output"
-                    .into(),
-            });
-        }
-    }
     if resume && manifest_path.exists() {
         let found = Manifest::read(manifest_path)?;
         let other_job = found.job_difference(expected).or_else(|| {
@@ -109,20 +118,20 @@ fn resuming(
             return Err(ScaleError::Invalid {
                 path: manifest_path.to_path_buf(),
                 message: format!(
-                    "another job's output ({why}): remove it, or run without --resume \
-                     to start over"
+                    "another job's output ({why}); remove it, or give --force instead of \
+                     --resume to start over"
                 ),
             });
         }
         return Ok(true);
     }
     if resume {
-        if let Some((orphan, _)) = data.iter().find(holds_results) {
+        if let Some((orphan, _)) = data.iter().find(|d| holds_results(d)) {
             return Err(ScaleError::Invalid {
                 path: orphan.to_path_buf(),
                 message: format!(
-                    "exists without its manifest {}, so it cannot be resumed: remove it, \
-                     or run without --resume to start over",
+                    "exists without its manifest {}, so it cannot be resumed; remove it, \
+                     or give --force instead of --resume to start over",
                     manifest_path.display()
                 ),
             });
@@ -177,6 +186,12 @@ impl ResultsFile {
         let mut name = path.as_os_str().to_owned();
         name.push(".manifest.json");
         PathBuf::from(name)
+    }
+
+    /// Before any work: refuse `path` if it holds results of an earlier run and
+    /// `earlier` says to refuse (as [`ResultsFile::open`] would).
+    pub fn check_earlier(path: &Path, earlier: Earlier) -> Result<(), ScaleError> {
+        refuse_earlier(&[(path, 0)], earlier)
     }
 
     /// Start the output (creating its folder), or continue it (a torn last line is
@@ -280,6 +295,15 @@ impl ShardFiles {
         Self::from_stem(dir, &shard.stem())
     }
 
+    /// The files that hold results, each with its size when empty.
+    fn data(&self) -> [(&Path, u64); 3] {
+        [
+            (self.npy.as_path(), NpyRows::EMPTY_LEN),
+            (&self.table, 0),
+            (&self.errors, 0),
+        ]
+    }
+
     pub(super) fn from_stem(dir: &Path, stem: &str) -> Self {
         Self {
             npy: dir.join(format!("{stem}.npy")),
@@ -302,6 +326,12 @@ struct Failure<'a> {
 }
 
 impl EmbeddingShard {
+    /// Before any work: refuse `shard`'s files in `dir` if they hold results of an
+    /// earlier run and `earlier` says to refuse (as [`EmbeddingShard::open`] would).
+    pub fn check_earlier(dir: &Path, shard: &Shard, earlier: Earlier) -> Result<(), ScaleError> {
+        refuse_earlier(&ShardFiles::new(dir, shard).data(), earlier)
+    }
+
     /// Start this shard's files in `dir` (created if needed), or continue them as
     /// `earlier` says, keeping the rows that both the `.npy` and the table hold whole.
     pub fn open(
@@ -313,12 +343,8 @@ impl EmbeddingShard {
     ) -> Result<(Self, Resumed), ScaleError> {
         std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
         let files = ShardFiles::new(dir, &manifest.shard());
-        let data = [
-            (files.npy.as_path(), NpyRows::EMPTY_LEN),
-            (&files.table, 0),
-            (&files.errors, 0),
-        ];
-        let resume = resuming(&files.manifest, &data, &manifest, earlier)? && files.npy.exists();
+        let resume =
+            resuming(&files.manifest, &files.data(), &manifest, earlier)? && files.npy.exists();
         let (npy, table, errors, resumed) = if resume {
             Self::recover(&files, dim, precision)?
         } else {
@@ -512,6 +538,33 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "started over");
         // An empty output (a run killed before its first result) is no loss.
         ResultsFile::open(&path, manifest(), Earlier::Refuse).unwrap();
+    }
+
+    #[test]
+    fn an_embedding_shard_is_refused_once_any_of_its_files_holds_a_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let open =
+            |earlier| EmbeddingShard::open(dir.path(), manifest(), 4, Precision::F32, earlier);
+        // Killed before its first result: the `.npy` holds only its header.
+        drop(open(Earlier::Refuse).unwrap());
+        EmbeddingShard::check_earlier(dir.path(), &Shard::WHOLE, Earlier::Refuse).unwrap();
+        // Every input failed: only the errors file holds anything, and that is a result.
+        let (mut shard, _) = open(Earlier::Refuse).unwrap();
+        shard.push("a", Err("a: bad")).unwrap();
+        shard.finish().ok();
+        let err = open(Earlier::Refuse).err().unwrap().to_string();
+        assert!(
+            err.contains("errors.jsonl: holds results of an earlier run"),
+            "{err}"
+        );
+        assert!(EmbeddingShard::check_earlier(dir.path(), &Shard::WHOLE, Earlier::Refuse).is_err());
+        // Another shard's files beside them are not this shard's.
+        let other = Shard::parse("1/2", None).unwrap();
+        EmbeddingShard::check_earlier(dir.path(), &other, Earlier::Refuse).unwrap();
+        // A folder where the results file should be is not an earlier run's results.
+        let folder = dir.path().join("r.jsonl");
+        std::fs::create_dir(&folder).unwrap();
+        ResultsFile::check_earlier(&folder, Earlier::Refuse).unwrap();
     }
 
     #[test]
