@@ -308,7 +308,8 @@ fn resuming_or_merging_another_jobs_output_is_refused() {
         .arg(&out);
     let err = usage_error(&run(other_labels));
     assert!(
-        err.contains("another job's output") && err.contains("the setting labels differs"),
+        err.contains("another job's output")
+            && err.contains("the setting labels (--labels) differs"),
         "{err}"
     );
 
@@ -317,7 +318,9 @@ fn resuming_or_merging_another_jobs_output_is_refused() {
     other_precision.arg("--output").arg(&out);
     let err = usage_error(&run(other_precision));
     assert!(
-        err.contains(r#"the setting model_precision differs ("unset" against "bf16")"#),
+        err.contains(
+            r#"the setting model_precision (--precision) differs (the output has "unset", this run "bf16")"#
+        ),
         "{err}"
     );
 
@@ -401,6 +404,40 @@ fn a_rerun_without_resume_or_force_keeps_the_earlier_results() {
     );
     assert_success(&embed(&["--shard", "1/2"]));
     assert_success(&embed(&["--shard", "0/2", "--force"]));
+}
+
+#[test]
+fn job_options_that_cannot_work_are_refused_and_q_keeps_the_summary_quiet() {
+    let job = Job::new(FEW);
+    let refused = |extra: &[&str]| usage_error(&run(job.classify(extra)));
+    let err = refused(&["--output", "-"]);
+    assert!(err.contains("--output -: a job writes files"), "{err}");
+    let err = refused(&["--format", "csv", "--output", "r.jsonl"]);
+    assert!(err.contains("'--format <FORMAT>' cannot be used with '--output"), "{err}");
+    let notes = job.path("notes.txt");
+    std::fs::write(&notes, "hello").unwrap();
+    let mut onto_notes = job.classify(&["--output"]);
+    onto_notes.arg(&notes);
+    let err = usage_error(&run(onto_notes));
+    assert!(
+        err.contains("notes.txt: exists and is not a clipscope output"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "hello");
+    let mut unclosed = clipscope(&job.cache());
+    unclosed
+        .args(["classify", "--inputs"])
+        .arg(&job.list)
+        .args(["--labels", "\"cat, sitting,dog", "--model-dir", &tiny()]);
+    let err = usage_error(&run(unclosed));
+    assert!(err.contains("a double quote is never closed"), "{err}");
+
+    let mut quiet = job.classify(&["-q", "--output"]);
+    quiet.arg(job.path("q.jsonl"));
+    let o = run(quiet);
+    assert_success(&o);
+    assert_eq!(stderr(&o), "", "-q leaves stderr to errors");
+    assert_eq!(read_lines(&job.path("q.jsonl")).len(), FEW);
 }
 
 #[test]

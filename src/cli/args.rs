@@ -319,7 +319,7 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Output format (on standard output; --output always writes JSON lines).
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, value_enum, default_value_t = Format::Text, conflicts_with = "output")]
     pub format: Format,
     /// Write results to this JSON-lines file as they come, one result a line (the
     /// objects of the JSON format's `results`), with a manifest beside it.
@@ -355,8 +355,8 @@ pub struct EmbedArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Output format on standard output: json, csv, or text (a short summary per
-    /// input: its dimension and first values).
-    #[arg(long, value_enum, default_value_t = Format::Json)]
+    /// input: its dimension and first values); not with --output, which writes files.
+    #[arg(long, value_enum, default_value_t = Format::Json, conflicts_with = "output")]
     pub format: Format,
     /// Write image embeddings to this folder instead: per shard, an .npy of rows, a
     /// JSON-lines table of their images in the same order, the failed inputs, and a

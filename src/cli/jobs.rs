@@ -115,6 +115,9 @@ pub fn check_output(
     let Some(out) = out else {
         return Ok(());
     };
+    if super::input::is_stdin(out) {
+        bail!("--output -: a job writes files (results and a manifest beside them); leave out --output to print the results on standard output");
+    }
     if embeddings {
         let shard = shard.unwrap_or(Shard::WHOLE);
         EmbeddingShard::check_earlier(out, &shard, job.earlier())?;
@@ -213,16 +216,18 @@ impl<'a> Job<'a> {
         self.report(out, written, before)
     }
 
-    /// One line on stderr for the scheduler's log, and the exit status.
+    /// One line on stderr for the scheduler's log (none under `-q`), and the exit status.
     fn report(&self, out: &Path, written: Written, before: usize) -> Result<u8> {
-        eprintln!(
-            "clipscope: shard {}: {} inputs in {} ({} from an earlier run), {} failed",
-            self.shard,
-            written.items,
-            out.display(),
-            before,
-            written.failed
-        );
+        if !super::log::quiet() {
+            eprintln!(
+                "clipscope: shard {}: {} inputs in {} ({} from an earlier run), {} failed",
+                self.shard,
+                written.items,
+                out.display(),
+                before,
+                written.failed
+            );
+        }
         Ok(if written.failed > 0 {
             EXIT_SOME_FAILED
         } else {

@@ -120,7 +120,12 @@ pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
 
 fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
     let labels = match (&args.labels, &args.labels_file) {
-        (Some(l), _) => parse_labels(l),
+        (Some(l), _) => {
+            if let Some(line) = clipscope::clip::zeroshot::unclosed_quote(l) {
+                bail!("--labels '{line}': a double quote is never closed; close it (\"cat, sitting\",dog), or leave quotes out of labels without commas");
+            }
+            parse_labels(l)
+        }
         (None, Some(f)) => parse_label_lines(&input::read_text_file(f, "--labels-file")?),
         (None, None) => {
             bail!("no labels: give --labels \"cat,dog\" or --labels-file FILE (one a line)")

@@ -122,6 +122,13 @@ pub fn parse_labels(text: &str) -> Vec<String> {
     labels
 }
 
+/// The first line of `text` whose double quote, opened at the start of a label, is
+/// never closed: [`parse_labels`] then takes the rest of the line as one label, which
+/// the command line reports (the app, parsing as one types, does not).
+pub fn unclosed_quote(text: &str) -> Option<&str> {
+    text.lines().find(|line| split(line).1)
+}
+
 /// `text` with control characters (tabs, escapes, carriage returns, C1 codes) made
 /// spaces: they mean nothing to the tokenizer and would garble a terminal that shows
 /// the label.
@@ -141,6 +148,11 @@ pub fn parse_label_lines(text: &str) -> Vec<String> {
 
 /// Split one line at commas outside double quotes, trimming each part.
 fn split_quoted(line: &str) -> Vec<String> {
+    split(line).0
+}
+
+/// [`split_quoted`]'s parts, and whether a quote was left open at the end.
+fn split(line: &str) -> (Vec<String>, bool) {
     let mut parts = Vec::new();
     let mut current = String::new();
     let mut quoted = false;
@@ -157,7 +169,7 @@ fn split_quoted(line: &str) -> Vec<String> {
         }
     }
     parts.push(current.trim().to_string());
-    parts
+    (parts, quoted)
 }
 
 /// Labels with repeats removed (the first kept, compared after trimming and ignoring
@@ -306,6 +318,11 @@ mod tests {
             vec!["cat, sitting", "dog", r#"say "hi""#]
         );
         assert_eq!(parse_labels("it's, 5\" nail"), vec!["it's", "5\" nail"]);
+        assert_eq!(unclosed_quote("it's, 5\" nail\n\"a, b\",c"), None);
+        assert_eq!(
+            unclosed_quote("dog\n\"cat, sitting,dog"),
+            Some("\"cat, sitting,dog")
+        );
         assert_eq!(
             parse_labels("red\x1b[2J car\t,\u{9b}x"),
             vec!["red [2J car", "x"]

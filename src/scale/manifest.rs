@@ -121,6 +121,19 @@ impl Manifest {
 }
 
 /// The first setting two jobs disagree on, named with both values as JSON.
+/// The command-line option behind a job setting, to name it where the setting differs.
+fn flag_of(setting: &str) -> Option<&'static str> {
+    Some(match setting {
+        "labels" => "--labels",
+        "prompts" => "--template or --ensemble",
+        "top_k" => "--top-k",
+        "abstain" => "--abstain",
+        "precision" => "--npy-dtype",
+        "model_precision" => "--precision",
+        _ => return None,
+    })
+}
+
 fn settings_difference(a: &serde_json::Value, b: &serde_json::Value) -> String {
     use serde_json::Value;
     let (Value::Object(a), Value::Object(b)) = (a, b) else {
@@ -133,7 +146,8 @@ fn settings_difference(a: &serde_json::Value, b: &serde_json::Value) -> String {
         .find(|k| a.get(*k) != b.get(*k))
         .map(|k| {
             let (x, y) = (a.get(k).unwrap_or(&unset), b.get(k).unwrap_or(&unset));
-            format!("the setting {k} differs ({x} against {y})")
+            let flag = flag_of(k).map(|f| format!(" ({f})")).unwrap_or_default();
+            format!("the setting {k}{flag} differs (the output has {x}, this run {y})")
         })
         .unwrap_or_else(|| "the settings differ".into())
 }
@@ -167,7 +181,7 @@ mod tests {
         other.settings = serde_json::json!({"labels": ["dog"]});
         assert_eq!(
             m.job_difference(&other).unwrap(),
-            r#"the setting labels differs (["cat"] against ["dog"])"#
+            r#"the setting labels (--labels) differs (the output has ["cat"], this run ["dog"])"#
         );
         std::fs::write(&path, b"{").unwrap();
         assert!(Manifest::read(&path)

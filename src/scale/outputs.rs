@@ -75,18 +75,35 @@ pub struct Written {
 }
 
 /// Refuse an output whose `data` files (each with its size when empty) hold results of
-/// an earlier run, unless `earlier` says to resume or replace them. Files emptied by a
-/// run killed before its first result are no loss.
-fn refuse_earlier(data: &[(&Path, u64)], earlier: Earlier) -> Result<(), ScaleError> {
-    match data.iter().find(|d| holds_results(d)) {
-        Some((kept, _)) if earlier == Earlier::Refuse => Err(ScaleError::Invalid {
-            path: kept.to_path_buf(),
-            message: "holds results of an earlier run; give --resume to continue it, \
-                      --force to start over, or another --output"
-                .into(),
-        }),
-        _ => Ok(()),
+/// an earlier run, unless `earlier` says to resume or replace them; without its manifest
+/// the file is not a clipscope output at all, and the message says so. Files emptied by
+/// a run killed before its first result are no loss.
+fn refuse_earlier(
+    data: &[(&Path, u64)],
+    manifest_path: &Path,
+    earlier: Earlier,
+) -> Result<(), ScaleError> {
+    let Some((kept, _)) = data.iter().find(|d| holds_results(d)) else {
+        return Ok(());
+    };
+    if earlier != Earlier::Refuse {
+        return Ok(());
     }
+    let message = if manifest_path.exists() {
+        "holds results of an earlier run; give --resume to continue it, --force to start \
+         over, or another --output"
+            .to_string()
+    } else {
+        format!(
+            "exists and is not a clipscope output (it has no manifest {}); give --force to \
+             replace it, or another --output",
+            manifest_path.display()
+        )
+    };
+    Err(ScaleError::Invalid {
+        path: kept.to_path_buf(),
+        message,
+    })
 }
 
 /// Whether the file `path` is longer than `empty` bytes (a folder in its place holds no
@@ -106,7 +123,7 @@ fn resuming(
     expected: &Manifest,
     earlier: Earlier,
 ) -> Result<bool, ScaleError> {
-    refuse_earlier(data, earlier)?;
+    refuse_earlier(data, manifest_path, earlier)?;
     let resume = earlier == Earlier::Resume;
     if resume && manifest_path.exists() {
         let found = Manifest::read(manifest_path)?;
@@ -191,7 +208,7 @@ impl ResultsFile {
     /// Before any work: refuse `path` if it holds results of an earlier run and
     /// `earlier` says to refuse (as [`ResultsFile::open`] would).
     pub fn check_earlier(path: &Path, earlier: Earlier) -> Result<(), ScaleError> {
-        refuse_earlier(&[(path, 0)], earlier)
+        refuse_earlier(&[(path, 0)], &Self::manifest_path(path), earlier)
     }
 
     /// Start the output (creating its folder), or continue it (a torn last line is
@@ -329,7 +346,8 @@ impl EmbeddingShard {
     /// Before any work: refuse `shard`'s files in `dir` if they hold results of an
     /// earlier run and `earlier` says to refuse (as [`EmbeddingShard::open`] would).
     pub fn check_earlier(dir: &Path, shard: &Shard, earlier: Earlier) -> Result<(), ScaleError> {
-        refuse_earlier(&ShardFiles::new(dir, shard).data(), earlier)
+        let files = ShardFiles::new(dir, shard);
+        refuse_earlier(&files.data(), &files.manifest, earlier)
     }
 
     /// Start this shard's files in `dir` (created if needed), or continue them as
@@ -561,6 +579,16 @@ mod tests {
         // Another shard's files beside them are not this shard's.
         let other = Shard::parse("1/2", None).unwrap();
         EmbeddingShard::check_earlier(dir.path(), &other, Earlier::Refuse).unwrap();
+        // A file of something else is named as such.
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, "hello").unwrap();
+        let err = ResultsFile::check_earlier(&notes, Earlier::Refuse)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("notes.txt: exists and is not a clipscope output"),
+            "{err}"
+        );
         // A folder where the results file should be is not an earlier run's results.
         let folder = dir.path().join("r.jsonl");
         std::fs::create_dir(&folder).unwrap();
