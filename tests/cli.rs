@@ -312,6 +312,19 @@ fn preprocess_writes_what_the_model_sees() {
     let want = image::open(fixtures().join("crops/coffee_rgba.png")).unwrap();
     assert_eq!(got.to_rgb8().as_raw(), want.to_rgb8().as_raw());
 
+    // `-` reads the image from standard input, as classify does.
+    let piped = dir.path().join("piped.png");
+    clipscope()
+        .args(["preprocess", "-", "--output"])
+        .arg(&piped)
+        .write_stdin(std::fs::read(image("coffee_rgba.png")).unwrap())
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(&piped).unwrap(),
+        std::fs::read(&out_png).unwrap()
+    );
+
     let out = clipscope()
         .args(["preprocess", &image("LICENSE.md"), "--output"])
         .arg(&out_png)

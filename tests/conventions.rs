@@ -250,6 +250,14 @@ fn labels_quote_commas_repeats_are_scored_once_and_articles_are_not_doubled() {
     let out = classify(&["-q", &image("chelsea.png"), "--labels", "cat,cat"]);
     assert_success(&out);
     assert_eq!(stderr_of(&out), "");
+    // One label is 100% whatever the picture: said once, not hidden.
+    let out = classify(&[&image("chelsea.png"), "--labels", "cat"]);
+    assert_success(&out);
+    assert!(
+        stderr_of(&out).contains("one label (cat) scores 100% on every image"),
+        "{}",
+        stderr_of(&out)
+    );
 
     let out = clipscope()
         .args([

@@ -413,7 +413,10 @@ fn job_options_that_cannot_work_are_refused_and_q_keeps_the_summary_quiet() {
     let err = refused(&["--output", "-"]);
     assert!(err.contains("--output -: a job writes files"), "{err}");
     let err = refused(&["--format", "csv", "--output", "r.jsonl"]);
-    assert!(err.contains("'--format <FORMAT>' cannot be used with '--output"), "{err}");
+    assert!(
+        err.contains("'--format <FORMAT>' cannot be used with '--output"),
+        "{err}"
+    );
     let notes = job.path("notes.txt");
     std::fs::write(&notes, "hello").unwrap();
     let mut onto_notes = job.classify(&["--output"]);

@@ -323,7 +323,7 @@ pub struct ClassifyArgs {
     pub format: Format,
     /// Write results to this JSON-lines file as they come, one result a line (the
     /// objects of the JSON format's `results`), with a manifest beside it.
-    #[arg(long, value_name = "FILE.jsonl")]
+    #[arg(long, short, value_name = "FILE.jsonl")]
     pub output: Option<PathBuf>,
     /// Large jobs: input lists, shards, resuming, the cache.
     #[command(flatten)]
@@ -361,7 +361,7 @@ pub struct EmbedArgs {
     /// Write image embeddings to this folder instead: per shard, an .npy of rows, a
     /// JSON-lines table of their images in the same order, the failed inputs, and a
     /// manifest.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, short, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Floats in the .npy files. Default: f16 with `--precision f16`, else f32.
     #[arg(long, value_enum, requires = "output")]
@@ -386,7 +386,7 @@ pub struct MergeArgs {
 /// `clipscope preprocess`.
 #[derive(Debug, Args)]
 pub struct PreprocessArgs {
-    /// The image.
+    /// The image (`-`: read it from standard input).
     pub image: PathBuf,
     /// Where to write the picture; the extension picks the format (.png, .jpg, .bmp,
     /// .tif, .ppm, .qoi; PNG when there is none).

@@ -399,8 +399,11 @@ pub fn data(action: &DataAction) -> Result<u8> {
             size,
             seed,
         } => {
-            if *per_class == 0 || !(8..=1024).contains(size) {
-                bail!("--per-class must be at least 1 and --size between 8 and 1024");
+            if *per_class == 0 {
+                bail!("--per-class 0: give at least 1 image per shape");
+            }
+            if !(8..=1024).contains(size) {
+                bail!("--size {size}: give a side between 8 and 1024 pixels");
             }
             clipscope::data::synthetic::make_shapes(to, *per_class, *size, *seed)
                 .with_context(|| format!("cannot write {}", to.display()))?;

@@ -149,6 +149,12 @@ fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
             repeats.join(", ")
         );
     }
+    if let [only] = labels.as_slice() {
+        // Softmax over one score is 1 whatever the image.
+        tracing::warn!(
+            "one label ({only}) scores 100% on every image; give two or more to compare"
+        );
+    }
     Ok(labels)
 }
 
@@ -439,7 +445,13 @@ fn preprocess_cmd(args: &PreprocessArgs) -> Result<u8> {
         bail!("--size {size}: expected 1 to 4096");
     }
     let format = output_image_format(&args.output)?;
-    let img = load_image(&args.image)?;
+    // `-` reads the image from standard input, as `classify -` does.
+    let stdin = if input::is_stdin(&args.image) {
+        Some(input::StdinImage::read()?)
+    } else {
+        None
+    };
+    let img = load_image(stdin.as_ref().map_or(args.image.as_path(), |s| s.path()))?;
     let crop = preprocess::center_crop_rgb(&img, size);
     let mut bytes = std::io::Cursor::new(Vec::new());
     crop.write_to(&mut bytes, format)
