@@ -527,13 +527,19 @@ mod tests {
         assert!(err.to_string().contains("without its manifest"), "{err}");
     }
 
-    #[test]
-    fn earlier_results_are_kept_unless_resumed_or_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.jsonl");
+    /// A new `r.jsonl` in `dir` with the first of the manifest's two results.
+    fn one_result_of_two(dir: &Path) -> (PathBuf, ResultsFile) {
+        let path = dir.join("r.jsonl");
         let (mut file, _) = ResultsFile::open(&path, manifest(), Earlier::Refuse).unwrap();
         file.push(&serde_json::json!({"image": "a"}), false)
             .unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn earlier_results_are_kept_unless_resumed_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, file) = one_result_of_two(dir.path());
         file.finish().ok();
         let before = std::fs::read(&path).unwrap();
 
@@ -598,10 +604,7 @@ mod tests {
     #[test]
     fn a_shard_with_results_missing_is_not_marked_complete() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.jsonl");
-        let (mut file, _) = ResultsFile::open(&path, manifest(), Earlier::Refuse).unwrap();
-        file.push(&serde_json::json!({"image": "a"}), false)
-            .unwrap();
+        let (path, file) = one_result_of_two(dir.path());
         assert!(file
             .finish()
             .unwrap_err()
