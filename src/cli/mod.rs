@@ -149,13 +149,16 @@ fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
             repeats.join(", ")
         );
     }
-    if let [only] = labels.as_slice() {
-        // Softmax over one score is 1 whatever the image.
+    Ok(labels)
+}
+
+/// Once the run can go ahead: a single label's softmax is 1 whatever the image.
+fn warn_one_label(labels: &[String]) {
+    if let [only] = labels {
         tracing::warn!(
             "one label ({only}) scores 100% on every image; give two or more to compare"
         );
     }
-    Ok(labels)
 }
 
 /// Warn about words of labels or texts the model has no embedding for: such labels
@@ -274,6 +277,7 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     let (clip, files) = load_model_and_files(&args.model)?;
     let opts = jobs::pipeline_options(&args.job, &clip, &files);
     warn_unknown_words(&clip, &labels)?;
+    warn_one_label(&labels);
     let classifier = Classifier {
         labels: pipeline::label_set(&clip, &labels, &style, opts.cache.as_ref())?,
         scale: clip.logit_scale(),
