@@ -435,6 +435,14 @@ fn job_options_that_cannot_work_are_refused_and_q_keeps_the_summary_quiet() {
     let err = usage_error(&run(unclosed));
     assert!(err.contains("a double quote is never closed"), "{err}");
 
+    let empty = run(job.classify(&["--shard", "0/50", "--format", "json"]));
+    assert_success(&empty);
+    assert!(
+        stderr(&empty).contains("shard 0/50 holds none of the 41 input(s)"),
+        "{}",
+        stderr(&empty)
+    );
+
     let mut quiet = job.classify(&["-q", "--output"]);
     quiet.arg(job.path("q.jsonl"));
     let o = run(quiet);

@@ -80,7 +80,11 @@ pub fn expand(
     match shard {
         Some(shard) => {
             let mut inputs = JobInputs::expand(paths);
+            let all = inputs.len();
             inputs.keep_shard(&shard);
+            if inputs.items.is_empty() {
+                tracing::warn!("shard {shard} holds none of the {all} input(s)");
+            }
             (inputs.items, inputs.names)
         }
         None => {
