@@ -9,8 +9,8 @@
 //! input, and each gradient is one gemm call: `Wᵀ · dY` folded back with col2im, and
 //! `cols · dYᵀ` (the transpose of `dW`, transposed back: the order in which gemm packs
 //! the large patch matrix cheaply; for a batch of at most
-//! [`KERNEL_LAYOUT_MAX_POSITIONS`] positions `dY · colsᵀ`, no transpose). Batch norm over channel-major data reads each
-//! channel as one contiguous run. 3x3 stride-1 convolutions skip the patch matrix on
+//! [`KERNEL_LAYOUT_MAX_POSITIONS`] positions `dY · colsᵀ`, no transpose). Batch norm
+//! over channel-major data reads each channel as one contiguous run. 3x3 stride-1 convolutions skip the patch matrix on
 //! AVX-512 CPUs ([`super::direct`]) where that measured faster.
 
 use std::mem::MaybeUninit;
@@ -1044,7 +1044,7 @@ impl CustomOp2 for ConvGradWeight<'_> {
                 }
             }
             let kept = self.kept.and_then(|k| k.lock().ok()?.take());
-            let dwt = match kept {
+            let dw = match kept {
                 Some(cols) if g.cols() <= KERNEL_LAYOUT_MAX_POSITIONS => {
                     let dw = matmul(
                         Mat::new(dy, cout, g.cols()),
@@ -1052,16 +1052,18 @@ impl CustomOp2 for ConvGradWeight<'_> {
                         false,
                     );
                     scratch::give(cols);
-                    return Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))));
+                    dw
                 }
                 Some(cols) => {
                     let dwt = weight_product(&g, &cols, dy, cout, 0..g.n);
                     scratch::give(cols);
-                    dwt
+                    crate::util::transpose(&dwt, g.rows(), cout)
                 }
-                None => unfolded_weight_gradient(&g, x, dy, cout),
+                None => {
+                    let dwt = unfolded_weight_gradient(&g, x, dy, cout);
+                    crate::util::transpose(&dwt, g.rows(), cout)
+                }
             };
-            let dw = crate::util::transpose(&dwt, g.rows(), cout);
             Ok((CpuStorage::F32(dw), Shape::from((cout, g.c, g.k, g.k))))
         })
     }
