@@ -106,6 +106,13 @@ impl JobArgs {
     pub fn earlier(&self) -> Earlier {
         Earlier::from_flags(self.resume, self.force)
     }
+
+    /// Whether `--inputs -` reads the list from standard input.
+    pub fn list_from_stdin(&self) -> bool {
+        self.input_list
+            .as_deref()
+            .is_some_and(super::input::is_stdin)
+    }
 }
 
 /// Refuse, before the model loads, a `--output` (a results file, or with `embeddings`

@@ -183,9 +183,8 @@ fn gather_inputs(
     positional: &[std::path::PathBuf],
     job: &args::JobArgs,
 ) -> Result<(Vec<std::path::PathBuf>, Option<input::StdinImage>)> {
-    let list_from_stdin = job.input_list.as_deref().is_some_and(input::is_stdin);
     let mut paths = jobs::input_paths(positional, job)?;
-    let stdin = input::stdin_image_inputs(&mut paths, list_from_stdin)?;
+    let stdin = input::stdin_image_inputs(&mut paths, job.list_from_stdin())?;
     if stdin.is_some() && job.shard.is_some() {
         bail!("-: an image from standard input cannot be part of a sharded job");
     }
@@ -257,8 +256,8 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     if args.inputs.is_empty() && args.job.input_list.is_none() {
         bail!("no images: give image files or folders, - for one image on standard input, or --inputs LIST (one path a line)");
     }
-    let images_from_stdin = args.inputs.iter().any(|p| input::is_stdin(p))
-        || args.job.input_list.as_deref().is_some_and(input::is_stdin);
+    let images_from_stdin =
+        args.inputs.iter().any(|p| input::is_stdin(p)) || args.job.list_from_stdin();
     if images_from_stdin && args.labels_file.as_deref().is_some_and(input::is_stdin) {
         bail!("--labels-file -: standard input can feed only one of `-`, --inputs - and --labels-file -; give the labels in a file or with --labels");
     }
@@ -450,12 +449,9 @@ fn preprocess_cmd(args: &PreprocessArgs) -> Result<u8> {
     }
     let format = output_image_format(&args.output)?;
     // `-` reads the image from standard input, as `classify -` does.
-    let stdin = if input::is_stdin(&args.image) {
-        Some(input::StdinImage::read()?)
-    } else {
-        None
-    };
-    let img = load_image(stdin.as_ref().map_or(args.image.as_path(), |s| s.path()))?;
+    let mut image = [args.image.clone()];
+    let _stdin = input::stdin_image_inputs(&mut image, false)?;
+    let img = load_image(&image[0])?;
     let crop = preprocess::center_crop_rgb(&img, size);
     let mut bytes = std::io::Cursor::new(Vec::new());
     crop.write_to(&mut bytes, format)

@@ -120,7 +120,6 @@ impl Manifest {
     }
 }
 
-/// The first setting two jobs disagree on, named with both values as JSON.
 /// The command-line option behind a job setting, to name it where the setting differs.
 fn flag_of(setting: &str) -> Option<&'static str> {
     Some(match setting {
@@ -134,6 +133,7 @@ fn flag_of(setting: &str) -> Option<&'static str> {
     })
 }
 
+/// The first setting two jobs disagree on, named with both values as JSON.
 fn settings_difference(a: &serde_json::Value, b: &serde_json::Value) -> String {
     use serde_json::Value;
     let (Value::Object(a), Value::Object(b)) = (a, b) else {

@@ -83,12 +83,12 @@ fn refuse_earlier(
     manifest_path: &Path,
     earlier: Earlier,
 ) -> Result<(), ScaleError> {
-    let Some((kept, _)) = data.iter().find(|d| holds_results(d)) else {
-        return Ok(());
-    };
     if earlier != Earlier::Refuse {
         return Ok(());
     }
+    let Some((kept, _)) = data.iter().find(|d| holds_results(d)) else {
+        return Ok(());
+    };
     let message = if manifest_path.exists() {
         "holds results of an earlier run; give --resume to continue it, --force to start \
          over, or another --output"
