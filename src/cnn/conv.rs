@@ -290,13 +290,15 @@ pub fn release_scratch() {
     scratch::release();
 }
 
-fn write_all(dst: &mut [MaybeUninit<f32>], value: f32) {
+/// Writes `value` into every element of `dst`.
+pub(crate) fn write_all(dst: &mut [MaybeUninit<f32>], value: f32) {
     for d in dst {
         d.write(value);
     }
 }
 
-fn copy_into(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+/// Writes `src` into the start of `dst`.
+pub(crate) fn copy_into(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
         d.write(*s);
     }

@@ -285,50 +285,79 @@ pub(crate) fn weight_gradient(
         cout * positions,
         "direct weight gradient: gradient size"
     );
-    // Rows (C·9) by output channel, as the patch-matrix product leaves it.
-    let mut dwt = vec![0f32; c * TAPS * cout];
-    if positions > 0 && c > 0 {
-        let dyt = crate::util::transpose(dy, cout, positions);
-        let padded = pad_planes(x, (c, n, h, w));
-        let s = GradShape { n, h, w, cout };
-        let out = SharedOut(dwt.as_mut_ptr());
-        let tiles = cout / GRAD_TILE_O;
-        let per_task = channels_per_task(tiles, c);
-        let chunks = c.div_ceil(per_task);
+    if positions == 0 || c == 0 {
+        return Some(vec![0f32; cout * c * TAPS]);
+    }
+    let dyt = crate::util::transpose(dy, cout, positions);
+    let padded = pad_planes(x, (c, n, h, w));
+    let s = GradShape { n, h, w, cout };
+    let tiles = cout / GRAD_TILE_O;
+    let per_task = channels_per_task(tiles, c);
+    let chunks = c.div_ceil(per_task);
+    // Each task sums its tile's 32 output channels for its input channels in a buffer of
+    // its own, laid out as the kernel reads them, and writes them into the `(Cout, C, 3,
+    // 3)` result itself: 32 contiguous runs, where a shared buffer in the kernel's order
+    // needed a transpose of the whole gradient afterwards (0.5 ms of a 256-channel
+    // layer's 3.3).
+    let row = c * TAPS;
+    Some(super::conv::uninit_filled(cout * row, |dw| {
+        let out = SharedOut(dw.as_mut_ptr().cast::<f32>());
         (0..tiles * chunks).into_par_iter().for_each(|t| {
             let (tile, first) = (t / chunks, (t % chunks) * per_task);
             let channels = first..(first + per_task).min(c);
+            let o0 = tile * GRAD_TILE_O;
+            let mut sums = vec![0f32; channels.len() * TAPS * GRAD_TILE_O];
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `weight_gradient_available` checked AVX-512F; `dyt` and `padded`
-            // have the sizes `grad_tile` reads (built above from checked sizes); task `t`
-            // writes only its input channels' rows in its 32 columns of `dwt`, which no
-            // other task touches.
+            // have the sizes `grad_tile` reads (built above from checked sizes), and
+            // `sums` holds `channels.len() · 9` rows of 32.
             unsafe {
-                grad_tile(&s, &dyt, &padded, tile * GRAD_TILE_O, channels, out)
+                grad_tile(&s, &dyt, &padded, o0, channels.clone(), &mut sums)
             };
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (tile, channels, out, &s, &dyt, &padded);
+            let _ = (&s, &dyt, &padded);
+            for o in 0..GRAD_TILE_O {
+                // SAFETY: row `o0 + o` of the result from column `first · 9`, for this
+                // task's channels: inside `dw`, and written by this task alone (tasks
+                // differ in their tile or their channels).
+                let dst = out.at((o0 + o) * row + first * TAPS);
+                for (j, tap) in sums.chunks_exact(GRAD_TILE_O).enumerate() {
+                    unsafe { dst.add(j).write(tap[o]) };
+                }
+            }
         });
-    }
-    Some(crate::util::transpose(&dwt, c * TAPS, cout))
+    }))
 }
 
 /// `x (C, N, H, W)` with a border of zeros one pixel wide round each image plane:
-/// `(C, N, H + 2, W + 2)`.
+/// `(C, N, H + 2, W + 2)`. Written once, border and all, into uninitialised memory.
 fn pad_planes(x: &[f32], (c, n, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
-    let (plane, padded_plane) = (h * w, (h + 2) * (w + 2));
-    let mut out = vec![0f32; c * n * padded_plane];
-    if padded_plane > 0 {
+    use super::conv::{copy_into, write_all};
+    let (plane, pw) = (h * w, w + 2);
+    let padded_plane = (h + 2) * pw;
+    super::conv::uninit_filled(c * n * padded_plane, |out| {
+        if plane == 0 {
+            return write_all(out, 0.0);
+        }
         out.par_chunks_mut(padded_plane)
-            .zip(x.par_chunks(plane.max(1)))
+            .zip(x.par_chunks(plane))
+            // Small planes (4x4 at 64 px) are too little work for a task each.
+            .with_min_len(PAD_PLANES_PER_TASK_MIN)
             .for_each(|(dst, src)| {
-                for (y, row) in src.chunks_exact(w).enumerate() {
-                    dst[(y + 1) * (w + 2) + 1..][..w].copy_from_slice(row);
+                write_all(&mut dst[..pw], 0.0);
+                write_all(&mut dst[(h + 1) * pw..], 0.0);
+                for (y, line) in src.chunks_exact(w).enumerate() {
+                    let padded = &mut dst[(y + 1) * pw..][..pw];
+                    padded[0].write(0.0);
+                    padded[w + 1].write(0.0);
+                    copy_into(&mut padded[1..=w], line);
                 }
             });
-    }
-    out
+    })
 }
+
+/// The fewest image planes one task pads.
+const PAD_PLANES_PER_TASK_MIN: usize = 64;
 
 /// Input channels per weight-gradient task: as many as leave 4 tasks per thread across
 /// the tiles of output channels (each task reads the transposed `dy`
@@ -346,14 +375,13 @@ struct GradShape {
     cout: usize,
 }
 
-/// Adds to `out` (rows `i·9 + tap`, `s.cout` columns) the weight gradient of output
-/// channels `o0..o0 + 32` for input `channels`, summed over every position.
+/// Adds to `sums` (row `(i - channels.start)·9 + tap` of 32 floats) the weight gradient
+/// of output channels `o0..o0 + 32` for input `channels`, summed over every position.
 ///
 /// # Safety
 /// The CPU must have AVX-512F; `dyt` holds `N·H·W` rows of `s.cout` floats, `padded`
-/// the padded planes `(N, H + 2, W + 2)` of every input channel, `out` `C · 9` rows of
-/// `s.cout` floats whose columns `o0..o0 + 32` in `channels`' rows this call alone
-/// touches.
+/// the padded planes `(N, H + 2, W + 2)` of every input channel, `sums`
+/// `channels.len() · 9` rows of 32 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn grad_tile(
@@ -362,7 +390,7 @@ unsafe fn grad_tile(
     padded: &[f32],
     o0: usize,
     channels: std::ops::Range<usize>,
-    out: SharedOut,
+    sums: &mut [f32],
 ) {
     use std::arch::x86_64::*;
     let (h, w, pw) = (s.h, s.w, s.w + 2);
@@ -372,7 +400,10 @@ unsafe fn grad_tile(
     for first_row in (0..rows).step_by(rows_per_block) {
         let block = first_row..(first_row + rows_per_block).min(rows);
         for i in channels.clone() {
-            let at = |t: usize, v: usize| out.at((i * TAPS + t) * s.cout + o0 + v * 16);
+            let row = sums
+                .as_mut_ptr()
+                .add((i - channels.start) * TAPS * GRAD_TILE_O);
+            let at = |t: usize, v: usize| row.add(t * GRAD_TILE_O + v * 16);
             let mut acc: [[__m512; TAPS]; 2] =
                 std::array::from_fn(|v| std::array::from_fn(|t| _mm512_loadu_ps(at(t, v))));
             let plane = padded.as_ptr().add(i * padded_plane);
@@ -395,8 +426,8 @@ unsafe fn grad_tile(
                     }
                 }
             }
-            for (v, sums) in acc.iter().enumerate() {
-                for (t, &sum) in sums.iter().enumerate() {
+            for (v, taps) in acc.iter().enumerate() {
+                for (t, &sum) in taps.iter().enumerate() {
                     _mm512_storeu_ps(at(t, v), sum);
                 }
             }
