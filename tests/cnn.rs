@@ -571,6 +571,54 @@ fn train_and_eval_commands_with_imagenet_weights_from_a_local_server() {
 }
 
 #[test]
+fn predict_keeps_each_result_with_its_own_image_when_others_fail() {
+    let data = tempfile::tempdir().unwrap();
+    make_shapes(data.path(), 4, 32, 5).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    train(
+        &shapes_config(data.path(), run.path(), 1, 16),
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    let good = [
+        "circle/circle_0000.png",
+        "square/square_0001.png",
+        "cross/cross_0002.png",
+    ]
+    .map(|f| data.path().join(f));
+    let bad = data.path().join("broken.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    let missing = data.path().join("missing.png");
+    let predict = |inputs: &[&Path]| {
+        let out = clipscope()
+            .args(["predict", "--format", "json", "--checkpoint"])
+            .arg(run.path())
+            .args(inputs)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v["results"].as_array().unwrap().clone())
+    };
+    let (status, alone) = predict(&[&good[0], &good[1], &good[2]]);
+    assert_eq!(status, Some(0));
+    let (status, mixed) = predict(&[&good[0], &bad, &good[1], &missing, &good[2]]);
+    assert_eq!(status, Some(1), "some inputs failed");
+    assert_eq!(mixed.len(), 5);
+    for (got, want) in [&mixed[0], &mixed[2], &mixed[4]].into_iter().zip(&alone) {
+        assert_eq!(got["image"], want["image"]);
+        assert_eq!(got["predictions"], want["predictions"], "{}", got["image"]);
+        assert!(got.get("error").is_none());
+    }
+    for (failed, path) in [(&mixed[1], &bad), (&mixed[3], &missing)] {
+        assert_eq!(failed["image"], path.display().to_string());
+        assert!(failed.get("predictions").is_none());
+        let error = failed["error"].as_str().unwrap();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+    }
+}
+
+#[test]
 fn bad_train_arguments_are_one_line_errors() {
     let data = tempfile::tempdir().unwrap();
     let run = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ use super::args::{
 };
 use super::output::{ClassifyReport, ImageResult};
 use super::EXIT_OK;
-use clipscope::data::{display_name, load_image};
+use clipscope::data::display_name;
 
 fn bar_style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template)
@@ -437,45 +437,30 @@ pub fn predict(a: &PredictArgs) -> Result<u8> {
         .map(|c| display_name(c))
         .collect();
     let items = clipscope::data::collect_images(&paths);
-    let mut results = Vec::with_capacity(items.len());
-    for chunk in items.chunks(PREDICT_BATCH) {
-        let decoded: Vec<Result<(String, image::RgbImage), String>> = chunk
-            .iter()
-            .map(|item| {
-                let path = item.as_ref().map_err(|e| e.to_string())?;
-                let img = load_image(path).map_err(|e| e.to_string())?;
-                Ok((path.display().to_string(), cnn.crop(&img)))
-            })
-            .collect();
-        let crops: Vec<image::RgbImage> = decoded
-            .iter()
-            .filter_map(|d| d.as_ref().ok())
-            .map(|d| d.1.clone())
-            .collect();
-        let mut probs = cnn.probabilities(&crops)?.into_iter();
-        for (item, d) in chunk.iter().zip(decoded) {
-            let name = |p: &std::path::Path| match &stdin {
-                Some(s) if s.path() == p => "-".to_string(),
-                _ => p.display().to_string(),
-            };
-            results.push(match (d, probs.next()) {
-                (Ok((path, _)), Some(row)) => ImageResult {
-                    image: name(std::path::Path::new(&path)),
-                    answer: None,
-                    predictions: Some(ranked(&classes, &row, a.top_k)),
-                    error: None,
-                },
-                (d, _) => ImageResult {
-                    image: item
-                        .as_ref()
-                        .map_or_else(|e| e.path().display().to_string(), |p| name(p)),
-                    answer: None,
-                    predictions: None,
-                    error: Some(d.err().unwrap_or_default()),
-                },
-            });
+    let name = |item: &Result<std::path::PathBuf, clipscope::data::ImageError>| {
+        let path = item.as_ref().map_or_else(|e| e.path(), |p| p.as_path());
+        match &stdin {
+            Some(s) if s.path() == path => "-".to_string(),
+            _ => path.display().to_string(),
         }
-    }
+    };
+    let rows = cnn.probabilities_of_files(&items, PREDICT_BATCH)?;
+    let results: Vec<ImageResult> = items
+        .iter()
+        .zip(rows)
+        .map(|(item, row)| {
+            let (predictions, error) = match row {
+                Ok(row) => (Some(ranked(&classes, &row, a.top_k)), None),
+                Err(e) => (None, Some(e)),
+            };
+            ImageResult {
+                image: name(item),
+                answer: None,
+                predictions,
+                error,
+            }
+        })
+        .collect();
     let failed = results.iter().any(|r| r.error.is_some());
     super::report_failures(results.iter().filter_map(|r| r.error.as_deref()));
     let report = ClassifyReport {

@@ -2,7 +2,7 @@
 //! and the confusion matrix.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use image::RgbImage;
@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::augment;
 use super::checkpoint::{self, CheckpointError};
-use crate::data::{held_out, load_image, DataError};
+use crate::data::{held_out, load_image, DataError, ImageError};
 
 /// The confusion matrix: `matrix[true][predicted]`, classes in label order.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -122,6 +122,31 @@ impl CnnClassifier {
         Ok(logits.to_vec2::<f32>()?)
     }
 
+    /// Class probabilities of image files, in input order, `batch` pictures per forward
+    /// pass: each entry the probabilities of its picture, or why it has none (not
+    /// found, unreadable, not an image).
+    pub fn probabilities_of_files(
+        &self,
+        items: &[Result<PathBuf, ImageError>],
+        batch: usize,
+    ) -> Result<Vec<Result<Vec<f32>, String>>, EvalError> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(batch.max(1)) {
+            let mut readable = Vec::with_capacity(chunk.len());
+            let decoded: Vec<Result<(), String>> = chunk
+                .iter()
+                .map(|item| {
+                    let path = item.as_ref().map_err(ToString::to_string)?;
+                    let img = load_image(path).map_err(|e| e.to_string())?;
+                    readable.push(self.crop(&img));
+                    Ok(())
+                })
+                .collect();
+            out.extend(in_input_order(decoded, self.probabilities(&readable)?));
+        }
+        Ok(out)
+    }
+
     /// Class probabilities (softmax of the logits) of evaluation crops.
     pub fn probabilities(&self, crops: &[RgbImage]) -> Result<Vec<Vec<f32>>, EvalError> {
         Ok(self
@@ -130,6 +155,21 @@ impl CnnClassifier {
             .map(|row| softmax(&row))
             .collect())
     }
+}
+
+/// Each entry of `inputs` with its row of `rows`, which holds one row per `Ok` entry in
+/// order; failed entries keep their error and take no row.
+fn in_input_order<T, R>(inputs: Vec<Result<T, String>>, rows: Vec<R>) -> Vec<Result<R, String>> {
+    let mut rows = rows.into_iter();
+    inputs
+        .into_iter()
+        .map(|input| {
+            input.and_then(|_| {
+                rows.next()
+                    .ok_or_else(|| "no result for this picture".to_string())
+            })
+        })
+        .collect()
 }
 
 /// The softmax of one row of logits.
@@ -226,4 +266,38 @@ pub fn evaluate(
             matrix,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_inputs_take_no_row_and_the_others_keep_their_own() {
+        let inputs = vec![
+            Ok(()),
+            Err("bad.png: not an image".to_string()),
+            Ok(()),
+            Err("gone.png: no such file".to_string()),
+            Ok(()),
+        ];
+        let got = in_input_order(inputs, vec!["a", "b", "c"]);
+        assert_eq!(
+            got,
+            [
+                Ok("a"),
+                Err("bad.png: not an image".to_string()),
+                Ok("b"),
+                Err("gone.png: no such file".to_string()),
+                Ok("c"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_row_is_an_error_not_a_shift() {
+        let got = in_input_order(vec![Ok(()), Ok(())], vec![1]);
+        assert_eq!(got[0], Ok(1));
+        assert!(got[1].is_err());
+    }
 }
