@@ -647,6 +647,51 @@ fn bad_train_arguments_are_one_line_errors() {
 }
 
 #[test]
+fn training_without_held_out_images_is_refused_before_it_starts() {
+    let data = tempfile::tempdir().unwrap();
+    make_shapes(data.path(), 1, 16, 1).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let out = clipscope()
+        .args([
+            "train",
+            "--pretrained",
+            "none",
+            "--image-size",
+            "16",
+            "--data",
+        ])
+        .arg(data.path())
+        .arg("--output")
+        .arg(run.path().join("run"))
+        .output()
+        .unwrap();
+    let err = usage_error(&out);
+    assert!(
+        err.contains("no images held out") && err.contains("--val"),
+        "{err}"
+    );
+    assert!(!run.path().join("run/checkpoint.json").exists());
+    assert!(!data.path().join("clipscope-split.json").exists());
+    for fraction in ["nan", "1.5", "-0.1"] {
+        let out = clipscope()
+            .args([
+                "train",
+                "--pretrained",
+                "none",
+                "--val-fraction",
+                fraction,
+                "--data",
+            ])
+            .arg(data.path())
+            .arg("--output")
+            .arg(run.path().join("run"))
+            .output()
+            .unwrap();
+        assert!(usage_error(&out).contains("--val-fraction"), "{fraction}");
+    }
+}
+
+#[test]
 fn imagenette_fetch_checks_the_checksum() {
     use clipscope::data::fetch::{fetch_archive, md5_file};
     // A small archive in Imagenette's layout.

@@ -313,7 +313,7 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "N")]
     pub top_k: Option<usize>,
     /// Answer "none of these" when the top probability is below P (0 to 1).
-    #[arg(long, value_name = "P")]
+    #[arg(long, allow_negative_numbers = true, value_name = "P")]
     pub abstain: Option<f64>,
     /// The model.
     #[command(flatten)]
@@ -476,7 +476,7 @@ pub struct TuiArgs {
     pub keymap: Option<String>,
     /// Answer "none of these" when the top probability is below P (0 to 1); the
     /// probabilities stay on screen.
-    #[arg(long, value_name = "P", value_parser = probability)]
+    #[arg(long, allow_negative_numbers = true, value_name = "P", value_parser = probability)]
     pub abstain: Option<f64>,
     /// A study report folder (or its report.json, from `clipscope compare`) to open in
     /// the Results pane.
@@ -536,18 +536,19 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
     pub optimizer: OptimizerArg,
     /// Peak learning rate (default: 0.01 for SGD, 0.001 for AdamW).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Weight decay (default: 1e-4 for SGD, 0.01 for AdamW).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
     /// Seed for initialisation, split, order and augmentation (default: the data
     /// folder's split manifest's, else 0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-    /// Fraction held out when the data has no validation split (default: the split
-    /// manifest's, else 0.2).
-    #[arg(long)]
+    /// Fraction held out when the data has no validation split, at least one image of
+    /// every class that has two (from 0 to below 1; default: the split manifest's, else
+    /// 0.2).
+    #[arg(long, allow_negative_numbers = true)]
     pub val_fraction: Option<f64>,
     /// Run folder for checkpoints and metrics.
     #[arg(long, value_name = "RUN_DIR")]
@@ -704,21 +705,22 @@ pub struct FinetuneArgs {
     pub batch_size: usize,
     /// Peak learning rate, AdamW (default: 1e-5 when whole blocks learn, 1e-3 for
     /// projections or layernorms only).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Weight decay on weight matrices.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     pub weight_decay: f64,
     /// Fraction of the steps spent warming the learning rate up.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     pub warmup: f64,
     /// Seed for the split, the order and the flips (default: the data folder's split
     /// manifest's, else 0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-    /// Fraction held out when the data has no validation split (default: the split
-    /// manifest's, else 0.2).
-    #[arg(long)]
+    /// Fraction held out when the data has no validation split, at least one image of
+    /// every class that has two (from 0 to below 1; default: the split manifest's, else
+    /// 0.2).
+    #[arg(long, allow_negative_numbers = true)]
     pub val_fraction: Option<f64>,
     /// Do not flip training pictures left-right (flips are on for classification, off
     /// for captions, which may say "left" or "right").
@@ -726,7 +728,12 @@ pub struct FinetuneArgs {
     pub no_flip: bool,
     /// WiSE-FT: save (1 - A) * zero-shot + A * fine-tuned weights (0 gives the zero-shot
     /// model back exactly; 1 the fine-tuned one).
-    #[arg(long, value_name = "A", default_value_t = 1.0)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "A",
+        default_value_t = 1.0
+    )]
     pub wise_alpha: f64,
     /// The model folder to write (config.json, model.safetensors, tokenizer.json, ...).
     #[arg(long, value_name = "DIR")]
@@ -759,7 +766,7 @@ pub struct DemoTrainArgs {
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1e-3)]
     pub lr: f64,
     /// Linear warm-up steps before the cosine decay.
     #[arg(long, default_value_t = 100)]
@@ -777,7 +784,7 @@ pub struct DemoTrainArgs {
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=5))]
     pub shape_negatives: u8,
     /// Seed for the weights and the generated data.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
     /// Evaluate on fresh pictures every this many steps (0: only at the end).
     #[arg(long, default_value_t = 300)]
@@ -859,14 +866,14 @@ pub struct ImagenetteStudyArgs {
     #[arg(long)]
     pub image_size: Option<usize>,
     /// Peak learning rate (SGD with momentum 0.9, cosine schedule).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
     pub lr: f64,
     /// ResNet18 ImageNet weights in torchvision naming (safetensors) instead of
     /// downloading them.
     #[arg(long, value_name = "FILE")]
     pub cnn_weights: Option<PathBuf>,
     /// Seed for training, the bootstrap, the probe and the few-shot draws.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
     /// Skip the linear probe and few-shot curve (they embed every training image).
     #[arg(long)]
@@ -907,10 +914,10 @@ pub struct CompareArgs {
     pub open_set: Option<PathBuf>,
     /// Answer "none of these" below this top probability (0 to 1); the open-set part
     /// uses 0.5 when it is not given.
-    #[arg(long, value_name = "P")]
+    #[arg(long, allow_negative_numbers = true, value_name = "P")]
     pub abstain: Option<f64>,
     /// Seed for the bootstrap, the probe's validation split and the few-shot draws.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
     /// Bootstrap resamples for the 95% confidence intervals.
     #[arg(long, default_value_t = 1000)]

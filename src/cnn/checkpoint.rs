@@ -19,23 +19,33 @@ use super::optim::OptimizerKind;
 /// The checkpoint record's file name inside a run folder.
 pub const CHECKPOINT_JSON: &str = "checkpoint.json";
 
-/// One epoch's metrics.
+/// One epoch's metrics. A loss that diverged is NaN, which JSON writes as `null`; such
+/// values read back as NaN, so that the run stays loadable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// 1-based epoch number.
     pub epoch: usize,
     /// Mean training loss.
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
     /// Training accuracy (on augmented crops).
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_acc: f64,
     /// Validation loss.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_loss: f64,
     /// Validation top-1 accuracy.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_acc: f64,
     /// Wall time of the epoch's training steps, seconds.
     pub seconds: f64,
     /// Training throughput.
     pub images_per_sec: f64,
+}
+
+/// A number, or NaN where the record holds `null` (serde_json writes NaN so).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// How the run was configured (recorded for reproducibility).
@@ -320,4 +330,27 @@ pub fn load_optimizer_state(
 ) -> Result<HashMap<String, Tensor>, CheckpointError> {
     let path = run_dir.join(&meta.optimizer_state);
     candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| invalid(&path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_of_a_diverged_epoch_read_back() {
+        let m = EpochMetrics {
+            epoch: 3,
+            train_loss: f64::NAN,
+            train_acc: 0.25,
+            val_loss: f64::NAN,
+            val_acc: 0.5,
+            seconds: 1.0,
+            images_per_sec: 10.0,
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains("\"train_loss\":null"), "{text}");
+        let back: EpochMetrics = serde_json::from_str(&text).unwrap();
+        assert!(back.train_loss.is_nan() && back.val_loss.is_nan());
+        assert_eq!((back.epoch, back.train_acc, back.val_acc), (3, 0.25, 0.5));
+    }
 }

@@ -345,6 +345,9 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     if !(cfg.weight_decay >= 0.0 && cfg.weight_decay.is_finite()) {
         return bad("--weight-decay must be zero or positive");
     }
+    if !(0.0..1.0).contains(&cfg.val_fraction) {
+        return bad("--val-fraction must be at least 0 and below 1");
+    }
     Ok(())
 }
 
@@ -424,6 +427,17 @@ fn run_training(
             "{}: no readable training images",
             cfg.data.display()
         )));
+    }
+    if val_cache.labels.is_empty() {
+        // Every epoch's record and the checkpoint's choice rest on held-out images.
+        return Err(TrainError::Config(match &cfg.val {
+            Some(val) => format!("{}: no readable held-out images", val.display()),
+            None => format!(
+                "{}: no images held out for validation (a class needs at least 2 images \
+                 for one to be held out); add images, or give --val DIR",
+                cfg.data.display()
+            ),
+        }));
     }
 
     let map = VarMap::new();

@@ -188,15 +188,41 @@ pub fn load_split(
                 ),
             });
         }
-        return read_manifest(root, &manifest);
+        let split = read_manifest(root, &manifest)?;
+        warn_unlisted(root, &manifest, &split);
+        return Ok(split);
     }
     let all = scan_folder(root)?;
     let split = seeded_split(&all, seed, val_fraction);
-    write_manifest(root, &manifest, &split, seed, val_fraction)?;
+    // A split that holds nothing out is not kept: images added later would be left out
+    // of every later run by a manifest that lists only the earlier ones.
+    if !split.val.samples.is_empty() {
+        write_manifest(root, &manifest, &split, seed, val_fraction)?;
+    }
     Ok(Split {
         source: manifest.display().to_string(),
         ..split
     })
+}
+
+/// Warns when `root` holds images its split manifest does not list (added after the
+/// split was made): every run leaves them out, which should not pass unnoticed.
+fn warn_unlisted(root: &Path, manifest: &Path, split: &Split) {
+    let Ok(all) = scan_folder(root) else { return };
+    let listed: std::collections::HashSet<&Path> = (split.train.samples.iter())
+        .chain(&split.val.samples)
+        .map(|s| s.path.as_path())
+        .collect();
+    let unlisted = (all.samples.iter())
+        .filter(|s| !listed.contains(s.path.as_path()))
+        .count();
+    if unlisted > 0 {
+        tracing::warn!(
+            "{}: {unlisted} image(s) are not in the split manifest {} (added after the split was made) and are left out; delete it for a new split that includes them",
+            root.display(),
+            manifest.display()
+        );
+    }
 }
 
 fn paired(train: &Path, val: &Path) -> Result<Split, DataError> {
@@ -296,6 +322,14 @@ pub fn split_settings(root: &Path) -> Result<Option<(u64, f64)>, DataError> {
     read_split_settings(&manifest).map(Some)
 }
 
+/// The error for a split manifest that is not valid: it says how to get a new one.
+fn unreadable_manifest(path: &Path) -> impl FnOnce(serde_json::Error) -> DataError + '_ {
+    move |e| DataError::Manifest {
+        path: path.to_path_buf(),
+        message: format!("not a valid split manifest ({e}); delete it for a new split"),
+    }
+}
+
 fn read_split_settings(path: &Path) -> Result<(u64, f64), DataError> {
     #[derive(Deserialize)]
     struct Settings {
@@ -303,19 +337,13 @@ fn read_split_settings(path: &Path) -> Result<(u64, f64), DataError> {
         val_fraction: f64,
     }
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let s: Settings = serde_json::from_str(&text).map_err(|e| DataError::Manifest {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let s: Settings = serde_json::from_str(&text).map_err(unreadable_manifest(path))?;
     Ok((s.seed, s.val_fraction))
 }
 
 fn read_manifest(root: &Path, path: &Path) -> Result<Split, DataError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let m: ManifestFile = serde_json::from_str(&text).map_err(|e| DataError::Manifest {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let m: ManifestFile = serde_json::from_str(&text).map_err(unreadable_manifest(path))?;
     let to_set = |items: &[(String, usize)]| -> Result<Dataset, DataError> {
         let mut samples = Vec::with_capacity(items.len());
         for (rel, label) in items {
@@ -395,6 +423,37 @@ mod tests {
         assert!(err.contains("--seed 1 --val-fraction 0.3"), "{err}");
         assert_eq!(split_settings(dir.path()).unwrap(), Some((1, 0.3)));
         assert_eq!(held_out(dir.path()).unwrap().samples, s1.val.samples);
+    }
+
+    #[test]
+    fn a_split_that_holds_nothing_out_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        make_tree(dir.path(), &[("a", 1), ("b", 1)]);
+        let s = load_split(dir.path(), None, 0, 0.2).unwrap();
+        assert!(s.val.samples.is_empty());
+        assert!(!dir.path().join(MANIFEST).exists());
+        // Once the classes have two images each, the split holds one of each out.
+        make_tree(dir.path(), &[("a", 2), ("b", 2)]);
+        let s = load_split(dir.path(), None, 0, 0.2).unwrap();
+        assert_eq!(s.val.samples.len(), 2);
+        assert!(dir.path().join(MANIFEST).is_file());
+    }
+
+    #[test]
+    fn a_broken_manifest_says_how_to_get_a_new_split() {
+        let dir = tempfile::tempdir().unwrap();
+        make_tree(dir.path(), &[("a", 3), ("b", 3)]);
+        load_split(dir.path(), None, 0, 0.2).unwrap();
+        let path = dir.path().join(MANIFEST);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("0.2", "null")).unwrap();
+        for err in [
+            load_split(dir.path(), None, 0, 0.2).unwrap_err(),
+            split_settings(dir.path()).unwrap_err(),
+        ] {
+            let err = err.to_string();
+            assert!(err.contains(MANIFEST) && err.contains("delete it"), "{err}");
+        }
     }
 
     #[test]
