@@ -299,9 +299,22 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
+/// Refuse an `--output` folder that exists as a file, before any work that would have
+/// to be thrown away when its first file could not be written.
+pub fn check_output_is_folder(output: &Path) -> Result<(), String> {
+    match std::fs::metadata(output) {
+        Ok(m) if !m.is_dir() => Err(format!(
+            "{} is a file, not a folder; give another --output",
+            output.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Refuse to start a new run in a folder that already holds files, unless the run is
 /// resumed or replacing it was asked for; the message names both ways out.
 pub fn check_run_folder(output: &Path, resume: bool, force: bool) -> Result<(), String> {
+    check_output_is_folder(output)?;
     let occupied = output.is_dir()
         && std::fs::read_dir(output)
             .map(|mut d| d.next().is_some())

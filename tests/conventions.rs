@@ -487,11 +487,62 @@ fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["epochs"].as_array().unwrap().len(), 1);
     assert_eq!(v["stopped"], false);
+    // The replaced run's epochs are not left in the new run's log.
+    let log = std::fs::read_to_string(run.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
     let err = usage_error(&train(&["--force", "--val-fraction", "0.5"]));
     assert!(
         err.contains("made with --seed 3 --val-fraction 0.2"),
         "{err}"
     );
+}
+
+#[test]
+fn an_output_that_is_a_file_is_refused_before_any_work() {
+    let data = tempfile::tempdir().unwrap();
+    clipscope::data::synthetic::make_shapes(data.path(), 2, 32, 1).unwrap();
+    let file = data.path().join("a-file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let data_arg = data.path().to_str().unwrap();
+    let commands: [&[&str]; 4] = [
+        &["train", "--pretrained", "none", "--data", data_arg],
+        &["finetune", "--model", "demo", "--data", data_arg],
+        &["demo", "train"],
+        &["compare", "--model", "demo", "--data", data_arg],
+    ];
+    for args in commands {
+        let out = clipscope()
+            .args(args)
+            .arg("--output")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = usage_error(&out);
+        assert!(err.contains("is a file, not a folder"), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+#[test]
+fn finetune_refuses_devices_and_precisions_it_does_not_use() {
+    let data = tempfile::tempdir().unwrap();
+    clipscope::data::synthetic::make_shapes(data.path(), 2, 32, 1).unwrap();
+    for (flag, value) in [
+        ("--device", "cuda"),
+        ("--device", "gpu"),
+        ("--precision", "bf16"),
+    ] {
+        let out = clipscope()
+            .args(["finetune", "--model", "demo", "--data"])
+            .arg(data.path())
+            .args([flag, value, "--output"])
+            .arg(data.path().join("run"))
+            .output()
+            .unwrap();
+        let err = usage_error(&out);
+        assert!(err.contains(flag) || err.contains(value), "{err}");
+        assert!(!data.path().join("run").exists());
+    }
 }
 
 #[cfg(unix)]

@@ -174,12 +174,22 @@ fn captions_train_contrastively() {
     };
     cfg.flip = false;
     cfg.lr = 1e-3;
-    let record = run(&cfg, &tmp.path().join("out"), false, None);
+    // Into a folder a classification run left its head in (--force): a head left
+    // behind would be taken for this model's by `classify` and `compare`.
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    for name in ["head.json", "head.safetensors"] {
+        std::fs::write(out.join(name), "stale").unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let record = finetune(&tiny(), &cfg, &out, false, true, &stop, &mut |_| {})
+        .unwrap()
+        .record;
     let first = record.metrics[1].train_loss.unwrap();
     let last = record.metrics.last().unwrap().train_loss.unwrap();
     assert!(last < first, "train loss {first} -> {last}");
     assert_eq!(record.train_examples + record.val_examples, 48);
-    assert!(!tmp.path().join("out/head.json").exists());
+    assert!(!out.join("head.json").exists() && !out.join("head.safetensors").exists());
 }
 
 #[test]

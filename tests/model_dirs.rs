@@ -213,7 +213,7 @@ fn an_io_error_is_not_repeated() {
 fn train_error(weights: &Path) -> String {
     let data = tempfile::tempdir().unwrap();
     let run = tempfile::tempdir().unwrap();
-    clipscope::data::synthetic::make_shapes(data.path(), 1, 16, 1).unwrap();
+    clipscope::data::synthetic::make_shapes(data.path(), 2, 16, 1).unwrap();
     let out = clipscope()
         .args(["train", "--epochs", "1", "--data"])
         .arg(data.path())

@@ -406,6 +406,33 @@ fn compare_command_writes_the_report_with_overridden_class_names() {
     assert!(v.get("linear_probe").is_none() && v.get("open_set").is_none());
     assert!(out.path().join("study/predictions.csv").is_file());
     assert!(out.path().join("study/prompt-variants.png").is_file());
+
+    // The report is not replaced unasked, and the refusal comes before the study runs.
+    let again = |extra: &[&str]| {
+        clipscope()
+            .args(["compare", "--data"])
+            .arg(&s.test)
+            .arg("--model-dir")
+            .arg(tiny())
+            .args(["--bootstrap", "10", "--device", "cpu", "--output"])
+            .arg(out.path().join("study"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let err = usage_error(&again(&[]));
+    assert!(
+        err.contains("holds the report of an earlier comparison") && err.contains("--force"),
+        "{err}"
+    );
+    let models = |v: &Value| v["models"].as_array().unwrap().len();
+    let report = || -> Value {
+        let text = std::fs::read_to_string(out.path().join("study/report.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    assert_eq!(models(&report()), models(&v), "the earlier report is kept");
+    assert_success(&again(&["--force"]));
+    assert_eq!(models(&report()), 1, "replaced by the CLIP-only report");
 }
 
 #[test]
@@ -431,6 +458,10 @@ fn bad_compare_inputs_are_one_line_errors() {
         (
             vec!["--device".into(), "tpu".into()],
             "tpu: expected auto, cpu or cuda[:N]".into(),
+        ),
+        (
+            vec!["--classes".into(), out.path().into()],
+            "a folder, not a file".into(),
         ),
     ];
     for (extra, expect) in cases {

@@ -931,6 +931,9 @@ pub struct CompareArgs {
     /// Folder for report.json, report.md, predictions.csv and the plots.
     #[arg(long, value_name = "OUT_DIR")]
     pub output: PathBuf,
+    /// Replace the report of an earlier comparison in --output.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub device: DeviceArg,
     /// Output format of the summary on standard output (the full report is in the

@@ -58,17 +58,34 @@ fn default_lr(trainable: &Trainable) -> f64 {
     }
 }
 
+/// Fine-tuning runs on the CPU in f32 (the library's `finetune`): other `--device` and
+/// `--precision` values are refused rather than ignored.
+fn check_finetune_device(model: &super::args::ModelArgs) -> Result<()> {
+    let auto = model.device.spec.eq_ignore_ascii_case("auto");
+    if !model.device.resolve()?.is_cpu() && !auto {
+        bail!(
+            "--device {}: fine-tuning runs on the CPU only; give --device cpu or leave it out",
+            model.device.spec
+        );
+    }
+    if model.precision != clipscope::clip::Precision::F32 {
+        bail!("--precision: fine-tuning trains in f32; leave --precision out (the fine-tuned model classifies at any precision)");
+    }
+    Ok(())
+}
+
 /// `clipscope finetune`.
 pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
     // Checked before the model loads, so a typo costs nothing and names the flag.
     for (flag, dir) in [("--data", &a.data), ("--val", &a.val)] {
-        if let Some(dir) = dir.as_ref().filter(|d| !d.is_dir()) {
-            bail!("{flag} {}: no such folder", dir.display());
+        if let Some(dir) = dir {
+            super::input::expect_folder(flag, dir)?;
         }
     }
-    if let Some(file) = a.captions.as_ref().filter(|f| !f.is_file()) {
-        bail!("--captions {}: no such file", file.display());
+    if let Some(file) = &a.captions {
+        super::input::expect_file("--captions", file)?;
     }
+    check_finetune_device(&a.model)?;
     let task = match (&a.data, &a.captions) {
         (Some(data), None) => Task::Classify {
             data: data.clone(),
@@ -212,6 +229,7 @@ fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
     if !(lr > 0.0 && lr.is_finite()) {
         bail!("--lr must be a positive number");
     }
+    clipscope::util::check_output_is_folder(output).map_err(anyhow::Error::msg)?;
     if output.join("model.safetensors").exists() && !args.force {
         bail!(
             "{} already holds a model; give --force to replace it, or another --output",

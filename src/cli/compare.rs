@@ -27,9 +27,7 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
     check_probability("--abstain", a.abstain)?;
     // Before any model is fetched: a wrong device must not cost a download.
     let device = a.device.resolve()?;
-    if !a.data.is_dir() {
-        bail!("--data {}: no such folder", a.data.display());
-    }
+    super::input::expect_folder("--data", &a.data)?;
     for (flag, dir) in a
         .cnn
         .iter()
@@ -38,14 +36,10 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
         .chain(a.train.iter().map(|d| ("--train", d)))
         .chain(a.open_set.iter().map(|d| ("--open-set", d)))
     {
-        if !dir.is_dir() {
-            bail!("{flag} {}: no such folder", dir.display());
-        }
+        super::input::expect_folder(flag, dir)?;
     }
     if let Some(f) = &a.classes {
-        if !f.is_file() {
-            bail!("--classes {}: no such file", f.display());
-        }
+        super::input::expect_file("--classes", f)?;
     }
     if a.bootstrap == 0 {
         bail!("--bootstrap 0: expected at least 1 resample");
@@ -116,8 +110,24 @@ fn describe(source: &ModelSource) -> String {
     }
 }
 
+/// Refuses, before the study runs, an `--output` that is a file or that holds an
+/// earlier report, unless `--force`: a study can take hours, and a report written into
+/// its folder replaces the last one's files.
+fn check_report_folder(output: &std::path::Path, force: bool) -> Result<()> {
+    clipscope::util::check_output_is_folder(output).map_err(anyhow::Error::msg)?;
+    let earlier = output.join(clipscope::study::report::REPORT_JSON);
+    if earlier.exists() && !force {
+        bail!(
+            "{} holds the report of an earlier comparison; give --force to replace it, or another --output",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
 /// `clipscope compare`.
 pub fn compare(a: &CompareArgs) -> Result<u8> {
+    check_report_folder(&a.output, a.force)?;
     let cfg = config(a)?;
     let bar = super::log::progress_bar(0);
     bar.set_style(

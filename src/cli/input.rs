@@ -13,6 +13,26 @@ pub fn is_stdin(path: &Path) -> bool {
     path == Path::new("-")
 }
 
+/// Checks that `flag`'s `path` is a folder: the message says whether it is missing or a
+/// file.
+pub fn expect_folder(flag: &str, path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("{flag} {}: a file, not a folder", path.display()),
+        Err(_) => bail!("{flag} {}: no such folder", path.display()),
+    }
+}
+
+/// Checks that `flag`'s `path` is a file: the message says whether it is missing or a
+/// folder.
+pub fn expect_file(flag: &str, path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => bail!("{flag} {}: a folder, not a file", path.display()),
+        Ok(_) => Ok(()),
+        Err(_) => bail!("{flag} {}: no such file", path.display()),
+    }
+}
+
 /// The text of `path` (`-`: standard input), refused when it is not a regular file,
 /// larger than 16 MiB or not UTF-8. `flag` names the option in messages.
 pub fn read_text_file(path: &Path, flag: &str) -> Result<String> {

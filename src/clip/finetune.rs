@@ -658,8 +658,15 @@ fn run(
 ) -> Result<FinetuneOutcome, FinetuneError> {
     validate(cfg)?;
     let prior = check_output(output, resume, force)?;
-    if let Some(p) = &prior {
-        check_resumable(cfg, p)?;
+    match &prior {
+        Some(p) => check_resumable(cfg, p)?,
+        // A new run in a folder that held one (--force): a classifier head left from
+        // the last run would be taken for this run's by `compare` and `classify`.
+        None => {
+            for name in [HEAD_SAFETENSORS, HEAD_JSON] {
+                let _ = std::fs::remove_file(output.join(name));
+            }
+        }
     }
     let device = Device::Cpu;
     let config = base.config.clone();

@@ -440,6 +440,12 @@ fn run_training(
         }));
     }
 
+    if prior.is_none() {
+        // A new run in a folder that held one (--force) starts its own log; appending
+        // would mix the two runs' epochs.
+        let _ = std::fs::remove_file(cfg.output.join(METRICS_JSONL));
+    }
+
     let map = VarMap::new();
     let num_classes = split.train.classes.len();
     let model = Network::new(cfg.arch, &map, &device, num_classes, cfg.seed)?;
@@ -628,6 +634,9 @@ fn run_training(
     })
 }
 
+/// The per-epoch log beside the checkpoint, one JSON line per epoch.
+pub const METRICS_JSONL: &str = "metrics.jsonl";
+
 /// Keep a plain-text metrics log beside the checkpoint (best effort).
 fn append_log(dir: &Path, meta: &CheckpointMeta) {
     if let Some(m) = meta.metrics.last() {
@@ -635,7 +644,7 @@ fn append_log(dir: &Path, meta: &CheckpointMeta) {
         let _ = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("metrics.jsonl"))
+            .open(dir.join(METRICS_JSONL))
             .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
     }
 }
