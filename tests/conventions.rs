@@ -495,6 +495,51 @@ fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
         err.contains("made with --seed 3 --val-fraction 0.2"),
         "{err}"
     );
+
+    // --resume takes the run's settings for options left out, refuses different ones
+    // (naming the option), and records the new number of epochs.
+    let resume = |extra: &[&str]| {
+        clipscope()
+            .args(["train", "--resume", "--data"])
+            .arg(data.path())
+            .arg("--output")
+            .arg(run.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (flag, value) in [
+        ("--image-size", "48"),
+        ("--batch-size", "4"),
+        ("--lr", "0.5"),
+        ("--optimizer", "adamw"),
+    ] {
+        let err = usage_error(&resume(&[flag, value]));
+        assert!(err.contains(&format!("trained with {flag} ")), "{err}");
+    }
+    let other = tempfile::tempdir().unwrap();
+    clipscope::data::synthetic::make_shapes(other.path(), 4, 32, 1).unwrap();
+    let err = usage_error(
+        &clipscope()
+            .args(["train", "--resume", "--data"])
+            .arg(other.path())
+            .arg("--output")
+            .arg(run.path())
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("trained with --data"), "{err}");
+    assert_success(&resume(&["--epochs", "2"]));
+    let meta = clipscope::cnn::checkpoint::load_meta(run.path()).unwrap();
+    assert_eq!((meta.epochs_done, meta.config.epochs), (2, 2));
+    assert_eq!((meta.image_size, meta.config.batch_size), (32, 8));
+    let out = resume(&[]);
+    assert_success(&out);
+    assert!(
+        stderr_of(&out).contains("nothing to train"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]

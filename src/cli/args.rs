@@ -512,10 +512,10 @@ pub struct TrainArgs {
     /// A separate validation folder (same class folders).
     #[arg(long, value_name = "DIR")]
     pub val: Option<PathBuf>,
-    /// Architecture: resnet18 or vgg16 (138 M parameters: on a CPU, best with
-    /// --freeze-backbone).
-    #[arg(long, default_value = "resnet18")]
-    pub model: String,
+    /// Architecture: resnet18 (the default) or vgg16 (138 M parameters: on a CPU, best
+    /// with --freeze-backbone).
+    #[arg(long)]
+    pub model: Option<String>,
     /// Starting weights: imagenet (downloaded once), none (from scratch), or a
     /// safetensors file in torchvision naming.
     #[arg(long, default_value = "imagenet")]
@@ -523,18 +523,18 @@ pub struct TrainArgs {
     /// Train only the classifier, on backbone features computed once.
     #[arg(long)]
     pub freeze_backbone: bool,
-    /// Epochs.
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    /// Images per step.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Input side in pixels.
-    #[arg(long, default_value_t = 224)]
-    pub image_size: usize,
-    /// Optimiser.
-    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
-    pub optimizer: OptimizerArg,
+    /// Epochs in all (default: 10). With --resume, a larger number trains on.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per step (default: 32).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Input side in pixels (default: 224).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Optimiser (default: sgd).
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
     /// Peak learning rate (default: 0.01 for SGD, 0.001 for AdamW).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
@@ -553,7 +553,8 @@ pub struct TrainArgs {
     /// Run folder for checkpoints and metrics.
     #[arg(long, value_name = "RUN_DIR")]
     pub output: PathBuf,
-    /// Continue the run in --output from its checkpoint.
+    /// Continue the run in --output from its checkpoint, with its settings (options
+    /// left out take the run's; one given must equal it, but for --epochs).
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
     /// Start a new run in --output even though it holds one (its files are replaced).

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use clipscope::clip::Prediction;
+use clipscope::cnn::checkpoint::CheckpointMeta;
 use clipscope::cnn::eval::{evaluate, CnnClassifier, EvalReport};
 use clipscope::cnn::network::Arch;
 use clipscope::cnn::optim::OptimizerKind;
@@ -97,12 +98,32 @@ pub(super) fn train_progress<'a>(
             first_epoch,
             steps_per_epoch,
         } => {
-            say(bar, format!(
-                "{} classes ({}), {train} training and {val} held-out images{}; epochs {first_epoch}..{epochs}",
-                classes.len(),
-                classes.join(", "),
-                if skipped > 0 { format!(", {skipped} unreadable files skipped") } else { String::new() },
-            ));
+            let plan = if first_epoch > epochs {
+                // Said whether or not a bar is drawn: a run that does nothing should not
+                // pass for one that trained.
+                bar.suspend(|| {
+                    tracing::warn!(
+                        "all {} epochs are done: nothing to train; give a larger --epochs to train on",
+                        first_epoch - 1
+                    )
+                });
+                "nothing to train".to_string()
+            } else {
+                format!("epochs {first_epoch}..{epochs}")
+            };
+            say(
+                bar,
+                format!(
+                    "{} classes ({}), {train} training and {val} held-out images{}; {plan}",
+                    classes.len(),
+                    classes.join(", "),
+                    if skipped > 0 {
+                        format!(", {skipped} unreadable files skipped")
+                    } else {
+                        String::new()
+                    },
+                ),
+            );
             bar.set_length(steps_per_epoch as u64);
         }
         TrainEvent::Log(line) => say(bar, line),
@@ -163,55 +184,85 @@ pub(super) fn split_options(
     ))
 }
 
-/// `clipscope train`.
-pub fn train(a: &TrainArgs) -> Result<u8> {
-    let Some(arch) = Arch::from_name(&a.model) else {
+/// The checkpoint record of the run `train --resume` continues.
+fn resumed_run(a: &TrainArgs) -> Result<Option<CheckpointMeta>> {
+    if !a.resume {
+        return Ok(None);
+    }
+    clipscope::cnn::checkpoint::load_meta(&a.output)
+        .map(Some)
+        .with_context(|| {
+            format!(
+                "--resume: cannot continue {}; leave out --resume to start a new run",
+                a.output.display()
+            )
+        })
+}
+
+/// `clipscope train`'s configuration: each option as given, else (resuming) the run's,
+/// else its default. A resumed run that gets a different value is refused by the
+/// library, which names the option.
+fn train_config(a: &TrainArgs, prior: Option<&CheckpointMeta>) -> Result<TrainConfig> {
+    let saved = prior.map(|m| &m.config);
+    let model = (a.model.clone())
+        .or_else(|| saved.map(|c| c.model.clone()))
+        .unwrap_or_else(|| Arch::Resnet18.name().to_string());
+    let Some(arch) = Arch::from_name(&model) else {
         let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
-        bail!("--model {}: expected one of {}", a.model, names.join(", "));
+        bail!("--model {model}: expected one of {}", names.join(", "));
     };
+    let image_size = (a.image_size)
+        .or(prior.map(|m| m.image_size))
+        .unwrap_or(224);
     // Before any download: a 553 MB VGG16 fetch should not precede a usage error.
-    if let Err(why) = arch.check_image_size(a.image_size as u32) {
+    if let Err(why) = arch.check_image_size(image_size as u32) {
         bail!(why);
     }
-    let (optimizer, lr, wd) = match a.optimizer {
-        OptimizerArg::Sgd => (
-            OptimizerKind::Sgd,
-            a.lr.unwrap_or(0.01),
-            a.weight_decay.unwrap_or(1e-4),
-        ),
-        OptimizerArg::Adamw => (
-            OptimizerKind::Adamw,
-            a.lr.unwrap_or(1e-3),
-            a.weight_decay.unwrap_or(0.01),
-        ),
+    let optimizer = match a.optimizer {
+        Some(OptimizerArg::Sgd) => OptimizerKind::Sgd,
+        Some(OptimizerArg::Adamw) => OptimizerKind::Adamw,
+        None => saved.map_or(OptimizerKind::Sgd, |c| c.optimizer),
+    };
+    let (default_lr, default_wd) = match optimizer {
+        OptimizerKind::Sgd => (0.01, 1e-4),
+        OptimizerKind::Adamw => (1e-3, 0.01),
     };
     let pretrained = if a.resume {
         Pretrained::None
     } else {
-        resolve_pretrained(&a.pretrained, &a.model)?
+        resolve_pretrained(&a.pretrained, &model)?
     };
-    let device = a.device.resolve()?;
-    clipscope::util::check_run_folder(&a.output, a.resume, a.force).map_err(anyhow::Error::msg)?;
-    let (seed, val_fraction) = split_options(&a.data, a.val.is_some(), a.seed, a.val_fraction)?;
-    let cfg = TrainConfig {
+    let val = (a.val.clone()).or_else(|| prior.and_then(|m| m.data.val.clone()));
+    let seed = a.seed.or(saved.map(|c| c.seed));
+    let (seed, val_fraction) = split_options(&a.data, val.is_some(), seed, a.val_fraction)?;
+    Ok(TrainConfig {
         arch,
         data: a.data.clone(),
-        val: a.val.clone(),
+        val,
         pretrained,
-        freeze_backbone: a.freeze_backbone,
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        image_size: a.image_size,
+        freeze_backbone: a.freeze_backbone || saved.is_some_and(|c| c.freeze_backbone),
+        epochs: a.epochs.or(saved.map(|c| c.epochs)).unwrap_or(10),
+        batch_size: a.batch_size.or(saved.map(|c| c.batch_size)).unwrap_or(32),
+        image_size,
         optimizer,
-        lr,
-        weight_decay: wd,
+        lr: a.lr.or(saved.map(|c| c.lr)).unwrap_or(default_lr),
+        weight_decay: (a.weight_decay)
+            .or(saved.map(|c| c.weight_decay))
+            .unwrap_or(default_wd),
         seed,
         output: a.output.clone(),
         resume: a.resume,
         val_fraction,
         crop_scale: (0.25, 1.0),
-        device,
-    };
+        device: a.device.resolve()?,
+    })
+}
+
+/// `clipscope train`.
+pub fn train(a: &TrainArgs) -> Result<u8> {
+    clipscope::util::check_run_folder(&a.output, a.resume, a.force).map_err(anyhow::Error::msg)?;
+    let prior = resumed_run(a)?;
+    let cfg = train_config(a, prior.as_ref())?;
     let stop = stop_on_ctrl_c();
     let bar = super::log::progress_bar(0);
     // Epoch lines on standard output in text; in JSON one object at the end instead.

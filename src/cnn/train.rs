@@ -351,31 +351,87 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// A resumed run must keep the optimiser and what it trains: the saved state (moments,
-/// step count) belongs to that optimiser and those parameters.
-fn check_resumable(cfg: &TrainConfig, saved: &checkpoint::RunConfig) -> Result<(), TrainError> {
-    let differs = |how: String| {
+/// A resumed run must keep its settings but for the number of epochs: the saved state
+/// (moments, step count, learning-rate schedule) belongs to that optimiser, those
+/// parameters, that batch size and that learning rate, and the checkpoint's record (image
+/// size, data) is what `eval`, `predict` and `compare` use afterwards.
+fn check_resumable(cfg: &TrainConfig, prior: &CheckpointMeta) -> Result<(), TrainError> {
+    let saved = &prior.config;
+    let differs = |flag: &str, run: String, asked: String| {
         Err(TrainError::Config(format!(
-            "{}: the run was trained {how}; resume with the same, or start a new run in another folder",
+            "{}: the run was trained with {flag} {run}, not {asked}; resume with the same (or leave {flag} out), or start a new run in another folder",
             cfg.output.display()
         )))
     };
     if saved.model != cfg.arch.name() {
-        return differs(format!("as --model {}", saved.model));
+        return differs("--model", saved.model.clone(), cfg.arch.name().into());
     }
     if saved.optimizer != cfg.optimizer {
-        let name = format!("{:?}", saved.optimizer).to_lowercase();
-        return differs(format!("with --optimizer {name}"));
+        let name = |o: OptimizerKind| format!("{o:?}").to_lowercase();
+        return differs("--optimizer", name(saved.optimizer), name(cfg.optimizer));
     }
     if saved.freeze_backbone != cfg.freeze_backbone {
-        let with = if saved.freeze_backbone {
+        let was = if saved.freeze_backbone {
             "with"
         } else {
             "without"
         };
-        return differs(format!("{with} --freeze-backbone"));
+        return Err(TrainError::Config(format!(
+            "{}: the run was trained {was} --freeze-backbone; resume {was} it, or start a new run in another folder",
+            cfg.output.display()
+        )));
+    }
+    if saved.seed != cfg.seed {
+        return differs("--seed", saved.seed.to_string(), cfg.seed.to_string());
+    }
+    let numbers = [
+        (
+            "--image-size",
+            prior.image_size as f64,
+            cfg.image_size as f64,
+        ),
+        (
+            "--batch-size",
+            saved.batch_size as f64,
+            cfg.batch_size as f64,
+        ),
+        ("--lr", saved.lr, cfg.lr),
+        ("--weight-decay", saved.weight_decay, cfg.weight_decay),
+    ];
+    for (flag, run, asked) in numbers {
+        if run != asked {
+            return differs(flag, run.to_string(), asked.to_string());
+        }
+    }
+    let folders = [
+        ("--data", Some(&prior.data.root), Some(&cfg.data)),
+        ("--val", prior.data.val.as_ref(), cfg.val.as_ref()),
+    ];
+    for (flag, run, asked) in folders {
+        if !same_folder(run, asked) {
+            let show = |p: Option<&PathBuf>| p.map_or("none".into(), |p| p.display().to_string());
+            return Err(TrainError::Config(format!(
+                "{}: the run was trained with {flag} {}, not {}; resume with the same, or start a new run in another folder",
+                cfg.output.display(),
+                show(run),
+                show(asked)
+            )));
+        }
     }
     Ok(())
+}
+
+/// Whether two optional folders are the same one (compared as canonical paths where
+/// they exist, so `d/train` and `./d/train` agree).
+fn same_folder(a: Option<&PathBuf>, b: Option<&PathBuf>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        },
+        _ => false,
+    }
 }
 
 /// Train as configured; returns when done, or when `stop` is set (after saving).
@@ -412,7 +468,7 @@ fn run_training(
                 cfg.data.display()
             )));
         }
-        check_resumable(cfg, &p.config)?;
+        check_resumable(cfg, p)?;
     }
     on(TrainEvent::Log(format!(
         "decoding {} training and {} held-out images…",
@@ -502,11 +558,13 @@ fn run_training(
         cfg.weight_decay,
     );
     let mut meta = match prior {
-        Some(p) => {
+        Some(mut p) => {
             opt.restore(
                 checkpoint::load_optimizer_state(&cfg.output, &p)?,
                 p.optimizer_steps,
             )?;
+            // The record says how many epochs the run now aims at.
+            p.config.epochs = cfg.epochs;
             p
         }
         None => CheckpointMeta {
