@@ -299,6 +299,15 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
+/// Whether two paths name the same file or folder: compared as canonical paths where both
+/// exist (so `d/train` and `./d/train` agree), else as written.
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Refuse an `--output` folder that exists as a file, before any work that would have
 /// to be thrown away when its first file could not be written.
 pub fn check_output_is_folder(output: &Path) -> Result<(), String> {

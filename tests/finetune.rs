@@ -225,3 +225,49 @@ fn an_existing_run_is_not_overwritten() {
     .to_string();
     assert!(err.contains("--resume"), "{err}");
 }
+
+#[test]
+fn resume_keeps_the_runs_settings_and_names_any_that_differ() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shapes(tmp.path());
+    let out = tmp.path().join("ft");
+    let finetune_cli = |extra: &[&str]| {
+        common::clipscope()
+            .args(["finetune", "--data"])
+            .arg(&data)
+            .arg("--output")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = finetune_cli(&["--model", "demo", "--epochs", "1", "--format", "json"]);
+    common::assert_success(&first);
+    let record: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(record["config"]["epochs"], 1, "stdout is one JSON object");
+    for (flag, value) in [
+        ("--lr", "0.1"),
+        ("--weight-decay", "0"),
+        ("--warmup", "0.5"),
+        ("--batch-size", "8"),
+        ("--trainable", "projections"),
+        ("--template", "{}"),
+    ] {
+        let err = common::usage_error(&finetune_cli(&["--resume", flag, value]));
+        assert!(err.contains(&format!("trained with {flag} ")), "{err}");
+    }
+    let err = common::usage_error(&finetune_cli(&["--resume", "--no-flip"]));
+    assert!(err.contains("flips"), "{err}");
+    let tiny_dir = common::fixtures().join("tiny-clip");
+    let err = common::usage_error(&finetune_cli(&[
+        "--resume",
+        "--model-dir",
+        tiny_dir.to_str().unwrap(),
+    ]));
+    assert!(err.contains("fine-tuned from the model demo"), "{err}");
+    // Left out, every setting (the model too) is the run's; --epochs trains on.
+    common::assert_success(&finetune_cli(&["--resume", "--epochs", "2"]));
+    let record = clipscope::clip::finetune::read_record(&out).unwrap();
+    assert_eq!((record.epochs_done, record.config.epochs), (2, 2));
+    assert_eq!(record.config.lr, 1e-5);
+}

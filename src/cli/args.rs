@@ -688,32 +688,33 @@ pub struct FinetuneArgs {
     /// A CSV of image,caption rows (paths relative to the file) for contrastive training.
     #[arg(long, value_name = "FILE")]
     pub captions: Option<PathBuf>,
-    /// Prompt template for the classification head's initial weights.
-    #[arg(long, default_value = "a photo of a {}.")]
-    pub template: String,
+    /// Prompt template for the classification head's initial weights (default: "a photo
+    /// of a {}.").
+    #[arg(long)]
+    pub template: Option<String>,
     /// The model to start from.
     #[command(flatten)]
     pub model: ModelArgs,
     /// Which weights learn: all, projections, layernorms, or last:N (the last N blocks of
-    /// each tower with the final LayerNorms and projections).
-    #[arg(long, default_value = "all", value_parser = parse_trainable)]
-    pub trainable: clipscope::clip::train::Trainable,
-    /// Epochs.
-    #[arg(long, default_value_t = 5)]
-    pub epochs: usize,
-    /// Images per step.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
+    /// each tower with the final LayerNorms and projections). Default: all.
+    #[arg(long, value_parser = parse_trainable)]
+    pub trainable: Option<clipscope::clip::train::Trainable>,
+    /// Epochs in all (default: 5). With --resume, a larger number trains on.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per step (default: 32).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Peak learning rate, AdamW (default: 1e-5 when whole blocks learn, 1e-3 for
     /// projections or layernorms only).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
-    /// Weight decay on weight matrices.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
-    pub weight_decay: f64,
-    /// Fraction of the steps spent warming the learning rate up.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
-    pub warmup: f64,
+    /// Weight decay on weight matrices (default: 0.1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub weight_decay: Option<f64>,
+    /// Fraction of the steps spent warming the learning rate up (default: 0.1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub warmup: Option<f64>,
     /// Seed for the split, the order and the flips (default: the data folder's split
     /// manifest's, else 0).
     #[arg(long, allow_negative_numbers = true)]
@@ -739,7 +740,9 @@ pub struct FinetuneArgs {
     /// The model folder to write (config.json, model.safetensors, tokenizer.json, ...).
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
-    /// Continue the run in --output (or re-export it with another --wise-alpha).
+    /// Continue the run in --output (or re-export it with another --wise-alpha), with its
+    /// settings (options left out take the run's; one given must equal it, but for
+    /// --epochs and --wise-alpha).
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
     /// Replace whatever is in --output.

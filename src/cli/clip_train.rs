@@ -1,8 +1,6 @@
 //! `finetune` and `demo`: training CLIP from the command line.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,16 +15,6 @@ use super::{load_model, model_files, EXIT_OK};
 /// Exit status after Ctrl-C stopped a run (which saved first).
 const EXIT_STOPPED: u8 = 130;
 
-/// A line above the bar, or on stderr when the bar is hidden (not a terminal), so that a
-/// log of a long run still shows its milestones.
-fn log_line(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
-    }
-}
-
 fn bar(template: &str) -> ProgressBar {
     let bar = super::log::progress_bar(0);
     bar.set_style(
@@ -35,18 +23,6 @@ fn bar(template: &str) -> ProgressBar {
             .progress_chars("=> "),
     );
     bar
-}
-
-/// A flag set by the first Ctrl-C (the run saves and returns); a second one exits.
-fn stop_on_ctrl_c() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(EXIT_STOPPED));
-        }
-    });
-    stop
 }
 
 /// The learning rate when none is given: small when whole blocks learn (they are
@@ -74,6 +50,58 @@ fn check_finetune_device(model: &super::args::ModelArgs) -> Result<()> {
     Ok(())
 }
 
+/// `clipscope finetune`'s configuration: each option as given, else (resuming) the
+/// run's, else its default. A resumed run that gets a different value is refused by the
+/// library, which names the option.
+fn finetune_config(a: &FinetuneArgs, saved: Option<&FinetuneConfig>) -> Result<FinetuneConfig> {
+    let saved_template = saved.and_then(|c| match &c.task {
+        Task::Classify { template, .. } => Some(template.clone()),
+        Task::Captions { .. } => None,
+    });
+    let task = match (&a.data, &a.captions) {
+        (Some(data), None) => Task::Classify {
+            data: data.clone(),
+            val: a.val.clone(),
+            template: (a.template.clone())
+                .or(saved_template)
+                .unwrap_or_else(|| "a photo of a {}.".to_string()),
+        },
+        (None, Some(file)) => Task::Captions { file: file.clone() },
+        _ => bail!("give --data DIR (classification) or --captions FILE (contrastive)"),
+    };
+    let seed = a.seed.or(saved.map(|c| c.seed));
+    let val_fraction = a.val_fraction.or(saved.map(|c| c.val_fraction));
+    let (seed, val_fraction) = match &task {
+        Task::Classify { data, val, .. } => {
+            super::cnn::split_options(data, val.is_some(), seed, val_fraction)?
+        }
+        _ => (seed.unwrap_or(0), val_fraction.unwrap_or(0.2)),
+    };
+    let trainable = (a.trainable.clone())
+        .or_else(|| saved.map(|c| c.trainable.clone()))
+        .unwrap_or(Trainable::All);
+    let classify = matches!(task, Task::Classify { .. });
+    Ok(FinetuneConfig {
+        // Flips are on for classification unless --no-flip, or the resumed run had none.
+        flip: classify && !a.no_flip && saved.is_none_or(|c| c.flip),
+        task,
+        epochs: a.epochs.or(saved.map(|c| c.epochs)).unwrap_or(5),
+        batch_size: a.batch_size.or(saved.map(|c| c.batch_size)).unwrap_or(32),
+        lr: (a.lr)
+            .or(saved.map(|c| c.lr))
+            .unwrap_or_else(|| default_lr(&trainable)),
+        trainable,
+        weight_decay: a
+            .weight_decay
+            .or(saved.map(|c| c.weight_decay))
+            .unwrap_or(0.1),
+        warmup_fraction: a.warmup.or(saved.map(|c| c.warmup_fraction)).unwrap_or(0.1),
+        seed,
+        val_fraction,
+        wise_alpha: a.wise_alpha,
+    })
+}
+
 /// `clipscope finetune`.
 pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
     // Checked before the model loads, so a typo costs nothing and names the flag.
@@ -86,38 +114,33 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
         super::input::expect_file("--captions", file)?;
     }
     check_finetune_device(&a.model)?;
-    let task = match (&a.data, &a.captions) {
-        (Some(data), None) => Task::Classify {
-            data: data.clone(),
-            val: a.val.clone(),
-            template: a.template.clone(),
-        },
-        (None, Some(file)) => Task::Captions { file: file.clone() },
-        _ => bail!("give --data DIR (classification) or --captions FILE (contrastive)"),
+    let prior = if a.resume {
+        Some(finetune::read_record(&a.output)?)
+    } else {
+        None
     };
-    let (seed, val_fraction) = match &task {
-        Task::Classify { data, val, .. } => {
-            super::cnn::split_options(data, val.is_some(), a.seed, a.val_fraction)?
+    let cfg = finetune_config(a, prior.as_ref().map(|r| &r.config))?;
+    let base = match (&prior, &a.model.model, &a.model.model_dir) {
+        // Resumed without a model named: the one the run started from.
+        (Some(run), None, None) => {
+            let source = clipscope::hub::ModelSource::Named(Some(run.base_model.clone()));
+            clipscope::hub::resolve_files(&source, &mut super::log::download_progress())
+                .with_context(|| {
+                    format!(
+                        "cannot get the model {} the run was fine-tuned from; give it with --model or --model-dir",
+                        run.base_model
+                    )
+                })?
         }
-        _ => (a.seed.unwrap_or(0), a.val_fraction.unwrap_or(0.2)),
+        _ => model_files(&a.model)?,
     };
-    let cfg = FinetuneConfig {
-        flip: !a.no_flip && matches!(task, Task::Classify { .. }),
-        task,
-        trainable: a.trainable.clone(),
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr.unwrap_or_else(|| default_lr(&a.trainable)),
-        weight_decay: a.weight_decay,
-        warmup_fraction: a.warmup,
-        seed,
-        val_fraction,
-        wise_alpha: a.wise_alpha,
-    };
-    let base = model_files(&a.model)?;
-    let stop = stop_on_ctrl_c();
+    let stop = super::cnn::stop_on_ctrl_c();
     let progress = bar("epoch {prefix} [{bar:30}] {pos}/{len} {msg}");
-    let mut out = std::io::stdout();
+    // Epoch lines on standard output in text; in JSON one object at the end instead.
+    let mut out: Box<dyn Write> = match a.format {
+        SummaryFormat::Text => Box::new(std::io::stdout()),
+        SummaryFormat::Json => Box::new(std::io::sink()),
+    };
     let epochs = cfg.epochs;
     let outcome = finetune::finetune(
         &base,
@@ -127,7 +150,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
         a.force,
         &stop,
         &mut |ev| match ev {
-            FinetuneEvent::Log(line) => log_line(&progress, line),
+            FinetuneEvent::Log(line) => super::cnn::say(&progress, line),
             FinetuneEvent::Ready {
                 train,
                 val,
@@ -143,7 +166,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
                 } else {
                     format!("epochs {first_epoch}..{epochs}")
                 };
-                log_line(
+                super::cnn::say(
                     &progress,
                     format!("{train} training and {val} held-out examples; {plan}"),
                 );
@@ -248,7 +271,7 @@ fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
         sincos_positions: args.sincos_positions,
         shape_negatives: usize::from(args.shape_negatives),
     };
-    let stop = stop_on_ctrl_c();
+    let stop = super::cnn::stop_on_ctrl_c();
     let progress = bar("[{bar:30}] {pos}/{len} {msg}");
     progress.set_length(steps as u64);
     let outcome = demo::train_demo(&opts, output, &stop, &mut |ev| match ev {
@@ -265,7 +288,7 @@ fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
             ));
         }
         DemoEvent::Eval { step, top1 } => {
-            log_line(
+            super::cnn::say(
                 &progress,
                 format!("step {step}: twelve-label top-1 {top1:.3}"),
             );

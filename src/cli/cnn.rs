@@ -74,7 +74,7 @@ pub(super) fn set_on_ctrl_c(flag: Arc<AtomicBool>) {
 
 /// A line above the progress bar, or, off a terminal where no bar is drawn, an info
 /// line that `-v` shows.
-fn say(bar: &ProgressBar, line: String) {
+pub(super) fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
         tracing::info!("{line}");
     } else {

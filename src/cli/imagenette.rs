@@ -66,8 +66,14 @@ fn imagenette(a: &ImagenetteStudyArgs) -> Result<u8> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut catching = false;
     let train_bar = super::log::progress_bar(0);
-    let mut stderr = std::io::stderr();
-    let mut on_train = train_progress(&train_bar, cfg.epochs, &mut stderr);
+    // Stage lines and epoch lines are progress: -q keeps stderr to errors.
+    let quiet = super::log::quiet();
+    let mut progress_out: Box<dyn Write> = if quiet {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(std::io::stderr())
+    };
+    let mut on_train = train_progress(&train_bar, cfg.epochs, &mut progress_out);
     let mut on_download = super::log::download_progress();
     let compare_bar = super::log::progress_bar(0);
     compare_bar.set_style(
@@ -78,9 +84,12 @@ fn imagenette(a: &ImagenetteStudyArgs) -> Result<u8> {
     let outcome = run(&cfg, &stop, &mut |event| match event {
         ImagenetteEvent::Stage(what) => {
             train_bar.finish_and_clear();
-            eprintln!("study: {what}");
+            if !quiet {
+                eprintln!("study: {what}");
+            }
         }
-        ImagenetteEvent::Note(line) => eprintln!("study:   {line}"),
+        ImagenetteEvent::Note(line) if !quiet => eprintln!("study:   {line}"),
+        ImagenetteEvent::Note(_) => {}
         ImagenetteEvent::Download { file, done, total } => on_download(&file, done, total),
         ImagenetteEvent::Train(e) => {
             if !catching {

@@ -586,46 +586,133 @@ fn check_output(
     resume: bool,
     force: bool,
 ) -> Result<Option<RunRecord>, FinetuneError> {
-    let record = output.join(RUN_JSON);
     if resume {
-        let text = std::fs::read_to_string(&record).map_err(|e| {
-            FinetuneError::Config(format!(
-                "--resume: cannot read {} ({e}); start a new run without --resume",
-                record.display()
-            ))
-        })?;
-        let r: RunRecord = serde_json::from_str(&text)
-            .map_err(|e| FinetuneError::Config(format!("--resume: {}: {e}", record.display())))?;
-        return Ok(Some(r));
+        return read_record(output).map(Some);
     }
     crate::util::check_run_folder(output, resume, force).map_err(FinetuneError::Config)?;
     Ok(None)
 }
 
-fn check_resumable(cfg: &FinetuneConfig, prior: &RunRecord) -> Result<(), FinetuneError> {
+/// The record (`finetune.json`) of the fine-tuning run in `output`: what `--resume`
+/// continues.
+pub fn read_record(output: &Path) -> Result<RunRecord, FinetuneError> {
+    let record = output.join(RUN_JSON);
+    let text = std::fs::read_to_string(&record).map_err(|e| {
+        FinetuneError::Config(format!(
+            "--resume: cannot read {} ({e}); start a new run without --resume",
+            record.display()
+        ))
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| FinetuneError::Config(format!("--resume: {}: {e}", record.display())))
+}
+
+/// A resumed run must keep its base model, its data and its settings but for the
+/// number of epochs and WiSE-FT's alpha: the optimiser's state and the schedule belong
+/// to them, and the zero-shot end of WiSE-FT's mix is the base model.
+fn check_resumable(
+    base: &ModelFiles,
+    cfg: &FinetuneConfig,
+    prior: &RunRecord,
+) -> Result<(), FinetuneError> {
     let p = &prior.config;
-    let differs = |what: String| {
+    let differs = |flag: &str, run: String, asked: String| {
         Err(FinetuneError::Config(format!(
-            "--resume: {what}; give the run's own, or start a new run in another --output"
+            "--resume: the run was trained with {flag} {run}, not {asked}; give the run's own (or leave {flag} out), or start a new run in another --output"
         )))
     };
-    if p.task != cfg.task {
-        return differs(format!(
-            "the run was trained on {:?}, not {:?}",
-            p.task, cfg.task
-        ));
+    if prior.base_model != base.name {
+        return Err(FinetuneError::Config(format!(
+            "--resume: the run was fine-tuned from the model {}, not {}; give that model (--model or --model-dir), or start a new run in another --output",
+            prior.base_model, base.name
+        )));
+    }
+    match (&p.task, &cfg.task) {
+        (
+            Task::Classify {
+                data,
+                val,
+                template,
+            },
+            Task::Classify {
+                data: data2,
+                val: val2,
+                template: template2,
+            },
+        ) => {
+            let show = |p: &Option<PathBuf>| {
+                p.as_ref()
+                    .map_or("none".into(), |p| p.display().to_string())
+            };
+            if !crate::util::same_path(data, data2) {
+                return differs(
+                    "--data",
+                    data.display().to_string(),
+                    data2.display().to_string(),
+                );
+            }
+            let same_val = match (val, val2) {
+                (Some(a), Some(b)) => crate::util::same_path(a, b),
+                (a, b) => a == b,
+            };
+            if !same_val {
+                return differs("--val", show(val), show(val2));
+            }
+            if template != template2 {
+                return differs(
+                    "--template",
+                    format!("{template:?}"),
+                    format!("{template2:?}"),
+                );
+            }
+        }
+        (Task::Captions { file }, Task::Captions { file: file2 }) => {
+            if !crate::util::same_path(file, file2) {
+                return differs(
+                    "--captions",
+                    file.display().to_string(),
+                    file2.display().to_string(),
+                );
+            }
+        }
+        (Task::Classify { data, .. }, Task::Captions { .. }) => {
+            return differs("--data", data.display().to_string(), "--captions".into());
+        }
+        (Task::Captions { file }, Task::Classify { .. }) => {
+            return differs("--captions", file.display().to_string(), "--data".into());
+        }
     }
     if p.trainable != cfg.trainable {
-        return differs(format!(
-            "the run was trained with --trainable {}, not {}",
-            p.trainable, cfg.trainable
-        ));
+        return differs(
+            "--trainable",
+            p.trainable.to_string(),
+            cfg.trainable.to_string(),
+        );
     }
-    if p.batch_size != cfg.batch_size {
-        return differs(format!(
-            "the run was trained with --batch-size {}, not {}",
-            p.batch_size, cfg.batch_size
-        ));
+    let numbers = [
+        ("--batch-size", p.batch_size as f64, cfg.batch_size as f64),
+        ("--lr", p.lr, cfg.lr),
+        ("--weight-decay", p.weight_decay, cfg.weight_decay),
+        ("--warmup", p.warmup_fraction, cfg.warmup_fraction),
+        ("--val-fraction", p.val_fraction, cfg.val_fraction),
+    ];
+    for (flag, run, asked) in numbers {
+        if run != asked {
+            return differs(flag, run.to_string(), asked.to_string());
+        }
+    }
+    if p.seed != cfg.seed {
+        return differs("--seed", p.seed.to_string(), cfg.seed.to_string());
+    }
+    if p.flip != cfg.flip {
+        let was = if p.flip {
+            "with flips"
+        } else {
+            "with --no-flip"
+        };
+        return Err(FinetuneError::Config(format!(
+            "--resume: the run was trained {was}; resume the same way, or start a new run in another --output"
+        )));
     }
     Ok(())
 }
@@ -659,7 +746,7 @@ fn run(
     validate(cfg)?;
     let prior = check_output(output, resume, force)?;
     match &prior {
-        Some(p) => check_resumable(cfg, p)?,
+        Some(p) => check_resumable(base, cfg, p)?,
         // A new run in a folder that held one (--force): a classifier head left from
         // the last run would be taken for this run's by `compare` and `classify`.
         None => {

@@ -421,15 +421,11 @@ fn check_resumable(cfg: &TrainConfig, prior: &CheckpointMeta) -> Result<(), Trai
     Ok(())
 }
 
-/// Whether two optional folders are the same one (compared as canonical paths where
-/// they exist, so `d/train` and `./d/train` agree).
+/// Whether two optional folders are the same one.
 fn same_folder(a: Option<&PathBuf>, b: Option<&PathBuf>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(a), Some(b)) => match (a.canonicalize(), b.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => a == b,
-        },
+        (Some(a), Some(b)) => crate::util::same_path(a, b),
         _ => false,
     }
 }

@@ -335,7 +335,7 @@ fn run_state(cfg: &ImagenetteStudy, data: &Path) -> Result<RunState, ImagenetteE
             run.display()
         )))
     };
-    if !same_path(&meta.data.root, data) {
+    if !crate::util::same_path(&meta.data.root, data) {
         return other(format!("trained on {}", meta.data.root.display()));
     }
     if meta.image_size != cfg.image_size {
@@ -344,17 +344,21 @@ fn run_state(cfg: &ImagenetteStudy, data: &Path) -> Result<RunState, ImagenetteE
     if meta.epochs_done > cfg.epochs {
         return other(format!("trained for {} epochs", meta.epochs_done));
     }
+    if meta.config.batch_size != cfg.batch_size {
+        return other(format!(
+            "trained with --batch-size {}",
+            meta.config.batch_size
+        ));
+    }
+    if meta.config.lr != cfg.lr {
+        return other(format!("trained with --lr {}", meta.config.lr));
+    }
+    if meta.config.seed != cfg.seed {
+        return other(format!("trained with --seed {}", meta.config.seed));
+    }
     if meta.epochs_done == cfg.epochs && !meta.interrupted {
         Ok(RunState::Done(Box::new(meta)))
     } else {
         Ok(RunState::Partial(Box::new(meta)))
-    }
-}
-
-/// Whether two paths name the same file, however they are spelt.
-fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
     }
 }
