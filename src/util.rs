@@ -29,6 +29,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Gives a file the permissions a newly created one gets (`0666` less the umask):
+/// candle writes safetensors through a temporary file created `0600`, which left
+/// checkpoints unreadable to the group and others, unlike every other output.
+pub fn with_usual_permissions(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = 0o666 & !umask();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// The process's umask, read from `/proc/self/status` (setting it to read it, as
+/// `umask(2)` does, would race with threads creating files); `022` where unknown.
+#[cfg(unix)]
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
+}
+
 /// An error and its causes on one line, `context: cause: cause`, for the user. A cause
 /// whose text the line already holds is left out (thiserror messages often include their
 /// source, which the chain then repeats), and so is anything after a message's first

@@ -616,6 +616,47 @@ fn predict_keeps_each_result_with_its_own_image_when_others_fail() {
         let error = failed["error"].as_str().unwrap();
         assert!(error.contains(&path.display().to_string()), "{error}");
     }
+
+    // eval takes the run folder or its checkpoint.json, and an unreadable test image
+    // is skipped, counted, and makes the exit status 1 (as in classify and compare).
+    let test = tempfile::tempdir().unwrap();
+    make_shapes(test.path(), 2, 32, 9).unwrap();
+    std::fs::write(test.path().join("circle/broken.png"), b"not an image").unwrap();
+    let out = clipscope()
+        .args(["eval", "--format", "json", "--checkpoint"])
+        .arg(run.path().join("checkpoint.json"))
+        .arg("--data")
+        .arg(test.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["n"].as_u64(), v["skipped"].as_u64()), (Some(8), Some(1)));
+    let out = clipscope()
+        .args(["eval", "--batch-size", "0", "--checkpoint"])
+        .arg(run.path())
+        .arg("--data")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(usage_error(&out).contains("--batch-size"));
+    // Checkpoints get the permissions of any new file, not a temporary file's 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = checkpoint::load_meta(run.path()).unwrap();
+        let mode = |name: &str| {
+            let path = run.path().join(name);
+            std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode(&meta.weights), mode("checkpoint.json"));
+        assert_eq!(mode(&meta.optimizer_state), mode("checkpoint.json"));
+    }
 }
 
 #[test]

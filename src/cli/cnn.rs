@@ -45,7 +45,12 @@ fn resolve_pretrained(spec: &str, model: &str) -> Result<Pretrained> {
         file => {
             let path = PathBuf::from(file);
             if !path.is_file() {
-                bail!("--pretrained {file}: expected imagenet, none, or a safetensors file");
+                let what = if path.exists() {
+                    "not a file"
+                } else {
+                    "no such file"
+                };
+                bail!("--pretrained {file}: {what}; give imagenet, none, or a safetensors file");
             }
             Pretrained::File {
                 path,
@@ -373,6 +378,9 @@ fn write_eval_text(r: &EvalReport, out: &mut dyn Write) -> std::io::Result<()> {
 
 /// `clipscope eval`.
 pub fn eval(a: &EvalArgs) -> Result<u8> {
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     let bar = super::log::progress_bar(0);
     bar.set_style(bar_style("eval [{bar:30}] {pos}/{len}"));
     let device = a.device.resolve()?;
@@ -397,7 +405,12 @@ pub fn eval(a: &EvalArgs) -> Result<u8> {
         Format::Csv => write_eval_csv(&report, &mut out)?,
         Format::Text => write_eval_text(&report, &mut out)?,
     }
-    Ok(EXIT_OK)
+    // As for classify and compare: the report stands, but some inputs failed.
+    Ok(if report.skipped > 0 {
+        super::EXIT_SOME_FAILED
+    } else {
+        EXIT_OK
+    })
 }
 
 /// The library's Imagenette size for `--size`.

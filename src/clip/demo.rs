@@ -664,12 +664,12 @@ fn folder_cases(
     dir: &Path,
     labels: &[String],
 ) -> Result<(Vec<image::DynamicImage>, Vec<usize>), ClipError> {
-    let set = crate::data::scan_folder(dir).map_err(|e| ClipError::Config(e.to_string()))?;
+    let set = crate::data::scan_folder(dir).map_err(|e| ClipError::Data(e.to_string()))?;
     let mut index = Vec::new();
     for class in &set.classes {
         let label = format!("a {}", class.replace(['-', '_'], " "));
         let k = labels.iter().position(|l| *l == label).ok_or_else(|| {
-            ClipError::Config(format!(
+            ClipError::Data(format!(
                 "{}: folder {class:?} is not one of the twelve <colour>-<shape> labels",
                 dir.display()
             ))
@@ -679,7 +679,7 @@ fn folder_cases(
     let mut images = Vec::new();
     let mut truth = Vec::new();
     for s in &set.samples {
-        let img = crate::data::load_image(&s.path).map_err(|e| ClipError::Config(e.to_string()))?;
+        let img = crate::data::load_image(&s.path).map_err(|e| ClipError::Data(e.to_string()))?;
         images.push(img);
         truth.push(index[s.label]);
     }

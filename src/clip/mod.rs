@@ -101,6 +101,9 @@ pub enum ClipError {
     /// No labels were given.
     #[error("no labels given")]
     NoLabels,
+    /// Pictures to measure on are unusable (a data folder's, named in the message).
+    #[error("{0}")]
+    Data(String),
     /// A tensor computation failed.
     #[error("model computation failed: {0}")]
     Compute(#[from] candle_core::Error),

@@ -127,10 +127,12 @@ pub fn convert_pytorch_bin(src: &Path, dest: &Path) -> Result<(), ClipError> {
         path: tmp.clone(),
         message: candle_message(&e),
     })?;
-    std::fs::rename(&tmp, dest).map_err(|source| ClipError::Io {
-        path: dest.to_path_buf(),
-        source,
-    })
+    crate::util::with_usual_permissions(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, dest))
+        .map_err(|source| ClipError::Io {
+            path: dest.to_path_buf(),
+            source,
+        })
 }
 
 /// A safetensors file read tensor by tensor into memory the model owns.

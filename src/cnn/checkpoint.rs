@@ -184,6 +184,7 @@ fn write_tensors(
     })?;
     std::fs::File::open(tmp)
         .and_then(|f| f.sync_all())
+        .and_then(|()| crate::util::with_usual_permissions(tmp))
         .map_err(|source| CheckpointError::Io {
             path: tmp.to_path_buf(),
             source,
@@ -283,6 +284,7 @@ fn remove_files_but(run_dir: &Path, remove: &[String], keep: &[String]) {
 
 /// Read `run_dir/checkpoint.json`.
 pub fn load_meta(run_dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
+    let run_dir = &run_folder(run_dir);
     let path = run_dir.join(CHECKPOINT_JSON);
     let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => invalid(
@@ -297,6 +299,22 @@ pub fn load_meta(run_dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
     parse_meta(&text, &path)
 }
 
+/// The run folder `path` names: itself, or the folder of a `checkpoint.json` given in
+/// its place.
+fn run_folder(path: &Path) -> PathBuf {
+    let is_record = path.file_name() == Some(std::ffi::OsStr::new(CHECKPOINT_JSON));
+    match path.parent() {
+        Some(parent) if is_record && path.is_file() => {
+            if parent.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                parent.to_path_buf()
+            }
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Parse the text of a `checkpoint.json` (named `path` in errors).
 pub fn parse_meta(text: &str, path: &Path) -> Result<CheckpointMeta, CheckpointError> {
     serde_json::from_str(text).map_err(|e| invalid(path, e))
@@ -307,6 +325,7 @@ pub fn load_model(
     run_dir: &Path,
     device: &Device,
 ) -> Result<(Network, VarMap, CheckpointMeta), CheckpointError> {
+    let run_dir = &run_folder(run_dir);
     let meta = load_meta(run_dir)?;
     let arch = Arch::from_name(&meta.config.model).ok_or_else(|| {
         invalid(
