@@ -889,3 +889,57 @@ fn a_bad_flag_is_one_error_line_and_help_is_still_help() {
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: clipscope classify"));
 }
+
+#[test]
+fn a_generated_set_is_not_written_over_another_unless_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("set");
+    let shapes = |extra: &[&str]| {
+        clipscope()
+            .args(["data", "shapes", "--size", "16", "--to"])
+            .arg(&to)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let count = |dir: &std::path::Path| {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .count()
+    };
+    assert_success(&shapes(&["--per-class", "10"]));
+    std::fs::write(to.join("notes.txt"), "mine").unwrap();
+    let err = usage_error(&shapes(&["--per-class", "5", "--seed", "3"]));
+    assert!(
+        err.contains("not empty") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(count(&to), 41);
+    assert_success(&shapes(&["--per-class", "5", "--seed", "3", "--force"]));
+    assert_eq!(count(&to), 21, "20 new pictures and the user's own file");
+    assert_eq!(
+        std::fs::read_to_string(to.join("notes.txt")).unwrap(),
+        "mine"
+    );
+
+    // Scenes: folders replaced by captions leave no class folder behind.
+    let scenes = dir.path().join("scenes");
+    let run = |extra: &[&str]| {
+        clipscope()
+            .args(["data", "scenes", "--to"])
+            .arg(&scenes)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_success(&run(&["--count", "6", "--layout", "folders"]));
+    assert_success(&run(&["--count", "3", "--force"]));
+    let names: Vec<String> = std::fs::read_dir(&scenes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(usage_error(&run(&["--count", "0", "--force"])).contains("--count 0"));
+}

@@ -649,6 +649,10 @@ pub enum DataAction {
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Replace a set already in --to (its generated pictures, captions and split are
+        /// removed first; other files are left).
+        #[arg(long)]
+        force: bool,
     },
     /// Make a synthetic four-class shapes set (circle, cross, square, triangle).
     Shapes {
@@ -664,6 +668,10 @@ pub enum DataAction {
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Replace a set already in --to (its generated pictures and split are removed
+        /// first; other files are left).
+        #[arg(long)]
+        force: bool,
     },
 }
 

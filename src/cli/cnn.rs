@@ -422,6 +422,31 @@ pub(super) fn imagenette_size(arg: ImagenetteSizeArg) -> ImagenetteSize {
     }
 }
 
+/// Refuses a `data shapes` / `data scenes` folder that is not empty, unless `force`,
+/// which removes the set written there before (`is_generated`): a second set written
+/// over the first would mix the two (the first's extra pictures, its split).
+fn make_room(
+    to: &std::path::Path,
+    force: bool,
+    is_generated: fn(&std::path::Path) -> bool,
+) -> Result<()> {
+    clipscope::util::check_output_is_folder(to)
+        .map_err(|e| anyhow::anyhow!(e.replace("--output", "--to")))?;
+    let occupied = std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some());
+    if !occupied {
+        return Ok(());
+    }
+    if !force {
+        bail!(
+            "--to {}: not empty; give --force to replace the set there, or another --to",
+            to.display()
+        );
+    }
+    clipscope::data::remove_generated(to, is_generated)
+        .with_context(|| format!("cannot clear {}", to.display()))?;
+    Ok(())
+}
+
 /// `clipscope data fetch`.
 pub fn data(action: &DataAction) -> Result<u8> {
     match action {
@@ -447,7 +472,12 @@ pub fn data(action: &DataAction) -> Result<u8> {
             count,
             layout,
             seed,
+            force,
         } => {
+            if *count == 0 {
+                bail!("--count 0: give at least 1 picture");
+            }
+            make_room(to, *force, clipscope::data::scenes::is_scenes_file)?;
             use clipscope::data::scenes::{write_scenes, Layout};
             let layout = match layout {
                 ScenesLayout::Captions => Layout::Captions,
@@ -462,6 +492,7 @@ pub fn data(action: &DataAction) -> Result<u8> {
             per_class,
             size,
             seed,
+            force,
         } => {
             if *per_class == 0 {
                 bail!("--per-class 0: give at least 1 image per shape");
@@ -469,6 +500,7 @@ pub fn data(action: &DataAction) -> Result<u8> {
             if !(8..=1024).contains(size) {
                 bail!("--size {size}: give a side between 8 and 1024 pixels");
             }
+            make_room(to, *force, clipscope::data::synthetic::is_shapes_file)?;
             clipscope::data::synthetic::make_shapes(to, *per_class, *size, *seed)
                 .with_context(|| format!("cannot write {}", to.display()))?;
             println!("{} images of 4 shapes in {}", per_class * 4, to.display());

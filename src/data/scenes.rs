@@ -733,6 +733,20 @@ pub enum Layout {
     Folders,
 }
 
+/// Whether `rel` (relative to a set's root) is a file [`write_scenes`] writes:
+/// `NNNNN.png` and `captions.csv`, or `<colour>-<shape>/NNNNN.png`.
+pub fn is_scenes_file(rel: &Path) -> bool {
+    let rel = rel.to_string_lossy();
+    if rel == "captions.csv" || super::is_numbered_png(&rel, "", 5) {
+        return true;
+    }
+    COLOURS.iter().any(|colour| {
+        SHAPES
+            .iter()
+            .any(|shape| super::is_numbered_png(&rel, &format!("{colour}-{shape}/"), 5))
+    })
+}
+
 /// Write `count` generated pictures into `dir` (seeded; no combination is held out).
 pub fn write_scenes(dir: &Path, count: usize, layout: Layout, seed: u64) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;

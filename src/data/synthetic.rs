@@ -63,6 +63,15 @@ pub fn draw_shape(shape: &str, side: u32, rng: &mut Rng) -> RgbImage {
     img
 }
 
+/// Whether `rel` (relative to a set's root) is a picture [`make_shapes`] writes:
+/// `<shape>/<shape>_NNNN.png`.
+pub fn is_shapes_file(rel: &Path) -> bool {
+    let rel = rel.to_string_lossy();
+    SHAPES
+        .iter()
+        .any(|shape| super::is_numbered_png(&rel, &format!("{shape}/{shape}_"), 4))
+}
+
 /// Write `per_class` PNG images of each shape under `dir/<shape>/`.
 pub fn make_shapes(dir: &Path, per_class: usize, side: u32, seed: u64) -> std::io::Result<()> {
     let mut rng = Rng::new(seed);
