@@ -419,7 +419,12 @@ fn completions_and_man_pages_come_from_the_argument_parser() {
     }
     let out = clipscope().arg("man").output().unwrap();
     assert_success(&out);
-    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH clipscope 1"));
+    let page = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(page.contains(".TH clipscope 1"));
+    assert!(
+        page.contains(".SH \"EXIT STATUS\"") && page.contains("CLIPSCOPE_CACHE"),
+        "{page}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = clipscope()
         .args(["man", "--out-dir"])
@@ -427,7 +432,8 @@ fn completions_and_man_pages_come_from_the_argument_parser() {
         .output()
         .unwrap();
     assert_success(&out);
-    assert!(dir.path().join("clipscope-classify.1").is_file());
+    let classify = std::fs::read_to_string(dir.path().join("clipscope-classify.1")).unwrap();
+    assert!(classify.contains(r"\-\-labels") && classify.contains("EXIT STATUS"));
     let dir = tempfile::tempdir().unwrap();
     let out = clipscope().arg("man").arg(dir.path()).output().unwrap();
     assert_success(&out);

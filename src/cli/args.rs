@@ -210,7 +210,7 @@ pub struct DeviceArg {
     /// usable, else the CPU), cpu, or cuda[:N] (builds with the `cuda` feature). On a GPU
     /// the CNNs run on candle's operations instead of clipscope's CPU kernels (the same
     /// arithmetic, tested on the CPU).
-    #[arg(long = "device", value_name = "DEVICE", default_value = "auto")]
+    #[arg(long = "device", value_name = "DEVICE", default_value = "auto", value_hint = clap::ValueHint::Other)]
     pub spec: String,
 }
 
@@ -257,7 +257,7 @@ pub struct PromptArgs {
     #[arg(long, conflicts_with = "ensemble", default_value = "a photo of a {}.")]
     pub template: String,
     /// Average OpenAI's prompt ensemble in embedding space: imagenet80 or imagenet7.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = ["imagenet80", "imagenet7"])]
     pub ensemble: Option<String>,
 }
 
@@ -465,7 +465,7 @@ pub struct TuiArgs {
     #[arg(long, conflicts_with = "ensemble")]
     pub template: Option<String>,
     /// Average OpenAI's prompt ensemble: imagenet80 or imagenet7.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = ["imagenet80", "imagenet7"])]
     pub ensemble: Option<String>,
     /// How to draw images. `auto` asks the terminal (skipped when not on a terminal).
     #[arg(long, value_enum)]
@@ -514,7 +514,7 @@ pub struct TrainArgs {
     pub val: Option<PathBuf>,
     /// Architecture: resnet18 (the default) or vgg16 (138 M parameters: on a CPU, best
     /// with --freeze-backbone).
-    #[arg(long)]
+    #[arg(long, value_parser = ["resnet18", "vgg16"])]
     pub model: Option<String>,
     /// Starting weights: imagenet (downloaded once), none (from scratch), or a
     /// safetensors file in torchvision naming.
@@ -705,7 +705,7 @@ pub struct FinetuneArgs {
     pub model: ModelArgs,
     /// Which weights learn: all, projections, layernorms, or last:N (the last N blocks of
     /// each tower with the final LayerNorms and projections). Default: all.
-    #[arg(long, value_parser = parse_trainable)]
+    #[arg(long, value_parser = parse_trainable, value_hint = clap::ValueHint::Other)]
     pub trainable: Option<clipscope::clip::train::Trainable>,
     /// Epochs in all (default: 5). With --resume, a larger number trains on.
     #[arg(long)]

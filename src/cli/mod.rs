@@ -472,18 +472,75 @@ fn completions(shell: clap_complete::Shell) -> Result<u8> {
 /// `clipscope man`: the top page on standard output, or every command's page in a folder.
 fn man(out_dir: Option<&std::path::Path>) -> Result<u8> {
     use clap::CommandFactory;
-    let cmd = args::Cli::command();
+    let mut cmd = args::Cli::command().disable_help_subcommand(true);
+    cmd.build();
     match out_dir {
-        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout().lock())?,
+        None => man_page(&cmd, &mut std::io::stdout().lock())?,
         Some(dir) => {
+            clipscope::util::check_output_is_folder(dir)
+                .map_err(|e| anyhow::anyhow!(e.replace("--output", "another folder")))?;
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            clap_mangen::generate_to(cmd, dir)
+            write_man_pages(&cmd, dir)
                 .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
             println!("man pages written to {}", dir.display());
         }
     }
     Ok(EXIT_OK)
+}
+
+/// The sections every page ends with, which clap's help has no place for.
+const MAN_TRAILER: &str = r#".SH "EXIT STATUS"
+.TP
+0
+Every input was processed.
+.TP
+1
+Some inputs failed (each has an error in its result; \fBeval\fR and \fBcompare\fR: test images skipped); the others were processed.
+.TP
+2
+Usage error, or the model could not be found, downloaded or loaded, or a command that writes one result could not finish it.
+.TP
+130
+Stopped by Ctrl-C or SIGTERM (training saves first; \fB--resume\fR continues).
+.SH ENVIRONMENT
+.TP
+CLIPSCOPE_CACHE
+Where models, prepared weights, embeddings and data sets are kept (default: the platform's cache folder).
+.TP
+HF_ENDPOINT
+The Hugging Face mirror to download from (default: https://huggingface.co); HF_TOKEN, a token for it.
+.TP
+CLIPSCOPE_LOG
+Log filter, as tracing's EnvFilter reads it (for example clipscope=debug); \fB-v\fR and \fB-q\fR set the level otherwise.
+.TP
+NO_COLOR
+When set, no colours on the terminal.
+.TP
+RAYON_NUM_THREADS
+Threads for the model's arithmetic (default: one per core).
+.TP
+SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX
+Read by \fB--shard auto\fR: the task's place in a Slurm array or a Kubernetes indexed Job.
+.SH "SEE ALSO"
+The documentation in the repository's docs/ folder (docs/cli.md for scripts and exit statuses).
+"#;
+
+/// One command's page: clap's sections, then [`MAN_TRAILER`].
+fn man_page(cmd: &clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(cmd.clone()).render(out)?;
+    out.write_all(MAN_TRAILER.as_bytes())
+}
+
+/// A page per command and subcommand in `dir`, named as man expects (`clipscope-train.1`).
+fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub, dir)?;
+    }
+    let name = clap_mangen::Man::new(cmd.clone()).get_filename();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join(name))?);
+    man_page(cmd, &mut file)?;
+    std::io::Write::flush(&mut file)
 }
 
 /// The format a picture is written in, from its file name's extension (PNG without one).
