@@ -463,6 +463,10 @@ fn bad_compare_inputs_are_one_line_errors() {
             vec!["--classes".into(), out.path().into()],
             "a folder, not a file".into(),
         ),
+        (
+            vec!["--open-set".into(), s.test.clone().into()],
+            "is also a class of the test set".into(),
+        ),
     ];
     for (extra, expect) in cases {
         let output = clipscope()

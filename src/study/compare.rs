@@ -402,6 +402,35 @@ pub fn class_names(
     Ok(names)
 }
 
+/// Warns when two class folders go by one name (a --classes file, or folders that only
+/// differ in `_` and `-`): CLIP is then asked the same question for both, and neither
+/// can be told from the other.
+fn warn_shared_names(classes: &[ClassInfo]) {
+    for (i, c) in classes.iter().enumerate() {
+        if let Some(first) = classes[..i].iter().find(|o| o.name == c.name) {
+            tracing::warn!(
+                "class folders {:?} and {:?} are both named {:?}: CLIP's prompts cannot tell them apart; give each its own name (--classes)",
+                first.folder,
+                c.folder,
+                c.name
+            );
+        }
+    }
+}
+
+/// Refuses an open-set folder that shares a class folder with the test set, before any
+/// work: the open-set part measures answers to classes the models never saw.
+fn check_open_set(dir: &Path, test_classes: &[String]) -> Result<(), StudyError> {
+    let set = scan_folder(dir)?;
+    if let Some(shared) = set.classes.iter().find(|c| test_classes.contains(c)) {
+        return Err(StudyError::Config(format!(
+            "--open-set {}: its class folder {shared:?} is also a class of the test set; give classes the models were not trained on",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The CPU's model name, for the report.
 fn machine() -> String {
     format!(
@@ -533,6 +562,10 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
     let classes = class_names(&test_set.classes, cfg.classes_file.as_deref())?;
     let folders: Vec<String> = classes.iter().map(|c| c.folder.clone()).collect();
     let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
+    warn_shared_names(&classes);
+    if let Some(dir) = &cfg.open_set {
+        check_open_set(dir, &folders)?;
+    }
     on(StudyEvent::Phase(
         "decoding test images".into(),
         test_set.samples.len(),

@@ -597,7 +597,7 @@ fn probe_section(out: &mut String, report: &Report) {
             .iter()
             .map(|p| {
                 vec![
-                    p.shots.to_string(),
+                    shots_cell(p),
                     pct(p.mean),
                     format!("{:.1}", p.std * 100.0),
                     format!("{} – {}", pct(p.min), pct(p.max)),
@@ -623,6 +623,19 @@ fn probe_section(out: &mut String, report: &Report) {
                 shots.map_or("not reached".to_string(), |k| k.to_string())
             );
         }
+    }
+}
+
+/// A few-shot point's images per class as asked, and as drawn where classes had fewer
+/// (each of those contributes all of its images).
+fn shots_cell(p: &crate::study::probe::FewShotPoint) -> String {
+    match p.short_classes.iter().map(|c| c.available).max() {
+        None => p.shots.to_string(),
+        Some(most) => format!(
+            "{} ({} classes have fewer: at most {most} drawn)",
+            p.shots,
+            p.short_classes.len()
+        ),
     }
 }
 
@@ -917,6 +930,35 @@ fn class_wins(report: &Report, clip: &ModelReport, cnn: &ModelReport) -> String 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_few_shot_row_says_when_classes_had_fewer_images_than_asked() {
+        use crate::study::probe::{FewShotPoint, ShortClass};
+        let point = |short: Vec<ShortClass>| FewShotPoint {
+            shots: 100,
+            mean: 0.5,
+            std: 0.0,
+            min: 0.5,
+            max: 0.5,
+            runs: vec![0.5],
+            short_classes: short,
+        };
+        assert_eq!(super::shots_cell(&point(Vec::new())), "100");
+        let short = vec![
+            ShortClass {
+                class: 0,
+                available: 16,
+            },
+            ShortClass {
+                class: 2,
+                available: 12,
+            },
+        ];
+        assert_eq!(
+            super::shots_cell(&point(short)),
+            "100 (2 classes have fewer: at most 16 drawn)"
+        );
+    }
+
     use super::*;
 
     #[test]
