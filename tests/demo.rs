@@ -175,3 +175,49 @@ fn shape_negatives_beyond_the_other_five_shapes_are_refused() {
     let err = usage_error(&out);
     assert!(err.contains("--shape-negatives"), "{err}");
 }
+
+#[test]
+fn demo_eval_marks_labels_without_pictures_and_csv_holds_every_result() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("red-circle")).unwrap();
+    std::fs::copy(
+        common::fixtures().join("images/small.png"),
+        data.path().join("red-circle/one.png"),
+    )
+    .unwrap();
+    let out = common::clipscope()
+        .args([
+            "demo",
+            "eval",
+            "--per-label",
+            "1",
+            "--format",
+            "csv",
+            "--data",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    let folder_row = |label: &str| {
+        rows.iter()
+            .find(|r| r[0] == "folders" && r[1] == label)
+            .unwrap_or_else(|| panic!("{label}: {csv}"))
+            .clone()
+    };
+    assert_eq!(folder_row("a red circle")[3], "1");
+    assert!(!folder_row("a red circle")[2].is_empty());
+    assert_eq!(
+        folder_row("a blue square")[2..],
+        ["", "0"],
+        "no pictures: no score"
+    );
+    assert!(rows
+        .iter()
+        .any(|r| r[0] == "generated" && r[1] == "a red circle" && r[3] == "1"));
+    assert!(rows
+        .iter()
+        .any(|r| r[0] == "binding" && r[1] == "held-out combinations"));
+}

@@ -350,9 +350,21 @@ fn demo_eval(
             ];
             for (name, set) in sets.into_iter().flatten() {
                 w.write_record([name, "all", &format!("{:.4}", set.top1), &set.n.to_string()])?;
-                for (label, acc) in &set.per_label {
-                    w.write_record([name, label, &format!("{acc:.4}"), ""])?;
+                for l in &set.per_label {
+                    let top1 = l.top1.map_or(String::new(), |t| format!("{t:.4}"));
+                    w.write_record([name, &l.label, &top1, &l.n.to_string()])?;
                 }
+            }
+            // The held-out combinations, as the text and JSON give them (their n is not
+            // recorded per row; 'all' rows carry it).
+            let b = &r.binding;
+            for (label, value) in [
+                ("held-out combinations", b.held_out_top1),
+                ("trained combinations", b.trained_top1),
+                ("held-out: right shape", b.held_out_shape_right),
+                ("held-out: right colour", b.held_out_colour_right),
+            ] {
+                w.write_record(["binding", label, &format!("{value:.4}"), ""])?;
             }
             w.flush()?;
         }
@@ -368,8 +380,11 @@ fn demo_eval(
                     "\n{name}: twelve-label top-1 {:.4} on {} pictures",
                     set.top1, set.n
                 )?;
-                for (label, acc) in &set.per_label {
-                    writeln!(out, "  {acc:>7.4}  {label}")?;
+                for l in &set.per_label {
+                    match l.top1 {
+                        Some(top1) => writeln!(out, "  {top1:>7.4}  {}", l.label)?,
+                        None => writeln!(out, "  {:>7}  {} (no pictures)", "n/a", l.label)?,
+                    }
                 }
             }
             let b = &r.binding;

@@ -576,8 +576,19 @@ pub struct SetScore {
     pub n: usize,
     /// Top-1 accuracy.
     pub top1: f64,
-    /// Top-1 per label, in label order.
-    pub per_label: Vec<(String, f64)>,
+    /// Per label, in label order.
+    pub per_label: Vec<LabelScore>,
+}
+
+/// One label's share of a [`SetScore`].
+#[derive(Clone, Debug, Serialize)]
+pub struct LabelScore {
+    /// The label.
+    pub label: String,
+    /// Its pictures.
+    pub n: usize,
+    /// Top-1 on them; none without pictures.
+    pub top1: Option<f64>,
 }
 
 /// How the held-out colour-shape combinations fare against those seen in training.
@@ -646,8 +657,14 @@ fn score(pred: &[usize], truth: &[usize], labels: &[String]) -> SetScore {
                 .iter()
                 .zip(truth)
                 .filter(|(_, t)| **t == k)
-                .fold((0, 0), |(h, n), (p, t)| (h + usize::from(p == t), n + 1));
-            (l.clone(), hit as f64 / f64::from(n.max(1)))
+                .fold((0u32, 0usize), |(h, n), (p, t)| {
+                    (h + u32::from(p == t), n + 1)
+                });
+            LabelScore {
+                label: l.clone(),
+                n,
+                top1: (n > 0).then(|| f64::from(hit) / n as f64),
+            }
         })
         .collect();
     let hits = pred.iter().zip(truth).filter(|(p, t)| p == t).count();

@@ -351,6 +351,23 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Warns about settings that train but cannot give a useful model: one class (nothing
+/// to tell apart), or ResNet18 with one image per step (batch normalisation then
+/// normalises each channel by a single image's statistics).
+fn warn_degenerate(cfg: &TrainConfig, classes: usize) {
+    if classes < 2 {
+        tracing::warn!(
+            "{}: only one class folder; the model learns nothing it can tell apart (add a folder per class)",
+            cfg.data.display()
+        );
+    }
+    if cfg.batch_size == 1 && cfg.arch == Arch::Resnet18 && !cfg.freeze_backbone {
+        tracing::warn!(
+            "--batch-size 1: ResNet18's batch normalisation needs several images per step; expect a poor model (use 8 or more)"
+        );
+    }
+}
+
 /// A resumed run must keep its settings but for the number of epochs: the saved state
 /// (moments, step count, learning-rate schedule) belongs to that optimiser, those
 /// parameters, that batch size and that learning rate, and the checkpoint's record (image
@@ -480,6 +497,7 @@ fn run_training(
             cfg.data.display()
         )));
     }
+    warn_degenerate(cfg, split.train.classes.len());
     if val_cache.labels.is_empty() {
         // Every epoch's record and the checkpoint's choice rest on held-out images.
         return Err(TrainError::Config(match &cfg.val {
