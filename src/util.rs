@@ -1,7 +1,7 @@
 //! Small helpers shared across domains.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
@@ -33,28 +33,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// candle writes safetensors through a temporary file created `0600`, which left
 /// checkpoints unreadable to the group and others, unlike every other output.
 pub fn with_usual_permissions(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
+    // Only where the umask can be read without changing it (Linux): elsewhere the file
+    // keeps the temporary file's stricter mode rather than a guessed, looser one.
+    #[cfg(target_os = "linux")]
+    if let Some(umask) = umask() {
         use std::os::unix::fs::PermissionsExt;
-        let mode = 0o666 & !umask();
+        let mode = 0o666 & !umask;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
-    #[cfg(not(unix))]
+    #[cfg(not(target_os = "linux"))]
     let _ = path;
     Ok(())
 }
 
 /// The process's umask, read from `/proc/self/status` (setting it to read it, as
-/// `umask(2)` does, would race with threads creating files); `022` where unknown.
-#[cfg(unix)]
-fn umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("Umask:"))?;
-            u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
-        })
-        .unwrap_or(0o022)
+/// `umask(2)` does, would race with threads creating files).
+#[cfg(target_os = "linux")]
+fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
 }
 
 /// An error and its causes on one line, `context: cause: cause`, for the user. A cause
@@ -336,12 +334,29 @@ pub fn same_path(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Whether two optional paths are both absent or name the same file or folder.
+pub fn same_optional_path(a: Option<&Path>, b: Option<&Path>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => same_path(a, b),
+        _ => false,
+    }
+}
+
+/// `path` made absolute against the current folder (not resolving links): how run
+/// records keep the folders they were made from, so that a later command in another
+/// folder finds the same ones.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Refuse an `--output` folder that exists as a file, before any work that would have
 /// to be thrown away when its first file could not be written.
-pub fn check_output_is_folder(output: &Path) -> Result<(), String> {
+/// `flag` names the option in the message.
+pub fn check_output_is_folder(output: &Path, flag: &str) -> Result<(), String> {
     match std::fs::metadata(output) {
         Ok(m) if !m.is_dir() => Err(format!(
-            "{} is a file, not a folder; give another --output",
+            "{} is a file, not a folder; give another {flag}",
             output.display()
         )),
         _ => Ok(()),
@@ -351,7 +366,7 @@ pub fn check_output_is_folder(output: &Path) -> Result<(), String> {
 /// Refuse to start a new run in a folder that already holds files, unless the run is
 /// resumed or replacing it was asked for; the message names both ways out.
 pub fn check_run_folder(output: &Path, resume: bool, force: bool) -> Result<(), String> {
-    check_output_is_folder(output)?;
+    check_output_is_folder(output, "--output")?;
     let occupied = output.is_dir()
         && std::fs::read_dir(output)
             .map(|mut d| d.next().is_some())

@@ -249,6 +249,26 @@ fn shapes_config(data: &Path, out: &Path, epochs: usize, image_size: usize) -> T
     }
 }
 
+/// A shapes set (`per_class` pictures of `side` px per class, drawn with `seed`) and a
+/// run folder holding one epoch of training on it at `image_size`.
+fn one_epoch_run(
+    per_class: usize,
+    side: u32,
+    seed: u64,
+    image_size: usize,
+) -> (tempfile::TempDir, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    make_shapes(data.path(), per_class, side, seed).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    train(
+        &shapes_config(data.path(), run.path(), 1, image_size),
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    (data, run)
+}
+
 #[test]
 fn training_from_scratch_learns_shapes_and_evaluates() {
     let data = tempfile::tempdir().unwrap();
@@ -365,15 +385,7 @@ fn a_stopped_run_saves_and_resumes_to_the_same_result() {
 fn a_checkpoint_whose_json_is_not_replaced_still_loads_the_previous_save() {
     // Atomicity: weights are written under new names before checkpoint.json is replaced,
     // so a crash in between leaves the old record pointing at files that still exist.
-    let data = tempfile::tempdir().unwrap();
-    make_shapes(data.path(), 6, 40, 9).unwrap();
-    let run = tempfile::tempdir().unwrap();
-    train(
-        &shapes_config(data.path(), run.path(), 1, 32),
-        &AtomicBool::new(false),
-        &mut |_| {},
-    )
-    .unwrap();
+    let (_data, run) = one_epoch_run(6, 40, 9, 32);
     let before = std::fs::read_to_string(run.path().join("checkpoint.json")).unwrap();
     // Simulate the crash: a later save's weights exist, but the JSON was never replaced.
     let meta = checkpoint::load_meta(run.path()).unwrap();
@@ -572,15 +584,7 @@ fn train_and_eval_commands_with_imagenet_weights_from_a_local_server() {
 
 #[test]
 fn predict_keeps_each_result_with_its_own_image_when_others_fail() {
-    let data = tempfile::tempdir().unwrap();
-    make_shapes(data.path(), 4, 32, 5).unwrap();
-    let run = tempfile::tempdir().unwrap();
-    train(
-        &shapes_config(data.path(), run.path(), 1, 16),
-        &AtomicBool::new(false),
-        &mut |_| {},
-    )
-    .unwrap();
+    let (data, run) = one_epoch_run(4, 32, 5, 16);
     let good = [
         "circle/circle_0000.png",
         "square/square_0001.png",

@@ -541,11 +541,8 @@ fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
     assert_eq!((meta.image_size, meta.config.batch_size), (32, 8));
     let out = resume(&[]);
     assert_success(&out);
-    assert!(
-        stderr_of(&out).contains("nothing to train"),
-        "{}",
-        stderr_of(&out)
-    );
+    let warning = stderr_of(&out);
+    assert!(warning.contains("nothing to train"), "{warning}");
 }
 
 #[test]

@@ -270,4 +270,15 @@ fn resume_keeps_the_runs_settings_and_names_any_that_differ() {
     let record = clipscope::clip::finetune::read_record(&out).unwrap();
     assert_eq!((record.epochs_done, record.config.epochs), (2, 2));
     assert_eq!(record.config.lr, 1e-5);
+    // The data too, from any folder: the record keeps absolute paths.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out2 = common::clipscope()
+        .current_dir(elsewhere.path())
+        .args(["finetune", "--resume", "--epochs", "3", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    common::assert_success(&out2);
+    let record = clipscope::clip::finetune::read_record(&out).unwrap();
+    assert_eq!(record.epochs_done, 3);
 }

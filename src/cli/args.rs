@@ -737,14 +737,9 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub no_flip: bool,
     /// WiSE-FT: save (1 - A) * zero-shot + A * fine-tuned weights (0 gives the zero-shot
-    /// model back exactly; 1 the fine-tuned one).
-    #[arg(
-        long,
-        allow_negative_numbers = true,
-        value_name = "A",
-        default_value_t = 1.0
-    )]
-    pub wise_alpha: f64,
+    /// model back exactly; 1, the default, the fine-tuned one).
+    #[arg(long, allow_negative_numbers = true, value_name = "A")]
+    pub wise_alpha: Option<f64>,
     /// The model folder to write (config.json, model.safetensors, tokenizer.json, ...).
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,

@@ -45,7 +45,10 @@ fn check_finetune_device(model: &super::args::ModelArgs) -> Result<()> {
         );
     }
     if model.precision != clipscope::clip::Precision::F32 {
-        bail!("--precision: fine-tuning trains in f32; leave --precision out (the fine-tuned model classifies at any precision)");
+        bail!(
+            "--precision {}: fine-tuning trains in f32; leave --precision out (the fine-tuned model classifies at any precision)",
+            format!("{:?}", model.precision).to_lowercase()
+        );
     }
     Ok(())
 }
@@ -54,19 +57,31 @@ fn check_finetune_device(model: &super::args::ModelArgs) -> Result<()> {
 /// run's, else its default. A resumed run that gets a different value is refused by the
 /// library, which names the option.
 fn finetune_config(a: &FinetuneArgs, saved: Option<&FinetuneConfig>) -> Result<FinetuneConfig> {
-    let saved_template = saved.and_then(|c| match &c.task {
-        Task::Classify { template, .. } => Some(template.clone()),
-        Task::Captions { .. } => None,
-    });
-    let task = match (&a.data, &a.captions) {
-        (Some(data), None) => Task::Classify {
+    let (saved_val, saved_template) = match saved.map(|c| &c.task) {
+        Some(Task::Classify { val, template, .. }) => (val.clone(), Some(template.clone())),
+        _ => (None, None),
+    };
+    let task = match (&a.data, &a.captions, saved) {
+        (Some(data), None, _) => Task::Classify {
             data: data.clone(),
-            val: a.val.clone(),
+            val: a.val.clone().or(saved_val),
             template: (a.template.clone())
                 .or(saved_template)
                 .unwrap_or_else(|| "a photo of a {}.".to_string()),
         },
-        (None, Some(file)) => Task::Captions { file: file.clone() },
+        (None, Some(file), _) => Task::Captions { file: file.clone() },
+        // Resumed with neither: the run's own data (and, for classification, its
+        // template unless one is given).
+        (None, None, Some(saved)) => match &saved.task {
+            Task::Classify { data, .. } => Task::Classify {
+                data: data.clone(),
+                val: a.val.clone().or(saved_val),
+                template: (a.template.clone())
+                    .or(saved_template)
+                    .unwrap_or_else(|| "a photo of a {}.".to_string()),
+            },
+            task @ Task::Captions { .. } => task.clone(),
+        },
         _ => bail!("give --data DIR (classification) or --captions FILE (contrastive)"),
     };
     let seed = a.seed.or(saved.map(|c| c.seed));
@@ -98,7 +113,7 @@ fn finetune_config(a: &FinetuneArgs, saved: Option<&FinetuneConfig>) -> Result<F
         warmup_fraction: a.warmup.or(saved.map(|c| c.warmup_fraction)).unwrap_or(0.1),
         seed,
         val_fraction,
-        wise_alpha: a.wise_alpha,
+        wise_alpha: a.wise_alpha.or(saved.map(|c| c.wise_alpha)).unwrap_or(1.0),
     })
 }
 
@@ -114,6 +129,8 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
         super::input::expect_file("--captions", file)?;
     }
     check_finetune_device(&a.model)?;
+    // Before the model is fetched: a download should not precede this refusal.
+    clipscope::util::check_run_folder(&a.output, a.resume, a.force).map_err(anyhow::Error::msg)?;
     let prior = if a.resume {
         Some(finetune::read_record(&a.output)?)
     } else {
@@ -123,7 +140,13 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
     let base = match (&prior, &a.model.model, &a.model.model_dir) {
         // Resumed without a model named: the one the run started from.
         (Some(run), None, None) => {
-            let source = clipscope::hub::ModelSource::Named(Some(run.base_model.clone()));
+            // A model folder is recorded by its path, a registry model by its name.
+            let recorded = std::path::PathBuf::from(&run.base_model);
+            let source = if recorded.is_dir() {
+                clipscope::hub::ModelSource::Dir(recorded)
+            } else {
+                clipscope::hub::ModelSource::Named(Some(run.base_model.clone()))
+            };
             clipscope::hub::resolve_files(&source, &mut super::log::download_progress())
                 .with_context(|| {
                     format!(
@@ -252,7 +275,7 @@ fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
     if !(lr > 0.0 && lr.is_finite()) {
         bail!("--lr must be a positive number");
     }
-    clipscope::util::check_output_is_folder(output).map_err(anyhow::Error::msg)?;
+    clipscope::util::check_output_is_folder(output, "--output").map_err(anyhow::Error::msg)?;
     if output.join("model.safetensors").exists() && !args.force {
         bail!(
             "{} already holds a model; give --force to replace it, or another --output",
@@ -321,8 +344,8 @@ fn demo_eval(
     if per_label == 0 {
         bail!("--per-label must be at least 1");
     }
-    if let Some(dir) = data.filter(|d| !d.is_dir()) {
-        bail!("--data {}: no such folder", dir.display());
+    if let Some(dir) = data {
+        super::input::expect_folder("--data", dir)?;
     }
     let mut model = ModelArgs {
         model: model.model.clone(),

@@ -13,7 +13,9 @@ use clipscope::cnn::checkpoint::CheckpointMeta;
 use clipscope::cnn::eval::{evaluate, CnnClassifier, EvalReport};
 use clipscope::cnn::network::Arch;
 use clipscope::cnn::optim::OptimizerKind;
-use clipscope::cnn::train::{train as run_training, Pretrained, TrainConfig, TrainEvent};
+use clipscope::cnn::train::{
+    train as run_training, Pretrained, TrainConfig, TrainEvent, TrainOutcome,
+};
 use clipscope::data::fetch::{fetch_imagenette, ImagenetteSize};
 use clipscope::hub;
 
@@ -275,8 +277,23 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
         SummaryFormat::Text => Box::new(std::io::stdout()),
         SummaryFormat::Json => Box::new(std::io::sink()),
     };
-    let outcome = run_training(&cfg, &stop, &mut train_progress(&bar, cfg.epochs, &mut out))
-        .with_context(|| format!("training on {} failed", cfg.data.display()))?;
+    let outcome = match prior.filter(|m| !m.interrupted && m.epochs_done >= cfg.epochs) {
+        // Nothing to train: said before any data is decoded or a model built.
+        Some(done) => {
+            clipscope::cnn::train::check_resumable(&cfg, &done)?;
+            tracing::warn!(
+                "all {} epochs are done: nothing to train; give a larger --epochs to train on",
+                done.epochs_done
+            );
+            TrainOutcome {
+                metrics: done.metrics,
+                stopped: false,
+                checkpoint: a.output.join(clipscope::cnn::checkpoint::CHECKPOINT_JSON),
+            }
+        }
+        None => run_training(&cfg, &stop, &mut train_progress(&bar, cfg.epochs, &mut out))
+            .with_context(|| format!("training on {} failed", cfg.data.display()))?,
+    };
     bar.finish_and_clear();
     match a.format {
         SummaryFormat::Text => {
@@ -425,13 +442,8 @@ pub(super) fn imagenette_size(arg: ImagenetteSizeArg) -> ImagenetteSize {
 /// Refuses a `data shapes` / `data scenes` folder that is not empty, unless `force`,
 /// which removes the set written there before (`is_generated`): a second set written
 /// over the first would mix the two (the first's extra pictures, its split).
-fn make_room(
-    to: &std::path::Path,
-    force: bool,
-    is_generated: fn(&std::path::Path) -> bool,
-) -> Result<()> {
-    clipscope::util::check_output_is_folder(to)
-        .map_err(|e| anyhow::anyhow!(e.replace("--output", "--to")))?;
+fn make_room(to: &std::path::Path, force: bool, is_generated: fn(&[&str]) -> bool) -> Result<()> {
+    clipscope::util::check_output_is_folder(to, "--to").map_err(anyhow::Error::msg)?;
     let occupied = std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some());
     if !occupied {
         return Ok(());

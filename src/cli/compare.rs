@@ -114,7 +114,7 @@ fn describe(source: &ModelSource) -> String {
 /// earlier report, unless `--force`: a study can take hours, and a report written into
 /// its folder replaces the last one's files.
 fn check_report_folder(output: &std::path::Path, force: bool) -> Result<()> {
-    clipscope::util::check_output_is_folder(output).map_err(anyhow::Error::msg)?;
+    clipscope::util::check_output_is_folder(output, "--output").map_err(anyhow::Error::msg)?;
     let earlier = output.join(clipscope::study::report::REPORT_JSON);
     if earlier.exists() && !force {
         bail!(

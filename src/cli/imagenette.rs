@@ -30,7 +30,7 @@ fn settings(a: &ImagenetteStudyArgs) -> Result<ImagenetteStudy> {
     if a.epochs == 0 {
         bail!("--epochs must be at least 1");
     }
-    clipscope::util::check_output_is_folder(&a.output).map_err(anyhow::Error::msg)?;
+    clipscope::util::check_output_is_folder(&a.output, "--output").map_err(anyhow::Error::msg)?;
     let data_dir = match &a.data_dir {
         Some(dir) => dir.clone(),
         None => DownloadOptions::from_env()?.cache_root.join("data"),

@@ -477,8 +477,7 @@ fn man(out_dir: Option<&std::path::Path>) -> Result<u8> {
     match out_dir {
         None => man_page(&cmd, &mut std::io::stdout().lock())?,
         Some(dir) => {
-            clipscope::util::check_output_is_folder(dir)
-                .map_err(|e| anyhow::anyhow!(e.replace("--output", "another folder")))?;
+            clipscope::util::check_output_is_folder(dir, "folder").map_err(anyhow::Error::msg)?;
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             write_man_pages(&cmd, dir)

@@ -68,6 +68,28 @@ pub enum Task {
     },
 }
 
+impl Task {
+    /// The task with its paths made absolute, as the run's record keeps them (a later
+    /// `--resume` from another folder then finds the same data).
+    fn absolute(&self) -> Task {
+        use crate::util::absolute;
+        match self {
+            Task::Classify {
+                data,
+                val,
+                template,
+            } => Task::Classify {
+                data: absolute(data),
+                val: val.as_deref().map(absolute),
+                template: template.clone(),
+            },
+            Task::Captions { file } => Task::Captions {
+                file: absolute(file),
+            },
+        }
+    }
+}
+
 /// Everything a fine-tuning run needs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FinetuneConfig {
@@ -616,17 +638,26 @@ fn check_resumable(
     prior: &RunRecord,
 ) -> Result<(), FinetuneError> {
     let p = &prior.config;
-    let differs = |flag: &str, run: String, asked: String| {
+    let refuse = |flag: &str, run: String, asked: String, hint: &str| {
         Err(FinetuneError::Config(format!(
-            "--resume: the run was trained with {flag} {run}, not {asked}; give the run's own (or leave {flag} out), or start a new run in another --output"
+            "--resume: the run was trained with {flag} {run}, not {asked}; give the run's own{hint}, or start a new run in another --output"
         )))
     };
-    if prior.base_model != base.name {
+    // Settings the CLI fills in from the run when left out; data flags it cannot.
+    let differs = |flag: &str, run: String, asked: String| {
+        refuse(flag, run, asked, &format!(" (or leave {flag} out)"))
+    };
+    let data_differs = |flag: &str, run: String, asked: String| refuse(flag, run, asked, "");
+    let same_model = prior.base_model == base.name
+        || crate::util::same_path(Path::new(&prior.base_model), Path::new(&base.name));
+    if !same_model {
         return Err(FinetuneError::Config(format!(
             "--resume: the run was fine-tuned from the model {}, not {}; give that model (--model or --model-dir), or start a new run in another --output",
             prior.base_model, base.name
         )));
     }
+    let show = |p: &Path| p.display().to_string();
+    let show_opt = |p: Option<&Path>| p.map_or("none".into(), show);
     match (&p.task, &cfg.task) {
         (
             Task::Classify {
@@ -640,23 +671,11 @@ fn check_resumable(
                 template: template2,
             },
         ) => {
-            let show = |p: &Option<PathBuf>| {
-                p.as_ref()
-                    .map_or("none".into(), |p| p.display().to_string())
-            };
             if !crate::util::same_path(data, data2) {
-                return differs(
-                    "--data",
-                    data.display().to_string(),
-                    data2.display().to_string(),
-                );
+                return data_differs("--data", show(data), show(data2));
             }
-            let same_val = match (val, val2) {
-                (Some(a), Some(b)) => crate::util::same_path(a, b),
-                (a, b) => a == b,
-            };
-            if !same_val {
-                return differs("--val", show(val), show(val2));
+            if !crate::util::same_optional_path(val.as_deref(), val2.as_deref()) {
+                return data_differs("--val", show_opt(val.as_deref()), show_opt(val2.as_deref()));
             }
             if template != template2 {
                 return differs(
@@ -668,18 +687,14 @@ fn check_resumable(
         }
         (Task::Captions { file }, Task::Captions { file: file2 }) => {
             if !crate::util::same_path(file, file2) {
-                return differs(
-                    "--captions",
-                    file.display().to_string(),
-                    file2.display().to_string(),
-                );
+                return data_differs("--captions", show(file), show(file2));
             }
         }
         (Task::Classify { data, .. }, Task::Captions { .. }) => {
-            return differs("--data", data.display().to_string(), "--captions".into());
+            return data_differs("--data", show(data), "--captions".into());
         }
         (Task::Captions { file }, Task::Classify { .. }) => {
-            return differs("--captions", file.display().to_string(), "--data".into());
+            return data_differs("--captions", show(file), "--data".into());
         }
     }
     if p.trainable != cfg.trainable {
@@ -705,13 +720,13 @@ fn check_resumable(
         return differs("--seed", p.seed.to_string(), cfg.seed.to_string());
     }
     if p.flip != cfg.flip {
-        let was = if p.flip {
-            "with flips"
+        let (was, how) = if p.flip {
+            ("with flips", "leave out --no-flip")
         } else {
-            "with --no-flip"
+            ("with --no-flip", "give --no-flip")
         };
         return Err(FinetuneError::Config(format!(
-            "--resume: the run was trained {was}; resume the same way, or start a new run in another --output"
+            "--resume: the run was trained {was}; {how}, or start a new run in another --output"
         )));
     }
     Ok(())
@@ -745,15 +760,8 @@ fn run(
 ) -> Result<FinetuneOutcome, FinetuneError> {
     validate(cfg)?;
     let prior = check_output(output, resume, force)?;
-    match &prior {
-        Some(p) => check_resumable(base, cfg, p)?,
-        // A new run in a folder that held one (--force): a classifier head left from
-        // the last run would be taken for this run's by `compare` and `classify`.
-        None => {
-            for name in [HEAD_SAFETENSORS, HEAD_JSON] {
-                let _ = std::fs::remove_file(output.join(name));
-            }
-        }
+    if let Some(p) = &prior {
+        check_resumable(base, cfg, p)?;
     }
     let device = Device::Cpu;
     let config = base.config.clone();
@@ -771,6 +779,15 @@ fn run(
         return Err(FinetuneError::Config(
             "fewer than two readable training images".into(),
         ));
+    }
+    if prior.is_none() {
+        // A new run in a folder that held one (--force): a classifier head left from
+        // the last run would be taken for this run's by `compare` and `classify`.
+        // Removed only now that the new run has its data, so a run that fails before
+        // this leaves the old one whole.
+        for name in [HEAD_SAFETENSORS, HEAD_JSON] {
+            let _ = std::fs::remove_file(output.join(name));
+        }
     }
     if let Some(p) = &prior {
         if p.classes != data.classes {
@@ -867,7 +884,10 @@ fn run(
         }
         None => RunRecord {
             base_model: base.name.clone(),
-            config: cfg.clone(),
+            config: FinetuneConfig {
+                task: cfg.task.absolute(),
+                ..cfg.clone()
+            },
             classes: data.classes.clone(),
             train_examples: data.train.len(),
             val_examples: data.val.len(),

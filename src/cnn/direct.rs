@@ -306,6 +306,7 @@ pub(crate) fn weight_gradient(
             let (tile, first) = (t / chunks, (t % chunks) * per_task);
             let channels = first..(first + per_task).min(c);
             let o0 = tile * GRAD_TILE_O;
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut sums = vec![0f32; channels.len() * TAPS * GRAD_TILE_O];
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `weight_gradient_available` checked AVX-512F; `dyt` and `padded`

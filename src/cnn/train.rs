@@ -372,7 +372,7 @@ fn warn_degenerate(cfg: &TrainConfig, classes: usize) {
 /// (moments, step count, learning-rate schedule) belongs to that optimiser, those
 /// parameters, that batch size and that learning rate, and the checkpoint's record (image
 /// size, data) is what `eval`, `predict` and `compare` use afterwards.
-fn check_resumable(cfg: &TrainConfig, prior: &CheckpointMeta) -> Result<(), TrainError> {
+pub fn check_resumable(cfg: &TrainConfig, prior: &CheckpointMeta) -> Result<(), TrainError> {
     let saved = &prior.config;
     let differs = |flag: &str, run: String, asked: String| {
         Err(TrainError::Config(format!(
@@ -425,7 +425,8 @@ fn check_resumable(cfg: &TrainConfig, prior: &CheckpointMeta) -> Result<(), Trai
         ("--val", prior.data.val.as_ref(), cfg.val.as_ref()),
     ];
     for (flag, run, asked) in folders {
-        if !same_folder(run, asked) {
+        if !crate::util::same_optional_path(run.map(PathBuf::as_path), asked.map(PathBuf::as_path))
+        {
             let show = |p: Option<&PathBuf>| p.map_or("none".into(), |p| p.display().to_string());
             return Err(TrainError::Config(format!(
                 "{}: the run was trained with {flag} {}, not {}; resume with the same, or start a new run in another folder",
@@ -436,15 +437,6 @@ fn check_resumable(cfg: &TrainConfig, prior: &CheckpointMeta) -> Result<(), Trai
         }
     }
     Ok(())
-}
-
-/// Whether two optional folders are the same one.
-fn same_folder(a: Option<&PathBuf>, b: Option<&PathBuf>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => crate::util::same_path(a, b),
-        _ => false,
-    }
 }
 
 /// Train as configured; returns when done, or when `stop` is set (after saving).
@@ -501,7 +493,10 @@ fn run_training(
     if val_cache.labels.is_empty() {
         // Every epoch's record and the checkpoint's choice rest on held-out images.
         return Err(TrainError::Config(match &cfg.val {
-            Some(val) => format!("{}: no readable held-out images", val.display()),
+            Some(val) => format!(
+                "--val {}: no readable held-out images; give a folder of class folders with pictures",
+                val.display()
+            ),
             None => format!(
                 "{}: no images held out for validation (a class needs at least 2 images \
                  for one to be held out); add images, or give --val DIR",
@@ -607,8 +602,8 @@ fn run_training(
                 seed: cfg.seed,
             },
             data: DataRecord {
-                root: cfg.data.clone(),
-                val: cfg.val.clone(),
+                root: crate::util::absolute(&cfg.data),
+                val: cfg.val.as_deref().map(crate::util::absolute),
                 split: split.source.clone(),
                 train_images: n,
                 val_images: val_in.len(),

@@ -733,18 +733,19 @@ pub enum Layout {
     Folders,
 }
 
-/// Whether `rel` (relative to a set's root) is a file [`write_scenes`] writes:
-/// `NNNNN.png` and `captions.csv`, or `<colour>-<shape>/NNNNN.png`.
-pub fn is_scenes_file(rel: &Path) -> bool {
-    let rel = rel.to_string_lossy();
-    if rel == "captions.csv" || super::is_numbered_png(&rel, "", 5) {
-        return true;
+/// Whether `parts` (a path relative to a set's root, by component) is a file
+/// [`write_scenes`] writes: `NNNNN.png` and `captions.csv`, or `<colour>-<shape>/NNNNN.png`.
+pub fn is_scenes_file(parts: &[&str]) -> bool {
+    match parts {
+        [name] => *name == "captions.csv" || super::is_numbered_png(name, "", 5),
+        [class, name] => {
+            let known = class.split_once('-').is_some_and(|(colour, shape)| {
+                COLOURS.contains(&colour) && SHAPES.contains(&shape)
+            });
+            known && super::is_numbered_png(name, "", 5)
+        }
+        _ => false,
     }
-    COLOURS.iter().any(|colour| {
-        SHAPES
-            .iter()
-            .any(|shape| super::is_numbered_png(&rel, &format!("{colour}-{shape}/"), 5))
-    })
 }
 
 /// Write `count` generated pictures into `dir` (seeded; no combination is held out).
@@ -788,6 +789,15 @@ pub fn write_scenes(dir: &Path, count: usize, layout: Layout, seed: u64) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_files_are_told_from_other_files() {
+        assert!(is_scenes_file(&["00007.png"]) && is_scenes_file(&["captions.csv"]));
+        assert!(is_scenes_file(&["red-circle", "00012.png"]));
+        assert!(is_scenes_file(&["123456.png"]), "past 99999");
+        assert!(!is_scenes_file(&["red-dragon", "00012.png"]));
+        assert!(!is_scenes_file(&["photo.png"]) && !is_scenes_file(&["a", "b", "00001.png"]));
+    }
 
     #[test]
     fn a_swapped_shape_changes_the_shape_word_and_what_is_stated() {

@@ -63,13 +63,15 @@ pub fn draw_shape(shape: &str, side: u32, rng: &mut Rng) -> RgbImage {
     img
 }
 
-/// Whether `rel` (relative to a set's root) is a picture [`make_shapes`] writes:
-/// `<shape>/<shape>_NNNN.png`.
-pub fn is_shapes_file(rel: &Path) -> bool {
-    let rel = rel.to_string_lossy();
-    SHAPES
-        .iter()
-        .any(|shape| super::is_numbered_png(&rel, &format!("{shape}/{shape}_"), 4))
+/// Whether `parts` (a path relative to a set's root, by component) is a picture
+/// [`make_shapes`] writes: `<shape>/<shape>_NNNN.png`.
+pub fn is_shapes_file(parts: &[&str]) -> bool {
+    match parts {
+        [class, name] => {
+            SHAPES.contains(class) && super::is_numbered_png(name, &format!("{class}_"), 4)
+        }
+        _ => false,
+    }
 }
 
 /// Write `per_class` PNG images of each shape under `dir/<shape>/`.
@@ -90,6 +92,16 @@ pub fn make_shapes(dir: &Path, per_class: usize, side: u32, seed: u64) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_pictures_are_told_from_other_files() {
+        assert!(is_shapes_file(&["circle", "circle_0003.png"]));
+        assert!(is_shapes_file(&["cross", "cross_12345.png"]), "past 9999");
+        assert!(!is_shapes_file(&["circle", "square_0003.png"]));
+        assert!(!is_shapes_file(&["circle", "mine.png"]));
+        assert!(!is_shapes_file(&["notes.txt"]));
+        assert!(!is_shapes_file(&["other", "other_0001.png"]));
+    }
 
     #[test]
     fn shapes_cover_a_plausible_share_of_their_square() {
