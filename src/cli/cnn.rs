@@ -93,8 +93,16 @@ pub(super) fn say(bar: &ProgressBar, line: String) {
 pub(super) fn train_progress<'a>(
     bar: &'a ProgressBar,
     epochs: usize,
+    frozen: bool,
     out: &'a mut dyn Write,
 ) -> impl FnMut(TrainEvent) + 'a {
+    // With a frozen backbone each step reads features computed once: its rate is not a
+    // network's throughput and says so.
+    let unit = if frozen {
+        "img/s on cached features"
+    } else {
+        "img/s"
+    };
     bar.set_style(bar_style("epoch {prefix} [{bar:30}] {pos}/{len} {msg}"));
     move |ev| match ev {
         TrainEvent::Ready {
@@ -148,19 +156,19 @@ pub(super) fn train_progress<'a>(
             let tenth = (bar.length().unwrap_or(10) as usize / 10).max(1);
             if bar.is_hidden() && step % tenth == 0 {
                 tracing::info!(
-                    "epoch {epoch}/{epochs} step {step}/{} loss {loss:.3} lr {lr:.2e} {images_per_sec:.1} img/s",
+                    "epoch {epoch}/{epochs} step {step}/{} loss {loss:.3} lr {lr:.2e} {images_per_sec:.1} {unit}",
                     bar.length().unwrap_or(0)
                 );
             }
             bar.set_message(format!(
-                "loss {loss:.3} lr {lr:.2e} {images_per_sec:.1} img/s"
+                "loss {loss:.3} lr {lr:.2e} {images_per_sec:.1} {unit}"
             ));
         }
         TrainEvent::Epoch(m) => {
             bar.suspend(|| {
                 let _ = writeln!(
                     out,
-                    "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  {:.1} s  {:.1} img/s",
+                    "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  {:.1} s  {:.1} {unit}",
                     m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.seconds, m.images_per_sec
                 );
             });
@@ -291,8 +299,12 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
                 checkpoint: a.output.join(clipscope::cnn::checkpoint::CHECKPOINT_JSON),
             }
         }
-        None => run_training(&cfg, &stop, &mut train_progress(&bar, cfg.epochs, &mut out))
-            .with_context(|| format!("training on {} failed", cfg.data.display()))?,
+        None => run_training(
+            &cfg,
+            &stop,
+            &mut train_progress(&bar, cfg.epochs, cfg.freeze_backbone, &mut out),
+        )
+        .with_context(|| format!("training on {} failed", cfg.data.display()))?,
     };
     bar.finish_and_clear();
     match a.format {

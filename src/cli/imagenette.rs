@@ -73,7 +73,7 @@ fn imagenette(a: &ImagenetteStudyArgs) -> Result<u8> {
     } else {
         Box::new(std::io::stderr())
     };
-    let mut on_train = train_progress(&train_bar, cfg.epochs, &mut progress_out);
+    let mut on_train = train_progress(&train_bar, cfg.epochs, !cfg.full, &mut progress_out);
     let mut on_download = super::log::download_progress();
     let compare_bar = super::log::progress_bar(0);
     compare_bar.set_style(
