@@ -354,12 +354,20 @@ pub fn absolute(path: &Path) -> PathBuf {
 /// to be thrown away when its first file could not be written.
 /// `flag` names the option in the message.
 pub fn check_output_is_folder(output: &Path, flag: &str) -> Result<(), String> {
-    match std::fs::metadata(output) {
-        Ok(m) if !m.is_dir() => Err(format!(
+    // The nearest part of the path that exists must be a folder: `file/sub` cannot be
+    // created any more than `file` can be written into.
+    let existing = output.ancestors().find(|p| std::fs::metadata(p).is_ok());
+    match existing.filter(|p| !p.is_dir()) {
+        Some(file) if file == output => Err(format!(
             "{} is a file, not a folder; give another {flag}",
             output.display()
         )),
-        _ => Ok(()),
+        Some(file) => Err(format!(
+            "{}: {} is a file, not a folder; give another {flag}",
+            output.display(),
+            file.display()
+        )),
+        None => Ok(()),
     }
 }
 

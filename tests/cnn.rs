@@ -717,6 +717,17 @@ fn training_without_held_out_images_is_refused_before_it_starts() {
     );
     assert!(!run.path().join("run/checkpoint.json").exists());
     assert!(!data.path().join("clipscope-split.json").exists());
+    let out = clipscope()
+        .args(["train", "--epochs", "-1", "--data"])
+        .arg(data.path())
+        .arg("--output")
+        .arg(run.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(
+        usage_error(&out).contains("--epochs"),
+        "negative numbers reach the option"
+    );
     for fraction in ["nan", "1.5", "-0.1"] {
         let out = clipscope()
             .args([

@@ -569,6 +569,20 @@ fn an_output_that_is_a_file_is_refused_before_any_work() {
         assert!(err.contains("is a file, not a folder"), "{args:?}: {err}");
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    // A folder under a file cannot be made either, and is found as early.
+    let out = clipscope()
+        .args([
+            "train",
+            "--pretrained",
+            "none",
+            "--data",
+            data_arg,
+            "--output",
+        ])
+        .arg(file.join("sub"))
+        .output()
+        .unwrap();
+    assert!(usage_error(&out).contains("a-file is a file, not a folder"));
 }
 
 #[test]
@@ -939,6 +953,39 @@ fn a_generated_set_is_not_written_over_another_unless_replaced() {
     };
     assert_success(&run(&["--count", "6", "--layout", "folders"]));
     assert_success(&run(&["--count", "3", "--force"]));
+    // Either generator's set is replaced by the other's, not mixed with it.
+    let mixed = dir.path().join("mixed");
+    let scenes_into = |extra: &[&str]| {
+        clipscope()
+            .args([
+                "data", "scenes", "--count", "6", "--layout", "folders", "--to",
+            ])
+            .arg(&mixed)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_success(&scenes_into(&[]));
+    let out = clipscope()
+        .args([
+            "data",
+            "shapes",
+            "--per-class",
+            "1",
+            "--size",
+            "16",
+            "--force",
+            "--to",
+        ])
+        .arg(&mixed)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(
+        std::fs::read_dir(&mixed).unwrap().count(),
+        4,
+        "the four shape folders only"
+    );
     let names: Vec<String> = std::fs::read_dir(&scenes)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -373,7 +373,7 @@ fn compare_command_writes_the_report_with_overridden_class_names() {
         .args(["compare", "--data"])
         .arg(&s.test)
         .arg("--cnn")
-        .arg(&s.run)
+        .arg(s.run.join("checkpoint.json"))
         .arg("--model-dir")
         .arg(tiny())
         .arg("--classes")

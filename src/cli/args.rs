@@ -274,7 +274,12 @@ pub struct JobArgs {
     pub shard: Option<String>,
     /// The number of shards for `--shard auto` (needed on Kubernetes: the Job's
     /// completions; on Slurm it overrides SLURM_ARRAY_TASK_COUNT).
-    #[arg(long, value_name = "N", requires = "shard")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_name = "N",
+        requires = "shard"
+    )]
     pub shard_count: Option<usize>,
     /// Continue an unfinished --output (killed or preempted): keep the results there
     /// and process only the inputs without one.
@@ -289,7 +294,7 @@ pub struct JobArgs {
     pub no_cache: bool,
     /// Threads that read and decode images while the model runs (0: decode between
     /// batches, nothing overlapped). Default: one per core, at most 8.
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub decode_threads: Option<usize>,
 }
 
@@ -310,7 +315,7 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub prompt: PromptArgs,
     /// Show only the N most probable labels per image.
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub top_k: Option<usize>,
     /// Answer "none of these" when the top probability is below P (0 to 1).
     #[arg(long, allow_negative_numbers = true, value_name = "P")]
@@ -393,7 +398,7 @@ pub struct PreprocessArgs {
     #[arg(long, short)]
     pub output: PathBuf,
     /// Side of the square crop in pixels (default: the model's, 224 for ViT-B/32).
-    #[arg(long, conflicts_with = "model")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "model")]
     pub size: Option<usize>,
     /// Use the input size of this registry model (nothing is downloaded).
     #[arg(long)]
@@ -407,10 +412,15 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Image-encoder batch sizes to time, separated by commas.
-    #[arg(long, default_value = "1,16", value_delimiter = ',')]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value = "1,16",
+        value_delimiter = ','
+    )]
     pub batch: Vec<usize>,
     /// Timed runs per measurement (the median is reported).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10)]
     pub iters: usize,
     /// An image to time decoding and preprocessing on.
     #[arg(long)]
@@ -524,13 +534,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub freeze_backbone: bool,
     /// Epochs in all (default: 10). With --resume, a larger number trains on.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Images per step (default: 32).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     /// Input side in pixels (default: 224).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub image_size: Option<usize>,
     /// Optimiser (default: sgd).
     #[arg(long, value_enum)]
@@ -578,7 +588,7 @@ pub struct PredictArgs {
     #[arg(value_name = "IMAGE_OR_DIR")]
     pub inputs: Vec<PathBuf>,
     /// Show only the N most probable classes per image.
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub top_k: Option<usize>,
     /// Output format: text, json or csv (as classify's).
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -597,7 +607,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 64)]
     pub batch_size: usize,
     /// Output format: text, json or csv.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -640,14 +650,14 @@ pub enum DataAction {
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
         /// Number of pictures.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 200)]
         count: usize,
         /// How to lay them out: captions (captions.csv beside the pictures) or folders
         /// (DIR/<colour>-<shape>/, for train, finetune --data and compare).
         #[arg(long, value_enum, default_value_t = ScenesLayout::Captions)]
         layout: ScenesLayout,
         /// Seed.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
         seed: u64,
         /// Replace a set already in --to (its generated pictures, captions and split are
         /// removed first; other files are left).
@@ -660,13 +670,13 @@ pub enum DataAction {
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
         /// Images per class.
-        #[arg(long, default_value_t = 75)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 75)]
         per_class: usize,
         /// Image side in pixels.
-        #[arg(long, default_value_t = 96)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 96)]
         size: u32,
         /// Seed.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
         seed: u64,
         /// Replace a set already in --to (its generated pictures and split are removed
         /// first; other files are left).
@@ -708,10 +718,10 @@ pub struct FinetuneArgs {
     #[arg(long, value_parser = parse_trainable, value_hint = clap::ValueHint::Other)]
     pub trainable: Option<clipscope::clip::train::Trainable>,
     /// Epochs in all (default: 5). With --resume, a larger number trains on.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Images per step (default: 32).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     /// Peak learning rate, AdamW (default: 1e-5 when whole blocks learn, 1e-3 for
     /// projections or layernorms only).
@@ -767,19 +777,19 @@ pub struct DemoTrainArgs {
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
     /// Optimiser steps.
-    #[arg(long, default_value_t = 2400)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2400)]
     pub steps: usize,
     /// Image-caption pairs per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 64)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW).
     #[arg(long, allow_negative_numbers = true, default_value_t = 1e-3)]
     pub lr: f64,
     /// Linear warm-up steps before the cosine decay.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 100)]
     pub warmup: usize,
     /// Steps on easy pictures (large, centred, upright, clean) before the full mix.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 600)]
     pub easy_steps: usize,
     /// Start the vision tower's position embeddings as a 2-D sine-cosine grid (still
     /// learnt) instead of random values, so that patches know where they are from the
@@ -788,13 +798,13 @@ pub struct DemoTrainArgs {
     pub sincos_positions: bool,
     /// Add each caption again with its shape swapped for N other shapes (at most 5), as
     /// hard negatives (NegCLIP): colour alone then cannot match a picture to its caption.
-    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=5))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=5))]
     pub shape_negatives: u8,
     /// Seed for the weights and the generated data.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
     /// Evaluate on fresh pictures every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 300)]
     pub eval_every: usize,
     /// Replace a model already in --output.
     #[arg(long)]
@@ -815,10 +825,10 @@ pub enum DemoAction {
         #[command(flatten)]
         model: ModelArgs,
         /// Pictures per label.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 50)]
         per_label: usize,
         /// Seed of the fresh pictures.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 1000)]
         seed: u64,
         /// Also score class folders named <colour>-<shape> (e.g. red-circle/).
         #[arg(long, value_name = "DIR")]
@@ -864,13 +874,13 @@ pub struct ImagenetteStudyArgs {
     #[arg(long)]
     pub full: bool,
     /// Training epochs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10)]
     pub epochs: usize,
     /// Images per training step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 32)]
     pub batch_size: usize,
     /// The CNN's input side in pixels (default: 160 with --size 160, else 224).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub image_size: Option<usize>,
     /// Peak learning rate (SGD with momentum 0.9, cosine schedule).
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
@@ -927,13 +937,18 @@ pub struct CompareArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
     /// Bootstrap resamples for the 95% confidence intervals.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1000)]
     pub bootstrap: usize,
     /// Labelled images per class for the few-shot curve, separated by commas.
-    #[arg(long, default_value = "1,2,4,8,16", value_delimiter = ',')]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value = "1,2,4,8,16",
+        value_delimiter = ','
+    )]
     pub shots: Vec<usize>,
     /// Random draws per point of the few-shot curve.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5)]
     pub few_shot_seeds: usize,
     /// Folder for report.json, report.md, predictions.csv and the plots.
     #[arg(long, value_name = "OUT_DIR")]

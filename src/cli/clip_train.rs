@@ -137,12 +137,13 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
         None
     };
     let cfg = finetune_config(a, prior.as_ref().map(|r| &r.config))?;
-    let base = match (&prior, &a.model.model, &a.model.model_dir) {
+    let mut base = match (&prior, &a.model.model, &a.model.model_dir) {
         // Resumed without a model named: the one the run started from.
         (Some(run), None, None) => {
-            // A model folder is recorded by its path, a registry model by its name.
+            // A model folder is recorded by its absolute path, a registry model by its
+            // name (which a folder in the working directory could share).
             let recorded = std::path::PathBuf::from(&run.base_model);
-            let source = if recorded.is_dir() {
+            let source = if recorded.is_absolute() && recorded.is_dir() {
                 clipscope::hub::ModelSource::Dir(recorded)
             } else {
                 clipscope::hub::ModelSource::Named(Some(run.base_model.clone()))
@@ -157,6 +158,10 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
         }
         _ => model_files(&a.model)?,
     };
+    if let Some(dir) = &a.model.model_dir {
+        // Recorded absolute, so that --resume from another folder finds the same model.
+        base.name = clipscope::util::absolute(dir).display().to_string();
+    }
     let stop = super::cnn::stop_on_ctrl_c();
     let progress = bar("epoch {prefix} [{bar:30}] {pos}/{len} {msg}");
     // Epoch lines on standard output in text; in JSON one object at the end instead.
@@ -181,11 +186,15 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
                 first_epoch,
             } => {
                 let plan = if first_epoch > epochs {
-                    format!(
-                        "{} epochs already done: nothing to train, the model is written again (WiSE-FT alpha {})",
-                        first_epoch - 1,
-                        cfg.wise_alpha
-                    )
+                    // Said whether or not a bar is drawn, as train does.
+                    progress.suspend(|| {
+                        tracing::warn!(
+                            "{} (the model is written again, WiSE-FT alpha {})",
+                            super::cnn::nothing_to_train(first_epoch - 1),
+                            cfg.wise_alpha
+                        )
+                    });
+                    "nothing to train".to_string()
                 } else {
                     format!("epochs {first_epoch}..{epochs}")
                 };

@@ -89,6 +89,12 @@ pub(super) fn say(bar: &ProgressBar, line: String) {
     }
 }
 
+/// The warning for a resumed run whose epochs are all done.
+pub(super) fn nothing_to_train(done: usize) -> String {
+    let s = if done == 1 { "" } else { "s" };
+    format!("{done} epoch{s} done: nothing to train; give a larger --epochs to train on")
+}
+
 /// Draws training progress on `bar` (stderr) and writes one line per epoch to `out`.
 pub(super) fn train_progress<'a>(
     bar: &'a ProgressBar,
@@ -116,12 +122,7 @@ pub(super) fn train_progress<'a>(
             let plan = if first_epoch > epochs {
                 // Said whether or not a bar is drawn: a run that does nothing should not
                 // pass for one that trained.
-                bar.suspend(|| {
-                    tracing::warn!(
-                        "all {} epochs are done: nothing to train; give a larger --epochs to train on",
-                        first_epoch - 1
-                    )
-                });
+                bar.suspend(|| tracing::warn!("{}", nothing_to_train(first_epoch - 1)));
                 "nothing to train".to_string()
             } else {
                 format!("epochs {first_epoch}..{epochs}")
@@ -289,10 +290,7 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
         // Nothing to train: said before any data is decoded or a model built.
         Some(done) => {
             clipscope::cnn::train::check_resumable(&cfg, &done)?;
-            tracing::warn!(
-                "all {} epochs are done: nothing to train; give a larger --epochs to train on",
-                done.epochs_done
-            );
+            tracing::warn!("{}", nothing_to_train(done.epochs_done));
             TrainOutcome {
                 metrics: done.metrics,
                 stopped: false,
@@ -452,9 +450,9 @@ pub(super) fn imagenette_size(arg: ImagenetteSizeArg) -> ImagenetteSize {
 }
 
 /// Refuses a `data shapes` / `data scenes` folder that is not empty, unless `force`,
-/// which removes the set written there before (`is_generated`): a second set written
-/// over the first would mix the two (the first's extra pictures, its split).
-fn make_room(to: &std::path::Path, force: bool, is_generated: fn(&[&str]) -> bool) -> Result<()> {
+/// which removes a set either generator wrote there before: a second set written over
+/// the first would mix the two (the first's extra pictures or classes, its split).
+fn make_room(to: &std::path::Path, force: bool) -> Result<()> {
     clipscope::util::check_output_is_folder(to, "--to").map_err(anyhow::Error::msg)?;
     let occupied = std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some());
     if !occupied {
@@ -466,7 +464,11 @@ fn make_room(to: &std::path::Path, force: bool, is_generated: fn(&[&str]) -> boo
             to.display()
         );
     }
-    clipscope::data::remove_generated(to, is_generated)
+    let generated = |parts: &[&str]| {
+        clipscope::data::synthetic::is_shapes_file(parts)
+            || clipscope::data::scenes::is_scenes_file(parts)
+    };
+    clipscope::data::remove_generated(to, generated)
         .with_context(|| format!("cannot clear {}", to.display()))?;
     Ok(())
 }
@@ -501,7 +503,7 @@ pub fn data(action: &DataAction) -> Result<u8> {
             if *count == 0 {
                 bail!("--count 0: give at least 1 picture");
             }
-            make_room(to, *force, clipscope::data::scenes::is_scenes_file)?;
+            make_room(to, *force)?;
             use clipscope::data::scenes::{write_scenes, Layout};
             let layout = match layout {
                 ScenesLayout::Captions => Layout::Captions,
@@ -524,7 +526,7 @@ pub fn data(action: &DataAction) -> Result<u8> {
             if !(8..=1024).contains(size) {
                 bail!("--size {size}: give a side between 8 and 1024 pixels");
             }
-            make_room(to, *force, clipscope::data::synthetic::is_shapes_file)?;
+            make_room(to, *force)?;
             clipscope::data::synthetic::make_shapes(to, *per_class, *size, *seed)
                 .with_context(|| format!("cannot write {}", to.display()))?;
             println!("{} images of 4 shapes in {}", per_class * 4, to.display());

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
+use clipscope::cnn::checkpoint::run_folder;
 use indicatif::ProgressStyle;
 
 use clipscope::hub::{self, ModelSource};
@@ -36,7 +37,13 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
         .chain(a.train.iter().map(|d| ("--train", d)))
         .chain(a.open_set.iter().map(|d| ("--open-set", d)))
     {
-        super::input::expect_folder(flag, dir)?;
+        // A run's checkpoint.json stands for its folder, as in eval and predict.
+        let dir = if flag == "--cnn" {
+            run_folder(dir)
+        } else {
+            dir.clone()
+        };
+        super::input::expect_folder(flag, &dir)?;
     }
     if let Some(f) = &a.classes {
         super::input::expect_file("--classes", f)?;
@@ -70,7 +77,7 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
     }
     Ok(CompareConfig {
         data: a.data.clone(),
-        cnn_runs: a.cnn.clone(),
+        cnn_runs: a.cnn.iter().map(|p| run_folder(p)).collect(),
         clip_models,
         train: a.train.clone(),
         classes_file: a.classes.clone(),
@@ -151,8 +158,8 @@ pub fn compare(a: &CompareArgs) -> Result<u8> {
         SummaryFormat::Json => print_summary_json(&report, &files)?,
     }
     if report.skipped > 0 {
-        eprintln!(
-            "clipscope: warning: {} unreadable test files were skipped (for every model)",
+        tracing::warn!(
+            "{} unreadable test files were skipped (for every model)",
             report.skipped
         );
         return Ok(EXIT_SOME_FAILED);

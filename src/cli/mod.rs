@@ -516,6 +516,12 @@ Log filter, as tracing's EnvFilter reads it (for example clipscope=debug); \fB-v
 NO_COLOR
 When set, no colours on the terminal.
 .TP
+CLIPSCOPE_DATA_URL, CLIPSCOPE_DATA_MD5
+A mirror for the Imagenette archives (\fBdata fetch\fR, \fBstudy imagenette\fR), and the checksum its archive has.
+.TP
+CLIPSCOPE_AMX
+0 keeps bf16 products off AMX tiles where the CPU has them.
+.TP
 RAYON_NUM_THREADS
 Threads for the model's arithmetic (default: one per core).
 .TP

@@ -785,7 +785,12 @@ fn run(
         // the last run would be taken for this run's by `compare` and `classify`.
         // Removed only now that the new run has its data, so a run that fails before
         // this leaves the old one whole.
-        for name in [HEAD_SAFETENSORS, HEAD_JSON] {
+        // A CNN run's record goes too, so that `eval` no longer scores the old CNN here.
+        for name in [
+            HEAD_SAFETENSORS,
+            HEAD_JSON,
+            crate::cnn::checkpoint::CHECKPOINT_JSON,
+        ] {
             let _ = std::fs::remove_file(output.join(name));
         }
     }

@@ -285,6 +285,12 @@ fn remove_files_but(run_dir: &Path, remove: &[String], keep: &[String]) {
 /// Read `run_dir/checkpoint.json`.
 pub fn load_meta(run_dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
     let run_dir = &run_folder(run_dir);
+    if run_dir.is_file() {
+        return Err(invalid(
+            run_dir,
+            format!("a file, not a run folder; give the folder of `clipscope train` (or its {CHECKPOINT_JSON})"),
+        ));
+    }
     let path = run_dir.join(CHECKPOINT_JSON);
     let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => invalid(
@@ -301,7 +307,7 @@ pub fn load_meta(run_dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
 
 /// The run folder `path` names: itself, or the folder of a `checkpoint.json` given in
 /// its place.
-fn run_folder(path: &Path) -> PathBuf {
+pub fn run_folder(path: &Path) -> PathBuf {
     let is_record = path.file_name() == Some(std::ffi::OsStr::new(CHECKPOINT_JSON));
     match path.parent() {
         Some(parent) if is_record && path.is_file() => {

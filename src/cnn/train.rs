@@ -507,8 +507,10 @@ fn run_training(
 
     if prior.is_none() {
         // A new run in a folder that held one (--force) starts its own log; appending
-        // would mix the two runs' epochs.
+        // would mix the two runs' epochs. A fine-tuning run's record goes too, so that
+        // the folder is not taken for that run any more.
         let _ = std::fs::remove_file(cfg.output.join(METRICS_JSONL));
+        let _ = std::fs::remove_file(cfg.output.join(crate::clip::finetune::RUN_JSON));
     }
 
     let map = VarMap::new();
