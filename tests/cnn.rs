@@ -696,54 +696,39 @@ fn training_without_held_out_images_is_refused_before_it_starts() {
     let data = tempfile::tempdir().unwrap();
     make_shapes(data.path(), 1, 16, 1).unwrap();
     let run = tempfile::tempdir().unwrap();
-    let out = clipscope()
-        .args([
-            "train",
-            "--pretrained",
-            "none",
-            "--image-size",
-            "16",
-            "--data",
-        ])
-        .arg(data.path())
-        .arg("--output")
-        .arg(run.path().join("run"))
-        .output()
-        .unwrap();
-    let err = usage_error(&out);
+    let train_error = |extra: &[&str]| {
+        let out = clipscope()
+            .args([
+                "train",
+                "--pretrained",
+                "none",
+                "--image-size",
+                "16",
+                "--data",
+            ])
+            .arg(data.path())
+            .arg("--output")
+            .arg(run.path().join("run"))
+            .args(extra)
+            .output()
+            .unwrap();
+        usage_error(&out)
+    };
+    let err = train_error(&[]);
     assert!(
         err.contains("no images held out") && err.contains("--val"),
         "{err}"
     );
     assert!(!run.path().join("run/checkpoint.json").exists());
     assert!(!data.path().join("clipscope-split.json").exists());
-    let out = clipscope()
-        .args(["train", "--epochs", "-1", "--data"])
-        .arg(data.path())
-        .arg("--output")
-        .arg(run.path().join("run"))
-        .output()
-        .unwrap();
+    let err = train_error(&["--epochs", "-1"]);
     assert!(
-        usage_error(&out).contains("--epochs"),
-        "negative numbers reach the option"
+        err.contains("--epochs"),
+        "negative numbers reach the option: {err}"
     );
     for fraction in ["nan", "1.5", "-0.1"] {
-        let out = clipscope()
-            .args([
-                "train",
-                "--pretrained",
-                "none",
-                "--val-fraction",
-                fraction,
-                "--data",
-            ])
-            .arg(data.path())
-            .arg("--output")
-            .arg(run.path().join("run"))
-            .output()
-            .unwrap();
-        assert!(usage_error(&out).contains("--val-fraction"), "{fraction}");
+        let err = train_error(&["--val-fraction", fraction]);
+        assert!(err.contains("--val-fraction"), "{fraction}: {err}");
     }
 }
 
