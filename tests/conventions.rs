@@ -539,6 +539,21 @@ fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
     let meta = clipscope::cnn::checkpoint::load_meta(run.path()).unwrap();
     assert_eq!((meta.epochs_done, meta.config.epochs), (2, 2));
     assert_eq!((meta.image_size, meta.config.batch_size), (32, 8));
+    // From another folder and without --data: the run's data, by its absolute path.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = clipscope()
+        .current_dir(elsewhere.path())
+        .args(["train", "--resume", "--epochs", "3", "--output"])
+        .arg(run.path())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(
+        clipscope::cnn::checkpoint::load_meta(run.path())
+            .unwrap()
+            .epochs_done,
+        3
+    );
     let out = resume(&[]);
     assert_success(&out);
     let warning = stderr_of(&out);

@@ -516,9 +516,10 @@ pub enum OptimizerArg {
 /// `clipscope train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Image folder: ROOT/<class>/*.jpg, or with train/ and val/ inside.
-    #[arg(long, value_name = "DIR")]
-    pub data: PathBuf,
+    /// Image folder: ROOT/<class>/*.jpg, or with train/ and val/ inside (with --resume,
+    /// the run's when left out).
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
     /// A separate validation folder (same class folders).
     #[arg(long, value_name = "DIR")]
     pub val: Option<PathBuf>,

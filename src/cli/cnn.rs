@@ -248,12 +248,17 @@ fn train_config(a: &TrainArgs, prior: Option<&CheckpointMeta>) -> Result<TrainCo
     } else {
         resolve_pretrained(&a.pretrained, &model)?
     };
+    let data = match (&a.data, prior) {
+        (Some(data), _) => data.clone(),
+        (None, Some(run)) => run.data.root.clone(),
+        (None, None) => bail!("give --data DIR"),
+    };
     let val = (a.val.clone()).or_else(|| prior.and_then(|m| m.data.val.clone()));
     let seed = a.seed.or(saved.map(|c| c.seed));
-    let (seed, val_fraction) = split_options(&a.data, val.is_some(), seed, a.val_fraction)?;
+    let (seed, val_fraction) = split_options(&data, val.is_some(), seed, a.val_fraction)?;
     Ok(TrainConfig {
         arch,
-        data: a.data.clone(),
+        data,
         val,
         pretrained,
         freeze_backbone: a.freeze_backbone || saved.is_some_and(|c| c.freeze_backbone),
