@@ -462,18 +462,12 @@ fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
     let data = tempfile::tempdir().unwrap();
     clipscope::data::synthetic::make_shapes(data.path(), 4, 32, 1).unwrap();
     let run = tempfile::tempdir().unwrap();
-    let train = |extra: &[&str]| {
+    // `train` on this data into this run folder, with `args` before the folders and
+    // `extra` after.
+    let train_with = |args: &[&str], extra: &[&str]| {
         clipscope()
-            .args([
-                "train",
-                "--model",
-                "resnet18",
-                "--pretrained",
-                "none",
-                "--epochs",
-                "1",
-            ])
-            .args(["--image-size", "32", "--batch-size", "8", "--seed", "3"])
+            .arg("train")
+            .args(args)
             .arg("--data")
             .arg(data.path())
             .arg("--output")
@@ -482,6 +476,21 @@ fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
             .output()
             .unwrap()
     };
+    let settings = [
+        "--model",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--seed",
+        "3",
+    ];
+    let train = |extra: &[&str]| train_with(&settings, extra);
     assert_success(&train(&[]));
     let err = usage_error(&train(&[]));
     assert!(
@@ -504,16 +513,7 @@ fn a_run_folder_is_not_overwritten_and_the_split_is_not_silently_changed() {
 
     // --resume takes the run's settings for options left out, refuses different ones
     // (naming the option), and records the new number of epochs.
-    let resume = |extra: &[&str]| {
-        clipscope()
-            .args(["train", "--resume", "--data"])
-            .arg(data.path())
-            .arg("--output")
-            .arg(run.path())
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let resume = |extra: &[&str]| train_with(&["--resume"], extra);
     for (flag, value) in [
         ("--image-size", "48"),
         ("--batch-size", "4"),
