@@ -350,6 +350,11 @@ pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// Whether `dir` is a folder with anything in it.
+pub fn is_occupied_folder(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
 /// Refuse an `--output` folder that exists as a file, before any work that would have
 /// to be thrown away when its first file could not be written.
 /// `flag` names the option in the message.
@@ -375,11 +380,7 @@ pub fn check_output_is_folder(output: &Path, flag: &str) -> Result<(), String> {
 /// resumed or replacing it was asked for; the message names both ways out.
 pub fn check_run_folder(output: &Path, resume: bool, force: bool) -> Result<(), String> {
     check_output_is_folder(output, "--output")?;
-    let occupied = output.is_dir()
-        && std::fs::read_dir(output)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-    if occupied && !resume && !force {
+    if is_occupied_folder(output) && !resume && !force {
         return Err(format!(
             "{} is not empty; give --resume to continue its run, --force to replace it, or another --output",
             output.display()

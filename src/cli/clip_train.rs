@@ -61,26 +61,17 @@ fn finetune_config(a: &FinetuneArgs, saved: Option<&FinetuneConfig>) -> Result<F
         Some(Task::Classify { val, template, .. }) => (val.clone(), Some(template.clone())),
         _ => (None, None),
     };
-    let task = match (&a.data, &a.captions, saved) {
-        (Some(data), None, _) => Task::Classify {
+    let task = match (&a.data, &a.captions, saved.map(|c| &c.task)) {
+        (None, Some(file), _) => Task::Captions { file: file.clone() },
+        // Resumed with neither: the run's own captions file.
+        (None, None, Some(task @ Task::Captions { .. })) => task.clone(),
+        // Classification on the data given, or resumed without it, on the run's.
+        (Some(data), None, _) | (None, None, Some(Task::Classify { data, .. })) => Task::Classify {
             data: data.clone(),
             val: a.val.clone().or(saved_val),
             template: (a.template.clone())
                 .or(saved_template)
                 .unwrap_or_else(|| "a photo of a {}.".to_string()),
-        },
-        (None, Some(file), _) => Task::Captions { file: file.clone() },
-        // Resumed with neither: the run's own data (and, for classification, its
-        // template unless one is given).
-        (None, None, Some(saved)) => match &saved.task {
-            Task::Classify { data, .. } => Task::Classify {
-                data: data.clone(),
-                val: a.val.clone().or(saved_val),
-                template: (a.template.clone())
-                    .or(saved_template)
-                    .unwrap_or_else(|| "a photo of a {}.".to_string()),
-            },
-            task @ Task::Captions { .. } => task.clone(),
         },
         _ => bail!("give --data DIR (classification) or --captions FILE (contrastive)"),
     };

@@ -459,8 +459,7 @@ pub(super) fn imagenette_size(arg: ImagenetteSizeArg) -> ImagenetteSize {
 /// the first would mix the two (the first's extra pictures or classes, its split).
 fn make_room(to: &std::path::Path, force: bool) -> Result<()> {
     clipscope::util::check_output_is_folder(to, "--to").map_err(anyhow::Error::msg)?;
-    let occupied = std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some());
-    if !occupied {
+    if !clipscope::util::is_occupied_folder(to) {
         return Ok(());
     }
     if !force {
