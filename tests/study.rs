@@ -486,6 +486,26 @@ fn bad_compare_inputs_are_one_line_errors() {
             "{err}"
         );
     }
+    // A folder with a report.md of the user's own and no report.json is not written
+    // over either.
+    let notes = out.path().join("notes");
+    std::fs::create_dir(&notes).unwrap();
+    std::fs::write(notes.join("report.md"), "# My notes\n").unwrap();
+    let output = clipscope()
+        .args(["compare", "--data"])
+        .arg(&s.test)
+        .arg("--model-dir")
+        .arg(tiny())
+        .arg("--output")
+        .arg(&notes)
+        .output()
+        .unwrap();
+    let err = usage_error(&output);
+    let at_fault = notes.join("report.md").display().to_string();
+    assert!(
+        err.contains(&format!("{at_fault} would be written over")),
+        "{err}"
+    );
 }
 
 fn classify(extra: &[&str]) -> std::process::Output {

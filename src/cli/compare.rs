@@ -122,14 +122,19 @@ fn describe(source: &ModelSource) -> String {
 /// its folder replaces the last one's files.
 fn check_report_folder(output: &std::path::Path, force: bool) -> Result<()> {
     clipscope::util::check_output_is_folder(output, "--output").map_err(anyhow::Error::msg)?;
-    let earlier = output.join(clipscope::study::report::REPORT_JSON);
-    if earlier.exists() && !force {
-        bail!(
+    let earlier = clipscope::study::report::earlier_outputs(output);
+    match earlier.first() {
+        _ if force => Ok(()),
+        None => Ok(()),
+        Some(json) if json.ends_with(clipscope::study::report::REPORT_JSON) => bail!(
             "{} holds the report of an earlier comparison; give --force to replace it, or another --output",
             output.display()
-        );
+        ),
+        Some(file) => bail!(
+            "{} would be written over by the report; move it, give --force to replace it, or choose another --output",
+            file.display()
+        ),
     }
-    Ok(())
 }
 
 /// `clipscope compare`.

@@ -18,6 +18,16 @@ pub const PREDICTIONS_CSV: &str = "predictions.csv";
 /// Accuracy by prompt variant.
 pub const PROMPTS_PNG: &str = "prompt-variants.png";
 
+/// The files in `out_dir` that [`write_outputs`] would write over, `report.json` first
+/// when there (the sign of an earlier report rather than a user's own files).
+pub fn earlier_outputs(out_dir: &Path) -> Vec<PathBuf> {
+    [REPORT_JSON, REPORT_MD, PREDICTIONS_CSV, PROMPTS_PNG]
+        .iter()
+        .map(|name| out_dir.join(name))
+        .filter(|path| path.exists())
+        .collect()
+}
+
 /// Write every output of the study into `out_dir` (created if needed): `report.json`,
 /// `report.md`, `predictions.csv` and the plots. Returns the files written, in order.
 pub fn write_outputs(report: &Report, out_dir: &Path) -> Result<Vec<PathBuf>, StudyError> {
@@ -51,8 +61,12 @@ pub fn write_outputs(report: &Report, out_dir: &Path) -> Result<Vec<PathBuf>, St
 }
 
 /// The plot files an earlier report in `out_dir` links from its report.md (plain file
-/// names ending in .png; nothing else is ever removed).
+/// names ending in .png; nothing else is ever removed). None without its report.json:
+/// a report.md alone is someone else's, and so are the pictures it shows.
 fn plots_of_earlier_report(out_dir: &Path) -> Vec<String> {
+    if !out_dir.join(REPORT_JSON).is_file() {
+        return Vec::new();
+    }
     let Ok(md) = std::fs::read_to_string(out_dir.join(REPORT_MD)) else {
         return Vec::new();
     };
@@ -930,6 +944,16 @@ fn class_wins(report: &Report, clip: &ModelReport, cnn: &ModelReport) -> String 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_report_of_its_own_has_its_plots_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(super::REPORT_MD), "![mine](mine.png)\n").unwrap();
+        assert!(super::plots_of_earlier_report(dir.path()).is_empty());
+        std::fs::write(dir.path().join(super::REPORT_JSON), "{}").unwrap();
+        assert_eq!(super::plots_of_earlier_report(dir.path()), ["mine.png"]);
+        assert!(super::earlier_outputs(dir.path())[0].ends_with(super::REPORT_JSON));
+    }
+
     #[test]
     fn a_few_shot_row_says_when_classes_had_fewer_images_than_asked() {
         use crate::study::probe::{FewShotPoint, ShortClass};
