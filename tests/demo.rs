@@ -221,3 +221,99 @@ fn demo_eval_marks_labels_without_pictures_and_csv_holds_every_result() {
         .iter()
         .any(|r| r[0] == "binding" && r[1] == "held-out combinations"));
 }
+
+/// `demo eval --per-label 1 --data DIR --format json`; the parsed report's folder set.
+fn demo_eval_folders(dir: &std::path::Path) -> Value {
+    let out = clipscope()
+        .args([
+            "demo",
+            "eval",
+            "--per-label",
+            "1",
+            "--format",
+            "json",
+            "--data",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["folders"].clone()
+}
+
+/// The labels and picture counts of a folder set's rows.
+fn rows(set: &Value) -> Vec<(String, u64)> {
+    set["per_label"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["label"].as_str().unwrap().to_string(),
+                l["n"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn demo_eval_scores_class_folders_of_the_twelve_and_of_data_scenes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Folders of the twelve labels: one row per folder.
+    let twelve = tmp.path().join("twelve");
+    for name in ["red-circle", "blue-square"] {
+        std::fs::create_dir_all(twelve.join(name)).unwrap();
+        std::fs::copy(
+            demo_picture(&format!("{name}.png")),
+            twelve.join(name).join("a.png"),
+        )
+        .unwrap();
+    }
+    let set = demo_eval_folders(&twelve);
+    assert_eq!(set["n"], 2);
+    assert_eq!(
+        rows(&set),
+        [
+            ("a red circle".to_string(), 1),
+            ("a blue square".to_string(), 1)
+        ],
+        "in the twelve labels' order"
+    );
+    // What `data scenes --layout folders` makes: any colour-shape combination.
+    let scenes = tmp.path().join("scenes");
+    let made = clipscope()
+        .args([
+            "data", "scenes", "--count", "12", "--layout", "folders", "--to",
+        ])
+        .arg(&scenes)
+        .output()
+        .unwrap();
+    assert_success(&made);
+    let folders: Vec<String> = std::fs::read_dir(&scenes)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().is_dir())
+        .map(|e| format!("a {}", e.file_name().to_string_lossy().replace('-', " ")))
+        .collect();
+    let set = demo_eval_folders(&scenes);
+    assert_eq!(set["n"], 12);
+    let mut labels: Vec<String> = rows(&set).into_iter().map(|r| r.0).collect();
+    let mut expected = folders.clone();
+    labels.sort();
+    expected.sort();
+    assert_eq!(labels, expected);
+    // Other names are refused, naming the folder.
+    std::fs::create_dir_all(scenes.join("mauve-blob")).unwrap();
+    std::fs::copy(
+        demo_picture("red-circle.png"),
+        scenes.join("mauve-blob/a.png"),
+    )
+    .unwrap();
+    let out = clipscope()
+        .args(["demo", "eval", "--per-label", "1", "--data"])
+        .arg(&scenes)
+        .output()
+        .unwrap();
+    assert!(usage_error(&out).contains("\"mauve-blob\" is not named <colour>-<shape>"));
+}

@@ -831,7 +831,9 @@ pub enum DemoAction {
         /// Seed of the fresh pictures.
         #[arg(long, allow_negative_numbers = true, default_value_t = 1000)]
         seed: u64,
-        /// Also score class folders named <colour>-<shape> (e.g. red-circle/).
+        /// Also score class folders named <colour>-<shape> (e.g. red-circle/, as `data
+        /// scenes --layout folders` makes): among the twelve labels when all are of them,
+        /// else among every colour-shape combination.
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
         /// Output format.

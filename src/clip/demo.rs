@@ -675,24 +675,48 @@ fn score(pred: &[usize], truth: &[usize], labels: &[String]) -> SetScore {
     }
 }
 
-/// Class folders named `<colour>-<shape>` under `dir`, as pictures and label indices
-/// into the twelve benchmark labels; folders with other names are an error.
+/// The `(shape, colour)` indices of a class folder named `<colour>-<shape>` (or with
+/// `_` or a space), from the demo's colours and shapes.
+fn combination_of(class: &str) -> Option<(usize, usize)> {
+    let (colour, shape) = class.split_once(['-', '_', ' '])?;
+    let s = SHAPES.iter().position(|x| x.eq_ignore_ascii_case(shape))?;
+    let c = COLOURS
+        .iter()
+        .position(|x| x.eq_ignore_ascii_case(colour))?;
+    Some((s, c))
+}
+
+/// Pictures of class folders named `<colour>-<shape>` under `dir`, scored among the
+/// twelve benchmark labels when every folder is one of them (as `data scenes` sets
+/// of those are), else among every combination of the demo's colours and shapes;
+/// folders with other names are an error. Returns the pictures, their label indices
+/// and the labels.
 fn folder_cases(
     dir: &Path,
-    labels: &[String],
-) -> Result<(Vec<image::DynamicImage>, Vec<usize>), ClipError> {
+) -> Result<(Vec<image::DynamicImage>, Vec<usize>, Vec<String>), ClipError> {
     let set = crate::data::scan_folder(dir).map_err(|e| ClipError::Data(e.to_string()))?;
-    let mut index = Vec::new();
+    let mut combos = Vec::new();
     for class in &set.classes {
-        let label = format!("a {}", class.replace(['-', '_'], " "));
-        let k = labels.iter().position(|l| *l == label).ok_or_else(|| {
+        combos.push(combination_of(class).ok_or_else(|| {
             ClipError::Data(format!(
-                "{}: folder {class:?} is not one of the twelve <colour>-<shape> labels",
-                dir.display()
+                "{}: folder {class:?} is not named <colour>-<shape>, with a colour of {} and a shape of {}",
+                dir.display(),
+                COLOURS.join(", "),
+                SHAPES.join(", ")
             ))
-        })?;
-        index.push(k);
+        })?);
     }
+    let twelve: Vec<(usize, usize)> = benchmark_labels().iter().map(|l| (l.0, l.1)).collect();
+    let vocabulary = if combos.iter().all(|c| twelve.contains(c)) {
+        twelve
+    } else {
+        every_combination()
+    };
+    let labels = vocabulary.iter().map(|&(s, c)| label_of(s, c)).collect();
+    let index: Vec<usize> = combos
+        .iter()
+        .map(|c| vocabulary.iter().position(|v| v == c).unwrap_or(0))
+        .collect();
     let mut images = Vec::new();
     let mut truth = Vec::new();
     for s in &set.samples {
@@ -700,7 +724,14 @@ fn folder_cases(
         images.push(img);
         truth.push(index[s.label]);
     }
-    Ok((images, truth))
+    Ok((images, truth, labels))
+}
+
+/// Every `(shape, colour)` combination of the demo's vocabulary, shapes outermost.
+fn every_combination() -> Vec<(usize, usize)> {
+    (0..SHAPES.len())
+        .flat_map(|s| (0..COLOURS.len()).map(move |c| (s, c)))
+        .collect()
 }
 
 /// Measure `clip` on the demo benchmark: the twelve labels on `per_label` fresh pictures
@@ -722,12 +753,7 @@ pub fn evaluate(
     let benchmark = score(&predict(clip, &images, &labels)?, &truth, &labels);
 
     // Every colour-shape combination as a label; a few pictures of each.
-    let mut all = Vec::new();
-    for s in 0..SHAPES.len() {
-        for c in 0..COLOURS.len() {
-            all.push((s, c));
-        }
-    }
+    let all = every_combination();
     let all_labels: Vec<String> = all.iter().map(|&(s, c)| label_of(s, c)).collect();
     let per = per_label.clamp(1, 20);
     let mut rng = Rng::new(seed ^ 0x5EED);
@@ -771,8 +797,11 @@ pub fn evaluate(
     };
     let folders = match folders {
         Some(dir) => {
-            let (imgs, t) = folder_cases(dir, &labels)?;
-            Some(score(&predict(clip, &imgs, &labels)?, &t, &labels))
+            let (imgs, t, labels) = folder_cases(dir)?;
+            let mut set = score(&predict(clip, &imgs, &labels)?, &t, &labels);
+            // Rows only for the folders' own labels, not the others scored against.
+            set.per_label.retain(|l| l.n > 0);
+            Some(set)
         }
         None => None,
     };
