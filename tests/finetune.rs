@@ -265,6 +265,10 @@ fn resume_keeps_the_runs_settings_and_names_any_that_differ() {
         tiny_dir.to_str().unwrap(),
     ]));
     assert!(err.contains("fine-tuned from the model demo"), "{err}");
+    // A registry model, by an alias, is refused by its name before anything is
+    // fetched (the tests' downloads cannot succeed, so a fetch would fail otherwise).
+    let err = common::usage_error(&finetune_cli(&["--resume", "--model", "b32"]));
+    assert!(err.contains("from the model demo, not ViT-B/32"), "{err}");
     // Left out, every setting (the model too) is the run's; --epochs trains on.
     common::assert_success(&finetune_cli(&["--resume", "--epochs", "2"]));
     let record = clipscope::clip::finetune::read_record(&out).unwrap();

@@ -13,7 +13,6 @@ use super::args::{DemoAction, DemoTrainArgs, FinetuneArgs, Format, ModelArgs, Su
 use super::{load_model, model_files, EXIT_OK};
 
 /// Exit status after Ctrl-C stopped a run (which saved first).
-const EXIT_STOPPED: u8 = 130;
 
 fn bar(template: &str) -> ProgressBar {
     let bar = super::log::progress_bar(0);
@@ -147,7 +146,17 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
                     )
                 })?
         }
-        _ => model_files(&a.model)?,
+        (prior, _, _) => {
+            if let Some(run) = prior {
+                // Refused before a download, which could be the whole model.
+                let asked = match &a.model.model_dir {
+                    Some(dir) => clipscope::util::absolute(dir).display().to_string(),
+                    None => clipscope::hub::source_name(&super::model_source(&a.model))?,
+                };
+                run.check_base_model(&asked)?;
+            }
+            model_files(&a.model)?
+        }
     };
     if let Some(dir) = &a.model.model_dir {
         // Recorded absolute, so that --resume from another folder finds the same model.
@@ -248,7 +257,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
     }
     if outcome.stopped {
         eprintln!("clipscope: stopped; continue with --resume");
-        return Ok(EXIT_STOPPED);
+        return Ok(super::cnn::stopped_status());
     }
     Ok(EXIT_OK)
 }
@@ -328,7 +337,7 @@ fn demo_train(args: &DemoTrainArgs) -> Result<u8> {
         output.display()
     );
     Ok(if outcome.stopped {
-        EXIT_STOPPED
+        super::cnn::stopped_status()
     } else {
         EXIT_OK
     })

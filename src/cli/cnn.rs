@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -70,7 +70,46 @@ pub(super) fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     stop
 }
 
+/// The number of the signal that asked a run to stop; 0 while none has.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Ctrl-C's signal, SIGINT, which a stop is taken to be when no other was recorded.
+const SIGINT: i32 = 2;
+
+/// The exit status of a run that a signal stopped: 128 plus the signal's number, as a
+/// shell reports a process the signal ended (130 for Ctrl-C, 143 for SIGTERM).
+pub(super) fn stopped_status() -> u8 {
+    let signal = match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => SIGINT,
+        n => n,
+    };
+    u8::try_from(128 + signal).unwrap_or(130)
+}
+
+/// From now on, the first Ctrl-C (SIGINT), SIGTERM or SIGHUP sets `flag` instead of
+/// ending the process; a second ends it at once.
+#[cfg(unix)]
+pub(super) fn set_on_ctrl_c(flag: Arc<AtomicBool>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Handlers for these signals are set once, by the first caller.
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                let _ = STOP_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(128 + signal);
+                }
+            }
+        });
+    });
+}
+
 /// From now on, the first Ctrl-C sets `flag` instead of ending the process.
+#[cfg(not(unix))]
 pub(super) fn set_on_ctrl_c(flag: Arc<AtomicBool>) {
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
@@ -327,7 +366,11 @@ pub fn train(a: &TrainArgs) -> Result<u8> {
             println!();
         }
     }
-    Ok(if outcome.stopped { 130 } else { EXIT_OK })
+    Ok(if outcome.stopped {
+        stopped_status()
+    } else {
+        EXIT_OK
+    })
 }
 
 /// One row per true class (its images, top-1 and its row of the confusion matrix, one

@@ -113,7 +113,7 @@ fn imagenette(a: &ImagenetteStudyArgs) -> Result<u8> {
                 "stopped; the training run is saved in {}: run the same command again to continue",
                 run.display()
             );
-            Ok(130)
+            Ok(super::cnn::stopped_status())
         }
         ImagenetteOutcome::Done(report) => {
             match a.format {

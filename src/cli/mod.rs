@@ -500,8 +500,8 @@ Some inputs failed (each has an error in its result; \fBeval\fR and \fBcompare\f
 2
 Usage error, or the model could not be found, downloaded or loaded, or a command that writes one result could not finish it.
 .TP
-130
-Stopped by Ctrl-C or SIGTERM (training saves first; \fB--resume\fR continues).
+130, 143, 129
+Stopped by Ctrl-C (SIGINT), SIGTERM or SIGHUP: 128 plus the signal's number (training saves first; \fB--resume\fR continues).
 .SH ENVIRONMENT
 .TP
 CLIPSCOPE_CACHE

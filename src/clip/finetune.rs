@@ -176,6 +176,22 @@ pub struct RunRecord {
     pub metrics: Vec<EpochRecord>,
 }
 
+impl RunRecord {
+    /// Refuse to resume this run from a model other than the one it started from
+    /// (`name` as [`crate::hub::source_name`] gives it, or a folder).
+    pub fn check_base_model(&self, name: &str) -> Result<(), FinetuneError> {
+        let same = self.base_model == name
+            || crate::util::same_path(Path::new(&self.base_model), Path::new(name));
+        if same {
+            return Ok(());
+        }
+        Err(FinetuneError::Config(format!(
+            "--resume: the run was fine-tuned from the model {}, not {name}; give that model (--model or --model-dir), or start a new run in another --output",
+            self.base_model
+        )))
+    }
+}
+
 /// How far a stopped epoch got: resuming skips its first `steps` batches (same order,
 /// same flips), so a stopped and resumed run ends where an uninterrupted one does.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -648,14 +664,7 @@ fn check_resumable(
         refuse(flag, run, asked, &format!(" (or leave {flag} out)"))
     };
     let data_differs = |flag: &str, run: String, asked: String| refuse(flag, run, asked, "");
-    let same_model = prior.base_model == base.name
-        || crate::util::same_path(Path::new(&prior.base_model), Path::new(&base.name));
-    if !same_model {
-        return Err(FinetuneError::Config(format!(
-            "--resume: the run was fine-tuned from the model {}, not {}; give that model (--model or --model-dir), or start a new run in another --output",
-            prior.base_model, base.name
-        )));
-    }
+    prior.check_base_model(&base.name)?;
     let show = |p: &Path| p.display().to_string();
     let show_opt = |p: Option<&Path>| p.map_or("none".into(), show);
     match (&p.task, &cfg.task) {

@@ -18,6 +18,19 @@ pub use registry::{CnnEntry, ModelEntry, Registry};
 /// The name of the built-in demo model (`--model demo`).
 pub const DEMO_MODEL: &str = "demo";
 
+/// The name [`resolve_files`] gives the model of `source`, found without fetching it:
+/// a registry model's own name (whatever alias picked it), or the folder as given.
+pub fn source_name(source: &ModelSource) -> Result<String, HubError> {
+    Ok(match source {
+        ModelSource::Dir(dir) => dir.display().to_string(),
+        ModelSource::Named(Some(name)) if name.eq_ignore_ascii_case(DEMO_MODEL) => {
+            DEMO_MODEL.to_string()
+        }
+        ModelSource::Named(Some(name)) => Registry::builtin()?.find(name)?.name.clone(),
+        ModelSource::Named(None) => Registry::builtin()?.default_model()?.name.clone(),
+    })
+}
+
 /// The files of a model: the built-in demo, a folder, or a registry model (downloaded
 /// into the cache on first use, with `progress`).
 pub fn resolve_files(
