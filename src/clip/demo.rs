@@ -689,11 +689,8 @@ fn combination_of(class: &str) -> Option<(usize, usize)> {
 /// Pictures of class folders named `<colour>-<shape>` under `dir`, scored among the
 /// twelve benchmark labels when every folder is one of them (as `data scenes` sets
 /// of those are), else among every combination of the demo's colours and shapes;
-/// folders with other names are an error. Returns the pictures, their label indices
-/// and the labels.
-fn folder_cases(
-    dir: &Path,
-) -> Result<(Vec<image::DynamicImage>, Vec<usize>, Vec<String>), ClipError> {
+/// folders with other names are an error.
+fn folder_cases(dir: &Path) -> Result<FolderCases, ClipError> {
     let set = crate::data::scan_folder(dir).map_err(|e| ClipError::Data(e.to_string()))?;
     let mut combos = Vec::new();
     for class in &set.classes {
@@ -707,7 +704,8 @@ fn folder_cases(
         })?);
     }
     let twelve: Vec<(usize, usize)> = benchmark_labels().iter().map(|l| (l.0, l.1)).collect();
-    let vocabulary = if combos.iter().all(|c| twelve.contains(c)) {
+    let among_twelve = combos.iter().all(|c| twelve.contains(c));
+    let vocabulary = if among_twelve {
         twelve
     } else {
         every_combination()
@@ -724,7 +722,22 @@ fn folder_cases(
         images.push(img);
         truth.push(index[s.label]);
     }
-    Ok((images, truth, labels))
+    Ok(FolderCases {
+        images,
+        truth,
+        labels,
+        among_twelve,
+    })
+}
+
+/// Pictures of class folders and what they are scored among.
+struct FolderCases {
+    images: Vec<image::DynamicImage>,
+    /// Each picture's index into `labels`.
+    truth: Vec<usize>,
+    labels: Vec<String>,
+    /// Whether `labels` are the twelve benchmark labels (else every combination).
+    among_twelve: bool,
 }
 
 /// Every `(shape, colour)` combination of the demo's vocabulary, shapes outermost.
@@ -797,10 +810,12 @@ pub fn evaluate(
     };
     let folders = match folders {
         Some(dir) => {
-            let (imgs, t, labels) = folder_cases(dir)?;
-            let mut set = score(&predict(clip, &imgs, &labels)?, &t, &labels);
-            // Rows only for the folders' own labels, not the others scored against.
-            set.per_label.retain(|l| l.n > 0);
+            let cases = folder_cases(dir)?;
+            let predicted = predict(clip, &cases.images, &cases.labels)?;
+            let mut set = score(&predicted, &cases.truth, &cases.labels);
+            // Every one of the twelve has a row (n/a without pictures), as in the
+            // benchmark; of the sixty combinations, only the folders' own.
+            set.per_label.retain(|l| l.n > 0 || cases.among_twelve);
             Some(set)
         }
         None => None,

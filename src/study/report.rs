@@ -993,6 +993,7 @@ mod tests {
             "# r\n\n![curves](learning-curves-a.png)\n\n![x](../elsewhere.png)\n![t](notes.txt)\nsee (b.png)\n",
         )
         .unwrap();
+        std::fs::write(dir.path().join(REPORT_JSON), "{}").unwrap();
         assert_eq!(
             plots_of_earlier_report(dir.path()),
             ["learning-curves-a.png"]
