@@ -29,6 +29,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// `text` with each control character (C0, DEL, C1) shown as `�`, for names and
+/// messages that came from outside on their way to a terminal: a file name may hold
+/// an escape sequence, or a line break that would split a one-line message.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(
+            text.chars()
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// Remove the temporary files (`NAME.tmp-PID`) in `dir` that processes no longer
+/// running left behind, stopped by a signal before they could rename or remove them:
+/// a prepared-weights store's is hundreds of megabytes. Only where it can tell that a
+/// process is gone (Linux); files it cannot remove stay.
+pub fn remove_orphaned_temporaries(dir: &Path) {
+    #[cfg(target_os = "linux")]
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        let orphaned = pid.is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if orphaned && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = dir;
+}
+
 /// Gives a file the permissions a newly created one gets (`0666` less the umask):
 /// candle writes safetensors through a temporary file created `0600`, which left
 /// checkpoints unreadable to the group and others, unlike every other output.
@@ -396,6 +434,21 @@ mod tests {
     struct Wrapped {
         path: String,
         source: std::io::Error,
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn temporaries_of_ended_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has a PID above the kernel's limit of 2^22.
+        let orphan = dir.path().join("store.tmp-99999999");
+        let mine = dir.path().join(format!("store.tmp-{}", std::process::id()));
+        let other = dir.path().join("store.safetensors");
+        for path in [&orphan, &mine, &other] {
+            std::fs::write(path, b"x").unwrap();
+        }
+        super::remove_orphaned_temporaries(dir.path());
+        assert!(!orphan.exists() && mine.exists() && other.exists());
     }
 
     #[test]

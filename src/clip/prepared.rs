@@ -237,6 +237,9 @@ impl PreparedStore {
             let _ = std::fs::remove_file(&tmp);
         }
         written?;
+        if let Some(dir) = self.path.parent() {
+            crate::util::remove_orphaned_temporaries(dir);
+        }
         Ok(Some(std::fs::metadata(&self.path).map_err(io)?.len()))
     }
 }

@@ -69,6 +69,13 @@ pub enum ImageError {
         /// What the decoder said.
         source: image::ImageError,
     },
+    /// The data ends before the picture does (a download cut short, say), which Pillow
+    /// refuses too rather than filling the rest with grey.
+    #[error("{}: truncated: the file ends before the picture does; download or copy it again", .path.display())]
+    Truncated {
+        /// The file at fault.
+        path: PathBuf,
+    },
     /// The file is larger than any image clipscope accepts.
     #[error("{path}: {size} bytes is too large for an image (at most {max}; raise it with --max-file-size)")]
     TooLarge {
@@ -155,6 +162,7 @@ impl ImageError {
         match self {
             Self::Io { path, .. }
             | Self::Decode { path, .. }
+            | Self::Truncated { path }
             | Self::TooLarge { path, .. }
             | Self::Missing { path }
             | Self::NotAFile { path, .. }
@@ -300,8 +308,14 @@ pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<DynamicImage, ImageErro
     reader.limits(limits);
     check_pixel_limit(path, bytes)?;
     if reader.format() == Some(image::ImageFormat::Jpeg) {
-        if let Some(img) = decode_jpeg_like_pillow(bytes) {
-            return Ok(img);
+        match decode_jpeg_like_pillow(bytes) {
+            Jpeg::Decoded(img) => return Ok(img),
+            Jpeg::Truncated => {
+                return Err(ImageError::Truncated {
+                    path: path.to_path_buf(),
+                })
+            }
+            Jpeg::Unhandled => {}
         }
     }
     let img = reader.decode().map_err(|source| ImageError::Decode {
@@ -335,15 +349,60 @@ fn header_dimensions(bytes: &[u8]) -> image::ImageResult<(u32, u32)> {
     reader.into_dimensions()
 }
 
+/// What libjpeg-turbo made of a JPEG.
+enum Jpeg {
+    /// The picture.
+    Decoded(DynamicImage),
+    /// The data ended before the picture did.
+    Truncated,
+    /// Not a JPEG it handles (CMYK, oversized, corrupt): the `image` crate decodes or
+    /// reports it.
+    Unhandled,
+}
+
+/// The payload libjpeg's warning of a premature end unwinds with.
+struct PrematureEnd;
+
+/// libjpeg's fatal errors end decoding by unwinding (without the panic hook).
+extern "C-unwind" fn unwind_on_error(_cinfo: &mut mozjpeg_sys::jpeg_common_struct) {
+    std::panic::resume_unwind(Box::new(()));
+}
+
+/// libjpeg's warnings pass but "premature end of JPEG file", which Pillow refuses as
+/// truncated where libjpeg would fill the rest of the picture with grey.
+extern "C-unwind" fn unwind_on_premature_end(
+    cinfo: &mut mozjpeg_sys::jpeg_common_struct,
+    level: std::os::raw::c_int,
+) {
+    // SAFETY: libjpeg calls this with its own struct, whose `err` is the manager this
+    // function belongs to.
+    let code = unsafe { (*cinfo.err).msg_code };
+    if level < 0 && code == mozjpeg_sys::JWRN_JPEG_EOF as std::os::raw::c_int {
+        std::panic::resume_unwind(Box::new(PrematureEnd));
+    }
+}
+
+/// libjpeg's error manager with the two handlers above.
+fn jpeg_error_manager() -> mozjpeg_sys::jpeg_error_mgr {
+    // SAFETY: a zeroed manager is what jpeg_std_error expects to fill in.
+    let mut err: mozjpeg_sys::jpeg_error_mgr = unsafe { std::mem::zeroed() };
+    // SAFETY: `err` is a valid manager for the call's duration; it keeps no pointer to
+    // itself, so it may move afterwards.
+    unsafe { mozjpeg_sys::jpeg_std_error(&mut err) };
+    err.error_exit = Some(unwind_on_error);
+    err.emit_message = Some(unwind_on_premature_end);
+    err
+}
+
 /// Decode a grey or colour JPEG with libjpeg-turbo's decoder (as vendored by mozjpeg),
 /// with the settings Pillow uses (integer IDCT, fancy upsampling), so that pixels are
 /// the reference's. zune-jpeg, the `image` crate's decoder, differs by up to 3 levels.
-/// Returns `None` for what it does not handle (CMYK, oversized, corrupt), which the
-/// `image` crate then decodes or reports.
-fn decode_jpeg_like_pillow(bytes: &[u8]) -> Option<DynamicImage> {
-    // libjpeg reports fatal errors by unwinding (without the panic hook): catch them.
-    std::panic::catch_unwind(|| {
-        let d = mozjpeg::Decompress::new_mem(bytes).ok()?;
+fn decode_jpeg_like_pillow(bytes: &[u8]) -> Jpeg {
+    let decoded = std::panic::catch_unwind(|| {
+        let d = mozjpeg::Decompress::builder()
+            .with_err(jpeg_error_manager())
+            .from_mem(bytes)
+            .ok()?;
         let (w, h) = (d.width() as u32, d.height() as u32);
         if w > MAX_SIDE || h > MAX_SIDE {
             return None;
@@ -363,9 +422,12 @@ fn decode_jpeg_like_pillow(bytes: &[u8]) -> Option<DynamicImage> {
             }
             _ => None,
         }
-    })
-    .ok()
-    .flatten()
+    });
+    match decoded {
+        Ok(Some(img)) => Jpeg::Decoded(img),
+        Err(payload) if payload.is::<PrematureEnd>() => Jpeg::Truncated,
+        _ => Jpeg::Unhandled,
+    }
 }
 
 /// Whether a path's extension marks it as an image (case-insensitive).
@@ -420,6 +482,25 @@ pub fn collect_images(inputs: &[PathBuf]) -> Vec<Result<PathBuf, ImageError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jpeg_cut_short_is_refused_as_truncated_as_pillow_does() {
+        let picture =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        picture
+            .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+            .unwrap();
+        let bytes = jpeg.into_inner();
+        let path = Path::new("cut.jpg");
+        assert!(decode_image(path, &bytes).is_ok());
+        // Half the data, or all of it but the end-of-image marker: Pillow raises
+        // "image file is truncated" for both.
+        for cut in [bytes.len() / 2, bytes.len() - 2] {
+            let err = decode_image(path, &bytes[..cut]).unwrap_err();
+            assert!(matches!(err, ImageError::Truncated { .. }), "{cut}: {err}");
+        }
+    }
 
     #[test]
     fn a_picture_with_no_pixels_is_refused_not_resized() {
