@@ -206,6 +206,9 @@ pub struct App {
     pub keymap: Keymap,
     /// Whether the help overlay is open.
     pub show_help: bool,
+    /// How many lines the help overlay is scrolled down, where the screen is too short
+    /// for all of it.
+    pub help_scroll: u16,
     /// The open-image prompt, when open.
     pub prompt: Option<PathPrompt>,
     /// The model and template picker, when open.
@@ -382,6 +385,7 @@ impl App {
             train_stop: None,
             keymap,
             show_help: false,
+            help_scroll: 0,
             prompt: None,
             picker: None,
             show_message: false,
@@ -441,7 +445,7 @@ impl App {
     /// status bar.
     pub fn on_log(&mut self, line: String) {
         let error = line.starts_with("ERROR");
-        self.notify(line, error);
+        self.show_notice(line, error);
     }
 
     /// Whether the shown predictions are for older labels than those in the editor
@@ -461,8 +465,17 @@ impl App {
         self.notify(text, true);
     }
 
+    /// Show `text` in the status bar and write it to the log file, which is to hold
+    /// everything the app said.
     fn notify(&mut self, text: impl Into<String>, error: bool) {
         let text = text.into();
+        let level = if error { "ERROR" } else { "INFO" };
+        super::logsink::record(&format!("{level} app: {text}"));
+        self.show_notice(text, error);
+    }
+
+    /// Show `text` in the status bar (a log line is in the file already).
+    fn show_notice(&mut self, text: String, error: bool) {
         if error {
             self.last_error = Some(text.clone());
         }
@@ -764,6 +777,7 @@ impl App {
             return self.on_action(action, now);
         }
         if self.show_help {
+            self.scroll_help(key.code);
             return (None, Vec::new());
         }
         if self.pane == Pane::Train {
@@ -776,13 +790,31 @@ impl App {
         (None, Vec::new())
     }
 
+    /// Scroll the help overlay with the arrow and page keys (the drawing keeps it from
+    /// going past the end).
+    fn scroll_help(&mut self, code: KeyCode) {
+        const PAGE: u16 = 10;
+        self.help_scroll = match code {
+            KeyCode::Down | KeyCode::Char('j') => self.help_scroll.saturating_add(1),
+            KeyCode::Up | KeyCode::Char('k') => self.help_scroll.saturating_sub(1),
+            KeyCode::PageDown | KeyCode::Char(' ') => self.help_scroll.saturating_add(PAGE),
+            KeyCode::PageUp => self.help_scroll.saturating_sub(PAGE),
+            KeyCode::Home => 0,
+            KeyCode::End => u16::MAX,
+            _ => return,
+        };
+    }
+
     /// Run an action.
     pub fn on_action(&mut self, action: Action, now: Instant) -> (Option<PathBuf>, Vec<Request>) {
         let mut open = None;
         let mut reqs = Vec::new();
         match action {
             Action::Quit => self.should_quit = true,
-            Action::Help => self.show_help = !self.show_help,
+            Action::Help => {
+                self.show_help = !self.show_help;
+                self.help_scroll = 0;
+            }
             Action::Cancel => {
                 self.show_help = false;
                 self.prompt = None;

@@ -121,6 +121,17 @@ fn write_captured(bytes: &[u8]) -> bool {
     true
 }
 
+/// Append `line` (a message the app showed itself, not through the log) to the log
+/// file, so that the file holds everything the status bar said; nothing when no file
+/// is open.
+pub fn record(line: &str) {
+    if let Ok(mut current) = CAPTURE.lock() {
+        if let Some(file) = current.as_mut().and_then(|c| c.file.as_mut()) {
+            let _ = writeln!(file, "{}", printable(line));
+        }
+    }
+}
+
 /// A log writer: to the capture while the app owns the terminal, else to stderr.
 pub struct LogWriter;
 

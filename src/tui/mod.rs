@@ -151,6 +151,9 @@ struct TerminalGuard;
 impl TerminalGuard {
     fn enter() -> std::io::Result<Self> {
         install_panic_hook(restore_terminal);
+        // crossterm drops every colour under NO_COLOR, the picture's half blocks too; the
+        // theme already leaves out the app's own colours then (docs/tui.md).
+        crossterm::style::force_color_output(true);
         enable_raw_mode()?;
         let guard = TerminalGuard;
         execute!(

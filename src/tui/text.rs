@@ -2,8 +2,6 @@
 //! editor and the screen: line breaks become lines, other control characters never
 //! reach the editor or the terminal.
 
-use std::borrow::Cow;
-
 /// Whether `c` is a control character that must not reach the terminal: C0 controls
 /// (below 0x20), DEL and the C1 controls (0x80 to 0x9f).
 pub fn is_unsafe_control(c: char) -> bool {
@@ -42,19 +40,7 @@ pub fn paste_one_line(text: &str) -> String {
         .to_string()
 }
 
-/// `text` with each control character shown as `�`, for drawing names and messages
-/// that came from outside (a file name may hold an escape character).
-pub fn printable(text: &str) -> Cow<'_, str> {
-    if text.chars().any(is_unsafe_control) {
-        Cow::Owned(
-            text.chars()
-                .map(|c| if is_unsafe_control(c) { '\u{fffd}' } else { c })
-                .collect(),
-        )
-    } else {
-        Cow::Borrowed(text)
-    }
-}
+pub use crate::util::printable;
 
 /// `text` cut to at most `width` characters by eliding its middle, so that both the
 /// start (what failed) and the end (why) stay readable.
@@ -96,6 +82,7 @@ pub fn fit(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     #[test]
     fn every_line_break_makes_a_line() {

@@ -129,7 +129,7 @@ pub fn draw_layout(f: &mut Frame, app: &mut App, layout: &ScreenLayout) {
     draw_status(f, app, layout.status);
     if let Some(area) = layout.help {
         f.render_widget(Clear, area);
-        f.render_widget(help_paragraph(app), area);
+        f.render_widget(scrolled_help(app, area), area);
     }
     if let Some(picker) = &app.picker {
         picker.draw(f, f.area(), app.theme, &current_model_and_style(app));
@@ -191,12 +191,13 @@ fn message_paragraph(app: &App) -> Option<Paragraph<'static>> {
     )
 }
 
-/// A model folder is shown by its last component: the status bar is one line.
+/// A model folder is shown by its last component (the status bar is one line); a
+/// registry name, which may hold a slash (ViT-B/32), whole.
 fn short_name(name: &str) -> String {
-    std::path::Path::new(name)
-        .file_name()
+    let path = std::path::Path::new(name);
+    path.file_name()
         .map(|n| n.to_string_lossy().to_string())
-        .filter(|_| name.contains('/'))
+        .filter(|_| name.contains('/') && path.is_dir())
         .unwrap_or_else(|| name.to_string())
 }
 
@@ -275,17 +276,6 @@ pub fn status_text(app: &App, width: u16) -> Vec<Span<'static>> {
         .last_latency_ms
         .map(|ms| format!("update {ms:.0} ms"))
         .unwrap_or_else(|| "update -".into());
-    let graphics = match &app.graphics.note {
-        Some(note) => format!("{}: {note}", app.graphics.mode.name()),
-        None => app.graphics.mode.name().to_string(),
-    };
-    let mut spans = vec![model];
-    // The model's note (what the demo model is) gives way to a notice.
-    if let (ModelState::Ready { .. }, Some(note), None) = (&app.model, &app.model_note, &app.notice)
-    {
-        spans.push(Span::styled(format!(" ({note})"), theme.status_busy()));
-    }
-    spans.push(Span::raw(format!("  │ {latency} │ {graphics} │ ")));
     // With no newer notice, a model's failure says why (cut to fit; the key shows all).
     let failure = match (&app.notice, &app.model) {
         (None, ModelState::Failed(why)) => Some(super::app::Notice {
@@ -294,7 +284,20 @@ pub fn status_text(app: &App, width: u16) -> Vec<Span<'static>> {
         }),
         _ => None,
     };
-    if let Some(n) = app.notice.as_ref().or(failure.as_ref()) {
+    let message = app.notice.as_ref().or(failure.as_ref());
+    // How pictures are drawn, and why: a standing note that gives way to a message.
+    let graphics = match (&app.graphics.note, message) {
+        (Some(note), None) => format!("{}: {note}", app.graphics.mode.name()),
+        _ => app.graphics.mode.name().to_string(),
+    };
+    let mut spans = vec![model];
+    // The model's note (what the demo model is) gives way to a notice.
+    if let (ModelState::Ready { .. }, Some(note), None) = (&app.model, &app.model_note, &app.notice)
+    {
+        spans.push(Span::styled(format!(" ({note})"), theme.status_busy()));
+    }
+    spans.push(Span::raw(format!("  │ {latency} │ {graphics} │ ")));
+    if let Some(n) = message {
         let style = if n.error {
             theme.status_error()
         } else {
@@ -357,9 +360,31 @@ fn help_paragraph(app: &App) -> Paragraph<'static> {
     lines.push(Line::from(
         "  Path prompt: Ctrl-U, Ctrl-W, Ctrl-A, Ctrl-E edit as in a shell.",
     ));
+    lines.push(Line::from(
+        "  Labels: Ctrl-W deletes a word, Ctrl-J to the line's start, Ctrl-K to its end; Ctrl-U undoes, Ctrl-R redoes.",
+    ));
     Paragraph::new(lines)
         .wrap(Wrap { trim: false })
         .block(Block::default().borders(Borders::ALL).title(" Help "))
+}
+
+/// The help overlay in `area`, scrolled as far as the user asked but no further than
+/// its last line; when it does not fit, its title says how to scroll.
+fn scrolled_help(app: &App, area: Rect) -> Paragraph<'static> {
+    let help = help_paragraph(app);
+    let lines = help.line_count(area.width.saturating_sub(2)) as u16;
+    let hidden = lines.saturating_sub(area.height);
+    if hidden == 0 {
+        return help;
+    }
+    let scroll = app.help_scroll.min(hidden);
+    let title = match (scroll > 0, scroll < hidden) {
+        (false, _) => " Help (↓ PgDn: more) ",
+        (true, true) => " Help (↑ ↓ PgUp PgDn: scroll) ",
+        (true, false) => " Help (↑ PgUp: back, end) ",
+    };
+    help.block(Block::default().borders(Borders::ALL).title(title))
+        .scroll((scroll, 0))
 }
 
 /// The help box: wide enough for its longest line where the screen allows, tall enough
@@ -543,5 +568,41 @@ mod tests {
             ));
         }
         insta::assert_snapshot!(screen(&mut a, 100, 30));
+    }
+
+    #[test]
+    fn help_taller_than_the_window_scrolls_to_its_last_line() {
+        let mut a = app("");
+        press(&mut a, KeyCode::F(1), KeyModifiers::NONE);
+        let last = "Ctrl-U undoes";
+        let top = screen(&mut a, 80, 24);
+        assert!(top.contains("↓ PgDn: more") && !top.contains(last), "{top}");
+        press(&mut a, KeyCode::End, KeyModifiers::NONE);
+        let end = screen(&mut a, 80, 24);
+        assert!(end.contains(last) && end.contains("↑ PgUp: back"), "{end}");
+        press(&mut a, KeyCode::Home, KeyModifiers::NONE);
+        assert_eq!(screen(&mut a, 80, 24), top);
+        // Where it fits, no scrolling is offered.
+        assert!(!screen(&mut a, 120, 60).contains("PgDn: more"));
+    }
+
+    #[test]
+    fn a_notice_takes_the_status_bar_from_the_pictures_standing_note() {
+        let mut a = app("");
+        a.graphics.note = Some("tmux has allow-passthrough off; set it on for pictures".into());
+        assert!(screen(&mut a, 120, 24).contains("allow-passthrough"));
+        a.notify_for_test("exported /home/me/results/predictions.csv and .json");
+        let shown = screen(&mut a, 120, 24);
+        assert!(
+            shown.contains("exported /home/me/results/predictions.csv and .json")
+                && !shown.contains("allow-passthrough"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_registry_name_with_a_slash_is_shown_whole_a_folder_by_its_last_part() {
+        assert_eq!(short_name("ViT-B/32"), "ViT-B/32");
+        assert_eq!(short_name("tests/fixtures/tiny-clip"), "tiny-clip");
     }
 }
