@@ -161,7 +161,8 @@ fn text_and_csv_formats() {
 
     let dir = tempfile::tempdir().unwrap();
     let labels = dir.path().join("labels.txt");
-    std::fs::write(&labels, "cat\n\na dog, with a ball\n").unwrap();
+    // With a byte-order mark and Windows line ends, as Notepad saves UTF-8.
+    std::fs::write(&labels, "\u{feff}cat\r\n\r\na dog, with a ball\r\n").unwrap();
     let csv = clipscope()
         .args(["classify", &image("chelsea.png")])
         .arg("--labels-file")
@@ -176,6 +177,10 @@ fn text_and_csv_formats() {
     // One label a line in a file: the comma stays inside the label.
     assert_eq!(lines.len(), 3, "{s}");
     assert!(s.contains("\"a dog, with a ball\""), "{s}");
+    assert!(
+        s.contains("chelsea.png,1,cat,") || s.contains("chelsea.png,2,cat,"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -296,6 +301,26 @@ fn embed_images_and_texts() {
     let s = String::from_utf8(out.stdout).unwrap();
     assert!(s.starts_with("kind,input,error,e0,"), "{s}");
     assert_eq!(s.lines().nth(1).unwrap().split(',').count(), 3 + 16);
+
+    // A failed input's row has the header's fields too, the embedding's left empty.
+    let out = clipscope()
+        .args([
+            "embed",
+            &image("chelsea.png"),
+            "no-such.png",
+            "--model-dir",
+            &tiny(),
+        ])
+        .args(["--format", "csv"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let mut rows = csv::Reader::from_reader(&out.stdout[..]);
+    let fields = rows.headers().unwrap().len();
+    let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.len() == fields), "{rows:?}");
+    assert!(rows[1][2].contains("no-such.png") && rows[1][3].is_empty());
 }
 
 #[test]
@@ -323,6 +348,18 @@ fn preprocess_writes_what_the_model_sees() {
     assert_eq!(
         std::fs::read(&piped).unwrap(),
         std::fs::read(&out_png).unwrap()
+    );
+    // Not an image on standard input: the error names `-`, not a temporary file.
+    let out = clipscope()
+        .args(["preprocess", "-", "--output"])
+        .arg(&piped)
+        .write_stdin("hi\n")
+        .output()
+        .unwrap();
+    let err = usage_error(&out);
+    assert!(
+        err.starts_with("clipscope: error: -: ") && !err.contains("clipscope-stdin"),
+        "{err}"
     );
 
     let out = clipscope()

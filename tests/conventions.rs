@@ -172,6 +172,20 @@ fn dash_reads_an_image_or_the_labels_from_standard_input() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["results"][0]["image"], "-");
     assert_eq!(v["results"][0]["predictions"].as_array().unwrap().len(), 2);
+    // Not an image: the error names `-`, not the temporary file it was read into.
+    let out = clipscope()
+        .args(["classify", "-", "--labels", "cat,dog", "--format", "json"])
+        .args(["--model-dir", &tiny()])
+        .write_stdin("hi\n")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = v["results"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("-: ") && !stderr_of(&out).contains("clipscope-stdin"),
+        "{error}"
+    );
 
     let out = clipscope()
         .args([
@@ -390,6 +404,9 @@ fn every_format_the_help_lists_does_what_it_says() {
         ("seen.jpg", &b"\xff\xd8\xff"[..]),
         ("seen.png", b"\x89PNG"),
         ("seen.bmp", b"BM"),
+        // A binary pixmap, which every Netpbm reader takes; .pam asks for P7.
+        ("seen.ppm", b"P6\n32 32 255\n"),
+        ("seen.pam", b"P7\n"),
     ] {
         let path = dir.path().join(name);
         let out = clipscope()
@@ -405,6 +422,20 @@ fn every_format_the_help_lists_does_what_it_says() {
         .output()
         .unwrap();
     assert!(usage_error(&out).contains(".gifx"));
+    // A folder is named as what it is, on either side.
+    let out = clipscope()
+        .args(["preprocess", &image("chelsea.png"), "-o"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(usage_error(&out).contains("a folder; give the file to write"));
+    let out = clipscope()
+        .arg("preprocess")
+        .arg(dir.path())
+        .args(["-o", "x.png"])
+        .output()
+        .unwrap();
+    assert!(usage_error(&out).contains("a folder; preprocess takes one image file"));
 }
 
 #[test]
@@ -753,6 +784,18 @@ fn words_the_demo_model_never_saw_are_named() {
     assert_success(&out);
     let err = stderr_of(&out);
     assert!(err.contains(r#": "cat", "sitting""#), "{err}");
+    // Many unseen words: the first twenty, and how many more.
+    let many: Vec<String> = (0..30).map(|i| format!("zorblax{i}")).collect();
+    let out = clipscope()
+        .args(["embed", "--model", "demo", "--text", &many.join(",")])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("\"zorblax19\" and 10 more") && !err.contains("zorblax20"),
+        "{err}"
+    );
     let out = classify(&[&image("chelsea.png"), "--labels", "cat,dog"]);
     assert!(
         !stderr_of(&out).contains("never seen"),
@@ -894,6 +937,10 @@ fn every_listed_device_and_precision_works_and_a_wrong_one_is_named() {
         err.contains("'f8'") && err.contains("f32, bf16, f16"),
         "{err}"
     );
+    // Names are not case-sensitive.
+    probability(&classify(&[
+        &rocket, "--labels", "a,b", "--format", "json", "--device", "CPU",
+    ]));
     let out = classify(&[&rocket, "--labels", "a,b", "--device", "tpu"]);
     assert!(!out.status.success());
     assert!(
@@ -916,6 +963,35 @@ fn a_bad_flag_is_one_error_line_and_help_is_still_help() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("clipscope: error: "), "{args:?}: {err}");
     }
+    // A model folder given to --model is pointed at --model-dir; an unknown name is
+    // refused by the app too, before it takes the terminal.
+    let out = clipscope()
+        .args([
+            "classify",
+            &image("chelsea.png"),
+            "--labels",
+            "a,b",
+            "--model",
+            &tiny(),
+        ])
+        .output()
+        .unwrap();
+    let err = usage_error(&out);
+    assert!(
+        err.contains("give a model folder with --model-dir"),
+        "{err}"
+    );
+    let err = usage_error(
+        &clipscope()
+            .args(["tui", "--model", "nosuch"])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("unknown model \"nosuch\""), "{err}");
+    // `models` alone lists them.
+    let out = clipscope().arg("models").output().unwrap();
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ViT-B/32"));
     let err = usage_error(&clipscope().args(["completions", "tcsh"]).output().unwrap());
     assert!(err.contains("possible values: bash"), "{err}");
     let out = clipscope().args(["classify", "--help"]).output().unwrap();
@@ -1008,4 +1084,26 @@ fn a_generated_set_is_not_written_over_another_unless_replaced() {
         .collect();
     assert_eq!(names.len(), 4, "{names:?}");
     assert!(usage_error(&run(&["--count", "0", "--force"])).contains("--count 0"));
+}
+
+#[cfg(unix)]
+#[test]
+fn control_characters_in_file_names_never_reach_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("esc\x1b[31mred.png");
+    std::fs::copy(image("chelsea.png"), &odd).unwrap();
+    let missing = dir.path().join("gone\x1b]0;title\x07.png");
+    let out = clipscope()
+        .arg("classify")
+        .arg(&odd)
+        .arg(&missing)
+        .args(["--labels", "cat,dog", "--model-dir", &tiny()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    for stream in [&out.stdout, &out.stderr] {
+        let text = String::from_utf8_lossy(stream);
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("esc\u{fffd}[31mred.png"));
 }

@@ -43,6 +43,7 @@ pub struct LimitArgs {
         global = true,
         value_name = "N",
         default_value_t = 178_956_970,
+        value_parser = clap::value_parser!(u64).range(1..),
         help_heading = "Global options"
     )]
     pub max_pixels: u64,
@@ -133,11 +134,11 @@ pub enum Command {
         #[arg(value_name = "DIR", conflicts_with = "out_dir")]
         dir: Option<PathBuf>,
     },
-    /// List or download the models clipscope knows by name.
+    /// List or download the models clipscope knows by name (without an action: list).
     Models {
         /// What to do.
         #[command(subcommand)]
-        action: ModelsAction,
+        action: Option<ModelsAction>,
     },
 }
 

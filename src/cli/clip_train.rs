@@ -12,8 +12,6 @@ use clipscope::clip::train::Trainable;
 use super::args::{DemoAction, DemoTrainArgs, FinetuneArgs, Format, ModelArgs, SummaryFormat};
 use super::{load_model, model_files, EXIT_OK};
 
-/// Exit status after Ctrl-C stopped a run (which saved first).
-
 fn bar(template: &str) -> ProgressBar {
     let bar = super::log::progress_bar(0);
     bar.set_style(

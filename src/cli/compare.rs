@@ -16,6 +16,7 @@ use super::{EXIT_OK, EXIT_SOME_FAILED};
 /// Check a probability flag (`--abstain`).
 pub fn check_probability(flag: &str, p: Option<f64>) -> Result<()> {
     match p {
+        Some(p) if p.is_nan() => bail!("{flag} nan: expected a probability from 0 to 1"),
         Some(p) if !(0.0..=1.0).contains(&p) => {
             bail!("{flag} {p}: expected a probability from 0 to 1")
         }

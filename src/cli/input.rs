@@ -65,11 +65,16 @@ pub fn read_text_file(path: &Path, flag: &str) -> Result<String> {
     if bytes.contains(&0) {
         bail!("{flag} {name}: binary data, not text; give one label a line");
     }
-    String::from_utf8(bytes).map_err(|e| {
+    let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{flag} {name}: not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
             e.utf8_error().valid_up_to()
         )
+    })?;
+    // Editors on Windows start UTF-8 files with a byte-order mark, which is no label's.
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
     })
 }
 
@@ -114,6 +119,20 @@ impl StdinImage {
     /// The temporary file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `text` (an error about the image, say) with the temporary file named `-`, as
+    /// the user gave it.
+    pub fn shown(&self, text: &str) -> String {
+        text.replace(&self.path.display().to_string(), "-")
+    }
+}
+
+/// `text` with the temporary file of an image from standard input, if any, named `-`.
+pub fn stdin_shown(text: String, stdin: Option<&StdinImage>) -> String {
+    match stdin {
+        Some(s) => s.shown(&text),
+        None => text,
     }
 }
 

@@ -36,8 +36,9 @@ fn paint(word: &str, colour: &str, on: bool) -> String {
 /// The one-line error the binary prints before it exits.
 pub fn error_line(message: &str) -> String {
     format!(
-        "clipscope: {}: {message}",
-        paint("error", "1;31", stderr_colour())
+        "clipscope: {}: {}",
+        paint("error", "1;31", stderr_colour()),
+        clipscope::util::printable(message)
     )
 }
 

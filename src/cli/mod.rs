@@ -25,7 +25,9 @@ use clipscope::hub::{self, ModelSource, Registry};
 use clipscope::scale::{self, Precision};
 use clipscope::study::metrics::{answers, NONE_OF_THESE};
 
-use args::{ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, NpyDtype, PreprocessArgs};
+use args::{
+    ClassifyArgs, Command, EmbedArgs, MergeArgs, ModelArgs, ModelsAction, NpyDtype, PreprocessArgs,
+};
 use output::{ClassifyReport, EmbedItem, EmbedReport, ImageResult};
 
 /// Exit status when every input succeeded.
@@ -60,7 +62,9 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Demo { action } => clip_train::demo(&action)?,
         Command::Data { action } => cnn::data(&action)?,
         Command::Study { action } => imagenette::study(&action)?,
-        Command::Models { action } => models::models(&action)?,
+        Command::Models { action } => models::models(&action.unwrap_or(ModelsAction::List {
+            format: args::ListFormat::Text,
+        }))?,
         Command::Completions { shell } => completions(shell)?,
         Command::Man { out_dir, dir } => man(out_dir.or(dir).as_deref())?,
     };
@@ -114,8 +118,26 @@ fn with_model_precision(settings: &mut serde_json::Value, clip: &Clip) {
 
 /// The files of the model named by `--model` / `--model-dir`, downloaded if needed.
 pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
+    if let Some(name) = &args.model {
+        check_model_name(name)?;
+    }
     hub::resolve_files(&model_source(args), &mut log::download_progress())
         .context("cannot get the model")
+}
+
+/// Refuse a `--model` that is no model's name, before anything is fetched or the app
+/// takes the terminal; a folder given there is pointed at `--model-dir`.
+fn check_model_name(name: &str) -> Result<()> {
+    if name.eq_ignore_ascii_case(hub::DEMO_MODEL) {
+        return Ok(());
+    }
+    let Err(unknown) = hub::source_name(&ModelSource::Named(Some(name.to_string()))) else {
+        return Ok(());
+    };
+    if std::path::Path::new(name).is_dir() {
+        bail!("--model {name}: a folder, not a model name; give a model folder with --model-dir {name}");
+    }
+    Err(anyhow::Error::new(unknown).context("cannot get the model"))
 }
 
 fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
@@ -307,7 +329,9 @@ fn classify(args: &ClassifyArgs) -> Result<u8> {
     let started = std::time::Instant::now();
     let mut results = Vec::with_capacity(items.len());
     pipeline::embed_expanded(&clip, items, &opts, |i, outcome| {
-        results.push(classifier.result(names[i].clone(), outcome));
+        let mut result = classifier.result(names[i].clone(), outcome);
+        result.error = result.error.map(|e| input::stdin_shown(e, stdin.as_ref()));
+        results.push(result);
         Ok::<(), anyhow::Error>(())
     })?;
     let failed = results.iter().any(|r| r.error.is_some());
@@ -367,7 +391,10 @@ fn embed(args: &EmbedArgs) -> Result<u8> {
             image: Some(names[i].clone()),
             text: None,
             prompt: None,
-            error: outcome.as_ref().err().map(|e| e.to_string()),
+            error: outcome
+                .as_ref()
+                .err()
+                .map(|e| input::stdin_shown(e.to_string(), stdin.as_ref())),
             embedding: outcome.ok(),
         });
         Ok::<(), anyhow::Error>(())
@@ -448,13 +475,27 @@ fn preprocess_cmd(args: &PreprocessArgs) -> Result<u8> {
         bail!("--size {size}: expected 1 to 4096");
     }
     let format = output_image_format(&args.output)?;
+    if args.output.is_dir() {
+        bail!(
+            "--output {}: a folder; give the file to write, such as {}",
+            args.output.display(),
+            args.output.join("crop.png").display()
+        );
+    }
+    if args.image.is_dir() {
+        bail!(
+            "{}: a folder; preprocess takes one image file (classify and embed take folders)",
+            args.image.display()
+        );
+    }
     // `-` reads the image from standard input, as `classify -` does.
     let mut image = [args.image.clone()];
-    let _stdin = input::stdin_image_inputs(&mut image, false)?;
-    let img = load_image(&image[0])?;
+    let stdin = input::stdin_image_inputs(&mut image, false)?;
+    let img = load_image(&image[0])
+        .map_err(|e| anyhow::anyhow!(input::stdin_shown(format!("{e:#}"), stdin.as_ref())))?;
     let crop = preprocess::center_crop_rgb(&img, size);
     let mut bytes = std::io::Cursor::new(Vec::new());
-    crop.write_to(&mut bytes, format)
+    encode_picture(&crop, format, &args.output, &mut bytes)
         .with_context(|| format!("cannot encode {}", args.output.display()))?;
     clipscope::util::write_atomic(&args.output, bytes.get_ref())
         .with_context(|| format!("cannot write {}", args.output.display()))?;
@@ -554,13 +595,45 @@ fn output_image_format(path: &std::path::Path) -> Result<image::ImageFormat> {
     let Some(ext) = path.extension().and_then(|e| e.to_str()) else {
         return Ok(F::Png);
     };
+    let netpbm_colour = ["ppm", "pnm", "pam"]
+        .iter()
+        .any(|e| ext.eq_ignore_ascii_case(e));
     match F::from_extension(ext) {
+        Some(F::Pnm) if !netpbm_colour => bail!(
+            "{}: cannot write .{ext} pictures (grey or black and white); use .ppm for Netpbm",
+            path.display()
+        ),
         Some(f @ (F::Png | F::Jpeg | F::Bmp | F::Tiff | F::Pnm | F::Qoi)) => Ok(f),
         _ => bail!(
             "{}: cannot write .{ext} pictures; use .png, .jpg, .bmp, .tif, .ppm or .qoi",
             path.display()
         ),
     }
+}
+
+/// `picture` encoded as `format`; Netpbm as a binary P6 pixmap, which every reader
+/// takes, unless the file is named .pam (the image crate's default, P7).
+fn encode_picture(
+    picture: &image::RgbImage,
+    format: image::ImageFormat,
+    path: &std::path::Path,
+    out: &mut std::io::Cursor<Vec<u8>>,
+) -> image::ImageResult<()> {
+    use image::codecs::pnm::{PnmEncoder, PnmSubtype, SampleEncoding};
+    let pam = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("pam"));
+    if format != image::ImageFormat::Pnm || pam {
+        return picture.write_to(out, format);
+    }
+    PnmEncoder::new(out)
+        .with_subtype(PnmSubtype::Pixmap(SampleEncoding::Binary))
+        .encode(
+            picture.as_raw().as_slice(),
+            picture.width(),
+            picture.height(),
+            image::ExtendedColorType::Rgb8,
+        )
 }
 
 fn tui(args: args::TuiArgs) -> Result<u8> {
@@ -582,6 +655,10 @@ fn tui(args: args::TuiArgs) -> Result<u8> {
     // A wrong --device is said here, on one line, not in the app's status bar.
     let device = args.device.unwrap_or_else(|| "auto".into());
     clipscope::clip::parse_device(&device)?;
+    // A wrong --model too (downloading a right one is left to the app, which shows it).
+    if let Some(name) = &args.model {
+        check_model_name(name)?;
+    }
     let source = match args.model_dir {
         Some(dir) => ModelSource::Dir(dir),
         None => ModelSource::Named(args.model),

@@ -6,7 +6,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use clipscope::clip::Prediction;
-use clipscope::util::bar;
+use clipscope::util::{bar, printable};
 
 /// `classify` output.
 #[derive(Debug, Serialize)]
@@ -136,11 +136,13 @@ pub fn write_classify(
             }
             for r in &report.results {
                 writeln!(out)?;
+                // A file name or label can hold an escape sequence: not for the terminal.
+                let image = printable(&r.image);
                 match (&r.predictions, &r.error) {
                     (Some(preds), _) => {
                         match &r.answer {
-                            Some(a) => writeln!(out, "{}  answer: {a}", r.image)?,
-                            None => writeln!(out, "{}", r.image)?,
+                            Some(a) => writeln!(out, "{image}  answer: {}", printable(a))?,
+                            None => writeln!(out, "{image}")?,
                         }
                         for p in preds {
                             writeln!(
@@ -148,12 +150,12 @@ pub fn write_classify(
                                 "  {:>6.2}%  {}  {}",
                                 p.probability * 100.0,
                                 bar(p.probability, BAR_WIDTH),
-                                p.label
+                                printable(&p.label)
                             )?;
                         }
                     }
                     // Reported on stderr, as ripgrep reports files it cannot read.
-                    (None, _) => writeln!(out, "{}  failed (the error is on stderr)", r.image)?,
+                    (None, _) => writeln!(out, "{image}  failed (the error is on stderr)")?,
                 }
             }
         }
@@ -170,7 +172,7 @@ pub fn write_embed(
     use super::args::Format;
     match format {
         Format::Csv => {
-            let mut w = csv::WriterBuilder::new().flexible(true).from_writer(out);
+            let mut w = csv::Writer::from_writer(out);
             let dim = report
                 .items
                 .iter()
@@ -190,8 +192,10 @@ pub fn write_embed(
                     input.to_string(),
                     item.error.clone().unwrap_or_default(),
                 ];
-                if let Some(e) = &item.embedding {
-                    row.extend(e.iter().map(|v| v.to_string()));
+                match &item.embedding {
+                    Some(e) => row.extend(e.iter().map(|v| v.to_string())),
+                    // Empty values, so that every row has the header's fields.
+                    None => row.resize(header.len(), String::new()),
                 }
                 w.write_record(&row)?;
             }
@@ -219,6 +223,7 @@ fn write_embed_text(report: &EmbedReport, out: &mut dyn Write) -> std::io::Resul
             (None, Some(t)) => ("text", t.as_str()),
             (None, None) => ("", ""),
         };
+        let input = printable(input);
         match (&item.embedding, &item.error) {
             (Some(e), _) => {
                 let head: Vec<String> = e
@@ -237,7 +242,7 @@ fn write_embed_text(report: &EmbedReport, out: &mut dyn Write) -> std::io::Resul
             (None, err) => writeln!(
                 out,
                 "{kind:<5}  {input}  failed: {}",
-                err.as_deref().unwrap_or("")
+                printable(err.as_deref().unwrap_or(""))
             )?,
         }
     }
@@ -247,7 +252,8 @@ fn write_embed_text(report: &EmbedReport, out: &mut dyn Write) -> std::io::Resul
 /// A probability threshold as a percentage with two decimals, or as many more (up to six)
 /// as it takes to show it: `--abstain 0.9999999` must not read "100.00%".
 fn threshold_percent(p: f64) -> String {
-    let six = format!("{:.6}", p * 100.0);
+    // Adding 0 turns -0 (`--abstain -0`) into 0, which prints without a sign.
+    let six = format!("{:.6}", p * 100.0 + 0.0);
     let (whole, decimals) = six.split_once('.').unwrap_or((&six, ""));
     let kept = decimals.trim_end_matches('0');
     format!("{whole}.{kept:0<2}")
@@ -263,5 +269,6 @@ mod tests {
         assert_eq!(threshold_percent(0.125), "12.50");
         assert_eq!(threshold_percent(0.9999999), "99.99999");
         assert_eq!(threshold_percent(1.0), "100.00");
+        assert_eq!(threshold_percent(-0.0), "0.00");
     }
 }

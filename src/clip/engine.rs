@@ -480,16 +480,22 @@ impl Clip {
 
     /// Warn that `words` carry no meaning to this model (nothing if there are none).
     pub fn warn_unknown(&self, words: &[String]) {
+        // A thousand labels of unseen words must not fill the screen.
+        const SHOWN: usize = 20;
         if !words.is_empty() {
+            // Quoted, so that the list's own commas stand apart.
+            let mut list = words
+                .iter()
+                .take(SHOWN)
+                .map(|w| format!("\"{w}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if words.len() > SHOWN {
+                list.push_str(&format!(" and {} more", words.len() - SHOWN));
+            }
             tracing::warn!(
-                "{} has never seen these words, so they carry no meaning to it: {}",
+                "{} has never seen these words, so they carry no meaning to it: {list}",
                 self.name(),
-                // Quoted, so that the list's own commas stand apart.
-                words
-                    .iter()
-                    .map(|w| format!("\"{w}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
             );
         }
     }
@@ -687,7 +693,7 @@ fn missing_cuda_libraries() -> Vec<&'static str> {
 /// usable, else the CPU (with a warning when a CUDA build finds no GPU).
 pub fn parse_device(spec: &str) -> Result<Device, ClipError> {
     let bad = |why: &str| ClipError::Device(format!("{spec}: {why}"));
-    match spec {
+    match spec.to_ascii_lowercase().as_str() {
         "cpu" => Ok(Device::Cpu),
         "auto" if !candle_core::utils::cuda_is_available() => Ok(Device::Cpu),
         "auto" => {
