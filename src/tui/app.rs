@@ -887,7 +887,7 @@ impl App {
                 if let Some(crate::hub::ModelSource::Dir(dir)) = &self.source {
                     picker::add_folder(&mut entries, dir);
                 }
-                self.picker = Some(Picker::new(entries));
+                self.picker = Some(Picker::new(entries).at_model(self.source.as_ref()));
             }
             Action::ShowMessage => {
                 self.show_help = false;
@@ -1037,15 +1037,13 @@ impl App {
     /// else is typed into the focused editor.
     pub fn on_paste(&mut self, text: &str, now: Instant) -> Option<PathBuf> {
         let one_line = paste_one_line(text.trim());
-        let candidate = expand_path(
-            one_line
-                .trim()
-                .trim_matches(['\'', '"'])
-                .trim_start_matches("file://"),
-        );
-        if !text.trim().contains(['\r', '\n']) && candidate.is_file() {
+        let pasted_file = pasted_path_spellings(&one_line)
+            .into_iter()
+            .map(|p| expand_path(&p))
+            .find(|p| p.is_file());
+        if let (false, Some(file)) = (text.trim().contains(['\r', '\n']), pasted_file) {
             self.prompt = None;
-            return self.open(candidate);
+            return self.open(file);
         }
         if let Some(p) = self.prompt.as_mut() {
             p.paste(text);
@@ -1063,6 +1061,63 @@ impl App {
         }
         None
     }
+}
+
+/// The ways a pasted line may spell a path: as it is, without quotes, without a
+/// `file://` prefix, and with what shells and file managers add undone (a backslash
+/// before a space, `%20` in a dropped file's URL).
+fn pasted_path_spellings(line: &str) -> Vec<String> {
+    let bare = line.trim().trim_matches(['\'', '"']);
+    let (path, url) = match bare.strip_prefix("file://") {
+        Some(rest) => (rest, true),
+        None => (bare, false),
+    };
+    let mut spellings = vec![path.to_string()];
+    if path.contains('\\') {
+        spellings.push(shell_unescaped(path));
+    }
+    if url && path.contains('%') {
+        spellings.push(percent_decoded(path));
+    }
+    spellings
+}
+
+/// `text` with each backslash escape (`\ `, `\(`) replaced by the character escaped.
+fn shell_unescaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A URL's path with its `%XX` escapes decoded (left as it is where they do not decode
+/// to UTF-8).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| text.to_string())
 }
 
 impl App {
@@ -1356,6 +1411,19 @@ mod tests {
         assert_eq!(a.on_paste("cat, dog", now), None);
         assert_eq!(a.labels(), ["cat", "dog"]);
         assert!(a.debounce_deadline().is_some());
+        // As shells escape a name and file managers drop it.
+        let spaced = dir.path().join("my (1) cat.png");
+        image::RgbImage::new(4, 4).save(&spaced).unwrap();
+        let escaped = spaced
+            .display()
+            .to_string()
+            .replace(' ', "\\ ")
+            .replace('(', "\\(")
+            .replace(')', "\\)");
+        assert_eq!(a.on_paste(&escaped, now), Some(spaced.clone()));
+        let url = format!("file://{}", spaced.display()).replace(' ', "%20");
+        assert_eq!(a.on_paste(&url, now), Some(spaced));
+        assert_eq!(a.labels(), ["cat", "dog"], "no path became a label");
     }
 
     #[test]

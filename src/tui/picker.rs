@@ -177,6 +177,26 @@ impl Picker {
         }
     }
 
+    /// The same picker with the model in use highlighted, when it is one of its lines
+    /// (a registry model by any of its names, a folder by its path).
+    pub fn at_model(mut self, current: Option<&ModelSource>) -> Self {
+        let Some(current) = current else {
+            return self;
+        };
+        let name = crate::hub::source_name(current).ok();
+        let is_current = |e: &Entry| match &e.change.source {
+            Some(source) => {
+                source == current
+                    || (name.is_some() && crate::hub::source_name(source).ok() == name)
+            }
+            None => false,
+        };
+        if let Some(i) = self.entries.iter().position(is_current) {
+            self.selected = i;
+        }
+        self
+    }
+
     /// Up and Down (or k and j) move, Enter chooses, Esc or q closes.
     pub fn on_key(&mut self, key: KeyEvent) -> PickerOutcome {
         let n = self.entries.len().max(1);
@@ -289,6 +309,23 @@ mod tests {
             .position(|e| e.text.contains("my-finetune"))
             .unwrap();
         assert!(all[at + 1].change.source.is_none(), "after the models");
+    }
+
+    #[test]
+    fn the_model_in_use_is_highlighted_by_any_of_its_names() {
+        let dir = std::path::PathBuf::from("/models/mine");
+        let mut all = entries_with(&PromptStyle::default(), None);
+        add_folder(&mut all, &dir);
+        let picker = Picker::new(all.clone()).at_model(Some(&ModelSource::Dir(dir)));
+        assert!(all[picker.selected].text.contains("/models/mine"));
+        let alias = ModelSource::Named(Some("b32".into()));
+        let picker = Picker::new(all.clone()).at_model(Some(&alias));
+        assert!(
+            all[picker.selected].text.contains("ViT-B/32"),
+            "{}",
+            all[picker.selected].text
+        );
+        assert_eq!(Picker::new(all).at_model(None).selected, 0);
     }
 
     #[test]

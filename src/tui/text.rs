@@ -79,10 +79,48 @@ pub fn fit(text: &str, width: usize) -> String {
     elide_middle(&shortened.join(" "), width)
 }
 
+/// `text` cut to at most `width` terminal columns and padded with spaces to exactly that
+/// many: a wide character (CJK, most emoji) takes two columns, so counting characters
+/// would push the columns after it out of line.
+pub fn fit_columns(text: &str, width: usize) -> String {
+    use unicode_width::UnicodeWidthChar;
+    let mut out = String::with_capacity(width);
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > width {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out.extend(std::iter::repeat_n(' ', width - used));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::borrow::Cow;
+
+    #[test]
+    fn wide_characters_take_two_columns() {
+        use unicode_width::UnicodeWidthStr;
+        for label in [
+            "猫bell",
+            "un cercle rouge 🔴 tab",
+            "a photo of 東京",
+            "plain",
+        ] {
+            for width in [3, 8, 20] {
+                let fitted = fit_columns(label, width);
+                assert_eq!(fitted.width(), width, "{fitted:?}");
+                assert!(fitted.trim_end().len() <= label.len());
+            }
+        }
+        assert_eq!(fit_columns("猫bell", 8), "猫bell  ");
+        assert_eq!(fit_columns("東京", 3), "東 ");
+    }
 
     #[test]
     fn every_line_break_makes_a_line() {

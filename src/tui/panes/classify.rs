@@ -11,7 +11,7 @@ use ratatui::Frame;
 use crate::tui::action::Action;
 use crate::tui::app::{App, ModelState};
 use crate::tui::graphics::Prepared;
-use crate::tui::text::printable;
+use crate::tui::text::{fit_columns, printable};
 use crate::util::bar;
 
 /// Width of the probability bars, in cells.
@@ -134,9 +134,9 @@ fn draw_predictions(f: &mut Frame, app: &App, area: Rect) {
             if updating {
                 style = style.add_modifier(Modifier::DIM);
             }
-            let label: String = printable(&p.label).chars().take(label_w).collect();
+            let label = fit_columns(&printable(&p.label), label_w);
             Line::from(vec![
-                Span::styled(format!("{label:<label_w$}"), style),
+                Span::styled(label, style),
                 Span::styled(format!(" {:>6.2}% ", p.probability * 100.0), style),
                 Span::styled(
                     bar(p.probability, BAR),
