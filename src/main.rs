@@ -34,9 +34,43 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ) {
         e.exit();
     }
-    let message = cli::log::usage_error_message(&e.render().to_string());
+    let mut message = cli::log::usage_error_message(&e.render().to_string());
+    if let Some(hint) = unknown_flag_hint(&e) {
+        message.push_str("; ");
+        message.push_str(hint);
+    }
     eprintln!("{}", cli::log::error_line(&message));
     ExitCode::from(cli::EXIT_ERROR)
+}
+
+/// Where the setting a user reached for with a flag clipscope does not have lives.
+fn unknown_flag_hint(e: &clap::Error) -> Option<&'static str> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split('=').next().unwrap_or(arg);
+    match flag {
+        "--threads" | "--jobs" | "-j" | "--num-threads" => Some(
+            "the model's threads are set with RAYON_NUM_THREADS=N (default: one per core), decoding's with --decode-threads N",
+        ),
+        "--batch-size" | "--batch" | "-b" if command_is(&["classify", "embed"]) => Some(
+            "classify and embed pick their own batches (16 images); `clipscope bench --batch 1,16` times sizes",
+        ),
+        _ => None,
+    }
+}
+
+/// Whether the command line's subcommand (its first word that is no flag) is one of
+/// `names`.
+fn command_is(names: &[&str]) -> bool {
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|c| names.contains(&c.as_str()))
 }
 
 fn main() -> ExitCode {

@@ -448,6 +448,10 @@ fn completions_and_man_pages_come_from_the_argument_parser() {
             "{shell}"
         );
     }
+    // --model completes to the models' names, not to file names.
+    let bash = clipscope().args(["completions", "bash"]).output().unwrap();
+    let bash = String::from_utf8_lossy(&bash.stdout).into_owned();
+    assert!(bash.contains("compgen -W \"demo ViT-B/32"), "{bash}");
     let out = clipscope().arg("man").output().unwrap();
     assert_success(&out);
     let page = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -988,6 +992,18 @@ fn a_bad_flag_is_one_error_line_and_help_is_still_help() {
             .unwrap(),
     );
     assert!(err.contains("unknown model \"nosuch\""), "{err}");
+    // A flag clipscope does not have, for a setting it has elsewhere, says where.
+    let err = usage_error(&classify(&[
+        &image("chelsea.png"),
+        "--labels",
+        "a",
+        "--threads",
+        "2",
+    ]));
+    assert!(
+        err.contains("RAYON_NUM_THREADS=N") && err.lines().count() == 1,
+        "{err}"
+    );
     // `models` alone lists them.
     let out = clipscope().arg("models").output().unwrap();
     assert_success(&out);

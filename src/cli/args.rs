@@ -222,13 +222,44 @@ impl DeviceArg {
     }
 }
 
+/// A CLIP model's name: any text (checked against the registry when the model is
+/// fetched, with a message listing the known ones), offering the registry's names to
+/// shell completion rather than file names.
+#[derive(Clone)]
+struct ModelName;
+
+impl clap::builder::TypedValueParser for ModelName {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        let registry = clipscope::hub::Registry::builtin().ok()?;
+        let names: Vec<String> = std::iter::once(clipscope::hub::DEMO_MODEL.to_string())
+            .chain(registry.models.into_iter().map(|m| m.name))
+            .collect();
+        Some(Box::new(
+            names.into_iter().map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
 /// Where the model comes from.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// A model by name from the registry (downloaded to the cache on first use), or
-    /// `demo` (built in, offline: a toy for coloured shapes). Default: ViT-B/32 (for
-    /// `demo eval`: demo).
-    #[arg(long, conflicts_with = "model_dir")]
+    /// `demo` (built in, offline: a toy for coloured shapes); `clipscope models` lists
+    /// them. Default: ViT-B/32. For a model folder, --model-dir.
+    #[arg(long, conflicts_with = "model_dir", value_parser = ModelName, hide_possible_values = true)]
     pub model: Option<String>,
     /// A Hugging Face style folder: config.json, model.safetensors, tokenizer.json.
     #[arg(long, value_name = "DIR")]
@@ -821,7 +852,8 @@ pub enum DemoAction {
     Train(DemoTrainArgs),
     /// Measure a demo-style model: top-1 on the twelve colour-shape labels ("a red
     /// circle", ... with template {}) on freshly generated pictures, the held-out
-    /// combinations, and optionally class folders drawn by another program.
+    /// combinations, and optionally class folders drawn by another program. The model
+    /// is the built-in demo unless --model or --model-dir names another.
     Eval {
         /// The model (default: the built-in demo).
         #[command(flatten)]

@@ -35,8 +35,11 @@ fn median_ms(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 /// Run the benchmark and print its table.
 pub fn run(args: &BenchArgs) -> Result<u8> {
-    if args.iters == 0 || args.batch.contains(&0) {
-        bail!("--iters and --batch must be at least 1");
+    if args.iters == 0 {
+        bail!("--iters 0: give at least 1 timed run");
+    }
+    if args.batch.contains(&0) {
+        bail!("--batch 0: batch sizes must be at least 1");
     }
     let t = Instant::now();
     let clip = super::load_model(&args.model)?;

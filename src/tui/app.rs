@@ -221,6 +221,8 @@ pub struct App {
     pub log_path: Option<PathBuf>,
     /// The model the worker was last asked for (the picker lists it).
     pub source: Option<crate::hub::ModelSource>,
+    /// The model in use while another is being tried, which is kept if that one fails.
+    previous_source: Option<crate::hub::ModelSource>,
     /// The model's state.
     pub model: ModelState,
     /// How pictures are drawn.
@@ -392,6 +394,7 @@ impl App {
             style: PromptStyle::default(),
             log_path: None,
             source: None,
+            previous_source: None,
             model: ModelState::Loading("starting…".into()),
             graphics,
             theme: Theme::default(),
@@ -690,7 +693,17 @@ impl App {
                     ModelState::Failed(why) => why,
                     _ => String::new(),
                 };
-                self.notify(format!("still using {name}; the model chosen: {why}"), true);
+                // The worker went back to the model in use; so does the picker.
+                let chosen = match std::mem::replace(&mut self.source, self.previous_source.take())
+                {
+                    Some(crate::hub::ModelSource::Dir(dir)) => dir.display().to_string(),
+                    Some(crate::hub::ModelSource::Named(Some(n))) => n,
+                    _ => "the default model".to_string(),
+                };
+                self.notify(
+                    format!("still using {name}; {chosen} did not load: {why}"),
+                    true,
+                );
                 // Labels typed while the other model was tried are scored now.
                 self.debounce_until = Some(now);
             }
@@ -1129,7 +1142,7 @@ impl App {
             self.notify(format!("prompts: {}", style.describe()), false);
         }
         if let Some(source) = &change.source {
-            self.source = Some(source.clone());
+            self.previous_source = self.source.replace(source.clone());
             self.model = ModelState::Loading("loading model…".into());
             self.model_note = None;
         }

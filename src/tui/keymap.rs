@@ -35,7 +35,7 @@ pub struct Key {
 #[derive(Debug, thiserror::Error)]
 pub enum KeymapError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("keymap {path}: cannot read it ({source}); give a keymap file, or default or vim")]
     Io {
         /// The file.
         path: PathBuf,
@@ -53,6 +53,7 @@ pub enum KeymapError {
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeymapFile {
     #[serde(default)]
     bindings: BTreeMap<String, String>,
@@ -182,6 +183,22 @@ impl std::fmt::Display for Key {
     }
 }
 
+/// A TOML error on one line: where (line and column) and what, with the form a keymap
+/// takes (toml's own message spreads over several lines with a drawing of the spot).
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let place = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    format!(
+        "{}{}; a keymap holds a [bindings] table of \"key\" = \"action\" lines (see keymaps/default.toml)",
+        place.unwrap_or_default(),
+        e.message().trim()
+    )
+}
+
 impl Keymap {
     /// Parse a keymap from TOML.
     pub fn parse(name: &str, text: &str) -> Result<Self, KeymapError> {
@@ -200,7 +217,7 @@ impl Keymap {
             name: name.to_string(),
             message,
         };
-        let file: KeymapFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let file: KeymapFile = toml::from_str(text).map_err(|e| invalid(toml_problem(text, &e)))?;
         for (key_text, action_name) in file.bindings {
             let key = Key::parse(&key_text)
                 .ok_or_else(|| invalid(format!("unknown key {key_text:?}")))?;
@@ -209,7 +226,11 @@ impl Keymap {
                 continue;
             }
             let action = Action::from_name(&action_name).ok_or_else(|| {
-                invalid(format!("unknown action {action_name:?} for {key_text:?}"))
+                let known: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
+                invalid(format!(
+                    "unknown action {action_name:?} for {key_text:?} (known: {}, or none to unbind)",
+                    known.join(", ")
+                ))
             })?;
             self.bindings.push((key, action));
         }
@@ -299,6 +320,29 @@ mod tests {
             builtin.action_for(&j, false)
         );
         assert!(Keymap::load("keymaps/nope.toml", None).is_err());
+    }
+
+    #[test]
+    fn a_broken_keymap_says_where_what_and_how_on_one_line() {
+        let err = |text: &str| Keymap::parse("k.toml", text).unwrap_err().to_string();
+        let malformed = err("[bindings]\n\"ctrl-o\" = open_image\n");
+        assert!(
+            malformed.contains("line 2, column 12") && malformed.contains("[bindings]"),
+            "{malformed}"
+        );
+        assert!(!malformed.contains('\n'), "{malformed}");
+        let unknown = err("[bindings]\n\"ctrl-o\" = \"open_imag\"\n");
+        assert!(
+            unknown.contains("known: quit,") && unknown.contains("open_image"),
+            "{unknown}"
+        );
+        let extra = err("[extra]\nx = 1\n");
+        assert!(extra.contains("extra"), "{extra}");
+        let missing = Keymap::load("nonexist.toml", None).unwrap_err().to_string();
+        assert!(
+            missing.starts_with("keymap nonexist.toml: cannot read it"),
+            "{missing}"
+        );
     }
 
     fn ev(code: KeyCode, mods: KeyModifiers) -> KeyEvent {
