@@ -185,19 +185,7 @@ fn demo_eval_marks_labels_without_pictures_and_csv_holds_every_result() {
         data.path().join("red-circle/one.png"),
     )
     .unwrap();
-    let out = common::clipscope()
-        .args([
-            "demo",
-            "eval",
-            "--per-label",
-            "1",
-            "--format",
-            "csv",
-            "--data",
-        ])
-        .arg(data.path())
-        .output()
-        .unwrap();
+    let out = demo_eval(data.path(), "csv");
     common::assert_success(&out);
     let csv = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
@@ -222,21 +210,26 @@ fn demo_eval_marks_labels_without_pictures_and_csv_holds_every_result() {
         .any(|r| r[0] == "binding" && r[1] == "held-out combinations"));
 }
 
-/// `demo eval --per-label 1 --data DIR --format json`; the parsed report's folder set.
-fn demo_eval_folders(dir: &std::path::Path) -> Value {
-    let out = clipscope()
+/// `demo eval --per-label 1 --data DIR --format FORMAT`.
+fn demo_eval(dir: &std::path::Path, format: &str) -> std::process::Output {
+    clipscope()
         .args([
             "demo",
             "eval",
             "--per-label",
             "1",
             "--format",
-            "json",
+            format,
             "--data",
         ])
         .arg(dir)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `demo eval --per-label 1 --data DIR --format json`; the parsed report's folder set.
+fn demo_eval_folders(dir: &std::path::Path) -> Value {
+    let out = demo_eval(dir, "json");
     assert_success(&out);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     report["folders"].clone()
