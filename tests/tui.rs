@@ -687,11 +687,22 @@ fn with_no_color_the_screen_has_no_colours_but_the_picture() {
                 }
             }
         }
+        // The picture's half blocks, left of that, keep their colours either way
+        // (crossterm drops every colour under NO_COLOR unless told otherwise).
+        let picture = (1..40)
+            .flat_map(|row| (1..70).map(move |col| (row, col)))
+            .filter(|&(row, col)| {
+                let cell = screen.cell(row, col).unwrap();
+                matches!(cell.fgcolor(), vt100::Color::Rgb(..))
+                    || matches!(cell.bgcolor(), vt100::Color::Rgb(..))
+            })
+            .count();
         // The status bar is reverse video of the terminal's own colours either way.
         let status = screen.cell(44, 100).unwrap();
         assert!(status.inverse());
         assert_eq!(status.bgcolor(), vt100::Color::Default);
         drop(parser);
+        assert!(picture > 100, "the picture in colour: {picture} cells");
         if no_color {
             assert_eq!(coloured, 0, "cells in colour with NO_COLOR");
         } else {
