@@ -371,6 +371,38 @@ fn preprocess_writes_what_the_model_sees() {
 }
 
 #[test]
+fn parallel_jobs_sharing_a_cache_download_a_model_once() {
+    let (endpoint, seen) = serve(
+        &fixtures().join("tiny-clip"),
+        "/openai/clip-vit-base-patch32/resolve/refs%2Fpr%2F15/",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let jobs: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("clipscope"))
+                .env("HF_ENDPOINT", &endpoint)
+                .env("CLIPSCOPE_CACHE", cache.path())
+                .args(["-q", "models", "download", "ViT-B/32"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut job in jobs {
+        assert!(job.wait().unwrap().success());
+    }
+    let fetched = seen.lock().unwrap().clone();
+    assert_eq!(fetched.len(), 3, "each file once: {fetched:?}");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(cache.path().join("models/ViT-B-32").join(file)).unwrap(),
+            std::fs::read(fixtures().join("tiny-clip").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
+#[test]
 fn models_download_on_first_use_then_come_from_the_cache() {
     let (endpoint, seen) = serve(
         &fixtures().join("tiny-clip"),

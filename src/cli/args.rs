@@ -171,6 +171,7 @@ pub enum ModelsAction {
     /// Download a model into the cache (no-op if already there).
     Download {
         /// Model name, e.g. ViT-B/32, or a CNN's (resnet18, vgg16) for its ImageNet weights.
+        #[arg(value_parser = ModelName::any(), hide_possible_values = true)]
         name: String,
     },
 }
@@ -226,7 +227,22 @@ impl DeviceArg {
 /// fetched, with a message listing the known ones), offering the registry's names to
 /// shell completion rather than file names.
 #[derive(Clone)]
-struct ModelName;
+struct ModelName {
+    /// Whether the CNNs' names (resnet18, vgg16) are offered too.
+    with_cnns: bool,
+}
+
+impl ModelName {
+    /// CLIP models: the demo and the registry's.
+    fn clip() -> Self {
+        Self { with_cnns: false }
+    }
+
+    /// CLIP models and the CNNs whose ImageNet weights the registry has.
+    fn any() -> Self {
+        Self { with_cnns: true }
+    }
+}
 
 impl clap::builder::TypedValueParser for ModelName {
     type Value = String;
@@ -244,8 +260,10 @@ impl clap::builder::TypedValueParser for ModelName {
         &self,
     ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
         let registry = clipscope::hub::Registry::builtin().ok()?;
+        let cnns = registry.cnn.into_iter().map(|c| c.name);
         let names: Vec<String> = std::iter::once(clipscope::hub::DEMO_MODEL.to_string())
             .chain(registry.models.into_iter().map(|m| m.name))
+            .chain(cnns.filter(|_| self.with_cnns))
             .collect();
         Some(Box::new(
             names.into_iter().map(clap::builder::PossibleValue::new),
@@ -259,7 +277,7 @@ pub struct ModelArgs {
     /// A model by name from the registry (downloaded to the cache on first use), or
     /// `demo` (built in, offline: a toy for coloured shapes); `clipscope models` lists
     /// them. Default: ViT-B/32. For a model folder, --model-dir.
-    #[arg(long, conflicts_with = "model_dir", value_parser = ModelName, hide_possible_values = true)]
+    #[arg(long, conflicts_with = "model_dir", value_parser = ModelName::clip(), hide_possible_values = true)]
     pub model: Option<String>,
     /// A Hugging Face style folder: config.json, model.safetensors, tokenizer.json.
     #[arg(long, value_name = "DIR")]
@@ -433,7 +451,7 @@ pub struct PreprocessArgs {
     #[arg(long, allow_negative_numbers = true, conflicts_with = "model")]
     pub size: Option<usize>,
     /// Use the input size of this registry model (nothing is downloaded).
-    #[arg(long)]
+    #[arg(long, value_parser = ModelName::clip(), hide_possible_values = true)]
     pub model: Option<String>,
 }
 
@@ -488,7 +506,7 @@ pub struct TuiArgs {
     pub labels: String,
     /// A model by name from the registry, or `demo`. Default: ViT-B/32 when it is in the
     /// cache, else the built-in demo model (no download on a first start).
-    #[arg(long, conflicts_with = "model_dir")]
+    #[arg(long, conflicts_with = "model_dir", value_parser = ModelName::clip(), hide_possible_values = true)]
     pub model: Option<String>,
     /// A Hugging Face style model folder.
     #[arg(long, value_name = "DIR")]
@@ -900,7 +918,7 @@ pub struct ImagenetteStudyArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// The CLIP model by name from the registry (downloaded on first use).
-    #[arg(long, default_value = "ViT-B/32", conflicts_with = "model_dir")]
+    #[arg(long, default_value = "ViT-B/32", conflicts_with = "model_dir", value_parser = ModelName::clip(), hide_possible_values = true)]
     pub model: String,
     /// The CLIP model from a Hugging Face style folder instead.
     #[arg(long, value_name = "DIR")]
@@ -951,7 +969,7 @@ pub struct CompareArgs {
     pub cnn: Vec<PathBuf>,
     /// A CLIP model by registry name, or `demo` (repeat for several). Without --model and
     /// --model-dir: the registry's default model.
-    #[arg(long = "model", value_name = "NAME")]
+    #[arg(long = "model", value_name = "NAME", value_parser = ModelName::clip(), hide_possible_values = true)]
     pub models: Vec<String>,
     /// A Hugging Face style CLIP folder (repeat for several).
     #[arg(long = "model-dir", value_name = "DIR")]

@@ -158,6 +158,30 @@ impl Target<'_> {
         self.files.iter().all(|f| self.dir.join(f).is_file())
     }
 
+    /// An exclusive lock on this model's downloads (`models/.NAME.lock`, left in place:
+    /// removing it would let a waiting process lock a file that a third then replaces),
+    /// held until the returned file is dropped; waits for another process's download.
+    fn lock(&self) -> Result<std::fs::File, HubError> {
+        let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+        let path = parent.join(format!(".{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+            tracing::warn!(
+                "another clipscope is downloading {name} into {}; waiting for it",
+                parent.display()
+            );
+            file.lock().map_err(io_at(&path))?;
+        }
+        Ok(file)
+    }
+
     /// Where the files grow until all are there: a folder of its own, so that the
     /// model's folder exists only once it is complete.
     fn staging(&self) -> PathBuf {
@@ -177,6 +201,12 @@ impl Target<'_> {
         opts: &DownloadOptions,
         progress: &mut ProgressFn<'_>,
     ) -> Result<(), HubError> {
+        if self.is_complete() {
+            return Ok(());
+        }
+        // One download at a time per model: parallel jobs sharing a cache (array tasks,
+        // pods) wait for the first, then find the model complete.
+        let _lock = self.lock()?;
         if self.is_complete() {
             return Ok(());
         }

@@ -779,6 +779,10 @@ impl App {
             self.show_message = false;
             return (None, Vec::new());
         }
+        if self.show_help && self.scroll_help(key.code) {
+            // The help's own keys come first: PgDn must not turn the picture behind it.
+            return (None, Vec::new());
+        }
         let typing = !self.show_help
             && (self.pane == Pane::Classify
                 || (self.pane == Pane::Train && self.train.is_editing()));
@@ -790,7 +794,6 @@ impl App {
             return self.on_action(action, now);
         }
         if self.show_help {
-            self.scroll_help(key.code);
             return (None, Vec::new());
         }
         if self.pane == Pane::Train {
@@ -804,8 +807,8 @@ impl App {
     }
 
     /// Scroll the help overlay with the arrow and page keys (the drawing keeps it from
-    /// going past the end).
-    fn scroll_help(&mut self, code: KeyCode) {
+    /// going past the end); whether `code` was one of them.
+    fn scroll_help(&mut self, code: KeyCode) -> bool {
         const PAGE: u16 = 10;
         self.help_scroll = match code {
             KeyCode::Down | KeyCode::Char('j') => self.help_scroll.saturating_add(1),
@@ -814,8 +817,9 @@ impl App {
             KeyCode::PageUp => self.help_scroll.saturating_sub(PAGE),
             KeyCode::Home => 0,
             KeyCode::End => u16::MAX,
-            _ => return,
+            _ => return false,
         };
+        true
     }
 
     /// Run an action.

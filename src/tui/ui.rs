@@ -582,6 +582,10 @@ mod tests {
         assert!(end.contains(last) && end.contains("↑ PgUp: back"), "{end}");
         press(&mut a, KeyCode::Home, KeyModifiers::NONE);
         assert_eq!(screen(&mut a, 80, 24), top);
+        // PgDn scrolls the help, not the picture behind it (it is bound to next_image).
+        press(&mut a, KeyCode::PageDown, KeyModifiers::NONE);
+        assert!(screen(&mut a, 80, 24).contains("PgUp"));
+        assert_eq!(a.help_scroll, 10);
         // Where it fits, no scrolling is offered.
         assert!(!screen(&mut a, 120, 60).contains("PgDn: more"));
     }
