@@ -44,6 +44,14 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `n` and `noun`, plural (with an s) unless `n` is 1: "1 input", "3 inputs".
+pub fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 /// Remove the temporary files (`NAME.tmp-PID`) in `dir` that processes no longer
 /// running left behind, stopped by a signal before they could rename or remove them:
 /// a prepared-weights store's is hundreds of megabytes. Only where it can tell that a

@@ -189,6 +189,37 @@ fn three_shards_at_once_merge_to_the_unsharded_run() {
             .unwrap();
     assert_eq!(manifest["complete"], Value::Bool(true));
     assert_eq!(manifest["items"], IMAGES);
+
+    // An earlier merge is replaced only with --force.
+    let again = job.merge(
+        &["shard-0.jsonl", "shard-1.jsonl", "shard-2.jsonl"],
+        "merged.jsonl",
+    );
+    assert!(usage_error(&again).contains("already there; give --force"));
+    let mut forced = clipscope(&job.cache());
+    forced
+        .arg("merge")
+        .args(["shard-0", "shard-1", "shard-2"].map(|s| job.path(&format!("{s}.jsonl"))));
+    forced
+        .arg("--force")
+        .arg("-o")
+        .arg(job.path("merged.jsonl"));
+    assert_success(&run(forced));
+    // A merge that fails part-way (a shard damaged after it finished) leaves nothing.
+    let shard_1 = job.path("shard-1.jsonl");
+    let text = std::fs::read_to_string(&shard_1).unwrap();
+    std::fs::write(&shard_1, text.replacen('{', "{oops", 1)).unwrap();
+    let broken = job.merge(
+        &["shard-0.jsonl", "shard-1.jsonl", "shard-2.jsonl"],
+        "broken.jsonl",
+    );
+    assert!(
+        usage_error(&broken).contains("shard-1.jsonl"),
+        "{}",
+        stderr(&broken)
+    );
+    assert!(!job.path("broken.jsonl").exists());
+    assert!(!job.path("broken.jsonl.manifest.json").exists());
 }
 
 /// A named pipe in the list: reading it blocks until someone writes, so the shard

@@ -436,6 +436,9 @@ pub struct MergeArgs {
     /// embeddings.
     #[arg(long, short)]
     pub output: PathBuf,
+    /// Replace an earlier merged output there.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `clipscope preprocess`.

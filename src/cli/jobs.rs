@@ -130,9 +130,17 @@ pub fn check_output(
         bail!("--output -: a job writes files (results and a manifest beside them); leave out --output to print the results on standard output");
     }
     if embeddings {
+        clipscope::util::check_output_is_folder(out, "--output").map_err(anyhow::Error::msg)?;
         let shard = shard.unwrap_or(Shard::WHOLE);
         EmbeddingShard::check_earlier(out, &shard, job.earlier())?;
     } else {
+        if out.is_dir() {
+            bail!(
+                "--output {}: a folder; classify's results go to a file, such as {}",
+                out.display(),
+                out.join("results.jsonl").display()
+            );
+        }
         ResultsFile::check_earlier(out, job.earlier())?;
     }
     Ok(())
@@ -231,9 +239,9 @@ impl<'a> Job<'a> {
     fn report(&self, out: &Path, written: Written, before: usize) -> Result<u8> {
         if !super::log::quiet() {
             eprintln!(
-                "clipscope: shard {}: {} inputs in {} ({} from an earlier run), {} failed",
+                "clipscope: shard {}: {} in {} ({} from an earlier run), {} failed",
                 self.shard,
-                written.items,
+                clipscope::util::count(written.items, "input"),
                 out.display(),
                 before,
                 written.failed

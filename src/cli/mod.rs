@@ -444,17 +444,17 @@ fn merge(args: &MergeArgs) -> Result<u8> {
         bail!("{}: no such file or folder", p.display());
     }
     let summary = if args.parts.iter().all(|p| p.is_dir()) {
-        scale::merge_embeddings(&args.parts, &args.output)?
+        scale::merge_embeddings(&args.parts, &args.output, args.force)?
     } else if args.parts.iter().all(|p| p.is_file()) {
-        scale::merge_results(&args.parts, &args.output)?
+        scale::merge_results(&args.parts, &args.output, args.force)?
     } else {
         bail!("give classify's result files or embed's output folders, not both");
     };
     println!(
-        "merged {} shards into {}: {} inputs, {} failed",
-        summary.shards,
+        "merged {} into {}: {}, {} failed",
+        clipscope::util::count(summary.shards, "shard"),
         args.output.display(),
-        summary.items,
+        clipscope::util::count(summary.items, "input"),
         summary.failed
     );
     Ok(EXIT_OK)

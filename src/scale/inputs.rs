@@ -11,14 +11,19 @@ use super::{io_error, ScaleError, Shard};
 use crate::data::{collect_images, ImageError};
 
 /// Read a list of inputs, one path a line, from a file or from standard input (`-`).
-/// Blank lines are skipped and a line's trailing carriage return is dropped; nothing
-/// else is trimmed, so names with surrounding blanks survive.
+/// Blank lines are skipped, a line's trailing carriage return and the file's leading
+/// byte-order mark (Windows editors write both) are dropped; nothing else is trimmed,
+/// so names with surrounding blanks survive.
 pub fn read_input_list(list: &Path) -> Result<Vec<PathBuf>, ScaleError> {
     let read = |reader: &mut dyn BufRead| -> std::io::Result<Vec<PathBuf>> {
         let mut out = Vec::new();
-        for line in reader.lines() {
+        for (i, line) in reader.lines().enumerate() {
             let line = line?;
             let line = line.strip_suffix('\r').unwrap_or(&line);
+            let line = match i {
+                0 => line.strip_prefix('\u{feff}').unwrap_or(line),
+                _ => line,
+            };
             if !line.trim().is_empty() {
                 out.push(PathBuf::from(line));
             }
@@ -113,6 +118,15 @@ impl JobInputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_saved_on_windows_reads_as_its_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list.txt");
+        std::fs::write(&list, "\u{feff}a.png\r\n\r\n b .png\r\n").unwrap();
+        let paths = read_input_list(&list).unwrap();
+        assert_eq!(paths, [PathBuf::from("a.png"), PathBuf::from(" b .png")]);
+    }
 
     #[test]
     fn expansion_drops_repeats_and_shards_partition_it() {

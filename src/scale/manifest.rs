@@ -95,7 +95,7 @@ impl Manifest {
             differs("the manifest format", &self.format, &other.format)
         } else if self.command != other.command {
             differs("the command", &self.command, &other.command)
-        } else if self.model != other.model {
+        } else if self.model != other.model && !same_model_folder(&self.model, &other.model) {
             differs("the model", &self.model, &other.model)
         } else if self.settings != other.settings {
             Some(settings_difference(&self.settings, &other.settings))
@@ -118,6 +118,13 @@ impl Manifest {
             count: self.shards,
         }
     }
+}
+
+/// Whether two model names are one model folder spelled two ways (`/m/vit` and
+/// `/m/vit/`, or a relative path from another folder); registry names are not folders.
+fn same_model_folder(a: &str, b: &str) -> bool {
+    let (a, b) = (Path::new(a), Path::new(b));
+    a.is_dir() && b.is_dir() && crate::util::same_path(a, b)
 }
 
 /// The command-line option behind a job setting, to name it where the setting differs.

@@ -29,8 +29,13 @@ struct Part {
     files: Option<ShardFiles>,
 }
 
-/// Merge `classify --output` files into `out` (and its manifest).
-pub fn merge_results(files: &[PathBuf], out: &Path) -> Result<MergeSummary, ScaleError> {
+/// Merge `classify --output` files into `out` (and its manifest). An existing `out` is
+/// replaced only with `force`; a merge that fails part-way leaves no output behind.
+pub fn merge_results(
+    files: &[PathBuf],
+    out: &Path,
+    force: bool,
+) -> Result<MergeSummary, ScaleError> {
     let mut parts = files
         .iter()
         .map(|f| {
@@ -43,27 +48,64 @@ pub fn merge_results(files: &[PathBuf], out: &Path) -> Result<MergeSummary, Scal
         .collect::<Result<Vec<_>, ScaleError>>()?;
     check_parts(&mut parts, "classify")?;
     refuse_overwriting(out, files)?;
-    let merged = merged_manifest(&parts[0].manifest);
     let manifest_path = ResultsFile::manifest_path(out);
-    merged.write(&manifest_path)?;
-    let mut log = LineLog::create(out)?;
-    let mut seen = Seen::default();
-    for part in &parts {
-        let lines = read_all(&part.name)?;
-        expect_items(part, lines.len())?;
-        for (summary, line) in lines {
-            seen.add(&summary, &part.name)?;
-            log.push_raw(&line);
+    let written = [out.to_path_buf(), manifest_path.clone()];
+    refuse_replacing(out, &written, force)?;
+    removed_on_failure(&written, || {
+        let merged = merged_manifest(&parts[0].manifest);
+        merged.write(&manifest_path)?;
+        let mut log = LineLog::create(out)?;
+        let mut seen = Seen::default();
+        for part in &parts {
+            let lines = read_all(&part.name)?;
+            expect_items(part, lines.len())?;
+            for (summary, line) in lines {
+                seen.add(&summary, &part.name)?;
+                log.push_raw(&line);
+            }
+            log.flush()?;
         }
-        log.flush()?;
+        log.sync()?;
+        finish(merged, &manifest_path, &seen, parts.len())
+    })
+}
+
+/// Refuse to write over an earlier output (`written`, the files a merge into `out`
+/// makes) unless `force`.
+fn refuse_replacing(out: &Path, written: &[PathBuf], force: bool) -> Result<(), ScaleError> {
+    match written.iter().find(|p| p.exists()) {
+        Some(p) if !force => Err(ScaleError::Merge(format!(
+            "{}: already there; give --force to replace {}, or another --output",
+            p.display(),
+            out.display()
+        ))),
+        _ => Ok(()),
     }
-    log.sync()?;
-    finish(merged, &manifest_path, &seen, parts.len())
+}
+
+/// Run `merge`; when it fails, remove the files it was writing (`written`), so that a
+/// partial output is never taken for a whole one.
+fn removed_on_failure(
+    written: &[PathBuf],
+    merge: impl FnOnce() -> Result<MergeSummary, ScaleError>,
+) -> Result<MergeSummary, ScaleError> {
+    let outcome = merge();
+    if outcome.is_err() {
+        for path in written {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    outcome
 }
 
 /// Merge `embed --output` shards found in `dirs` into `out` as one shard
-/// (`part-00000-of-00001.*`).
-pub fn merge_embeddings(dirs: &[PathBuf], out: &Path) -> Result<MergeSummary, ScaleError> {
+/// (`part-00000-of-00001.*`). An earlier merge there is replaced only with `force`; a
+/// merge that fails part-way leaves none of its files behind.
+pub fn merge_embeddings(
+    dirs: &[PathBuf],
+    out: &Path,
+    force: bool,
+) -> Result<MergeSummary, ScaleError> {
     let mut parts = Vec::new();
     for dir in dirs {
         for stem in shard_stems(dir)? {
@@ -83,39 +125,48 @@ pub fn merge_embeddings(dirs: &[PathBuf], out: &Path) -> Result<MergeSummary, Sc
     }
     check_parts(&mut parts, "embed")?;
     refuse_overwriting(out, dirs)?;
-    std::fs::create_dir_all(out).map_err(io_error(out))?;
-    let merged = merged_manifest(&parts[0].manifest);
     let target = ShardFiles::new(out, &Shard::WHOLE);
-    merged.write(&target.manifest)?;
-    let mut npy: Option<NpyRows> = None;
-    let mut table = LineLog::create(&target.table)?;
-    let mut errors = LineLog::create(&target.errors)?;
-    let mut seen = Seen::default();
-    for part in &parts {
-        let Some(files) = &part.files else { continue };
-        let rows = read_all(&files.table)?;
-        let failed = read_all(&files.errors)?;
-        expect_items(part, rows.len() + failed.len())?;
-        let header = rows_header(files, rows.len())?;
-        let npy = match &mut npy {
-            Some(n) => n,
-            None => npy.insert(NpyRows::create(&target.npy, header.dim, header.precision)?),
-        };
-        copy_rows(&files.npy, &header, npy)?;
-        for (log, lines) in [(&mut table, rows), (&mut errors, failed)] {
-            for (summary, line) in lines {
-                seen.add(&summary, &part.name)?;
-                log.push_raw(&line);
+    let written = [
+        target.manifest.clone(),
+        target.npy.clone(),
+        target.table.clone(),
+        target.errors.clone(),
+    ];
+    refuse_replacing(out, &written, force)?;
+    std::fs::create_dir_all(out).map_err(io_error(out))?;
+    removed_on_failure(&written, || {
+        let merged = merged_manifest(&parts[0].manifest);
+        merged.write(&target.manifest)?;
+        let mut npy: Option<NpyRows> = None;
+        let mut table = LineLog::create(&target.table)?;
+        let mut errors = LineLog::create(&target.errors)?;
+        let mut seen = Seen::default();
+        for part in &parts {
+            let Some(files) = &part.files else { continue };
+            let rows = read_all(&files.table)?;
+            let failed = read_all(&files.errors)?;
+            expect_items(part, rows.len() + failed.len())?;
+            let header = rows_header(files, rows.len())?;
+            let npy = match &mut npy {
+                Some(n) => n,
+                None => npy.insert(NpyRows::create(&target.npy, header.dim, header.precision)?),
+            };
+            copy_rows(&files.npy, &header, npy)?;
+            for (log, lines) in [(&mut table, rows), (&mut errors, failed)] {
+                for (summary, line) in lines {
+                    seen.add(&summary, &part.name)?;
+                    log.push_raw(&line);
+                }
+                log.flush()?;
             }
-            log.flush()?;
         }
-    }
-    if let Some(n) = &mut npy {
-        n.sync()?;
-    }
-    table.sync()?;
-    errors.sync()?;
-    finish(merged, &target.manifest, &seen, parts.len())
+        if let Some(n) = &mut npy {
+            n.sync()?;
+        }
+        table.sync()?;
+        errors.sync()?;
+        finish(merged, &target.manifest, &seen, parts.len())
+    })
 }
 
 /// The stems of the shard manifests in `dir`, sorted.

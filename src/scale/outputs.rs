@@ -190,6 +190,8 @@ impl Pace {
 /// `classify --output FILE.jsonl`: one result object a line, the manifest beside it as
 /// `FILE.jsonl.manifest.json`.
 pub struct ResultsFile {
+    /// Held while the job writes, so that a second run of the same shard is refused.
+    _lock: std::fs::File,
     lines: LineLog,
     manifest: Manifest,
     manifest_path: PathBuf,
@@ -221,6 +223,7 @@ impl ResultsFile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
         }
+        let lock = lock_output(path, &Self::manifest_path(path))?;
         let manifest_path = Self::manifest_path(path);
         let (lines, kept) = if resuming(&manifest_path, &[(path, 0)], &manifest, earlier)? {
             recover_or_create(path, None)?
@@ -236,6 +239,7 @@ impl ResultsFile {
         };
         Ok((
             Self {
+                _lock: lock,
                 lines,
                 manifest,
                 manifest_path,
@@ -285,6 +289,8 @@ fn mark_complete(manifest: &mut Manifest, path: &Path, written: Written) -> Resu
 /// embedded image), `.jsonl` (`{"image": ...}` per row, same order), `.errors.jsonl`
 /// (`{"image": ..., "error": ...}` per failed input) and `.manifest.json`.
 pub struct EmbeddingShard {
+    /// Held while the job writes, so that a second run of the same shard is refused.
+    _lock: std::fs::File,
     npy: NpyRows,
     table: LineLog,
     errors: LineLog,
@@ -292,6 +298,30 @@ pub struct EmbeddingShard {
     manifest_path: PathBuf,
     pace: Pace,
     written: Written,
+}
+
+/// An exclusive lock on one shard's output (`.NAME.lock` beside its manifest, left in
+/// place: removing it would race with a run that has it open), refused at once when
+/// another process holds it: two runs of one shard (a task started twice, a pod
+/// restarted while the old one still runs) would interleave their results.
+fn lock_output(output: &Path, manifest: &Path) -> Result<std::fs::File, ScaleError> {
+    let name = manifest.file_name().unwrap_or_default().to_string_lossy();
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    let path = dir.join(format!(".{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(super::io_error(&path))?;
+    match file.try_lock() {
+        Err(std::fs::TryLockError::WouldBlock) => Err(ScaleError::Invalid {
+            path: output.to_path_buf(),
+            message: "another clipscope is writing this output now (the same shard started twice?); let it finish, or stop it and run again with --resume".into(),
+        }),
+        // A file system without locks (some network ones): go on unguarded.
+        _ => Ok(file),
+    }
 }
 
 /// The files of one shard of embeddings.
@@ -361,6 +391,7 @@ impl EmbeddingShard {
     ) -> Result<(Self, Resumed), ScaleError> {
         std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
         let files = ShardFiles::new(dir, &manifest.shard());
+        let lock = lock_output(dir, &files.manifest)?;
         let resume =
             resuming(&files.manifest, &files.data(), &manifest, earlier)? && files.npy.exists();
         let (npy, table, errors, resumed) = if resume {
@@ -381,6 +412,7 @@ impl EmbeddingShard {
         };
         Ok((
             Self {
+                _lock: lock,
                 npy,
                 table,
                 errors,
@@ -492,6 +524,33 @@ mod tests {
             0,
             2,
         )
+    }
+
+    #[test]
+    fn a_second_run_of_a_shard_is_refused_while_the_first_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let (mut first, _) = ResultsFile::open(&path, manifest(), Earlier::Refuse).unwrap();
+        first
+            .push(&serde_json::json!({"image": "a"}), false)
+            .unwrap();
+        let Err(err) = ResultsFile::open(&path, manifest(), Earlier::Resume) else {
+            panic!("two writers of one output");
+        };
+        assert!(
+            err.to_string()
+                .contains("another clipscope is writing this output"),
+            "{err}"
+        );
+        drop(first);
+        assert!(ResultsFile::open(&path, manifest(), Earlier::Resume).is_ok());
+        let embeddings = dir.path().join("emb");
+        let open =
+            || EmbeddingShard::open(&embeddings, manifest(), 4, Precision::F32, Earlier::Resume);
+        let held = open().unwrap();
+        assert!(open().is_err());
+        drop(held);
+        assert!(open().is_ok());
     }
 
     #[test]

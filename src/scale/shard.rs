@@ -112,19 +112,22 @@ fn from_scheduler(
             None => var("SLURM_ARRAY_TASK_COUNT")?
                 .ok_or("SLURM_ARRAY_TASK_COUNT is not set: give --shard-count")?,
         };
-        if id < min || (id - min) % step != 0 {
+        let index = (id.wrapping_sub(min)) / step;
+        if id < min || (id - min) % step != 0 || index >= count {
             return Err(format!(
-                "SLURM_ARRAY_TASK_ID {id} is not on the array's range from {min} by {step}"
+                "SLURM_ARRAY_TASK_ID {id} is not one of {count} evenly spaced tasks from {min} by {step}                  (SLURM_ARRAY_TASK_MIN, _STEP, _COUNT): give the array as --array=A-B or A-B:S,                  or --shard I/N yourself"
             ));
         }
-        return Ok(Shard {
-            index: (id - min) / step,
-            count,
-        });
+        return Ok(Shard { index, count });
     }
     if let Some(index) = var("JOB_COMPLETION_INDEX")? {
         let count = shard_count
             .ok_or("JOB_COMPLETION_INDEX is set: give --shard-count (the Job's completions)")?;
+        if index >= count {
+            return Err(format!(
+                "JOB_COMPLETION_INDEX {index} is not below --shard-count {count}: give the Job's completions as --shard-count"
+            ));
+        }
         return Ok(Shard { index, count });
     }
     Err(
@@ -214,7 +217,18 @@ mod tests {
             .contains("--shard-count"));
         assert!(parse("auto", Some(7), k8s)
             .unwrap_err()
-            .contains("out of range"));
+            .contains("JOB_COMPLETION_INDEX 7 is not below --shard-count 7"));
+        // A gapped Slurm array (--array=0,4,7): its ids are not one range by a step.
+        let gapped = &[
+            ("SLURM_ARRAY_TASK_ID", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_MAX", "7"),
+            ("SLURM_ARRAY_TASK_STEP", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ];
+        assert!(parse("auto", None, gapped)
+            .unwrap_err()
+            .contains("SLURM_ARRAY_TASK_ID 4 is not one of 3 evenly spaced tasks"));
         assert!(parse("auto", None, &[]).unwrap_err().contains("neither"));
     }
 
