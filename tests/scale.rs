@@ -507,6 +507,24 @@ fn embeddings_go_to_npy_shards_that_merge_to_the_unsharded_ones() {
         .arg(job.path("pictures"));
     assert_success(&run(whole));
     assert_success(&job.merge(&["parts"], "merged"));
+    // Shards of the same inputs split two ways cannot share a folder: refused up front.
+    let mut two_ways = clipscope(&job.cache());
+    two_ways
+        .args(["embed", "--inputs"])
+        .arg(&job.list)
+        .args(["--model-dir", &tiny(), "--shard", "0/2", "--output"])
+        .arg(&parts);
+    let err = usage_error(&run(two_ways));
+    assert!(err.contains("a shard of a job split another way"), "{err}");
+    // A file that is no job's output is named as such.
+    let npy = parts.join("part-00000-of-00003.npy");
+    let mut not_output = clipscope(&job.cache());
+    not_output
+        .arg("merge")
+        .arg(&npy)
+        .arg("-o")
+        .arg(job.path("x.jsonl"));
+    assert!(usage_error(&run(not_output)).contains("not the output of a clipscope job"));
 
     let rows = |dir: &str| -> (Vec<f32>, Vec<Value>) {
         let bytes = std::fs::read(job.path(dir).join("part-00000-of-00001.npy")).unwrap();

@@ -39,9 +39,17 @@ pub fn merge_results(
     let mut parts = files
         .iter()
         .map(|f| {
+            let manifest_path = ResultsFile::manifest_path(f);
+            if !manifest_path.is_file() {
+                return Err(ScaleError::Merge(format!(
+                    "{}: not the output of a clipscope job (no {} beside it); give classify's .jsonl results, or embed's output folders",
+                    f.display(),
+                    manifest_path.file_name().unwrap_or_default().to_string_lossy()
+                )));
+            }
             Ok(Part {
                 name: f.clone(),
-                manifest: Manifest::read(&ResultsFile::manifest_path(f))?,
+                manifest: Manifest::read(&manifest_path)?,
                 files: None,
             })
         })
@@ -170,7 +178,7 @@ pub fn merge_embeddings(
 }
 
 /// The stems of the shard manifests in `dir`, sorted.
-fn shard_stems(dir: &Path) -> Result<Vec<String>, ScaleError> {
+pub(super) fn shard_stems(dir: &Path) -> Result<Vec<String>, ScaleError> {
     let mut stems: Vec<String> = std::fs::read_dir(dir)
         .map_err(io_error(dir))?
         .filter_map(|e| e.ok())

@@ -377,7 +377,22 @@ impl EmbeddingShard {
     /// earlier run and `earlier` says to refuse (as [`EmbeddingShard::open`] would).
     pub fn check_earlier(dir: &Path, shard: &Shard, earlier: Earlier) -> Result<(), ScaleError> {
         let files = ShardFiles::new(dir, shard);
-        refuse_earlier(&files.data(), &files.manifest, earlier)
+        refuse_earlier(&files.data(), &files.manifest, earlier)?;
+        // Shards of a job split another way could never be merged with these.
+        let split = format!("-of-{:05}", shard.count);
+        let stems = match dir.is_dir() {
+            true => super::merge::shard_stems(dir)?,
+            false => Vec::new(),
+        };
+        match stems.iter().find(|stem| !stem.ends_with(&split)) {
+            Some(other) => Err(ScaleError::Invalid {
+                path: dir.join(format!("{other}.manifest.json")),
+                message: format!(
+                    "a shard of a job split another way than this one ({shard}); give this job another --output, or remove that job's part-* files"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Start this shard's files in `dir` (created if needed), or continue them as
@@ -641,9 +656,15 @@ mod tests {
             "{err}"
         );
         assert!(EmbeddingShard::check_earlier(dir.path(), &Shard::WHOLE, Earlier::Refuse).is_err());
-        // Another shard's files beside them are not this shard's.
+        // A shard of the same inputs split another way cannot join them.
         let other = Shard::parse("1/2", None).unwrap();
-        EmbeddingShard::check_earlier(dir.path(), &other, Earlier::Refuse).unwrap();
+        let err = EmbeddingShard::check_earlier(dir.path(), &other, Earlier::Refuse)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("part-00000-of-00001.manifest.json: a shard of a job split another way"),
+            "{err}"
+        );
         // A file of something else is named as such.
         let notes = dir.path().join("notes.txt");
         std::fs::write(&notes, "hello").unwrap();
