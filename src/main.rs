@@ -67,10 +67,17 @@ fn unknown_flag_hint(e: &clap::Error) -> Option<&'static str> {
 /// Whether the command line's subcommand (its first word that is no flag) is one of
 /// `names`.
 fn command_is(names: &[&str]) -> bool {
-    std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .is_some_and(|c| names.contains(&c.as_str()))
+    // The global options that take a value in the next word.
+    const WITH_VALUE: [&str; 2] = ["--max-file-size", "--max-pixels"];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if WITH_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return names.contains(&arg.as_str());
+        }
+    }
+    false
 }
 
 fn main() -> ExitCode {

@@ -52,10 +52,16 @@ pub fn count(n: usize, noun: &str) -> String {
     }
 }
 
+/// How long a temporary file must have gone untouched before it counts as orphaned:
+/// a process on another machine (a cache shared over NFS) or in another PID namespace
+/// (pods sharing a volume) is invisible in this `/proc`, so only age can tell.
+const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Remove the temporary files (`NAME.tmp-PID`) in `dir` that processes no longer
 /// running left behind, stopped by a signal before they could rename or remove them:
-/// a prepared-weights store's is hundreds of megabytes. Only where it can tell that a
-/// process is gone (Linux); files it cannot remove stay.
+/// a prepared-weights store's is hundreds of megabytes. A file counts as orphaned when
+/// no process here has its PID and it has not been written for a day. Only where it
+/// can tell that a process is gone (Linux); files it cannot remove stay.
 pub fn remove_orphaned_temporaries(dir: &Path) {
     #[cfg(target_os = "linux")]
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -64,10 +70,17 @@ pub fn remove_orphaned_temporaries(dir: &Path) {
             .to_str()
             .and_then(|n| n.rsplit_once(".tmp-"))
             .and_then(|(_, pid)| pid.parse::<u32>().ok());
-        let orphaned = pid.is_some_and(|pid| {
+        let gone = pid.is_some_and(|pid| {
             pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
         });
-        if orphaned && entry.file_type().is_ok_and(|t| t.is_file()) {
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= ORPHAN_AGE);
+        if gone && stale {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -450,13 +463,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // No process has a PID above the kernel's limit of 2^22.
         let orphan = dir.path().join("store.tmp-99999999");
+        let fresh = dir.path().join("other.tmp-99999998");
         let mine = dir.path().join(format!("store.tmp-{}", std::process::id()));
         let other = dir.path().join("store.safetensors");
-        for path in [&orphan, &mine, &other] {
+        for path in [&orphan, &fresh, &mine, &other] {
             std::fs::write(path, b"x").unwrap();
         }
+        // Untouched for two days; `fresh` may be a live process's on another machine.
+        let old = std::time::SystemTime::now() - 2 * super::ORPHAN_AGE;
+        for path in [&orphan, &mine, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
         super::remove_orphaned_temporaries(dir.path());
-        assert!(!orphan.exists() && mine.exists() && other.exists());
+        assert!(!orphan.exists() && fresh.exists() && mine.exists() && other.exists());
     }
 
     #[test]

@@ -220,6 +220,25 @@ fn three_shards_at_once_merge_to_the_unsharded_run() {
     );
     assert!(!job.path("broken.jsonl").exists());
     assert!(!job.path("broken.jsonl.manifest.json").exists());
+    // Nor does a failed --force cost the earlier, whole output.
+    let before = std::fs::read(job.path("merged.jsonl")).unwrap();
+    let mut failed_force = clipscope(&job.cache());
+    failed_force
+        .arg("merge")
+        .args(["shard-0", "shard-1", "shard-2"].map(|s| job.path(&format!("{s}.jsonl"))));
+    failed_force
+        .arg("--force")
+        .arg("-o")
+        .arg(job.path("merged.jsonl"));
+    usage_error(&run(failed_force));
+    assert_eq!(std::fs::read(job.path("merged.jsonl")).unwrap(), before);
+    assert!(job.path("merged.jsonl.manifest.json").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(job.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("merging"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 /// A named pipe in the list: reading it blocks until someone writes, so the shard
@@ -350,7 +369,7 @@ fn resuming_or_merging_another_jobs_output_is_refused() {
     let err = usage_error(&run(other_precision));
     assert!(
         err.contains(
-            r#"the setting model_precision (--precision) differs (the output has "unset", this run "bf16")"#
+            r#"the setting model_precision (--precision) differs (the output has the default, this run "bf16")"#
         ),
         "{err}"
     );

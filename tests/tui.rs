@@ -75,6 +75,7 @@ fn classify_pane_renders_image_labels_and_probabilities() {
     let path = fixtures().join("images/chelsea.png");
     app.on_response(
         Response::ModelReady {
+            source: clipscope::hub::ModelSource::Dir(fixtures().join("tiny-clip")),
             name: "tiny".into(),
             device: "cpu".into(),
             load_ms: 1.0,

@@ -147,9 +147,14 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
         (prior, _, _) => {
             if let Some(run) = prior {
                 // Refused before a download, which could be the whole model.
-                let asked = match &a.model.model_dir {
-                    Some(dir) => clipscope::util::absolute(dir).display().to_string(),
-                    None => clipscope::hub::source_name(&super::model_source(&a.model))?,
+                let asked = match (&a.model.model_dir, &a.model.model) {
+                    (Some(dir), _) => clipscope::util::absolute(dir).display().to_string(),
+                    (None, name) => {
+                        if let Some(name) = name {
+                            super::check_model_name(name)?;
+                        }
+                        clipscope::hub::source_name(&super::model_source(&a.model))?
+                    }
                 };
                 run.check_base_model(&asked)?;
             }

@@ -141,6 +141,15 @@ pub fn check_output(
                 out.join("results.jsonl").display()
             );
         }
+        let json_lines = out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json"));
+        if !json_lines {
+            tracing::warn!(
+                "--output {}: results are written as JSON lines whatever the file's name (--format does not apply to jobs); .jsonl says so",
+                out.display()
+            );
+        }
         ResultsFile::check_earlier(out, job.earlier())?;
     }
     Ok(())

@@ -127,7 +127,7 @@ pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
 
 /// Refuse a `--model` that is no model's name, before anything is fetched or the app
 /// takes the terminal; a folder given there is pointed at `--model-dir`.
-fn check_model_name(name: &str) -> Result<()> {
+pub(crate) fn check_model_name(name: &str) -> Result<()> {
     if name.eq_ignore_ascii_case(hub::DEMO_MODEL) {
         return Ok(());
     }

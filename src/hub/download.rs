@@ -158,28 +158,40 @@ impl Target<'_> {
         self.files.iter().all(|f| self.dir.join(f).is_file())
     }
 
-    /// An exclusive lock on this model's downloads (`models/.NAME.lock`, left in place:
+    /// An exclusive lock on this model's downloads (`CACHE/locks/NAME.lock`, outside
+    /// `models/` so that a failed download leaves no folder there; left in place:
     /// removing it would let a waiting process lock a file that a third then replaces),
     /// held until the returned file is dropped; waits for another process's download.
-    fn lock(&self) -> Result<std::fs::File, HubError> {
+    fn lock(&self) -> Result<Option<std::fs::File>, HubError> {
         let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
-        let parent = self.dir.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(parent).map_err(io_at(parent))?;
-        let path = parent.join(format!(".{name}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_at(&path))?;
-        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
-            tracing::warn!(
-                "another clipscope is downloading {name} into {}; waiting for it",
-                parent.display()
-            );
-            file.lock().map_err(io_at(&path))?;
+        let models = self.dir.parent().unwrap_or(&self.dir);
+        let locks = models.parent().unwrap_or(models).join("locks");
+        std::fs::create_dir_all(&locks).map_err(io_at(&locks))?;
+        let path = locks.join(format!("{name}.lock"));
+        // flock needs no write access: a lock file another user left read-only still
+        // serves.
+        let open = |write| {
+            std::fs::OpenOptions::new()
+                .create(write)
+                .truncate(false)
+                .read(true)
+                .write(write)
+                .open(&path)
+        };
+        let file = open(true).or_else(|_| open(false)).map_err(io_at(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::warn!(
+                    "another clipscope is downloading {name} into {}; waiting for it",
+                    models.display()
+                );
+                file.lock().map_err(io_at(&path))?;
+                Ok(Some(file))
+            }
+            // A file system without locks: download unguarded, as before locks.
+            Err(std::fs::TryLockError::Error(_)) => Ok(None),
         }
-        Ok(file)
     }
 
     /// Where the files grow until all are there: a folder of its own, so that the

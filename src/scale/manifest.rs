@@ -148,11 +148,12 @@ fn settings_difference(a: &serde_json::Value, b: &serde_json::Value) -> String {
     };
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
-    let unset = Value::String("unset".into());
+    // A setting left at its default is not recorded (f32 precision, say).
+    let shown = |v: Option<&Value>| v.map_or("the default".to_string(), Value::to_string);
     keys.into_iter()
         .find(|k| a.get(*k) != b.get(*k))
         .map(|k| {
-            let (x, y) = (a.get(k).unwrap_or(&unset), b.get(k).unwrap_or(&unset));
+            let (x, y) = (shown(a.get(k)), shown(b.get(k)));
             let flag = flag_of(k).map(|f| format!(" ({f})")).unwrap_or_default();
             format!("the setting {k}{flag} differs (the output has {x}, this run {y})")
         })

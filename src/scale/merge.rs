@@ -57,12 +57,18 @@ pub fn merge_results(
     check_parts(&mut parts, "classify")?;
     refuse_overwriting(out, files)?;
     let manifest_path = ResultsFile::manifest_path(out);
-    let written = [out.to_path_buf(), manifest_path.clone()];
-    refuse_replacing(out, &written, force)?;
-    removed_on_failure(&written, || {
+    refuse_replacing(out, &[out.to_path_buf(), manifest_path.clone()], force)?;
+    // Written under temporary names, renamed over an earlier output only once whole.
+    let tmp_out = merging_name(out);
+    let tmp_manifest = ResultsFile::manifest_path(&tmp_out);
+    let renames = [
+        (tmp_out.clone(), out.to_path_buf()),
+        (tmp_manifest.clone(), manifest_path),
+    ];
+    replaced_on_success(&renames, || {
         let merged = merged_manifest(&parts[0].manifest);
-        merged.write(&manifest_path)?;
-        let mut log = LineLog::create(out)?;
+        merged.write(&tmp_manifest)?;
+        let mut log = LineLog::create(&tmp_out)?;
         let mut seen = Seen::default();
         for part in &parts {
             let lines = read_all(&part.name)?;
@@ -74,8 +80,14 @@ pub fn merge_results(
             log.flush()?;
         }
         log.sync()?;
-        finish(merged, &manifest_path, &seen, parts.len())
+        finish(merged, &tmp_manifest, &seen, parts.len())
     })
+}
+
+/// `path` with a hidden temporary name in the same folder (`.NAME.merging`).
+fn merging_name(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.merging"))
 }
 
 /// Refuse to write over an earlier output (`written`, the files a merge into `out`
@@ -91,15 +103,25 @@ fn refuse_replacing(out: &Path, written: &[PathBuf], force: bool) -> Result<(), 
     }
 }
 
-/// Run `merge`; when it fails, remove the files it was writing (`written`), so that a
-/// partial output is never taken for a whole one.
-fn removed_on_failure(
-    written: &[PathBuf],
+/// Run `merge`, which writes the first path of each of `renames`; when it succeeds,
+/// rename each over the second (the manifest last), else remove them: a partial output
+/// is never taken for a whole one, and an earlier output survives a failed `--force`.
+fn replaced_on_success(
+    renames: &[(PathBuf, PathBuf)],
     merge: impl FnOnce() -> Result<MergeSummary, ScaleError>,
 ) -> Result<MergeSummary, ScaleError> {
     let outcome = merge();
     if outcome.is_err() {
-        for path in written {
+        for (tmp, _) in renames {
+            let _ = std::fs::remove_file(tmp);
+        }
+        return outcome;
+    }
+    for (tmp, path) in renames {
+        if tmp.exists() {
+            std::fs::rename(tmp, path).map_err(io_error(path))?;
+        } else {
+            // A part the merge had nothing for (no rows: no .npy).
             let _ = std::fs::remove_file(path);
         }
     }
@@ -134,15 +156,21 @@ pub fn merge_embeddings(
     check_parts(&mut parts, "embed")?;
     refuse_overwriting(out, dirs)?;
     let target = ShardFiles::new(out, &Shard::WHOLE);
-    let written = [
-        target.manifest.clone(),
-        target.npy.clone(),
-        target.table.clone(),
-        target.errors.clone(),
-    ];
-    refuse_replacing(out, &written, force)?;
+    let finals = [&target.npy, &target.table, &target.errors, &target.manifest];
+    refuse_replacing(out, &finals.map(|p| p.to_path_buf()), force)?;
+    let created = !out.exists();
     std::fs::create_dir_all(out).map_err(io_error(out))?;
-    removed_on_failure(&written, || {
+    // Written under temporary names, renamed over an earlier output only once whole.
+    let stem = format!(".merging-{}", Shard::WHOLE.stem());
+    let tmp = ShardFiles::from_stem(out, &stem);
+    let temps = [&tmp.npy, &tmp.table, &tmp.errors, &tmp.manifest];
+    let renames: Vec<(PathBuf, PathBuf)> = temps
+        .iter()
+        .zip(finals)
+        .map(|(t, f)| (t.to_path_buf(), f.to_path_buf()))
+        .collect();
+    let target = tmp;
+    let outcome = replaced_on_success(&renames, || {
         let merged = merged_manifest(&parts[0].manifest);
         merged.write(&target.manifest)?;
         let mut npy: Option<NpyRows> = None;
@@ -174,7 +202,11 @@ pub fn merge_embeddings(
         table.sync()?;
         errors.sync()?;
         finish(merged, &target.manifest, &seen, parts.len())
-    })
+    });
+    if outcome.is_err() && created {
+        let _ = std::fs::remove_dir(out);
+    }
+    outcome
 }
 
 /// The stems of the shard manifests in `dir`, sorted.

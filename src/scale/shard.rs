@@ -115,7 +115,7 @@ fn from_scheduler(
         let index = (id.wrapping_sub(min)) / step;
         if id < min || (id - min) % step != 0 || index >= count {
             return Err(format!(
-                "SLURM_ARRAY_TASK_ID {id} is not one of {count} evenly spaced tasks from {min} by {step}                  (SLURM_ARRAY_TASK_MIN, _STEP, _COUNT): give the array as --array=A-B or A-B:S,                  or --shard I/N yourself"
+                "SLURM_ARRAY_TASK_ID {id} is not one of {count} evenly spaced tasks from {min} by {step} (SLURM_ARRAY_TASK_MIN, _STEP, _COUNT): give the array as --array=A-B or A-B:S, or --shard I/N yourself"
             ));
         }
         return Ok(Shard { index, count });

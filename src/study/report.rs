@@ -21,12 +21,27 @@ pub const PROMPTS_PNG: &str = "prompt-variants.png";
 /// The files in `out_dir` that [`write_outputs`] would write over, `report.json` first
 /// when there (the sign of an earlier report rather than a user's own files).
 pub fn earlier_outputs(out_dir: &Path) -> Vec<PathBuf> {
-    [REPORT_JSON, REPORT_MD, PREDICTIONS_CSV, PROMPTS_PNG]
+    let fixed = [REPORT_JSON, REPORT_MD, PREDICTIONS_CSV, PROMPTS_PNG]
         .iter()
         .map(|name| out_dir.join(name))
-        .filter(|path| path.exists())
-        .collect()
+        .filter(|path| path.exists());
+    // The plots named after models: their names depend on the report, their prefixes not.
+    let mut plots: Vec<PathBuf> = std::fs::read_dir(out_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.ends_with(".png") && PLOT_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        })
+        .collect();
+    plots.sort();
+    fixed.chain(plots).collect()
 }
+
+/// How the names of the plots written per model start.
+const PLOT_PREFIXES: [&str; 2] = ["confusion-", "few-shot-"];
 
 /// Write every output of the study into `out_dir` (created if needed): `report.json`,
 /// `report.md`, `predictions.csv` and the plots. Returns the files written, in order.

@@ -221,8 +221,6 @@ pub struct App {
     pub log_path: Option<PathBuf>,
     /// The model the worker was last asked for (the picker lists it).
     pub source: Option<crate::hub::ModelSource>,
-    /// The model in use while another is being tried, which is kept if that one fails.
-    previous_source: Option<crate::hub::ModelSource>,
     /// The model's state.
     pub model: ModelState,
     /// How pictures are drawn.
@@ -394,7 +392,6 @@ impl App {
             style: PromptStyle::default(),
             log_path: None,
             source: None,
-            previous_source: None,
             model: ModelState::Loading("starting…".into()),
             graphics,
             theme: Theme::default(),
@@ -672,10 +669,12 @@ impl App {
         match resp {
             Response::Progress(line) => self.model = ModelState::Loading(line),
             Response::ModelReady {
+                source,
                 name,
                 device,
                 load_ms,
             } => {
+                self.source = Some(source);
                 self.model = ModelState::Ready { name, device };
                 tracing::info!("model ready in {load_ms:.0} ms");
             }
@@ -684,7 +683,12 @@ impl App {
                 self.notify(format!("model: {message}"), true);
                 self.model = ModelState::Failed(message);
             }
-            Response::ModelKept { name, device } => {
+            Response::ModelKept {
+                source,
+                tried,
+                name,
+                device,
+            } => {
                 let kept = ModelState::Ready {
                     name: name.clone(),
                     device,
@@ -694,11 +698,11 @@ impl App {
                     _ => String::new(),
                 };
                 // The worker went back to the model in use; so does the picker.
-                let chosen = match std::mem::replace(&mut self.source, self.previous_source.take())
-                {
-                    Some(crate::hub::ModelSource::Dir(dir)) => dir.display().to_string(),
-                    Some(crate::hub::ModelSource::Named(Some(n))) => n,
-                    _ => "the default model".to_string(),
+                self.source = Some(source);
+                let chosen = match tried {
+                    crate::hub::ModelSource::Dir(dir) => dir.display().to_string(),
+                    crate::hub::ModelSource::Named(Some(n)) => n,
+                    crate::hub::ModelSource::Named(None) => "the default model".to_string(),
                 };
                 self.notify(
                     format!("still using {name}; {chosen} did not load: {why}"),
@@ -1146,7 +1150,7 @@ impl App {
             self.notify(format!("prompts: {}", style.describe()), false);
         }
         if let Some(source) = &change.source {
-            self.previous_source = self.source.replace(source.clone());
+            self.source = Some(source.clone());
             self.model = ModelState::Loading("loading model…".into());
             self.model_note = None;
         }
@@ -1734,6 +1738,10 @@ mod tests {
         assert_eq!(a.notice.as_ref().unwrap().text, "WARN prompt too long");
     }
 
+    fn demo() -> crate::hub::ModelSource {
+        crate::hub::ModelSource::Named(Some("demo".into()))
+    }
+
     #[test]
     fn a_model_that_fails_to_replace_another_leaves_it_scoring() {
         let mut a = app("cat");
@@ -1741,6 +1749,7 @@ mod tests {
         with_image(&mut a, t0);
         a.on_response(
             Response::ModelReady {
+                source: demo(),
                 name: "demo".into(),
                 device: "cpu".into(),
                 load_ms: 1.0,
@@ -1756,15 +1765,22 @@ mod tests {
         assert!(a.classify.predictions.is_empty(), "no stale probabilities");
         a.on_response(
             Response::ModelKept {
+                source: demo(),
+                tried: crate::hub::ModelSource::Named(Some("ViT-B/32".into())),
                 name: "demo".into(),
                 device: "cpu".into(),
             },
             t0,
         );
         assert!(matches!(&a.model, ModelState::Ready { name, .. } if name == "demo"));
+        assert_eq!(
+            a.source,
+            Some(demo()),
+            "the picker is back on the model in use"
+        );
         let text = &a.notice.as_ref().unwrap().text;
         assert!(
-            text.contains("still using demo") && text.contains("offline"),
+            text.contains("still using demo; ViT-B/32 did not load") && text.contains("offline"),
             "{text}"
         );
         let text = text.clone();

@@ -187,7 +187,7 @@ impl std::fmt::Display for Key {
 /// takes (toml's own message spreads over several lines with a drawing of the spot).
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
     let place = e.span().map(|span| {
-        let before = &text[..span.start.min(text.len())];
+        let before = text.get(..span.start).unwrap_or(text);
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         format!("line {line}, column {column}: ")

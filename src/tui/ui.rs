@@ -128,6 +128,8 @@ pub fn draw_layout(f: &mut Frame, app: &mut App, layout: &ScreenLayout) {
     }
     draw_status(f, app, layout.status);
     if let Some(area) = layout.help {
+        // Kept within the text, so that a key back up moves it at once after End.
+        app.help_scroll = app.help_scroll.min(help_hidden_lines(app, area));
         f.render_widget(Clear, area);
         f.render_widget(scrolled_help(app, area), area);
     }
@@ -361,8 +363,9 @@ fn help_paragraph(app: &App) -> Paragraph<'static> {
         "  Path prompt: Ctrl-U, Ctrl-W, Ctrl-A, Ctrl-E edit as in a shell.",
     ));
     lines.push(Line::from(
-        "  Labels: Ctrl-W deletes a word, Ctrl-J to the line's start, Ctrl-K to its end; Ctrl-U undoes, Ctrl-R redoes.",
+        "  Labels: Ctrl-W deletes a word, Ctrl-J and Ctrl-K to the line's start and end,",
     ));
+    lines.push(Line::from("          Ctrl-U undoes, Ctrl-R redoes."));
     Paragraph::new(lines)
         .wrap(Wrap { trim: false })
         .block(Block::default().borders(Borders::ALL).title(" Help "))
@@ -372,8 +375,7 @@ fn help_paragraph(app: &App) -> Paragraph<'static> {
 /// its last line; when it does not fit, its title says how to scroll.
 fn scrolled_help(app: &App, area: Rect) -> Paragraph<'static> {
     let help = help_paragraph(app);
-    let lines = help.line_count(area.width.saturating_sub(2)) as u16;
-    let hidden = lines.saturating_sub(area.height);
+    let hidden = help_hidden_lines(app, area);
     if hidden == 0 {
         return help;
     }
@@ -385,6 +387,12 @@ fn scrolled_help(app: &App, area: Rect) -> Paragraph<'static> {
     };
     help.block(Block::default().borders(Borders::ALL).title(title))
         .scroll((scroll, 0))
+}
+
+/// How many of the help's lines do not fit in `area` at once.
+fn help_hidden_lines(app: &App, area: Rect) -> u16 {
+    let lines = help_paragraph(app).line_count(area.width.saturating_sub(2)) as u16;
+    lines.saturating_sub(area.height)
 }
 
 /// The help box: wide enough for its longest line where the screen allows, tall enough
@@ -580,6 +588,9 @@ mod tests {
         press(&mut a, KeyCode::End, KeyModifiers::NONE);
         let end = screen(&mut a, 80, 24);
         assert!(end.contains(last) && end.contains("↑ PgUp: back"), "{end}");
+        // One line up from the end shows at once.
+        press(&mut a, KeyCode::Up, KeyModifiers::NONE);
+        assert!(screen(&mut a, 80, 24).contains("↑ ↓ PgUp PgDn: scroll"));
         press(&mut a, KeyCode::Home, KeyModifiers::NONE);
         assert_eq!(screen(&mut a, 80, 24), top);
         // PgDn scrolls the help, not the picture behind it (it is bound to next_image).

@@ -98,6 +98,8 @@ pub enum Response {
     Progress(String),
     /// The model is ready.
     ModelReady {
+        /// Where it came from.
+        source: ModelSource,
         /// Its name.
         name: String,
         /// Its device.
@@ -110,6 +112,10 @@ pub enum Response {
     /// Another model could not be loaded (a `ModelFailed` came first): the one in use
     /// before is kept and goes on scoring.
     ModelKept {
+        /// Where the kept one came from.
+        source: ModelSource,
+        /// The one that could not be loaded.
+        tried: ModelSource,
         /// Its name.
         name: String,
         /// Its device.
@@ -197,6 +203,7 @@ fn load(
         reduced => format!("{}, {reduced}", clip.device_name()),
     };
     let _ = out.send(Response::ModelReady {
+        source: config.source.clone(),
         name: files.name.clone(),
         device: device.clone(),
         load_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -237,10 +244,12 @@ fn run(mut config: WorkerConfig, rx: Receiver<Request>, out: UnboundedSender<Res
                     }
                     // A model that does not load leaves the one in use working.
                     (Err(e), true) => {
-                        config.source = previous;
+                        let tried = std::mem::replace(&mut config.source, previous);
                         let _ = out.send(Response::ModelFailed(e));
                         if let Some((name, device)) = &loaded {
                             let _ = out.send(Response::ModelKept {
+                                source: config.source.clone(),
+                                tried,
                                 name: name.clone(),
                                 device: device.clone(),
                             });
