@@ -660,10 +660,21 @@ fn finetune_refuses_devices_and_precisions_it_does_not_use() {
 #[cfg(unix)]
 #[test]
 fn sigterm_during_training_leaves_a_checkpoint_that_resumes() {
+    let run = tempfile::tempdir().unwrap();
+    stop_training_with(libc::SIGTERM, 143, run.path());
+    // SIGHUP (the terminal closed) stops it the same way, with its own status.
+    let run = tempfile::tempdir().unwrap();
+    stop_training_with(libc::SIGHUP, 129, run.path());
+}
+
+/// Start a long training run into `run`, send `signal` after its first epoch, and check
+/// that it saved, said how to go on and exited with `status`; then that its checkpoint
+/// evaluates.
+#[cfg(unix)]
+fn stop_training_with(signal: i32, status: i32, run: &std::path::Path) {
     use std::io::BufRead;
     let data = tempfile::tempdir().unwrap();
     clipscope::data::synthetic::make_shapes(data.path(), 6, 32, 2).unwrap();
-    let run = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("clipscope"))
         .args([
             "train",
@@ -678,7 +689,7 @@ fn sigterm_during_training_leaves_a_checkpoint_that_resumes() {
         .arg("--data")
         .arg(data.path())
         .arg("--output")
-        .arg(run.path())
+        .arg(run)
         .args(["--force"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -688,15 +699,15 @@ fn sigterm_during_training_leaves_a_checkpoint_that_resumes() {
     let first = lines.next().unwrap().unwrap();
     assert!(first.starts_with("epoch   1"), "{first}");
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
-    // 128 + SIGTERM's 15, as a shell reports a process that SIGTERM ended.
-    assert_eq!(status.code(), Some(143), "{rest:?}");
+    let ended = child.wait().unwrap();
+    // 128 + the signal's number, as a shell reports a process the signal ended.
+    assert_eq!(ended.code(), Some(status), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("--resume")), "{rest:?}");
     let out = clipscope()
         .args(["eval", "--format", "json", "--checkpoint"])
-        .arg(run.path())
+        .arg(run)
         .arg("--data")
         .arg(data.path())
         .output()

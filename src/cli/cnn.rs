@@ -99,6 +99,9 @@ pub(super) fn set_on_ctrl_c(flag: Arc<AtomicBool>) {
         };
         std::thread::spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    silence_closed_terminal();
+                }
                 let _ = STOP_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
                 if flag.swap(true, Ordering::SeqCst) {
                     std::process::exit(128 + signal);
@@ -106,6 +109,29 @@ pub(super) fn set_on_ctrl_c(flag: Arc<AtomicBool>) {
             }
         });
     });
+}
+
+/// Point standard output and error that are the terminal at /dev/null: after SIGHUP
+/// (the terminal closed) a write to it fails, and the lines the run prints after it
+/// saved (`println!`) would end it with a panic instead of its exit status.
+#[cfg(unix)]
+fn silence_closed_terminal() {
+    // SAFETY: plain descriptor calls; /dev/null is opened, duplicated and closed here.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if null < 0 {
+            return;
+        }
+        for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+            // A terminal that hung up fails isatty's ioctl, but is still a character
+            // device; files and pipes are left alone.
+            let mut stat: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFCHR {
+                libc::dup2(null, fd);
+            }
+        }
+        libc::close(null);
+    }
 }
 
 /// From now on, the first Ctrl-C sets `flag` instead of ending the process.
