@@ -1134,3 +1134,47 @@ fn control_characters_in_file_names_never_reach_the_terminal() {
     }
     assert!(String::from_utf8_lossy(&out.stdout).contains("esc\u{fffd}[31mred.png"));
 }
+
+/// The terminal a training run writes to closes (SIGHUP; writes to it fail from then
+/// on): the run saves, and exits 129 rather than panicking on the lines it prints after.
+#[cfg(unix)]
+#[test]
+fn a_training_run_whose_terminal_closes_saves_and_exits_129() {
+    use portable_pty::{native_pty_system, CommandBuilder, PtySize};
+    use std::io::Read;
+    let data = tempfile::tempdir().unwrap();
+    clipscope::data::synthetic::make_shapes(data.path(), 6, 32, 2).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let pair = native_pty_system().openpty(PtySize::default()).unwrap();
+    let mut cmd = CommandBuilder::new(assert_cmd::cargo::cargo_bin("clipscope"));
+    cmd.args(["train", "--model", "resnet18", "--pretrained", "none"]);
+    cmd.args([
+        "--epochs",
+        "500",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--force",
+    ]);
+    cmd.arg("--data");
+    cmd.arg(data.path());
+    cmd.arg("--output");
+    cmd.arg(run.path());
+    let mut child = pair.slave.spawn_command(cmd).unwrap();
+    drop(pair.slave);
+    let mut reader = pair.master.try_clone_reader().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("epoch   1") {
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Every descriptor of the master closed: the kernel hangs the terminal up.
+    drop(reader);
+    drop(pair.master);
+    let status = child.wait().unwrap();
+    assert_eq!(status.exit_code(), 129);
+    assert!(run.path().join("checkpoint.json").is_file());
+}
