@@ -44,6 +44,20 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Open (creating it if need be) a file that serves only to be locked. flock needs no
+/// write access, so a lock file another user left read-only is opened for reading.
+pub fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let open = |write| {
+        std::fs::OpenOptions::new()
+            .create(write)
+            .truncate(false)
+            .read(true)
+            .write(write)
+            .open(path)
+    };
+    open(true).or_else(|_| open(false))
+}
+
 /// `n` and `noun`, plural (with an s) unless `n` is 1: "1 input", "3 inputs".
 pub fn count(n: usize, noun: &str) -> String {
     match n {

@@ -76,12 +76,17 @@ impl Job {
 
     /// `merge PARTS... -o OUT`, names relative to the job's folder.
     fn merge(&self, parts: &[&str], out: &str) -> Output {
+        self.merge_with(parts, out, &[])
+    }
+
+    /// `merge PARTS... -o OUT` with `extra` arguments.
+    fn merge_with(&self, parts: &[&str], out: &str, extra: &[&str]) -> Output {
         let mut cmd = clipscope(&self.cache());
         cmd.arg("merge");
         for part in parts {
             cmd.arg(self.path(part));
         }
-        cmd.arg("-o").arg(self.path(out));
+        cmd.arg("-o").arg(self.path(out)).args(extra);
         run(cmd)
     }
 
@@ -191,28 +196,15 @@ fn three_shards_at_once_merge_to_the_unsharded_run() {
     assert_eq!(manifest["items"], IMAGES);
 
     // An earlier merge is replaced only with --force.
-    let again = job.merge(
-        &["shard-0.jsonl", "shard-1.jsonl", "shard-2.jsonl"],
-        "merged.jsonl",
-    );
+    let shards = ["shard-0.jsonl", "shard-1.jsonl", "shard-2.jsonl"];
+    let again = job.merge(&shards, "merged.jsonl");
     assert!(usage_error(&again).contains("already there; give --force"));
-    let mut forced = clipscope(&job.cache());
-    forced
-        .arg("merge")
-        .args(["shard-0", "shard-1", "shard-2"].map(|s| job.path(&format!("{s}.jsonl"))));
-    forced
-        .arg("--force")
-        .arg("-o")
-        .arg(job.path("merged.jsonl"));
-    assert_success(&run(forced));
+    assert_success(&job.merge_with(&shards, "merged.jsonl", &["--force"]));
     // A merge that fails part-way (a shard damaged after it finished) leaves nothing.
     let shard_1 = job.path("shard-1.jsonl");
     let text = std::fs::read_to_string(&shard_1).unwrap();
     std::fs::write(&shard_1, text.replacen('{', "{oops", 1)).unwrap();
-    let broken = job.merge(
-        &["shard-0.jsonl", "shard-1.jsonl", "shard-2.jsonl"],
-        "broken.jsonl",
-    );
+    let broken = job.merge(&shards, "broken.jsonl");
     assert!(
         usage_error(&broken).contains("shard-1.jsonl"),
         "{}",
@@ -222,15 +214,7 @@ fn three_shards_at_once_merge_to_the_unsharded_run() {
     assert!(!job.path("broken.jsonl.manifest.json").exists());
     // Nor does a failed --force cost the earlier, whole output.
     let before = std::fs::read(job.path("merged.jsonl")).unwrap();
-    let mut failed_force = clipscope(&job.cache());
-    failed_force
-        .arg("merge")
-        .args(["shard-0", "shard-1", "shard-2"].map(|s| job.path(&format!("{s}.jsonl"))));
-    failed_force
-        .arg("--force")
-        .arg("-o")
-        .arg(job.path("merged.jsonl"));
-    usage_error(&run(failed_force));
+    usage_error(&job.merge_with(&shards, "merged.jsonl", &["--force"]));
     assert_eq!(std::fs::read(job.path("merged.jsonl")).unwrap(), before);
     assert!(job.path("merged.jsonl.manifest.json").exists());
     let leftovers: Vec<_> = std::fs::read_dir(job.dir.path())

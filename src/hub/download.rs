@@ -168,17 +168,7 @@ impl Target<'_> {
         let locks = models.parent().unwrap_or(models).join("locks");
         std::fs::create_dir_all(&locks).map_err(io_at(&locks))?;
         let path = locks.join(format!("{name}.lock"));
-        // flock needs no write access: a lock file another user left read-only still
-        // serves.
-        let open = |write| {
-            std::fs::OpenOptions::new()
-                .create(write)
-                .truncate(false)
-                .read(true)
-                .write(write)
-                .open(&path)
-        };
-        let file = open(true).or_else(|_| open(false)).map_err(io_at(&path))?;
+        let file = crate::util::open_lock_file(&path).map_err(io_at(&path))?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(std::fs::TryLockError::WouldBlock) => {

@@ -308,18 +308,7 @@ fn lock_output(output: &Path, manifest: &Path) -> Result<std::fs::File, ScaleErr
     let name = manifest.file_name().unwrap_or_default().to_string_lossy();
     let dir = manifest.parent().unwrap_or(Path::new("."));
     let path = dir.join(format!(".{name}.lock"));
-    // flock needs no write access: a lock file another user left read-only still serves.
-    let open = |write| {
-        std::fs::OpenOptions::new()
-            .create(write)
-            .truncate(false)
-            .read(true)
-            .write(write)
-            .open(&path)
-    };
-    let file = open(true)
-        .or_else(|_| open(false))
-        .map_err(super::io_error(&path))?;
+    let file = crate::util::open_lock_file(&path).map_err(super::io_error(&path))?;
     match file.try_lock() {
         Err(std::fs::TryLockError::WouldBlock) => Err(ScaleError::Invalid {
             path: output.to_path_buf(),
