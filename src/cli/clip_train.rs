@@ -149,12 +149,8 @@ pub fn finetune(a: &FinetuneArgs) -> Result<u8> {
                 // Refused before a download, which could be the whole model.
                 let asked = match (&a.model.model_dir, &a.model.model) {
                     (Some(dir), _) => clipscope::util::absolute(dir).display().to_string(),
-                    (None, name) => {
-                        if let Some(name) = name {
-                            super::check_model_name(name)?;
-                        }
-                        clipscope::hub::source_name(&super::model_source(&a.model))?
-                    }
+                    (None, Some(name)) => super::check_model_name(name)?,
+                    (None, None) => clipscope::hub::source_name(&super::model_source(&a.model))?,
                 };
                 run.check_base_model(&asked)?;
             }

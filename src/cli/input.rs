@@ -23,6 +23,19 @@ pub fn expect_folder(flag: &str, path: &Path) -> Result<()> {
     }
 }
 
+/// Refuses an output that must be a file when `path` is a folder, suggesting the file
+/// `example` in it.
+pub fn expect_output_file(flag: &str, path: &Path, example: &str) -> Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{flag} {}: a folder; give the file to write, such as {}",
+            path.display(),
+            path.join(example).display()
+        );
+    }
+    Ok(())
+}
+
 /// Checks that `flag`'s `path` is a file: the message says whether it is missing or a
 /// folder.
 pub fn expect_file(flag: &str, path: &Path) -> Result<()> {

@@ -134,13 +134,7 @@ pub fn check_output(
         let shard = shard.unwrap_or(Shard::WHOLE);
         EmbeddingShard::check_earlier(out, &shard, job.earlier())?;
     } else {
-        if out.is_dir() {
-            bail!(
-                "--output {}: a folder; classify's results go to a file, such as {}",
-                out.display(),
-                out.join("results.jsonl").display()
-            );
-        }
+        super::input::expect_output_file("--output", out, "results.jsonl")?;
         let json_lines = out
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json"));

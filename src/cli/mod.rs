@@ -125,19 +125,17 @@ pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
         .context("cannot get the model")
 }
 
-/// Refuse a `--model` that is no model's name, before anything is fetched or the app
-/// takes the terminal; a folder given there is pointed at `--model-dir`.
-pub(crate) fn check_model_name(name: &str) -> Result<()> {
-    if name.eq_ignore_ascii_case(hub::DEMO_MODEL) {
-        return Ok(());
+/// The registry's own name for a `--model` (whatever alias picked it), found before
+/// anything is fetched or the app takes the terminal; a name that is no model's is
+/// refused, and a folder given there is pointed at `--model-dir`.
+pub(crate) fn check_model_name(name: &str) -> Result<String> {
+    match hub::source_name(&ModelSource::Named(Some(name.to_string()))) {
+        Ok(known) => Ok(known),
+        Err(_) if std::path::Path::new(name).is_dir() => bail!(
+            "--model {name}: a folder, not a model name; give a model folder with --model-dir {name}"
+        ),
+        Err(unknown) => Err(anyhow::Error::new(unknown).context("cannot get the model")),
     }
-    let Err(unknown) = hub::source_name(&ModelSource::Named(Some(name.to_string()))) else {
-        return Ok(());
-    };
-    if std::path::Path::new(name).is_dir() {
-        bail!("--model {name}: a folder, not a model name; give a model folder with --model-dir {name}");
-    }
-    Err(anyhow::Error::new(unknown).context("cannot get the model"))
 }
 
 fn read_labels(args: &ClassifyArgs) -> Result<Vec<String>> {
@@ -214,14 +212,11 @@ fn gather_inputs(
 }
 
 /// Output names with the temporary file of an image from standard input shown as `-`.
-fn stdin_named(mut names: Vec<String>, stdin: Option<&input::StdinImage>) -> Vec<String> {
-    if let Some(s) = stdin {
-        let tmp = s.path().display().to_string();
-        for n in names.iter_mut().filter(|n| **n == tmp) {
-            *n = "-".to_string();
-        }
-    }
+fn stdin_named(names: Vec<String>, stdin: Option<&input::StdinImage>) -> Vec<String> {
     names
+        .into_iter()
+        .map(|n| input::stdin_shown(n, stdin))
+        .collect()
 }
 
 fn prompt_style(template: &str, ensemble: Option<&str>) -> Result<PromptStyle> {
@@ -475,13 +470,7 @@ fn preprocess_cmd(args: &PreprocessArgs) -> Result<u8> {
         bail!("--size {size}: expected 1 to 4096");
     }
     let format = output_image_format(&args.output)?;
-    if args.output.is_dir() {
-        bail!(
-            "--output {}: a folder; give the file to write, such as {}",
-            args.output.display(),
-            args.output.join("crop.png").display()
-        );
-    }
+    input::expect_output_file("--output", &args.output, "crop.png")?;
     if args.image.is_dir() {
         bail!(
             "{}: a folder; preprocess takes one image file (classify and embed take folders)",

@@ -169,13 +169,12 @@ pub fn merge_embeddings(
         .zip(finals)
         .map(|(t, f)| (t.to_path_buf(), f.to_path_buf()))
         .collect();
-    let target = tmp;
     let outcome = replaced_on_success(&renames, || {
         let merged = merged_manifest(&parts[0].manifest);
-        merged.write(&target.manifest)?;
+        merged.write(&tmp.manifest)?;
         let mut npy: Option<NpyRows> = None;
-        let mut table = LineLog::create(&target.table)?;
-        let mut errors = LineLog::create(&target.errors)?;
+        let mut table = LineLog::create(&tmp.table)?;
+        let mut errors = LineLog::create(&tmp.errors)?;
         let mut seen = Seen::default();
         for part in &parts {
             let Some(files) = &part.files else { continue };
@@ -185,7 +184,7 @@ pub fn merge_embeddings(
             let header = rows_header(files, rows.len())?;
             let npy = match &mut npy {
                 Some(n) => n,
-                None => npy.insert(NpyRows::create(&target.npy, header.dim, header.precision)?),
+                None => npy.insert(NpyRows::create(&tmp.npy, header.dim, header.precision)?),
             };
             copy_rows(&files.npy, &header, npy)?;
             for (log, lines) in [(&mut table, rows), (&mut errors, failed)] {
@@ -201,7 +200,7 @@ pub fn merge_embeddings(
         }
         table.sync()?;
         errors.sync()?;
-        finish(merged, &target.manifest, &seen, parts.len())
+        finish(merged, &tmp.manifest, &seen, parts.len())
     });
     if outcome.is_err() && created {
         let _ = std::fs::remove_dir(out);

@@ -223,8 +223,8 @@ impl ResultsFile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(super::io_error(dir))?;
         }
-        let lock = lock_output(path, &Self::manifest_path(path))?;
         let manifest_path = Self::manifest_path(path);
+        let lock = lock_output(path, &manifest_path)?;
         let (lines, kept) = if resuming(&manifest_path, &[(path, 0)], &manifest, earlier)? {
             recover_or_create(path, None)?
         } else {

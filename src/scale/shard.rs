@@ -112,12 +112,17 @@ fn from_scheduler(
             None => var("SLURM_ARRAY_TASK_COUNT")?
                 .ok_or("SLURM_ARRAY_TASK_COUNT is not set: give --shard-count")?,
         };
-        let index = (id.wrapping_sub(min)) / step;
-        if id < min || (id - min) % step != 0 || index >= count {
+        // The task's position in the array, when its id is one of the array's.
+        let index = id
+            .checked_sub(min)
+            .filter(|offset| offset % step == 0)
+            .map(|offset| offset / step)
+            .filter(|&index| index < count);
+        let Some(index) = index else {
             return Err(format!(
                 "SLURM_ARRAY_TASK_ID {id} is not one of {count} evenly spaced tasks from {min} by {step} (SLURM_ARRAY_TASK_MIN, _STEP, _COUNT): give the array as --array=A-B or A-B:S, or --shard I/N yourself"
             ));
-        }
+        };
         return Ok(Shard { index, count });
     }
     if let Some(index) = var("JOB_COMPLETION_INDEX")? {

@@ -418,9 +418,10 @@ fn warn_shared_names(classes: &[ClassInfo]) {
     }
 }
 
-/// Refuses an open-set folder that shares a class folder with the test set, before any
-/// work: the open-set part measures answers to classes the models never saw.
-fn check_open_set(dir: &Path, test_classes: &[String]) -> Result<(), StudyError> {
+/// The open-set folder's pictures, scanned before any work, refused when it shares a
+/// class folder with the test set: the open-set part measures answers to classes the
+/// models never saw.
+fn open_set(dir: &Path, test_classes: &[String]) -> Result<Dataset, StudyError> {
     let set = scan_folder(dir)?;
     if let Some(shared) = set.classes.iter().find(|c| test_classes.contains(c)) {
         return Err(StudyError::Config(format!(
@@ -428,7 +429,7 @@ fn check_open_set(dir: &Path, test_classes: &[String]) -> Result<(), StudyError>
             dir.display()
         )));
     }
-    Ok(())
+    Ok(set)
 }
 
 /// The CPU's model name, for the report.
@@ -563,9 +564,10 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
     let folders: Vec<String> = classes.iter().map(|c| c.folder.clone()).collect();
     let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
     warn_shared_names(&classes);
-    if let Some(dir) = &cfg.open_set {
-        check_open_set(dir, &folders)?;
-    }
+    let unseen = match &cfg.open_set {
+        Some(dir) => Some(open_set(dir, &folders)?),
+        None => None,
+    };
     on(StudyEvent::Phase(
         "decoding test images".into(),
         test_set.samples.len(),
@@ -687,11 +689,11 @@ pub fn compare(cfg: &CompareConfig, on: &mut dyn FnMut(StudyEvent)) -> Result<Re
         }
         _ => (None, None),
     };
-    let open_set = match &cfg.open_set {
-        Some(dir) => Some(open_set_part(
-            cfg, dir, &names, &truth, &clip_runs, &cnns, on,
+    let open_set = match (&cfg.open_set, &unseen) {
+        (Some(dir), Some(set)) => Some(open_set_part(
+            cfg, dir, set, &names, &truth, &clip_runs, &cnns, on,
         )?),
-        None => None,
+        _ => None,
     };
 
     let images: Vec<String> = pictures
@@ -935,15 +937,15 @@ fn train_set(root: &Path) -> Result<Dataset, StudyError> {
 fn open_set_part(
     cfg: &CompareConfig,
     dir: &Path,
+    set: &Dataset,
     known: &[String],
     truth: &[usize],
     runs: &[ClipRun],
     cnns: &[CnnRun],
     on: &mut dyn FnMut(StudyEvent),
 ) -> Result<OpenSetReport, StudyError> {
-    let set = scan_folder(dir)?;
     let new_classes = class_names(&set.classes, None)?;
-    let pictures = decode(&set);
+    let pictures = decode(set);
     let threshold = cfg.abstain.unwrap_or(0.5);
     // Over test and unseen images together: known images keep their class, unseen ones
     // have none.

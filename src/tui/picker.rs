@@ -183,12 +183,12 @@ impl Picker {
         let Some(current) = current else {
             return self;
         };
+        // The lines name registry models by their own names: the current model's,
+        // found once, is what an alias picked.
         let name = crate::hub::source_name(current).ok();
         let is_current = |e: &Entry| match &e.change.source {
-            Some(source) => {
-                source == current
-                    || (name.is_some() && crate::hub::source_name(source).ok() == name)
-            }
+            Some(ModelSource::Named(Some(n))) if name.as_ref() == Some(n) => true,
+            Some(source) => source == current,
             None => false,
         };
         if let Some(i) = self.entries.iter().position(is_current) {
