@@ -370,12 +370,18 @@ fn preprocess_writes_what_the_model_sees() {
     assert!(usage_error(&out).contains("LICENSE.md"));
 }
 
-#[test]
-fn parallel_jobs_sharing_a_cache_download_a_model_once() {
-    let (endpoint, seen) = serve(
+/// A local hub that serves the tiny fixture model as ViT-B/32's files; the endpoint,
+/// and the files asked for.
+fn serve_tiny_as_vit_b32() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    serve(
         &fixtures().join("tiny-clip"),
         "/openai/clip-vit-base-patch32/resolve/refs%2Fpr%2F15/",
-    );
+    )
+}
+
+#[test]
+fn parallel_jobs_sharing_a_cache_download_a_model_once() {
+    let (endpoint, seen) = serve_tiny_as_vit_b32();
     let cache = tempfile::tempdir().unwrap();
     let jobs: Vec<std::process::Child> = (0..3)
         .map(|_| {
@@ -404,10 +410,7 @@ fn parallel_jobs_sharing_a_cache_download_a_model_once() {
 
 #[test]
 fn models_download_on_first_use_then_come_from_the_cache() {
-    let (endpoint, seen) = serve(
-        &fixtures().join("tiny-clip"),
-        "/openai/clip-vit-base-patch32/resolve/refs%2Fpr%2F15/",
-    );
+    let (endpoint, seen) = serve_tiny_as_vit_b32();
     let cache = tempfile::tempdir().unwrap();
     let run = || {
         clipscope()

@@ -483,13 +483,7 @@ fn vgg16_loads_timm_imagenet_weights_trains_its_head_and_evaluates() {
         0.0
     );
     assert_eq!(trained["classifier.6.weight"].dims(), &[4, 4096]);
-    let out = clipscope()
-        .args(["eval", "--format", "json", "--checkpoint"])
-        .arg(run.path())
-        .arg("--data")
-        .arg(data.path())
-        .output()
-        .unwrap();
+    let out = common::eval(run.path(), data.path(), &["--format", "json"]);
     assert_success(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["n"].as_u64().unwrap() > 0, "{report}");
@@ -563,14 +557,7 @@ fn train_and_eval_commands_with_imagenet_weights_from_a_local_server() {
     assert!(same("layer3.1.conv2.weight") && same("bn1.running_mean"));
     assert_eq!(trained["fc.weight"].dims(), &[4, 512]);
 
-    let out = clipscope()
-        .args(["eval", "--checkpoint"])
-        .arg(run.path())
-        .arg("--data")
-        .arg(data.path())
-        .args(["--format", "json"])
-        .output()
-        .unwrap();
+    let out = common::eval(run.path(), data.path(), &["--format", "json"]);
     assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["n"], 8);
@@ -626,13 +613,11 @@ fn predict_keeps_each_result_with_its_own_image_when_others_fail() {
     let test = tempfile::tempdir().unwrap();
     make_shapes(test.path(), 2, 32, 9).unwrap();
     std::fs::write(test.path().join("circle/broken.png"), b"not an image").unwrap();
-    let out = clipscope()
-        .args(["eval", "--format", "json", "--checkpoint"])
-        .arg(run.path().join("checkpoint.json"))
-        .arg("--data")
-        .arg(test.path())
-        .output()
-        .unwrap();
+    let out = common::eval(
+        &run.path().join("checkpoint.json"),
+        test.path(),
+        &["--format", "json"],
+    );
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -641,13 +626,7 @@ fn predict_keeps_each_result_with_its_own_image_when_others_fail() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((v["n"].as_u64(), v["skipped"].as_u64()), (Some(8), Some(1)));
-    let out = clipscope()
-        .args(["eval", "--batch-size", "0", "--checkpoint"])
-        .arg(run.path())
-        .arg("--data")
-        .arg(data.path())
-        .output()
-        .unwrap();
+    let out = common::eval(run.path(), data.path(), &["--batch-size", "0"]);
     assert!(usage_error(&out).contains("--batch-size"));
     // Checkpoints get the permissions of any new file, not a temporary file's 0600.
     #[cfg(unix)]

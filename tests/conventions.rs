@@ -705,13 +705,7 @@ fn stop_training_with(signal: i32, status: i32, run: &std::path::Path) {
     // 128 + the signal's number, as a shell reports a process the signal ended.
     assert_eq!(ended.code(), Some(status), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("--resume")), "{rest:?}");
-    let out = clipscope()
-        .args(["eval", "--format", "json", "--checkpoint"])
-        .arg(run)
-        .arg("--data")
-        .arg(data.path())
-        .output()
-        .unwrap();
+    let out = common::eval(run, data.path(), &["--format", "json"]);
     assert_success(&out);
 }
 

@@ -187,3 +187,16 @@ pub fn clipscope() -> assert_cmd::Command {
     .env("CLIPSCOPE_DATA_URL", "http://127.0.0.1:9");
     cmd
 }
+
+/// `clipscope eval --checkpoint RUN --data DATA` with `extra` arguments.
+pub fn eval(run: &Path, data: &Path, extra: &[&str]) -> std::process::Output {
+    clipscope()
+        .arg("eval")
+        .args(extra)
+        .arg("--checkpoint")
+        .arg(run)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap()
+}
