@@ -363,7 +363,7 @@ fn help_paragraph(app: &App) -> Paragraph<'static> {
         "  Path prompt: Ctrl-U, Ctrl-W, Ctrl-A, Ctrl-E edit as in a shell.",
     ));
     lines.push(Line::from(
-        "  Labels: Ctrl-W deletes a word, Ctrl-J and Ctrl-K to the line's start and end,",
+        "  Labels: Ctrl-W deletes a word, Ctrl-J / Ctrl-K to the line's start / end,",
     ));
     lines.push(Line::from("          Ctrl-U undoes, Ctrl-R redoes."));
     Paragraph::new(lines)
